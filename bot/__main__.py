@@ -1,0 +1,90 @@
+"""`switchboard` / `python -m bot`: the command line."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from bot.config import ConfigError, Settings, load_settings, telegram_hint
+from bot.logs import Redactor, configure_logging
+
+log = logging.getLogger("switchboard")
+
+COMMANDS = {
+    "run": "start the bot: on Telegram when its settings are present, otherwise in the console (default)",
+    "console": "chat in this terminal with the same handlers (you are the admin); scriptable through stdin",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard",
+        description="A Telegram bot that streams answers from LLMs and keeps answering when upstreams fail.",
+    )
+    parser.add_argument("--env-file", type=Path, help="read settings from this file instead of ./.env")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, description=text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings(env_file=args.env_file)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    redactor = Redactor(settings.secret_values())
+    interactive = sys.stdin.isatty()
+    console = command == "console" or (command == "run" and settings.telegram is None)
+    level = settings.log_level if not console else max(settings.log_level, "WARNING", key=_level_number)
+    configure_logging(level, redactor)
+    try:
+        if console:
+            if command == "run":
+                print(f"Starting in the console. {telegram_hint()}", file=sys.stderr)
+            return asyncio.run(run_console_mode(settings, interactive=interactive))
+        return asyncio.run(run_telegram_mode(settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _level_number(name: str) -> int:
+    return logging.getLevelName(name.upper()) if isinstance(logging.getLevelName(name.upper()), int) else logging.INFO
+
+
+async def run_console_mode(settings: Settings, *, interactive: bool, stdin=None, stdout=None) -> int:
+    from bot.app import build_app
+    from bot.console import CONSOLE_USER_ID, ConsoleTransport, run_console
+    from integrations.resilience.clock import SystemClock
+
+    stdout = stdout or sys.stdout
+    transport = ConsoleTransport(stdout, live=interactive)
+    async with AsyncExitStack() as stack:
+        app = await build_app(settings, SystemClock(), transport, stack, extra_admins=frozenset({CONSOLE_USER_ID}))
+        models = ", ".join(str(ref) for ref in app.services.chain.refs) or "none configured"
+        banner = f"Switchboard console. Models: {models}. Type /help for commands, Ctrl-D to quit."
+        return await run_console(
+            app.router.handle,
+            app.services.lanes.wait_idle,
+            transport,
+            stdin=stdin or sys.stdin,
+            stdout=stdout,
+            interactive=interactive,
+            banner=banner,
+        )
+
+
+async def run_telegram_mode(settings: Settings) -> int:
+    from bot.telegram_service import run_telegram
+
+    return await run_telegram(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

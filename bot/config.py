@@ -1,0 +1,551 @@
+"""Switchboard's settings: read at start, validated all at once, secrets kept out of sight.
+
+Sources, strongest first: a file named like the setting in systemd's `$CREDENTIALS_DIRECTORY`
+(`LoadCredential=`), the process environment, then the `.env` file. Values are stripped and an
+empty value counts as unset, so a variable exported empty (as docker compose does for an unset
+`${VAR}`) does not hide the file's value.
+
+Every problem is collected and reported in one `ConfigError`, so an operator fixes the whole file
+in one pass rather than one restart per typo. Secrets are wrapped in `Secret` as soon as they are
+read, and problems about them say what is wrong without echoing them.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, TypeVar
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from integrations.llm import ModelRef
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PROVIDERS = ("anthropic", "openai", "local")
+DEFAULT_MODELS = (ModelRef("anthropic", "claude-sonnet-4-6"), ModelRef("openai", "gpt-5.1"))
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Switchboard, a helpful assistant chatting with people on Telegram. "
+    "Answer accurately and concisely, in the language the user writes in, and say so when you "
+    "are not sure. Format replies in Markdown (bold, italics, lists, links, inline code and "
+    "fenced code blocks); avoid tables and HTML, which Telegram cannot display."
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOCAL_MODES = ("auto", "off")
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_DIGITS = re.compile(r"[0-9]+")
+_API_HASH = re.compile(r"[0-9a-fA-F]{32}")
+_BOT_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35,}")
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value can carry unmangled
+_TELEGRAM_REQUIRED = ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN")
+_MY_TELEGRAM = "copy it from https://my.telegram.org (API development tools)"
+_TELEGRAM_HELP = (
+    "get the API id and hash at https://my.telegram.org (API development tools) and the bot token "
+    "from @BotFather, or unset every TELEGRAM_* setting to run in console mode"
+)
+
+
+class Secret:
+    """A secret string that does not show itself in reprs, logs or f-strings by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        object.__setattr__(self, "_value", value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Secret is immutable")
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class ConfigError(Exception):
+    """Everything wrong with the settings, each problem naming the setting and the fix."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        lines = [f"Switchboard cannot start: {count} configuration {noun}:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+class CredentialSource:
+    """Looks settings up in their sources on every call, so a rotated key is seen without a restart.
+
+    Strongest first: `credentials_dir/NAME`, `environ`, `env_file`. `get` raises OSError or
+    UnicodeDecodeError if a file exists but cannot be read; a missing file is simply no value.
+    """
+
+    def __init__(
+        self,
+        environ: Mapping[str, str],
+        env_file: Path | None = None,
+        credentials_dir: Path | None = None,
+    ) -> None:
+        self.environ = environ
+        self.env_file = env_file
+        self.credentials_dir = credentials_dir
+
+    def get(self, name: str) -> str | None:
+        return self.pick(name, self.read_env_file())
+
+    def read_env_file(self) -> Mapping[str, str | None]:
+        if self.env_file is None or not self.env_file.is_file():
+            return {}
+        # No ${VAR} expansion: a key containing "$" stays intact, and nothing leaks in from
+        # variables the operator did not mean to reference.
+        return dotenv_values(self.env_file, interpolate=False, encoding="utf-8")
+
+    def pick(self, name: str, file_values: Mapping[str, str | None]) -> str | None:
+        """`get`, against env-file values already read (one consistent snapshot for start-up)."""
+        for value in (self.read_credential(name), self.environ.get(name), file_values.get(name)):
+            value = (value or "").strip()
+            if value:
+                return value
+        return None
+
+    def credential_path(self, name: str) -> Path | None:
+        return None if self.credentials_dir is None else self.credentials_dir / name
+
+    def read_credential(self, name: str) -> str | None:
+        path = self.credential_path(name)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            return None
+
+
+@dataclass(frozen=True)
+class DcOverride:
+    """TELEGRAM_DC: connect to this data centre instead of the one Telethon picks (test servers)."""
+
+    dc_id: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    api_id: int
+    api_hash: Secret
+    bot_token: Secret
+    session_path: Path
+    dc: DcOverride | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    telegram: TelegramSettings | None = None
+    openai_api_key: Secret | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: Secret | None = None
+    anthropic_base_url: str | None = None
+    llm_models: tuple[ModelRef, ...] = ()
+    admin_ids: frozenset[int] = frozenset()
+    allowed_user_ids: frozenset[int] = frozenset()
+    allow_everyone: bool = False
+    state_dir: Path = Path("state-data")
+    llm_first_token_timeout: float = 20.0
+    llm_idle_timeout: float = 30.0
+    llm_total_timeout: float = 300.0
+    llm_connect_timeout: float = 10.0
+    llm_max_tokens: int = 1024
+    llm_context_tokens: int = 100_000
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    log_level: str = "INFO"
+    env_file: Path | None = None
+    llm_local: str = "auto"
+    credentials: CredentialSource = field(
+        default_factory=lambda: CredentialSource({}), compare=False, repr=False
+    )
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret's raw value, for the log redaction filter."""
+        secrets = [self.openai_api_key, self.anthropic_api_key]
+        if self.telegram is not None:
+            secrets += [self.telegram.api_hash, self.telegram.bot_token]
+        return tuple(secret.reveal() for secret in secrets if secret)
+
+
+def telegram_hint() -> str:
+    return (
+        "Running in console mode: set TELEGRAM_API_ID, TELEGRAM_API_HASH and TELEGRAM_BOT_TOKEN "
+        "(in .env or the environment) to run the bot on Telegram."
+    )
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = None,
+    *,
+    cwd: Path | None = None,
+) -> Settings:
+    """Read and check every setting; raise one ConfigError listing all problems."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    problems: list[str] = []
+    source = CredentialSource(
+        environ, _env_file(env_file, cwd, problems), _credentials_dir(environ, cwd, problems)
+    )
+    read = _Reader(source, cwd, problems)
+
+    state_dir = _state_dir(read, cwd)
+    telegram_intended, telegram = _telegram(read, state_dir)
+
+    openai_api_key = read.secret("OPENAI_API_KEY")
+    anthropic_api_key = read.secret("ANTHROPIC_API_KEY")
+    openai_base_url = read.url("OPENAI_BASE_URL")
+    configured = {"local"}
+    if read.raw("OPENAI_API_KEY") or read.raw("OPENAI_BASE_URL"):
+        configured.add("openai")
+    if read.raw("ANTHROPIC_API_KEY"):
+        configured.add("anthropic")
+
+    admin_ids = read.id_set("ADMIN_IDS")
+    allowed_user_ids = read.id_set("ALLOWED_USER_IDS")
+    allow_everyone = read.boolean("ALLOW_EVERYONE", False)
+    access_readable = all(
+        read.is_valid(name) for name in ("ADMIN_IDS", "ALLOWED_USER_IDS", "ALLOW_EVERYONE")
+    )
+    if telegram_intended and access_readable:
+        if not (admin_ids or allowed_user_ids or allow_everyone):
+            problems.append(
+                "ADMIN_IDS and ALLOWED_USER_IDS are both empty, so nobody could use the bot on "
+                "Telegram. Fix it one of three ways: set ADMIN_IDS to your own Telegram user id "
+                "(ask @userinfobot), set ALLOWED_USER_IDS to the users who may chat, "
+                "or set ALLOW_EVERYONE=true to let anyone who finds the bot use it."
+            )
+
+    settings = Settings(
+        telegram=telegram,
+        openai_api_key=openai_api_key,
+        openai_base_url=openai_base_url,
+        anthropic_api_key=anthropic_api_key,
+        anthropic_base_url=read.url("ANTHROPIC_BASE_URL"),
+        llm_models=_models(read, configured),
+        admin_ids=admin_ids,
+        allowed_user_ids=allowed_user_ids,
+        allow_everyone=allow_everyone,
+        state_dir=state_dir,
+        llm_first_token_timeout=read.seconds("LLM_FIRST_TOKEN_TIMEOUT", 20.0),
+        llm_idle_timeout=read.seconds("LLM_IDLE_TIMEOUT", 30.0),
+        llm_total_timeout=read.seconds("LLM_TOTAL_TIMEOUT", 300.0),
+        llm_connect_timeout=read.seconds("LLM_CONNECT_TIMEOUT", 10.0),
+        llm_max_tokens=read.count("LLM_MAX_TOKENS", 1024),
+        llm_context_tokens=read.count("LLM_CONTEXT_TOKENS", 100_000),
+        system_prompt=read.raw("LLM_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+        log_level=read.choice("LOG_LEVEL", LOG_LEVELS, "INFO", aliases={"WARN": "WARNING"}),
+        env_file=source.env_file,
+        llm_local=read.choice("LLM_LOCAL", LOCAL_MODES, "auto"),
+        credentials=source,
+    )
+    if problems:
+        raise ConfigError(problems)
+    logger.debug("settings read from the environment and %s", source.env_file or "no .env file")
+    return settings
+
+
+class _Reader:
+    """Reads settings from one snapshot of the env file, turning every bad value into a problem."""
+
+    def __init__(self, source: CredentialSource, cwd: Path, problems: list[str]) -> None:
+        self.source = source
+        self.cwd = cwd
+        self.problems = problems
+        self.invalid: set[str] = set()
+        self.seen: dict[str, str | None] = {}
+        try:
+            self.file_values = source.read_env_file()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"env file {source.env_file}: cannot be read ({_reason(exc)}).")
+            self.file_values = {}
+
+    def problem(self, name: str, text: str) -> None:
+        self.invalid.add(name)
+        self.problems.append(f"{name} {text}")
+
+    def is_valid(self, name: str) -> bool:
+        return name not in self.invalid
+
+    def raw(self, name: str) -> str | None:
+        # Remembered, so start-up sees one snapshot and an unreadable file is reported once.
+        if name not in self.seen:
+            self.seen[name] = self._pick(name)
+        return self.seen[name]
+
+    def _pick(self, name: str) -> str | None:
+        try:
+            return self.source.pick(name, self.file_values)
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problem(
+                name,
+                f"comes from the credential file {self.source.credential_path(name)}, which "
+                f"cannot be read ({_reason(exc)}); check the LoadCredential= line of the unit.",
+            )
+            return None
+
+    def secret(self, name: str) -> Secret | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        if not _HEADER_SAFE.fullmatch(value):
+            self.problem(
+                name,
+                "contains spaces, line breaks or non-ASCII characters, so it cannot be a key; "
+                "paste it again without the surrounding text.",
+            )
+        return Secret(value)
+
+    def parsed(self, name: str, default: T, parse: Callable[[str], T | None], expected: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        result = parse(value)
+        if result is None:
+            self.problem(name, f"must be {expected}, not {value!r}.")
+            return default
+        return result
+
+    def seconds(self, name: str, default: float) -> float:
+        return self.parsed(name, default, _positive_float, "a positive number of seconds")
+
+    def count(self, name: str, default: int) -> int:
+        return self.parsed(name, default, _positive_int, "a positive whole number")
+
+    def boolean(self, name: str, default: bool) -> bool:
+        def parse(text: str) -> bool | None:
+            lowered = text.lower()
+            return True if lowered in _TRUE else False if lowered in _FALSE else None
+
+        return self.parsed(name, default, parse, "true or false (also yes/no, on/off, 1/0)")
+
+    def choice(
+        self,
+        name: str,
+        allowed: Sequence[str],
+        default: str,
+        aliases: Mapping[str, str] | None = None,
+    ) -> str:
+        def parse(text: str) -> str | None:
+            for candidate in (text.upper(), text.lower()):
+                candidate = (aliases or {}).get(candidate, candidate)
+                if candidate in allowed:
+                    return candidate
+            return None
+
+        return self.parsed(name, default, parse, "one of " + ", ".join(allowed))
+
+    def id_set(self, name: str) -> frozenset[int]:
+        entries = (self.raw(name) or "").replace(",", " ").split()
+        bad = [entry for entry in entries if _positive_int(entry) is None]
+        if bad:
+            self.problem(
+                name,
+                f"must list Telegram user ids (positive whole numbers, separated by commas or "
+                f"spaces); these entries are not: {', '.join(repr(entry) for entry in bad)}.",
+            )
+        return frozenset(int(entry) for entry in entries if entry not in bad)
+
+    def url(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # Not echoed: a URL may carry a token in its user info or query.
+            self.problem(
+                name,
+                "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080/v1.",
+            )
+            return None
+        return value
+
+    def path(self, name: str, default: Path) -> Path:
+        value = self.raw(name)
+        return default if value is None else self.cwd / Path(value).expanduser()
+
+
+def _env_file(explicit: Path | None, cwd: Path, problems: list[str]) -> Path | None:
+    if explicit is None:
+        default = cwd / ".env"
+        return default if default.is_file() else None
+    path = cwd / explicit
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        problems.append(
+            f"env file {path} {what}; pass the path of an existing file, or copy .env.example "
+            "to .env and fill it in."
+        )
+        return None
+    return path
+
+
+def _credentials_dir(environ: Mapping[str, str], cwd: Path, problems: list[str]) -> Path | None:
+    value = environ.get("CREDENTIALS_DIRECTORY", "").strip()
+    if not value:
+        return None
+    path = cwd / value
+    if not path.is_dir():
+        problems.append(
+            f"CREDENTIALS_DIRECTORY {path} is not a directory; systemd sets it for units with "
+            "LoadCredential=, so unset it when running the bot by hand."
+        )
+        return None
+    return path
+
+
+def _state_dir(read: _Reader, cwd: Path) -> Path:
+    # systemd joins several StateDirectory= entries with ":"; ours is the first.
+    systemd_dir = (read.raw("STATE_DIRECTORY") or "").split(":")[0]
+    default = cwd / systemd_dir if systemd_dir else cwd / "state-data"
+    path = read.path("STATE_DIR", default)
+    if path.exists() and not path.is_dir():
+        read.problem("STATE_DIR", f"points at {path}, which is a file; it must be a directory.")
+    return path
+
+
+def _telegram(read: _Reader, state_dir: Path) -> tuple[bool, TelegramSettings | None]:
+    """(whether Telegram mode is intended, its settings if they are all valid)."""
+    values = {name: read.raw(name) for name in (*_TELEGRAM_REQUIRED, "TELEGRAM_DC")}
+    if not any(values.values()):
+        return False, None
+    before = len(read.problems)
+    for name in _TELEGRAM_REQUIRED:
+        if values[name] is None:
+            read.problem(name, f"is not set, but other TELEGRAM_* settings are; {_TELEGRAM_HELP}.")
+
+    api_id = values["TELEGRAM_API_ID"]
+    if api_id is not None and _positive_int(api_id) is None:
+        read.problem(
+            "TELEGRAM_API_ID",
+            f"must be a positive whole number, not {api_id!r}; {_MY_TELEGRAM}.",
+        )
+    api_hash = values["TELEGRAM_API_HASH"]
+    if api_hash is not None and not _API_HASH.fullmatch(api_hash):
+        read.problem(
+            "TELEGRAM_API_HASH",
+            f"must be 32 hexadecimal characters (this value has {len(api_hash)} characters "
+            f"and is not shown); {_MY_TELEGRAM}.",
+        )
+    bot_token = values["TELEGRAM_BOT_TOKEN"]
+    if bot_token is not None and not _BOT_TOKEN.fullmatch(bot_token):
+        read.problem(
+            "TELEGRAM_BOT_TOKEN",
+            "does not look like a bot token (digits, a colon, then at least 35 letters, digits, "
+            "'_' or '-'; the value is not shown); copy it again from @BotFather.",
+        )
+    dc = _dc_override(read, values["TELEGRAM_DC"])
+    session_path = read.path("TELEGRAM_SESSION", state_dir / "switchboard.session")
+
+    if len(read.problems) > before or api_id is None or api_hash is None or bot_token is None:
+        return True, None
+    return True, TelegramSettings(
+        int(api_id), Secret(api_hash), Secret(bot_token), session_path, dc
+    )
+
+
+def _dc_override(read: _Reader, value: str | None) -> DcOverride | None:
+    if value is None:
+        return None
+    dc_id, _, rest = value.partition(":")
+    host, _, port = rest.rpartition(":")  # rpartition keeps an IPv6 host's colons in the host
+    host = host.strip().removeprefix("[").removesuffix("]")
+    number, port_number = _positive_int(dc_id.strip()), _positive_int(port.strip())
+    if number is None or not host or port_number is None or port_number > 65535:
+        read.problem(
+            "TELEGRAM_DC",
+            f"must be id:host:port, e.g. 2:149.154.167.40:443 (port 1-65535), not {value!r}; "
+            "leave it unset to let Telethon choose.",
+        )
+        return None
+    return DcOverride(number, host, port_number)
+
+
+def _models(read: _Reader, configured: set[str]) -> tuple[ModelRef, ...]:
+    text = read.raw("LLM_MODELS")
+    if text is None:
+        return tuple(model for model in DEFAULT_MODELS if model.provider in configured)
+    key_hint = {
+        "anthropic": "ANTHROPIC_API_KEY is not set",
+        "openai": "neither OPENAI_API_KEY nor OPENAI_BASE_URL (for a keyless "
+        "OpenAI-compatible server) is set",
+    }
+    models: dict[ModelRef, None] = {}  # a dict keeps first-seen order while dropping repeats
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            model = ModelRef.parse(entry)
+        except ValueError:
+            read.problem(
+                "LLM_MODELS",
+                f"entry {entry!r} is not provider:model, e.g. anthropic:claude-sonnet-4-6.",
+            )
+            continue
+        if model.provider not in PROVIDERS:
+            read.problem(
+                "LLM_MODELS",
+                f"entry {entry!r} names an unknown provider {model.provider!r}; "
+                f"use one of {', '.join(PROVIDERS)}.",
+            )
+        elif model.provider not in configured:
+            read.problem(
+                "LLM_MODELS",
+                f"lists {model} but {key_hint[model.provider]}; set it or remove the model.",
+            )
+        else:
+            models[model] = None
+    return tuple(models)
+
+
+def _positive_int(text: str) -> int | None:
+    # A regex rather than int(): int() also takes "+5", "1_000" and non-ASCII digits.
+    if not _DIGITS.fullmatch(text):
+        return None
+    return int(text) or None
+
+
+def _positive_float(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"  # str(exc) would quote a byte of the content
+    return getattr(exc, "strerror", None) or type(exc).__name__

@@ -1,0 +1,87 @@
+"""One reply in progress per chat: a lane is a chat's queue of jobs and the job now running.
+
+Jobs of one chat run one after another; chats run side by side. `cancel` stops the running job
+of a chat (the job itself decides how to finish what it showed). Idle lanes are dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class _Lane:
+    jobs: deque[Job] = field(default_factory=deque)
+    worker: asyncio.Task[None] | None = None
+    running: asyncio.Task[None] | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ChatLanes:
+    def __init__(self) -> None:
+        self._lanes: dict[int, _Lane] = {}
+        self._accepting = True
+
+    def busy(self, chat_id: int) -> bool:
+        lane = self._lanes.get(chat_id)
+        return lane is not None and (lane.running is not None or bool(lane.jobs))
+
+    def in_flight(self) -> int:
+        return sum(1 for lane in self._lanes.values() if lane.running is not None)
+
+    def queued(self) -> int:
+        return sum(len(lane.jobs) for lane in self._lanes.values())
+
+    def submit(self, chat_id: int, job: Job) -> None:
+        lane = self._lanes.setdefault(chat_id, _Lane())
+        lane.jobs.append(job)
+        lane.idle.clear()
+        if lane.worker is None or lane.worker.done():
+            lane.worker = asyncio.ensure_future(self._work(chat_id, lane))
+
+    def cancel(self, chat_id: int) -> bool:
+        lane = self._lanes.get(chat_id)
+        if lane is None or lane.running is None or lane.running.done():
+            return False
+        lane.running.cancel()
+        return True
+
+    async def wait_idle(self, chat_id: int) -> None:
+        lane = self._lanes.get(chat_id)
+        if lane is not None:
+            await lane.idle.wait()
+
+    async def wait_all_idle(self) -> None:
+        while True:
+            workers = [lane.worker for lane in self._lanes.values() if lane.worker and not lane.worker.done()]
+            if not workers:
+                return
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _work(self, chat_id: int, lane: _Lane) -> None:
+        try:
+            while lane.jobs:
+                job = lane.jobs.popleft()
+                lane.running = asyncio.ensure_future(job())
+                try:
+                    await asyncio.shield(lane.running)
+                except asyncio.CancelledError:
+                    if not lane.running.cancelled():
+                        # The worker itself is being cancelled (shutdown): stop the job too.
+                        lane.running.cancel()
+                        raise
+                except Exception:
+                    log.exception("a job in chat %s failed", chat_id)
+                finally:
+                    lane.running = None
+        finally:
+            lane.idle.set()
+            if not lane.jobs and self._lanes.get(chat_id) is lane:
+                del self._lanes[chat_id]

@@ -1,0 +1,202 @@
+"""Shows one reply while it is generated, and makes sure its final text lands.
+
+A reply is a pump that always sends the *latest* text: while a call to the transport is blocked
+(pacing, a flood wait), newer text simply replaces the pending one, so a paused chat never
+builds a backlog of stale edits. In private chats the preview is Telegram's native draft; where
+drafts are refused, the reply becomes one message edited at most once per `edit_interval`.
+The final text is always delivered as real messages, split at 4096 characters.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from handlers.render import render_markdown, split_rich_text
+from handlers.richtext import RichText
+from handlers.transport import DraftsUnsupported, Transport
+from integrations.errors import BadRequest, RateLimited, UpstreamError
+from integrations.resilience.clock import Clock
+
+log = logging.getLogger(__name__)
+
+TELEGRAM_TEXT_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class StreamPacing:
+    edit_interval: float = 1.0
+    draft_interval: float = 1.0
+    typing_interval: float = 4.5
+    final_attempts: int = 6
+    final_backoff: float = 2.0
+
+
+class ReplyStream:
+    def __init__(
+        self,
+        transport: Transport,
+        clock: Clock,
+        chat_id: int,
+        *,
+        reply_to: int | None = None,
+        use_drafts: bool = False,
+        pacing: StreamPacing = StreamPacing(),
+        render: Callable[[str], RichText] = render_markdown,
+        draft_id: int | None = None,
+    ) -> None:
+        self._transport = transport
+        self._clock = clock
+        self._chat_id = chat_id
+        self._reply_to = reply_to
+        self._use_drafts = use_drafts
+        self._pacing = pacing
+        self._render = render
+        self._draft_id = draft_id or random.SystemRandom().getrandbits(62) + 1
+        self._latest = ""
+        self._shown = ""
+        self._changed = asyncio.Event()
+        self._first_text = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._message_ids: list[int] = []
+        self._shown_parts: list[RichText] = []
+        self._last_call_at: float | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._typing_task: asyncio.Task[None] | None = None
+
+    @property
+    def message_ids(self) -> list[int]:
+        return list(self._message_ids)
+
+    def start(self) -> None:
+        self._typing_task = asyncio.ensure_future(self._keep_typing())
+        self._pump_task = asyncio.ensure_future(self._pump())
+
+    def update(self, text: str) -> None:
+        """The whole reply so far (Markdown). Never blocks."""
+        if not text.strip():
+            return
+        self._latest = text
+        self._first_text.set()
+        self._changed.set()
+
+    async def finish(self, text: str) -> list[int]:
+        """Deliver the final text; returns the ids of the messages that carry it."""
+        self._closed.set()
+        self._first_text.set()
+        await self._stop_background()
+        parts = split_rich_text(self._render(text.strip()), TELEGRAM_TEXT_LIMIT) or [RichText.plain("…")]
+        for index, part in enumerate(parts):
+            if index < len(self._message_ids):
+                if self._shown_parts[index] != part:
+                    await self._deliver_final(lambda p=part, i=index: self._edit(i, p))
+            else:
+                await self._deliver_final(lambda p=part: self._send(p))
+        return self.message_ids
+
+    async def _stop_background(self) -> None:
+        """Wait for the call in flight (so the final edit cannot be overtaken by a stale preview)."""
+        for task in (self._typing_task, self._pump_task):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _keep_typing(self) -> None:
+        while not self._first_text.is_set():
+            try:
+                await self._transport.typing(self._chat_id)
+            except UpstreamError as error:
+                log.debug("typing indicator failed: %s", error)
+            await _first_of(self._clock.sleep(self._pacing.typing_interval), self._first_text.wait())
+
+    async def _pump(self) -> None:
+        while not self._closed.is_set():
+            await _first_of(self._changed.wait(), self._closed.wait())
+            self._changed.clear()
+            await self._wait_for_pace()
+            if self._closed.is_set():
+                return
+            text = self._latest
+            if text == self._shown:
+                continue
+            try:
+                await self._show_preview(text)
+                self._shown = text
+            except UpstreamError as error:
+                # A lost preview is harmless: the next update or the final text replaces it.
+                log.info("preview update failed in chat %s: %s", self._chat_id, error)
+            finally:
+                self._last_call_at = self._clock.monotonic()
+
+    async def _wait_for_pace(self) -> None:
+        if self._last_call_at is None:
+            return
+        interval = self._pacing.draft_interval if self._use_drafts else self._pacing.edit_interval
+        remaining = self._last_call_at + interval - self._clock.monotonic()
+        if remaining > 0:
+            await _first_of(self._clock.sleep(remaining), self._closed.wait())
+
+    async def _show_preview(self, text: str) -> None:
+        rendered = self._render(text)
+        if self._use_drafts:
+            preview = split_rich_text(rendered, TELEGRAM_TEXT_LIMIT)
+            try:
+                await self._transport.draft(self._chat_id, self._draft_id, preview[-1])
+                return
+            except DraftsUnsupported:
+                log.info("drafts unavailable in chat %s; streaming by edits", self._chat_id)
+                self._use_drafts = False
+            except BadRequest as error:
+                log.info("draft refused in chat %s (%s); streaming by edits", self._chat_id, error)
+                self._use_drafts = False
+        parts = split_rich_text(rendered, TELEGRAM_TEXT_LIMIT)
+        for index, part in enumerate(parts):
+            if index < len(self._message_ids):
+                if self._shown_parts[index] != part:
+                    await self._edit(index, part)
+            else:
+                await self._send(part)
+
+    async def _send(self, part: RichText) -> None:
+        reply_to = self._reply_to if not self._message_ids else None
+        try:
+            message_id = await self._transport.send(self._chat_id, part, reply_to=reply_to)
+        except BadRequest:
+            # Telegram refused the formatting: the words matter more than the styling.
+            message_id = await self._transport.send(self._chat_id, RichText.plain(part.text), reply_to=reply_to)
+        self._message_ids.append(message_id)
+        self._shown_parts.append(part)
+
+    async def _edit(self, index: int, part: RichText) -> None:
+        try:
+            await self._transport.edit(self._chat_id, self._message_ids[index], part)
+        except BadRequest:
+            await self._transport.edit(self._chat_id, self._message_ids[index], RichText.plain(part.text))
+        self._shown_parts[index] = part
+
+    async def _deliver_final(self, call: Callable[[], Awaitable[None]]) -> None:
+        delay = self._pacing.final_backoff
+        for attempt in range(1, self._pacing.final_attempts + 1):
+            try:
+                await call()
+                return
+            except RateLimited as error:
+                # Without a governor in front, honour Telegram's wait here; the final text must land.
+                await self._clock.sleep(error.retry_after or delay)
+            except UpstreamError as error:
+                if not error.retryable or attempt == self._pacing.final_attempts:
+                    log.warning("final reply to chat %s not delivered: %s", self._chat_id, error)
+                    raise
+                await self._clock.sleep(delay)
+                delay *= 2
+
+
+async def _first_of(*awaitables) -> None:
+    """Wait until the first awaitable completes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

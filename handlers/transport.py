@@ -1,0 +1,50 @@
+"""The small interface between handlers and a chat transport (Telegram or the console).
+
+Handlers receive `IncomingMessage`s and answer through `Transport`; only the Telegram transport
+imports Telethon. Transports raise project error types (`integrations.errors`): a Telegram flood
+wait becomes `RateLimited` with `retry_after`, so the flood governor can understand it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+from handlers.richtext import RichText
+from integrations.errors import BadRequest
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    chat_id: int
+    user_id: int
+    message_id: int
+    text: str
+    is_private: bool = True
+    # In groups the bot answers only when mentioned or replied to; the transport decides that.
+    addressed_to_bot: bool = True
+    user_name: str = ""
+
+
+class DraftsUnsupported(BadRequest):
+    """This chat (or this transport) cannot show a native draft preview: fall back to edits."""
+
+
+MessageHandler = Callable[[IncomingMessage], Awaitable[None]]
+
+
+class Transport(Protocol):
+    name: str
+
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None) -> int:
+        """Send a message and return its id."""
+        ...
+
+    async def edit(self, chat_id: int, message_id: int, text: RichText) -> None:
+        """Replace a sent message's text. An unchanged text is not an error."""
+        ...
+
+    async def draft(self, chat_id: int, draft_id: int, text: RichText) -> None:
+        """Show a live draft preview; raises DraftsUnsupported where there is none."""
+        ...
+
+    async def typing(self, chat_id: int) -> None: ...

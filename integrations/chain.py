@@ -1,0 +1,245 @@
+"""The model chain: one answer, whichever models it takes.
+
+Models are tried in order (the user's pick first). A model that fails before its first token
+(error, open breaker, or no first token in time) hands over silently to the next. A model that
+fails after it started answering hands over too: the next model is asked to continue from the
+text already shown, the overlap is dropped, and the caller gets a `ModelTookOver` event so the
+user sees who took over. Only when every model failed does the caller see an error.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+
+from integrations.context_window import estimate_tokens, trim_to_budget
+from integrations.errors import ContextTooLong, MalformedResponse, Unavailable, UpstreamError
+from integrations.llm import ChatMessage, ChatProvider, ChatRequest, ModelRef, StreamResult, Usage
+from integrations.resilience.clock import Clock, wait_for
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OpenPolicy = Callable[[ModelRef, Callable[[], Awaitable[T]]], Awaitable[T]]
+
+CONTINUE_INSTRUCTION = (
+    "Your previous reply was cut off by a technical fault. Continue it from exactly where it stops, "
+    "mid-sentence if need be. Do not repeat any of it and do not add a preamble."
+)
+OVERLAP_WINDOW = 300
+
+
+@dataclass(frozen=True)
+class ChainTimeouts:
+    first_token: float = 20.0
+    idle: float = 30.0
+    total: float = 300.0
+
+
+@dataclass(frozen=True)
+class ChainModel:
+    ref: ModelRef
+    provider: ChatProvider
+    context_tokens: int = 100_000
+    # Shown with every reply from this model (the small offline model says what it is).
+    marker: str | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ModelTookOver:
+    previous: ModelRef
+    model: ModelRef
+    reason: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    model: ModelRef
+    marker: str | None
+    usage: tuple[tuple[ModelRef, Usage], ...]
+
+
+ChainEvent = TextDelta | ModelTookOver | Completed
+
+
+@dataclass
+class Failure:
+    model: ModelRef
+    error: UpstreamError
+
+
+class AllModelsFailed(Exception):
+    def __init__(self, failures: Sequence[Failure], partial_text: str = "", usage: Sequence[tuple[ModelRef, Usage]] = ()) -> None:
+        self.failures = list(failures)
+        self.partial_text = partial_text
+        self.usage = tuple(usage)
+        summary = "; ".join(f"{f.model}: {f.error}" for f in self.failures) or "no model is configured"
+        super().__init__(f"every model failed ({summary})")
+
+
+@dataclass
+class _OpenStream:
+    stream: AsyncIterator[str]
+    first: str
+    result: StreamResult
+
+
+_END = object()
+
+
+async def _next_chunk(stream: AsyncIterator[str]) -> object:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+async def _pass_through(ref: ModelRef, call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
+
+
+@dataclass
+class ModelChain:
+    models: Sequence[ChainModel]
+    clock: Clock
+    timeouts: ChainTimeouts = field(default_factory=ChainTimeouts)
+    open_policy: OpenPolicy = _pass_through
+
+    @property
+    def refs(self) -> list[ModelRef]:
+        return [m.ref for m in self.models]
+
+    def find(self, text: str) -> ModelRef | None:
+        """Match `provider:model` or a bare model name against the configured chain."""
+        wanted = text.strip().lower()
+        for ref in self.refs:
+            if wanted in (str(ref).lower(), ref.model.lower()):
+                return ref
+        return None
+
+    def ordered(self, preferred: ModelRef | None) -> list[ChainModel]:
+        first = [m for m in self.models if m.ref == preferred]
+        return first + [m for m in self.models if m.ref != preferred]
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        system: str | None,
+        max_tokens: int,
+        preferred: ModelRef | None = None,
+    ) -> AsyncIterator[ChainEvent]:
+        failures: list[Failure] = []
+        usage: list[tuple[ModelRef, Usage]] = []
+        shown = ""
+        previous: ModelRef | None = None
+        deadline = self.clock.monotonic() + self.timeouts.total
+        for model in self.ordered(preferred):
+            conversation = list(messages)
+            if shown:
+                conversation += [ChatMessage("assistant", shown), ChatMessage("user", CONTINUE_INSTRUCTION)]
+            try:
+                opened = await self._open(model, conversation, system, max_tokens)
+            except UpstreamError as error:
+                log.info("model %s failed before answering: %s", model.ref, error)
+                failures.append(Failure(model.ref, error))
+                continue
+            if previous is not None and shown:
+                yield ModelTookOver(previous, model.ref, str(failures[-1].error) if failures else "")
+            produced = ""
+            try:
+                async for text in self._continue(opened, model, shown, deadline):
+                    produced += text
+                    yield TextDelta(text)
+            except UpstreamError as error:
+                log.warning("model %s failed mid-answer after %d characters: %s", model.ref, len(produced), error)
+                failures.append(Failure(model.ref, error))
+                usage.append((model.ref, opened.result.usage))
+                shown += produced
+                previous = model.ref
+                continue
+            usage.append((model.ref, opened.result.usage))
+            yield Completed(model.ref, model.marker, tuple(usage))
+            return
+        raise AllModelsFailed(failures, shown, usage)
+
+    async def _open(self, model: ChainModel, conversation: list[ChatMessage], system: str | None, max_tokens: int) -> _OpenStream:
+        budget = model.context_tokens - max_tokens - estimate_tokens(system or "")
+        trimmed_once = False
+        while True:
+            request = ChatRequest(model.ref.model, trim_to_budget(conversation, budget), system, max_tokens)
+            try:
+                return await self.open_policy(model.ref, lambda: self._first_token(model, request))
+            except ContextTooLong:
+                if trimmed_once or len(request.messages) <= 1:
+                    raise
+                # Our estimate was too generous for this model: drop the older half and try once more.
+                trimmed_once = True
+                budget = sum(estimate_tokens(m.content) for m in request.messages) // 2
+
+    async def _first_token(self, model: ChainModel, request: ChatRequest) -> _OpenStream:
+        result = StreamResult()
+        stream = model.provider.stream(request, result)
+        try:
+            first = await wait_for(self.clock, _next_chunk(stream), self.timeouts.first_token)
+        except TimeoutError:
+            await _close(stream)
+            raise Unavailable(f"no first token within {self.timeouts.first_token:g} s", upstream=str(model.ref)) from None
+        except BaseException:
+            await _close(stream)
+            raise
+        if first is _END:
+            raise MalformedResponse("the model returned an empty answer", upstream=str(model.ref))
+        return _OpenStream(stream, str(first), result)
+
+    async def _continue(self, opened: _OpenStream, model: ChainModel, shown: str, deadline: float) -> AsyncIterator[str]:
+        """Yield the model's text, dropping what repeats `shown`, with idle and total timeouts."""
+        pending = opened.first
+        deduplicated = not shown
+        try:
+            while True:
+                if deduplicated and pending:
+                    yield pending
+                    pending = ""
+                timeout = min(self.timeouts.idle, deadline - self.clock.monotonic())
+                if timeout <= 0:
+                    raise Unavailable(f"answer exceeded {self.timeouts.total:g} s", upstream=str(model.ref))
+                try:
+                    chunk = await wait_for(self.clock, _next_chunk(opened.stream), timeout)
+                except TimeoutError:
+                    raise Unavailable(f"stream stalled for {timeout:g} s", upstream=str(model.ref)) from None
+                if chunk is _END:
+                    break
+                pending += str(chunk)
+                if not deduplicated and len(pending) >= OVERLAP_WINDOW:
+                    pending = drop_overlap(shown, pending)
+                    deduplicated = True
+            if not deduplicated:
+                pending = drop_overlap(shown, pending)
+            if pending:
+                yield pending
+        finally:
+            await _close(opened.stream)
+
+
+def drop_overlap(shown: str, continuation: str) -> str:
+    """Remove the start of `continuation` that repeats the end of `shown`."""
+    tail = shown[-OVERLAP_WINDOW:]
+    for size in range(min(len(tail), len(continuation)), 0, -1):
+        if tail.endswith(continuation[:size]) and (size >= 8 or size == len(continuation) or continuation[:size].strip() == ""):
+            return continuation[size:]
+    return continuation
+
+
+async def _close(stream: AsyncIterator[str]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # closing a broken stream may raise again; the failure is already handled
+            pass

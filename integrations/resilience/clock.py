@@ -1,0 +1,146 @@
+"""The one source of time: everything that waits or expires reads an injected clock.
+
+`SystemClock` is the real one. `ManualClock` only moves when a test (or a benchmark) advances it,
+so waits of minutes take no real time and results do not depend on machine speed.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Awaitable, Callable, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class ManualClock:
+    """A clock whose time moves only through `advance`; sleepers wake in deadline order."""
+
+    def __init__(self, start: float = 1000.0, wall_start: datetime | None = None) -> None:
+        self._now = start
+        self._start = start
+        self._wall_start = wall_start or datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def now(self) -> datetime:
+        return self._wall_start + timedelta(seconds=self._now - self._start)
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
+        await future
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    def next_deadline(self) -> float | None:
+        self._drop_cancelled()
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def settle(self, rounds: int = 20) -> None:
+        """Let every task that can run without time passing run."""
+        for _ in range(rounds):
+            await asyncio.sleep(0)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking each sleeper at its own deadline and letting it run."""
+        target = self._now + seconds
+        await self.settle()
+        while True:
+            self._drop_cancelled()
+            if not self._sleepers or self._sleepers[0][0] > target:
+                break
+            deadline, _, future = heapq.heappop(self._sleepers)
+            self._now = max(self._now, deadline)
+            if not future.done():
+                future.set_result(None)
+            await self.settle()
+        self._now = max(self._now, target)
+        await self.settle()
+
+    async def run_until_complete(self, awaitable: Awaitable[T], *, poll: float = 0.002, limit: float = 3600.0) -> T:
+        """Run `awaitable`, jumping time to the next deadline whenever it is waiting on the clock.
+
+        Real I/O (local fake servers, SQLite threads) gets `poll` seconds of real time to make
+        progress before time jumps; that only shifts pacing, because timeouts under test are
+        driven with `advance` explicitly.
+        """
+        task = asyncio.ensure_future(awaitable)
+        started = self._now
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                break
+            deadline = self.next_deadline()
+            if deadline is None:
+                continue
+            if deadline - started > limit:
+                task.cancel()
+                raise TimeoutError(f"still running after {limit} s of clock time")
+            await self.advance(max(0.0, deadline - self._now))
+        return task.result()
+
+    async def run_until(self, predicate: Callable[[], bool], *, poll: float = 0.002, limit: float = 3600.0) -> None:
+        """Let time run (as in `run_until_complete`) until `predicate()` holds."""
+
+        async def condition() -> None:
+            while not predicate():
+                await asyncio.sleep(poll / 4)
+
+        await self.run_until_complete(condition(), poll=poll, limit=limit)
+
+    def _drop_cancelled(self) -> None:
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+
+
+async def wait_for(clock: Clock, awaitable: Awaitable[T], timeout: float | None) -> T:
+    """`asyncio.wait_for` on the injected clock: raises TimeoutError when `timeout` passes first."""
+    if timeout is None:
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    timer = asyncio.ensure_future(clock.sleep(timeout))
+    try:
+        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        timer.cancel()
+        raise
+    if task in done:
+        timer.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    raise TimeoutError(f"no answer within {timeout:g} s")

@@ -1,0 +1,166 @@
+"""Policies are layers around one upstream call; `compose` folds them, the first listed outermost.
+
+A policy takes the call (a zero-argument coroutine function) and returns its result, doing
+whatever it does around it. The natural order for an upstream, outermost first:
+
+    cache -> circuit breaker -> retry -> rate limiter -> per-attempt timeout -> the call
+
+A cache hit skips everything. An open breaker fails fast without retrying. Every retry attempt
+takes a rate-limit token. An exhausted retry counts once against the breaker, which is why the
+breaker wraps the whole retry. `Upstream` wires these for one upstream.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any, Awaitable, Callable, TypeVar
+
+from integrations.errors import AuthFailed, RateLimited, Unavailable
+from integrations.resilience.breaker import CircuitBreaker
+from integrations.resilience.clock import Clock
+from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.retry import AuthReload, RetryPolicy, retry_call
+
+T = TypeVar("T")
+
+Call = Callable[[], Awaitable[Any]]
+Policy = Callable[[Call], Awaitable[Any]]
+
+
+def compose(*policies: Policy) -> Policy:
+    """One policy that applies `policies` in order, the first outermost."""
+
+    async def composed(call: Call) -> Any:
+        for policy in reversed(policies):
+            call = functools.partial(policy, call)
+        return await call()
+
+    return composed
+
+
+def breaker_policy(breaker: CircuitBreaker) -> Policy:
+    return breaker.call
+
+
+def retry_policy(policy: RetryPolicy, clock: Clock, on_auth_failed: AuthReload | None = None) -> Policy:
+    def retried(call: Call) -> Awaitable[Any]:
+        return retry_call(call, policy, clock, on_auth_failed=on_auth_failed)
+
+    return retried
+
+
+def limiter_policy(limiter: RateLimiter, *, max_pause: float | None = None) -> Policy:
+    """Every call takes a token. A 429 with Retry-After pauses the limiter for everyone.
+
+    While the limiter is paused for longer than `max_pause`, calls (queued ones included) fail
+    fast with `RateLimited`, so an hour-long Retry-After turns into fallback rather than a hang.
+    """
+
+    async def limited(call: Call) -> Any:
+        await limiter.acquire(max_pause=max_pause)
+        try:
+            return await call()
+        except RateLimited as error:
+            if error.retry_after:
+                limiter.pause(error.retry_after)
+            raise
+
+    return limited
+
+
+def timeout_policy(seconds: float, clock: Clock, upstream: str) -> Policy:
+    """Each call gets `seconds` on the clock; running out is `Unavailable`, which may be retried.
+
+    The call runs in the caller's task and a clock timer cancels it (as `asyncio.timeout` does):
+    one timer task per call instead of the two tasks `clock.wait_for` needs, which matters on
+    the success path of every upstream call.
+    """
+
+    async def timed(call: Call) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        fired = finished = False
+
+        def expire(timer: asyncio.Future[None]) -> None:
+            nonlocal fired
+            if not finished and not timer.cancelled() and timer.exception() is None:
+                fired = True
+                task.cancel()
+
+        timer = asyncio.ensure_future(clock.sleep(seconds))
+        timer.add_done_callback(expire)
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            if fired and task.uncancel() <= cancelling:
+                raise Unavailable(f"timed out after {seconds:g} s", upstream=upstream) from None
+            raise
+        finally:
+            finished = True
+            timer.cancel()
+
+    return timed
+
+
+def cache_policy(lookup: Callable[[], Awaitable[Any]], store: Callable[[Any], Awaitable[None]]) -> Policy:
+    """`lookup()` returning anything but None is a hit and skips the call; a fresh result is stored."""
+
+    async def cached(call: Call) -> Any:
+        hit = await lookup()
+        if hit is not None:
+            return hit
+        result = await call()
+        await store(result)
+        return result
+
+    return cached
+
+
+class Upstream:
+    """Breaker -> retry -> limiter -> timeout around every call to one upstream."""
+
+    def __init__(
+        self,
+        name: str,
+        clock: Clock,
+        *,
+        breaker: CircuitBreaker,
+        limiter: RateLimiter | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        attempt_timeout: float | None = None,
+        on_auth_failed: AuthReload | None = None,
+    ) -> None:
+        self.name = name
+        self.breaker = breaker
+        self.limiter = limiter
+        self.retry = retry
+        self.attempt_timeout = attempt_timeout
+        layers = [breaker_policy(breaker), retry_policy(retry, clock, on_auth_failed)]
+        if limiter is not None:
+            layers.append(limiter_policy(limiter, max_pause=retry.retry_after_cap))
+        if attempt_timeout is not None:
+            layers.append(timeout_policy(attempt_timeout, clock, name))
+        self._policy = compose(*layers)
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await self._policy(fn)
+        except AuthFailed as error:
+            # The retry already tried a reloaded credential: every other caller would be refused
+            # too, so fail them fast until the cooldown's probe.
+            self.breaker.force_open(f"auth failed: {error}")
+            raise
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "breaker": self.breaker.snapshot(),
+            "limiter": self.limiter.snapshot() if self.limiter is not None else None,
+            "retry": {
+                "max_attempts": self.retry.max_attempts,
+                "max_total": self.retry.max_total,
+                "retry_after_cap": self.retry.retry_after_cap,
+            },
+            "attempt_timeout": self.attempt_timeout,
+        }

@@ -1,0 +1,262 @@
+"""Paces every Telegram call per chat and overall, and turns flood waits into pauses of one chat.
+
+Telegram publishes no exact limits; the guidance is about one message a second in a chat, twenty a
+minute in a group and thirty a second for the whole bot, edits and drafts included. The governor
+keeps under that pace so flood waits stay rare. When one comes anyway it pauses exactly the chat
+that got it for exactly the time Telegram asked, then repeats the call: a reply's sends and final
+edits must land. Typing indicators are worthless once late, so they are dropped while their chat is
+paused instead of waiting.
+
+Each chat is a FIFO with one call in flight (an asyncio.Lock hands itself over in arrival order).
+Callers keep their own latest text while they wait, so no stale edit piles up here. Every wait is a
+slot computed in advance and slept for on the injected clock: nothing polls.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, TypeVar, overload
+
+from integrations.errors import RateLimited
+from integrations.resilience.clock import Clock
+
+if TYPE_CHECKING:
+    from handlers.richtext import RichText
+    from handlers.transport import Transport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CallKind = Literal["send", "edit", "draft", "typing"]
+
+# Float rounding on a clock that wakes at `now + (deadline - now)` must not cost a second wait.
+_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ChatPace:
+    paused_for: float
+    calls: int
+    flood_waits: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class GovernorSnapshot:
+    chats: dict[int, ChatPace]
+    calls: int
+    flood_waits: int
+    typing_dropped: int
+
+
+@dataclass
+class _ChatScope:
+    interval: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_slot: float = float("-inf")
+    paused_until: float = float("-inf")
+    calls: int = 0
+    flood_waits: int = 0
+    users: int = 0
+
+
+class _SlidingWindow:
+    """At most `limit` call starts in any `period` seconds; slots are handed out in request order."""
+
+    def __init__(self, clock: Clock, limit: int, period: float = 1.0) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._period = period
+        self._starts: deque[float] = deque(maxlen=limit)
+
+    async def acquire(self) -> None:
+        now = self._clock.monotonic()
+        slot = now
+        if self._starts:
+            slot = max(slot, self._starts[-1])
+        if len(self._starts) == self._limit:
+            slot = max(slot, self._starts[0] + self._period)
+        self._starts.append(slot)
+        if slot - now > _TOLERANCE:
+            await self._clock.sleep(slot - now)
+
+
+class FloodGovernor:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        private_interval: float = 1.0,
+        group_interval: float = 3.0,
+        global_per_second: int = 30,
+        max_flood_waits: int = 5,
+        prune_every: float = 30.0,
+    ) -> None:
+        self._clock = clock
+        self._private_interval = private_interval
+        self._group_interval = group_interval
+        self._global = _SlidingWindow(clock, global_per_second)
+        # A call flood-waited this many times in a row is given back to the caller (still paused).
+        self._max_flood_waits = max_flood_waits
+        self._prune_every = prune_every
+        self._last_prune = clock.monotonic()
+        self._chats: dict[int, _ChatScope] = {}
+        self._calls = 0
+        self._flood_waits = 0
+        self._typing_dropped = 0
+
+    @overload
+    async def run(
+        self,
+        chat_id: int,
+        is_private: bool,
+        call: Callable[[], Awaitable[T]],
+        kind: Literal["send", "edit", "draft"] = "send",
+    ) -> T: ...
+
+    @overload
+    async def run(
+        self, chat_id: int, is_private: bool, call: Callable[[], Awaitable[Any]], kind: Literal["typing"]
+    ) -> None: ...
+
+    async def run(
+        self, chat_id: int, is_private: bool, call: Callable[[], Awaitable[Any]], kind: CallKind = "send"
+    ) -> Any:
+        """Make `call` at this chat's pace; on a flood wait pause the chat, then make it again.
+
+        Typing calls neither wait for the chat nor take its pace, and are dropped while it is paused.
+        """
+        self._maybe_prune()
+        scope = self._scope(chat_id, is_private)
+        scope.users += 1
+        try:
+            if kind == "typing":
+                return await self._run_typing(chat_id, scope, call)
+            async with scope.lock:
+                return await self._run_paced(chat_id, scope, call, kind)
+        finally:
+            scope.users -= 1
+
+    def snapshot(self) -> GovernorSnapshot:
+        self._prune()
+        now = self._clock.monotonic()
+        chats = {
+            chat_id: ChatPace(
+                paused_for=max(0.0, scope.paused_until - now),
+                calls=scope.calls,
+                flood_waits=scope.flood_waits,
+                waiting=scope.users,
+            )
+            for chat_id, scope in self._chats.items()
+        }
+        return GovernorSnapshot(chats, self._calls, self._flood_waits, self._typing_dropped)
+
+    async def _run_paced(
+        self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[T]], kind: str
+    ) -> T:
+        floods = 0
+        while True:
+            await self._sleep_until(max(scope.next_slot, scope.paused_until))
+            await self._global.acquire()
+            if self._is_paused(scope):
+                continue  # a typing call hit a flood wait while this one waited for its global slot
+            scope.next_slot = self._clock.monotonic() + scope.interval
+            self._count_call(scope)
+            try:
+                return await call()
+            except RateLimited as error:
+                floods += 1
+                self._pause(chat_id, scope, error, kind)
+                if floods >= self._max_flood_waits:
+                    raise
+
+    async def _run_typing(self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[Any]]) -> None:
+        if self._is_paused(scope):
+            self._typing_dropped += 1
+            return None
+        await self._global.acquire()
+        if self._is_paused(scope):
+            self._typing_dropped += 1
+            return None
+        self._count_call(scope)
+        try:
+            await call()
+        except RateLimited as error:
+            self._pause(chat_id, scope, error, "typing")
+            self._typing_dropped += 1
+        return None
+
+    def _scope(self, chat_id: int, is_private: bool) -> _ChatScope:
+        scope = self._chats.get(chat_id)
+        if scope is None:
+            interval = self._private_interval if is_private else self._group_interval
+            scope = self._chats[chat_id] = _ChatScope(interval)
+        return scope
+
+    def _pause(self, chat_id: int, scope: _ChatScope, error: RateLimited, kind: str) -> None:
+        # Telethon turns FLOOD_WAIT_0 into 1 s; do the same for a wait we were not told.
+        seconds = error.retry_after if error.retry_after is not None and error.retry_after > 0 else 1.0
+        scope.paused_until = max(scope.paused_until, self._clock.monotonic() + seconds)
+        scope.flood_waits += 1
+        self._flood_waits += 1
+        log.info("chat %s paused for %g s: flood wait on %s", chat_id, seconds, kind)
+
+    def _count_call(self, scope: _ChatScope) -> None:
+        scope.calls += 1
+        self._calls += 1
+
+    def _is_paused(self, scope: _ChatScope) -> bool:
+        return scope.paused_until - self._clock.monotonic() > _TOLERANCE
+
+    async def _sleep_until(self, deadline: float) -> None:
+        delay = deadline - self._clock.monotonic()
+        if delay > _TOLERANCE:
+            await self._clock.sleep(delay)
+
+    def _maybe_prune(self) -> None:
+        if self._clock.monotonic() - self._last_prune >= self._prune_every:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget chats with no caller, no pause and no pace left to keep."""
+        now = self._clock.monotonic()
+        self._last_prune = now
+        idle = [
+            chat_id
+            for chat_id, scope in self._chats.items()
+            if scope.users == 0 and scope.paused_until <= now and scope.next_slot <= now
+        ]
+        for chat_id in idle:
+            del self._chats[chat_id]
+
+
+class GovernedTransport:
+    """A Transport whose every call goes through the flood governor (positive chat ids are users)."""
+
+    def __init__(self, inner: Transport, governor: FloodGovernor) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._governor = governor
+
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None) -> int:
+        return await self._governor.run(
+            chat_id, chat_id > 0, lambda: self._inner.send(chat_id, text, reply_to=reply_to), "send"
+        )
+
+    async def edit(self, chat_id: int, message_id: int, text: RichText) -> None:
+        await self._governor.run(
+            chat_id, chat_id > 0, lambda: self._inner.edit(chat_id, message_id, text), "edit"
+        )
+
+    async def draft(self, chat_id: int, draft_id: int, text: RichText) -> None:
+        if chat_id <= 0:
+            # Telegram has no drafts in groups: the transport refuses without a network call, and
+            # taking a pace slot for that would hold back the fallback edit by a group interval.
+            await self._inner.draft(chat_id, draft_id, text)
+            return
+        await self._governor.run(chat_id, True, lambda: self._inner.draft(chat_id, draft_id, text), "draft")
+
+    async def typing(self, chat_id: int) -> None:
+        await self._governor.run(chat_id, chat_id > 0, lambda: self._inner.typing(chat_id), "typing")

@@ -1,0 +1,222 @@
+"""Pace calls to one upstream: a GCRA limiter (a leaky bucket kept as one timestamp) with FIFO waiters.
+
+Algorithm: one unit of capacity is earned every `per / rate` seconds and up to `burst` unused
+units are banked. The state is the "theoretical arrival time" (TAT): the moment the bucket would
+be full again. A request of `cost` units may go at `now` once it fits, i.e. when
+`max(TAT, now) + cost * interval - now <= burst * interval`; granting it moves TAT forward by
+`cost * interval`. A cost larger than `burst` waits for a full bucket and then overdraws it, so an
+oversized request is slow rather than impossible.
+
+Burst semantics: in any window of `per` seconds up to `burst + rate - 1` requests of cost 1 can
+pass (what was banked, plus what is earned during the window). An upstream that enforces "at most
+N per rolling `per` seconds" therefore needs `rate=N, burst=1`: strict spacing of `per / N`
+seconds, measured between the moments requests are actually granted (a late wake-up pushes the
+next grant back rather than letting it catch up).
+
+Waiting: callers queue in arrival order; only the head of the queue sleeps, once, on the injected
+clock, for exactly the time its request needs. A cancelled waiter leaves the queue without taking
+capacity. `tighten` (from an upstream's rate-limit headers) and `pause` (from a Retry-After) add
+limits on top; they wake the head so it recomputes its wait. A caller that passes `max_pause`
+gets `RateLimited` instead of sitting out a longer pause, even if it was already queued.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+
+from integrations.errors import RateLimited
+from integrations.resilience.clock import Clock
+
+logger = logging.getLogger(__name__)
+
+# Float arithmetic on timestamps can leave a wait of 1e-13 s after an exact wake-up; without
+# this the head would sleep a second time for nothing.
+_EPSILON = 1e-9
+
+
+class RateLimiter:
+    def __init__(self, name: str, rate: float, per: float, clock: Clock, burst: int | None = None) -> None:
+        if rate <= 0 or per <= 0:
+            raise ValueError("rate and per must be positive")
+        if burst is not None and burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.name = name
+        self.rate = rate
+        self.per = per
+        self.burst = float(burst if burst is not None else rate)
+        self._clock = clock
+        self._interval = per / rate
+        self._tat = clock.monotonic()
+        self._paused_until = float("-inf")
+        # Tightened by upstream headers: until `_tight_until`, units are also spaced
+        # `_tight_interval` apart, starting no earlier than `_tight_next`.
+        self._tight_until = float("-inf")
+        self._tight_interval = 0.0
+        self._tight_next = float("-inf")
+        self._waiters: deque[_Turn] = deque()
+        self._timer: asyncio.Future[None] | None = None
+
+    async def acquire(self, cost: float = 1.0, *, max_pause: float | None = None) -> None:
+        """Wait until `cost` units fit, behind everyone who asked earlier, then take them.
+
+        With `max_pause`, a pause longer than that (now, or one that starts while waiting)
+        raises `RateLimited` instead, so the caller can fail over rather than hang.
+        """
+        if cost < 0:
+            raise ValueError("cost must not be negative")
+        now = self._clock.monotonic()
+        self._refuse_long_pause(max_pause, now)
+        if not self._waiters and self._delay(cost, now) <= _EPSILON:
+            self._take(cost, now)
+            return
+        await self._wait_in_line(cost, max_pause)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def charge(self, cost: float) -> None:
+        """Take `cost` units now without waiting (negative gives them back).
+
+        For usage known only after the fact, e.g. tokens an API reported. A refund never fills
+        the bucket beyond `burst`.
+        """
+        now = self._clock.monotonic()
+        self._tat = max(self._tat, now) + cost * self._interval
+        if now < self._tight_until:
+            self._tight_next = max(self._tight_next, now) + cost * self._tight_interval
+        self._wake_head()
+
+    def tighten(self, remaining: int, reset_after: float) -> None:
+        """The upstream says only `remaining` units are left for the next `reset_after` seconds.
+
+        If that is less than we would send in that time, space units evenly so that at most
+        `remaining` go before the reset; after it the configured rate applies again. The latest
+        headers win: a report with more room lifts an earlier tightening.
+        """
+        now = self._clock.monotonic()
+        would_send = self._available(now) + reset_after / self._interval
+        if remaining >= would_send:
+            if now < self._tight_until:
+                self._tight_until = float("-inf")
+                self._wake_head()
+            return
+        was_tight = now < self._tight_until
+        self._tight_until = now + reset_after
+        if remaining > 0:
+            self._tight_interval = reset_after / remaining
+            self._tight_next = max(self._tight_next, now) if was_tight else now
+        else:
+            self._tight_interval = reset_after
+            self._tight_next = self._tight_until
+        logger.info("%s: upstream allows %s more in %.1f s; slowing down", self.name, remaining, reset_after)
+        self._wake_head()
+
+    def pause(self, seconds: float) -> None:
+        """Nobody acquires for `seconds` (e.g. a 429 with Retry-After). Never shortens a pause."""
+        now = self._clock.monotonic()
+        self._paused_until = max(self._paused_until, now + seconds)
+        for turn in list(self._waiters)[1:]:  # the head checks for itself when woken
+            if turn.max_pause is not None and self._paused_until - now > turn.max_pause:
+                if not turn.future.done():
+                    turn.future.set_exception(self._long_pause(now))
+        self._wake_head()
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - self._clock.monotonic())
+
+    def snapshot(self) -> dict[str, object]:
+        now = self._clock.monotonic()
+        return {
+            "name": self.name,
+            "rate": self.rate,
+            "per": self.per,
+            "burst": self.burst,
+            "available": round(self._available(now), 3),
+            "waiting": len(self._waiters),
+            "paused_for": round(max(0.0, self._paused_until - now), 3),
+            "tightened": now < self._tight_until,
+        }
+
+    def _available(self, now: float) -> float:
+        """Units that could go right now (negative after an overdraw)."""
+        return self.burst - max(0.0, self._tat - now) / self._interval
+
+    def _delay(self, cost: float, now: float) -> float:
+        fits = min(cost, self.burst)
+        delay = max(self._tat, now) + (fits - self.burst) * self._interval - now
+        delay = max(delay, self._paused_until - now)
+        if now < self._tight_until:
+            start = max(self._tight_next, now)
+            if start + cost * self._tight_interval > self._tight_until + _EPSILON:
+                start = self._tight_until
+            delay = max(delay, start - now)
+        return delay
+
+    def _take(self, cost: float, now: float) -> None:
+        self._tat = max(self._tat, now) + cost * self._interval
+        if now < self._tight_until:
+            self._tight_next = max(self._tight_next, now) + cost * self._tight_interval
+
+    def _refuse_long_pause(self, max_pause: float | None, now: float) -> None:
+        if max_pause is not None and self._paused_until - now > max_pause:
+            raise self._long_pause(now)
+
+    def _long_pause(self, now: float) -> RateLimited:
+        return RateLimited(
+            "paused after the upstream asked us to wait", upstream=self.name, retry_after=self._paused_until - now
+        )
+
+    async def _wait_in_line(self, cost: float, max_pause: float | None) -> None:
+        turn = _Turn(asyncio.get_running_loop().create_future(), max_pause)
+        self._waiters.append(turn)
+        try:
+            if self._waiters[0] is not turn:
+                await turn.future
+            while (delay := self._delay(cost, now := self._clock.monotonic())) > _EPSILON:
+                self._refuse_long_pause(max_pause, now)
+                await self._sleep_until(now + delay)
+            self._take(cost, self._clock.monotonic())
+        finally:
+            was_head = self._waiters[0] is turn
+            self._waiters.remove(turn)
+            if was_head and self._waiters and not self._waiters[0].future.done():
+                self._waiters[0].future.set_result(None)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep on the clock; `_wake_head` cuts it short when the limits change."""
+        timer = asyncio.ensure_future(self._timer_until(deadline))
+        self._timer = timer
+        try:
+            await asyncio.wait((timer,))
+        finally:
+            self._timer = None
+            timer.cancel()
+
+    async def _timer_until(self, deadline: float) -> None:
+        # Measured when the timer task starts, not when it was created: other callbacks may run
+        # in between, and a relative sleep would then wake that much late.
+        await self._clock.sleep(deadline - self._clock.monotonic())
+
+    def _wake_head(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+@dataclass(slots=True)
+class _Turn:
+    """A place in the queue: its future is resolved when it reaches the head."""
+
+    future: asyncio.Future[None]
+    max_pause: float | None

@@ -1,0 +1,381 @@
+"""A stand-in for Telethon's TelegramClient that behaves like Telegram and records what users see.
+
+It takes the same calls as the parts of `TelegramClient` the bot uses and answers the way the
+server does: over-long or empty texts, unchanged edits and unknown message ids raise Telethon's own
+errors, and drafts are refused outside private chats. Every message, edit, draft update and typing
+action is kept with its time on the injected clock. Failures can be injected per kind of call, and
+`enforce_limits` turns on Telegram's published pace (1 a second per chat, 20 a minute in a group,
+30 a second overall), answering a call that breaks it with a FloodWaitError and counting it.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, NoReturn
+
+from telethon import errors, events, functions, types, utils
+
+from integrations.resilience.clock import Clock
+
+FaultKind = Literal["send", "edit", "draft", "typing", "commands", "start"]
+
+TEXT_LIMIT = 4096
+# A call that waited exactly the required time must not lose to float rounding on the fake clock.
+_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Edit:
+    at: float
+    text: str
+    entities: tuple[types.TypeMessageEntity, ...]
+
+
+@dataclass
+class SentMessage:
+    """One of the bot's messages as the user sees it now, with the history of its edits."""
+
+    id: int
+    chat_id: int
+    text: str
+    entities: tuple[types.TypeMessageEntity, ...]
+    reply_to: int | None
+    sent_at: float
+    link_preview: bool
+    edits: list[Edit] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class DraftUpdate:
+    at: float
+    draft_id: int
+    text: str
+    entities: tuple[types.TypeMessageEntity, ...]
+
+
+@dataclass(frozen=True)
+class Violation:
+    at: float
+    kind: str
+    chat_id: int
+    scope: Literal["chat", "group", "global"]
+    seconds: int
+
+
+@dataclass(frozen=True)
+class Call:
+    at: float
+    kind: str
+    chat_id: int | None
+    outcome: str  # "ok" or the name of the error raised
+
+
+@dataclass(frozen=True)
+class _Limits:
+    per_chat_interval: float
+    global_per_second: int
+    group_per_minute: int | None
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.dc_id: int | None = None
+        self.server_address: str | None = None
+        self.port: int | None = None
+
+    def set_dc(self, dc_id: int, server_address: str, port: int) -> None:
+        self.dc_id, self.server_address, self.port = dc_id, server_address, port
+
+
+class FakeTelegramClient:
+    def __init__(self, clock: Clock, *, bot_id: int = 7001, bot_username: str = "switchboard_bot") -> None:
+        self.clock = clock
+        self.session = FakeSession()
+        self.me = types.User(id=bot_id, bot=True, username=bot_username, first_name="Switchboard")
+        self.login_token: str | None = None
+        self.connected = False
+        self.commands: list[types.BotCommand] | None = None
+        self.handlers: list[tuple[Callable[[Any], Any], Any]] = []
+        self.calls: list[Call] = []
+        self.violations: list[Violation] = []
+        self._messages: dict[int, list[SentMessage]] = defaultdict(list)
+        self._by_id: dict[int, SentMessage] = {}
+        self._drafts: dict[int, list[DraftUpdate]] = defaultdict(list)
+        self._typing: dict[int, list[float]] = defaultdict(list)
+        self._faults: dict[str, deque[BaseException]] = defaultdict(deque)
+        self._limits: _Limits | None = None
+        self._landed_in_chat: dict[int, deque[float]] = {}
+        self._landed: deque[float] = deque()
+        self._next_id = 1
+        self._disconnected = asyncio.Event()
+
+    # --- test controls -------------------------------------------------------------------------
+
+    def fail_next(self, kind: FaultKind, error: BaseException, times: int = 1) -> None:
+        """The next `times` calls of this kind raise `error` (a Telethon error instance)."""
+        self._faults[kind].extend([error] * times)
+
+    def enforce_limits(
+        self, per_chat_interval: float = 1.0, global_per_second: int = 30, group_per_minute: int | None = 20
+    ) -> None:
+        self._limits = _Limits(per_chat_interval, global_per_second, group_per_minute)
+
+    async def deliver(self, event: Any) -> None:
+        """Hand an update to the registered handlers, as Telethon's update loop does."""
+        for callback, builder in list(self.handlers):
+            message = event.message
+            if getattr(builder, "incoming", None) and message.out:
+                continue
+            if getattr(builder, "outgoing", None) and not message.out:
+                continue
+            await callback(event)
+
+    # --- what the users see --------------------------------------------------------------------
+
+    def messages(self, chat_id: int) -> list[SentMessage]:
+        return list(self._messages.get(chat_id, []))
+
+    def drafts(self, chat_id: int) -> list[DraftUpdate]:
+        return list(self._drafts.get(chat_id, []))
+
+    def typing_actions(self, chat_id: int) -> list[float]:
+        return list(self._typing.get(chat_id, []))
+
+    def final_text(self, chat_id: int, separator: str = "") -> str:
+        return separator.join(message.text for message in self._messages.get(chat_id, []))
+
+    @property
+    def violation_count(self) -> int:
+        return len(self.violations)
+
+    # --- the TelegramClient API ----------------------------------------------------------------
+
+    async def start(self, bot_token: str | None = None, **_: Any) -> "FakeTelegramClient":
+        self._take_fault("start", None)
+        if not bot_token:
+            raise ValueError("the fake only logs in as a bot")
+        self.login_token = bot_token
+        self.connected = True
+        return self
+
+    async def get_me(self, input_peer: bool = False) -> types.User:
+        return self.me
+
+    async def disconnect(self) -> None:
+        self.connected = False
+        self._disconnected.set()
+
+    async def run_until_disconnected(self) -> None:
+        await self._disconnected.wait()
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def add_event_handler(self, callback: Callable[[Any], Any], event: Any = None) -> None:
+        self.handlers.append((callback, event if event is not None else events.Raw()))
+
+    def remove_event_handler(self, callback: Callable[[Any], Any], event: Any = None) -> int:
+        before = len(self.handlers)
+        self.handlers = [
+            (cb, ev) for cb, ev in self.handlers if not (cb == callback and (event is None or ev is event))
+        ]
+        return before - len(self.handlers)
+
+    def on(self, event: Any) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+        def decorator(callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            self.add_event_handler(callback, event)
+            return callback
+
+        return decorator
+
+    async def send_message(
+        self,
+        entity: int,
+        message: str = "",
+        *,
+        reply_to: int | None = None,
+        parse_mode: Any = (),
+        formatting_entities: list[types.TypeMessageEntity] | None = None,
+        link_preview: bool = True,
+        **_: Any,
+    ) -> SentMessage:
+        chat_id = _chat_id(entity)
+        request = functions.messages.SendMessageRequest(peer=chat_id, message=message)
+        self._take_fault("send", chat_id)
+        entities = self._entities(parse_mode, formatting_entities)
+        self._check_text(message, entities, request, "send", chat_id)
+        self._check_pace("send", chat_id, request)
+        now = self.clock.monotonic()
+        sent = SentMessage(self._next_id, chat_id, message, entities, reply_to, now, link_preview)
+        self._next_id += 1
+        self._messages[chat_id].append(sent)
+        self._by_id[sent.id] = sent
+        self._land("send", chat_id)
+        return sent
+
+    async def edit_message(
+        self,
+        entity: int,
+        message: int | Any = None,
+        text: str | None = None,
+        *,
+        parse_mode: Any = (),
+        formatting_entities: list[types.TypeMessageEntity] | None = None,
+        link_preview: bool = True,
+        **_: Any,
+    ) -> SentMessage:
+        chat_id = _chat_id(entity)
+        message_id = message if isinstance(message, int) else getattr(message, "id", None)
+        request = functions.messages.EditMessageRequest(peer=chat_id, id=message_id or 0, message=text)
+        self._take_fault("edit", chat_id)
+        target = self._by_id.get(message_id) if isinstance(message_id, int) else None
+        if target is None or target.chat_id != chat_id:
+            self._refuse("edit", chat_id, errors.MessageIdInvalidError(request=request))
+        text = text or ""
+        entities = self._entities(parse_mode, formatting_entities)
+        self._check_text(text, entities, request, "edit", chat_id)
+        if text == target.text and entities == target.entities:
+            self._refuse("edit", chat_id, errors.MessageNotModifiedError(request=request))
+        self._check_pace("edit", chat_id, request)
+        target.text, target.entities = text, entities
+        target.edits.append(Edit(self.clock.monotonic(), text, entities))
+        self._land("edit", chat_id)
+        return target
+
+    async def __call__(self, request: Any, ordered: bool = False) -> Any:
+        if isinstance(request, functions.messages.SetTypingRequest):
+            return self._set_typing(request)
+        if isinstance(request, functions.bots.SetBotCommandsRequest):
+            self._take_fault("commands", None)
+            self.commands = list(request.commands)
+            self._record("commands", None, "ok")
+            return True
+        raise NotImplementedError(f"FakeTelegramClient does not answer {type(request).__name__}")
+
+    # --- Telegram's behaviour ------------------------------------------------------------------
+
+    def _set_typing(self, request: functions.messages.SetTypingRequest) -> bool:
+        chat_id = _chat_id(request.peer)
+        action = request.action
+        if isinstance(action, types.SendMessageTypingAction):
+            self._take_fault("typing", chat_id)
+            self._typing[chat_id].append(self.clock.monotonic())
+            self._record("typing", chat_id, "ok")
+            return True
+        if isinstance(action, types.SendMessageTextDraftAction):
+            self._take_fault("draft", chat_id)
+            if chat_id <= 0:
+                # What Telegram answers for a draft outside a private chat; Telethon has no class for it.
+                self._refuse("draft", chat_id, errors.BadRequestError(request, "TEXTDRAFT_PEER_INVALID", 400))
+            entities = tuple(action.text.entities)
+            self._check_text(action.text.text, entities, request, "draft", chat_id)
+            self._check_pace("draft", chat_id, request)
+            update = DraftUpdate(self.clock.monotonic(), action.random_id, action.text.text, entities)
+            self._drafts[chat_id].append(update)
+            self._land("draft", chat_id)
+            return True
+        raise NotImplementedError(f"FakeTelegramClient does not show {type(action).__name__}")
+
+    def _entities(self, parse_mode: Any, formatting_entities: list[Any] | None) -> tuple[Any, ...]:
+        if formatting_entities is None and parse_mode is not None:
+            # The real client would parse Telethon's own Markdown here, which the bot never wants.
+            raise TypeError("pass formatting_entities (or parse_mode=None): the fake does not parse Markdown")
+        return tuple(formatting_entities or ())
+
+    def _check_text(
+        self, text: str, entities: tuple[Any, ...], request: Any, kind: str, chat_id: int
+    ) -> None:
+        if not text.strip():
+            self._refuse(kind, chat_id, errors.MessageEmptyError(request=request))
+        length = _utf16_len(text)
+        if length > TEXT_LIMIT:
+            self._refuse(kind, chat_id, errors.MessageTooLongError(request=request))
+        for entity in entities:
+            if entity.length <= 0 or entity.offset < 0 or entity.offset + entity.length > length:
+                self._refuse(kind, chat_id, errors.EntityBoundsInvalidError(request=request))
+
+    def _check_pace(self, kind: str, chat_id: int, request: Any) -> None:
+        limits = self._limits
+        if limits is None:
+            return
+        now = self.clock.monotonic()
+        in_chat = self._landed_in_chat.get(chat_id, deque())
+        if in_chat and now - in_chat[-1] < limits.per_chat_interval - _TOLERANCE:
+            self._flood(kind, chat_id, "chat", in_chat[-1] + limits.per_chat_interval - now, request)
+        if chat_id < 0 and limits.group_per_minute:
+            recent = [t for t in in_chat if t > now - 60.0 + _TOLERANCE]
+            if len(recent) >= limits.group_per_minute:
+                self._flood(kind, chat_id, "group", recent[-limits.group_per_minute] + 60.0 - now, request)
+        while self._landed and self._landed[0] <= now - 1.0 + _TOLERANCE:
+            self._landed.popleft()
+        if len(self._landed) >= limits.global_per_second:
+            self._flood(kind, chat_id, "global", self._landed[0] + 1.0 - now, request)
+
+    def _flood(
+        self, kind: str, chat_id: int, scope: Literal["chat", "group", "global"], wait: float, request: Any
+    ) -> NoReturn:
+        seconds = max(1, math.ceil(wait))
+        self.violations.append(Violation(self.clock.monotonic(), kind, chat_id, scope, seconds))
+        self._refuse(kind, chat_id, errors.FloodWaitError(request=request, capture=seconds))
+
+    def _land(self, kind: str, chat_id: int) -> None:
+        now = self.clock.monotonic()
+        window = max(self._limits.group_per_minute or 1, 1) if self._limits else 1
+        in_chat = self._landed_in_chat.setdefault(chat_id, deque(maxlen=window))
+        in_chat.append(now)
+        if self._limits is not None:
+            self._landed.append(now)
+        self._record(kind, chat_id, "ok")
+
+    def _take_fault(self, kind: FaultKind, chat_id: int | None) -> None:
+        faults = self._faults.get(kind)
+        if faults:
+            self._refuse(kind, chat_id, faults.popleft())
+
+    def _refuse(self, kind: str, chat_id: int | None, error: BaseException) -> NoReturn:
+        self._record(kind, chat_id, type(error).__name__)
+        raise error
+
+    def _record(self, kind: str, chat_id: int | None, outcome: str) -> None:
+        self.calls.append(Call(self.clock.monotonic(), kind, chat_id, outcome))
+
+
+def new_message_event(
+    *,
+    chat_id: int,
+    sender_id: int,
+    text: str,
+    message_id: int = 1,
+    mentioned: bool = False,
+    sender_name: str = "Ada",
+    out: bool = False,
+) -> events.NewMessage.Event:
+    """A real Telethon NewMessage event, as the update loop builds it for an incoming message."""
+    real_id, peer_type = utils.resolve_id(chat_id)
+    message = types.Message(
+        id=message_id,
+        peer_id=peer_type(real_id),
+        date=None,
+        message=text,
+        from_id=types.PeerUser(sender_id),
+        mentioned=mentioned,
+        out=out,
+    )
+    message._sender = types.User(id=sender_id, first_name=sender_name)
+    return events.NewMessage.Event(message)
+
+
+def _chat_id(peer: Any) -> int:
+    if isinstance(peer, int) and not isinstance(peer, bool):
+        return peer
+    raise TypeError(f"the fake addresses chats by their id, not {type(peer).__name__}")
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2

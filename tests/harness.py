@@ -1,0 +1,73 @@
+"""Builds the bot's services around fakes for handler-level tests."""
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from handlers.access import AccessPolicy
+from handlers.basic import basic_commands
+from handlers.lanes import ChatLanes
+from handlers.router import Router
+from handlers.services import ChatSettings, Services
+from handlers.transport import IncomingMessage
+from integrations.chain import ChainModel, ChainTimeouts, ModelChain
+from integrations.llm import ChatProvider, ModelRef
+from integrations.resilience.clock import ManualClock
+from state.db import Database
+from state.history import HistoryStore
+from state.preferences import UserPreferences
+from tests.fakes.transport import RecordingTransport
+
+USER = 1001
+ADMIN = 9
+
+
+@dataclass
+class Bot:
+    clock: ManualClock
+    transport: RecordingTransport
+    services: Services
+    router: Router
+    database: Database
+
+    async def say(self, text: str, *, chat_id: int = USER, user_id: int = USER, message_id: int | None = None, private: bool = True, addressed: bool = True) -> None:
+        self._next_id = getattr(self, "_next_id", 0) + 1
+        message = IncomingMessage(chat_id, user_id, message_id or self._next_id, text, private, addressed, "user")
+        await self.clock.run_until_complete(self._handle_and_wait(message))
+
+    async def _handle_and_wait(self, message: IncomingMessage) -> None:
+        await self.router.handle(message)
+        await self.services.lanes.wait_all_idle()
+
+    def replies(self, chat_id: int = USER) -> list[str]:
+        return self.transport.texts(chat_id)
+
+
+async def start_bot(
+    stack: AsyncExitStack,
+    state_dir: Path,
+    providers: Sequence[tuple[str, ChatProvider]],
+    *,
+    clock: ManualClock | None = None,
+    transport: RecordingTransport | None = None,
+    allowed: frozenset[int] = frozenset({USER}),
+    timeouts: ChainTimeouts = ChainTimeouts(first_token=20, idle=30, total=300),
+) -> Bot:
+    clock = clock or ManualClock()
+    transport = transport or RecordingTransport(clock)
+    database = await Database.open(state_dir / "bot.sqlite3", clock)
+    stack.push_async_callback(database.close)
+    chain = ModelChain([ChainModel(ModelRef.parse(ref), p) for ref, p in providers], clock, timeouts)
+    services = Services(
+        clock=clock,
+        transport=transport,
+        history=HistoryStore(database, clock),
+        preferences=UserPreferences(database),
+        chain=chain,
+        access=AccessPolicy(admin_ids=frozenset({ADMIN}), allowed_user_ids=allowed),
+        lanes=ChatLanes(),
+        chat=ChatSettings(system_prompt="be brief"),
+    )
+    return Bot(clock, transport, services, Router(services, basic_commands()), database)

@@ -1,0 +1,73 @@
+"""A whole bot, built by the real composition root, on a fake Telegram and fake LLM servers."""
+from __future__ import annotations
+
+import itertools
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bot.app import App, build_app
+from bot.config import Secret, Settings
+from bot.telegram import TelegramRunner, TelegramTransport
+from integrations.llm import ModelRef
+from integrations.resilience.clock import ManualClock
+from integrations.resilience.governor import FloodGovernor, GovernedTransport
+from tests.fakes.telegram import FakeTelegramClient, new_message_event
+
+USER = 4242
+# Telegram message ids only grow, also across restarts of the bot.
+MESSAGE_IDS = itertools.count(1000)
+ANTHROPIC_KEY = "sk-ant-sentinel-anthropic-key-000000000000"
+OPENAI_KEY = "sk-sentinel-openai-key-0000000000000000"
+
+
+def settings_for(state_dir: Path, *, anthropic=None, openai=None, models=(), **overrides) -> Settings:
+    base = Settings(
+        anthropic_api_key=Secret(ANTHROPIC_KEY) if anthropic else None,
+        anthropic_base_url=anthropic.base_url if anthropic else None,
+        openai_api_key=Secret(OPENAI_KEY) if openai else None,
+        openai_base_url=openai.base_url if openai else None,
+        llm_models=tuple(ModelRef.parse(m) for m in models),
+        allowed_user_ids=frozenset({USER}),
+        state_dir=state_dir,
+        system_prompt="Be brief.",
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class TelegramBot:
+    clock: ManualClock
+    client: FakeTelegramClient
+    app: App
+    runner: TelegramRunner
+
+    async def user_says(self, text: str, *, chat_id: int = USER, user_id: int = USER, mentioned: bool = False, message_id: int | None = None) -> None:
+        """Deliver a message as Telegram would and let the bot finish everything it starts."""
+        event = new_message_event(
+            chat_id=chat_id, sender_id=user_id, text=text, message_id=message_id or next(MESSAGE_IDS), mentioned=mentioned
+        )
+        await self.clock.run_until_complete(self._deliver_and_wait(event))
+
+    async def settle(self) -> None:
+        await self.clock.run_until_complete(self.app.services.lanes.wait_all_idle())
+
+    async def _deliver_and_wait(self, event) -> None:
+        await self.client.deliver(event)
+        await self.app.services.lanes.wait_all_idle()
+
+    def texts(self, chat_id: int = USER) -> list[str]:
+        return [m.text for m in self.client.messages(chat_id)]
+
+
+async def start_telegram_bot(stack: AsyncExitStack, settings: Settings, clock: ManualClock | None = None) -> TelegramBot:
+    clock = clock or ManualClock()
+    client = FakeTelegramClient(clock)
+    transport = GovernedTransport(TelegramTransport(client), FloodGovernor(clock))
+    app = await build_app(settings, clock, transport, stack)
+    runner = TelegramRunner(client, Secret("123456:" + "A" * 35), app.router.handle)
+    await runner.start()
+    stack.push_async_callback(runner.stop)
+    bot = TelegramBot(clock, client, app, runner)
+    await app.router.resume_pending()
+    return bot

@@ -1,0 +1,148 @@
+"""From a Telegram message to the reply the user sees and the history kept, through the real SDKs."""
+from contextlib import AsyncExitStack
+
+from telethon import types
+
+from tests.fakes import anthropic_server as anth
+from tests.fakes import openai_server as oai
+from tests.fakes.anthropic_server import FakeAnthropic
+from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.telegram_bot import ANTHROPIC_KEY, OPENAI_KEY, USER, settings_for, start_telegram_bot
+
+CLAUDE = "anthropic:claude-test"
+GPT = "openai:gpt-test"
+
+
+async def test_private_message_streams_a_draft_then_the_final_answer(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Hello there, human.", chunks=4)))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await bot.user_says("hi")
+        assert bot.texts() == ["Hello there, human."]
+        assert bot.client.drafts(USER), "the reply should have streamed as a draft preview"
+        assert bot.client.typing_actions(USER)
+        body = claude.message_requests[-1].json
+        assert body["system"] == "Be brief." and body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+async def test_history_survives_a_restart(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Nice to meet you, Ada.")))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            await bot.user_says("My name is Ada.")
+        async with AsyncExitStack() as second_run:
+            bot = await start_telegram_bot(second_run, settings)
+            await bot.user_says("What is my name?")
+        messages = claude.message_requests[-1].json["messages"]
+        assert messages == [
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Nice to meet you, Ada."},
+            {"role": "user", "content": "What is my name?"},
+        ]
+
+
+async def test_message_stored_before_a_crash_is_answered_after_restart_and_only_once(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Answer after restart.")))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        async with AsyncExitStack() as crashed_run:
+            bot = await start_telegram_bot(crashed_run, settings)
+            # The bot stored the message, then died before replying.
+            await bot.app.services.history.record_incoming(USER, USER, 77, "Are you there?")
+        async with AsyncExitStack() as next_run:
+            bot = await start_telegram_bot(next_run, settings)
+            await bot.settle()
+            assert bot.texts() == ["Answer after restart."]
+            # Telegram redelivers the same update: it is not answered twice.
+            await bot.user_says("Are you there?", message_id=77)
+            assert bot.texts() == ["Answer after restart."]
+        assert claude.calls == 1
+
+
+async def test_long_answer_is_split_into_messages_within_4096_without_cutting_code(tmp_path):
+    prose = "\n\n".join(f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 25 for i in range(8))
+    code = "```python\n" + "\n".join(f"print({i})" for i in range(300)) + "\n```"
+    answer = prose + "\n\n" + code + "\n\nThat is all."
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply(answer, chunks=40)))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await bot.user_says("write a lot")
+        messages = bot.client.messages(USER)
+        assert len(messages) >= 2
+        assert all(len(m.text.encode("utf-16-le")) // 2 <= 4096 for m in messages)
+        code_messages = [m for m in messages if any(isinstance(e, types.MessageEntityPre) for e in m.entities)]
+        assert len(code_messages) == 1, "a code block that fits one message is never split"
+        [pre] = [e for e in code_messages[0].entities if isinstance(e, types.MessageEntityPre)]
+        assert pre.language == "python"
+        assert code_messages[0].text[pre.offset:pre.offset + pre.length].count("print(") == 300
+        assert messages[-1].text.endswith("That is all.")
+
+
+async def test_markdown_becomes_telegram_entities(tmp_path):
+    answer = "Use **bold**, _italic_ and `code`, see [docs](https://example.com).\n\n- one\n- two"
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply(answer)))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await bot.user_says("format please")
+        [message] = bot.client.messages(USER)
+        assert message.text == "Use bold, italic and code, see docs.\n\n• one\n• two"
+        kinds = {type(e) for e in message.entities}
+        assert {types.MessageEntityBold, types.MessageEntityItalic, types.MessageEntityCode, types.MessageEntityTextUrl} <= kinds
+        [link] = [e for e in message.entities if isinstance(e, types.MessageEntityTextUrl)]
+        assert link.url == "https://example.com"
+
+
+async def test_model_failing_before_first_token_falls_back_to_the_next(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.overloaded()))
+        gpt = await stack.enter_async_context(FakeOpenAI(api_key=OPENAI_KEY, default=oai.Reply("GPT stands in.")))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT]))
+        await bot.user_says("hello")
+        assert bot.texts() == ["GPT stands in."]
+        assert claude.calls == 1 and gpt.calls == 1
+
+
+async def test_model_with_no_first_token_in_time_falls_back(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.stall_after(0)))
+        gpt = await stack.enter_async_context(FakeOpenAI(api_key=OPENAI_KEY, default=oai.Reply("Quick answer.")))
+        settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT], llm_first_token_timeout=15.0)
+        bot = await start_telegram_bot(stack, settings)
+        await bot.user_says("hello")
+        assert bot.texts() == ["Quick answer."]
+
+
+async def test_every_model_failing_gives_one_clear_message(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.overloaded()))
+        gpt = await stack.enter_async_context(FakeOpenAI(api_key=OPENAI_KEY, default=oai.server_error(503)))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT]))
+        await bot.user_says("hello")
+        [text] = bot.texts()
+        assert text.startswith("Sorry, I could not get an answer")
+        assert ANTHROPIC_KEY not in text and OPENAI_KEY not in text
+
+
+async def test_user_not_on_the_allowlist_is_refused_with_their_id_and_costs_nothing(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await bot.user_says("let me in", chat_id=999, user_id=999)
+        [text] = bot.texts(999)
+        assert "999" in text
+        assert claude.calls == 0
+
+
+async def test_group_answers_only_when_mentioned(tmp_path):
+    group = -100200300
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Group answer.")))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await bot.user_says("just chatting", chat_id=group)
+        assert bot.texts(group) == [] and claude.calls == 0
+        await bot.user_says("@switchboard_bot what is 2+2?", chat_id=group, mentioned=True)
+        assert bot.texts(group) == ["Group answer."]
+        assert claude.message_requests[-1].json["messages"][-1]["content"] == "what is 2+2?"
+        assert bot.client.drafts(group) == []

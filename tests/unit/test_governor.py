@@ -1,0 +1,269 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from telethon import errors
+
+from bot.telegram import TelegramTransport
+from handlers.richtext import RichText
+from handlers.transport import DraftsUnsupported
+from integrations.errors import RateLimited
+from integrations.resilience.clock import ManualClock
+from integrations.resilience.governor import FloodGovernor, GovernedTransport
+from tests.fakes.telegram import FakeTelegramClient
+
+USER = 4242
+OTHER_USER = 4343
+GROUP = -1001234567890
+T0 = 1000.0
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=T0)
+
+
+@pytest.fixture
+def client(clock: ManualClock) -> FakeTelegramClient:
+    fake = FakeTelegramClient(clock)
+    fake.enforce_limits(per_chat_interval=1.0, global_per_second=30, group_per_minute=20)
+    return fake
+
+
+@pytest.fixture
+def governor(clock: ManualClock) -> FloodGovernor:
+    return FloodGovernor(clock)
+
+
+@pytest.fixture
+def transport(client: FakeTelegramClient, governor: FloodGovernor) -> GovernedTransport:
+    return GovernedTransport(TelegramTransport(client), governor)
+
+
+def text(value: str) -> RichText:
+    return RichText.plain(value)
+
+
+def flood_wait(seconds: int) -> errors.FloodWaitError:
+    return errors.FloodWaitError(request=None, capture=seconds)
+
+
+async def test_private_chat_calls_start_one_second_apart_in_arrival_order(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    await clock.run_until_complete(asyncio.gather(*(transport.send(USER, text(f"m{i}")) for i in range(4))))
+
+    sent = client.messages(USER)
+    assert [m.text for m in sent] == ["m0", "m1", "m2", "m3"]
+    assert [m.sent_at for m in sent] == [T0, T0 + 1, T0 + 2, T0 + 3]
+    assert client.violation_count == 0
+
+
+async def test_group_calls_stay_within_twenty_a_minute(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    first = await transport.send(GROUP, text("v0"))
+
+    await clock.run_until_complete(
+        asyncio.gather(*(transport.edit(GROUP, first, text(f"v{i}")) for i in range(1, 25)))
+    )
+
+    landed = [edit.at for edit in client.messages(GROUP)[0].edits]
+    assert landed[:3] == [T0 + 3, T0 + 6, T0 + 9]
+    assert all(later - earlier >= 3.0 for earlier, later in zip(landed, landed[1:]))
+    assert client.violation_count == 0
+
+
+async def test_many_chats_together_stay_under_thirty_calls_a_second(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    chats = range(1, 101)
+
+    await clock.run_until_complete(asyncio.gather(*(transport.send(chat, text("hi")) for chat in chats)))
+
+    times = sorted(client.messages(chat)[0].sent_at for chat in chats)
+    busiest_second = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest_second == 30
+    assert times[-1] == T0 + 3  # 100 calls at 30 a second: four slots of time, no more
+    assert client.violation_count == 0
+
+
+async def test_fifty_streaming_chats_never_provoke_a_flood_wait(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    async def stream(chat: int) -> None:
+        message_id = await transport.send(chat, text("."))
+        for step in range(1, 6):
+            await transport.edit(chat, message_id, text("." * (step + 1)))
+
+    chats = [*range(1, 26), *range(-25, 0)]
+    await clock.run_until_complete(asyncio.gather(*(stream(chat) for chat in chats)))
+
+    assert client.violation_count == 0
+    assert all(client.final_text(chat) == "......" for chat in chats)
+
+
+@pytest.mark.parametrize("kind", ["send", "edit", "draft"])
+async def test_flood_wait_pauses_exactly_that_chat_for_exactly_the_given_seconds(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock, kind: str
+) -> None:
+    message_id = await transport.send(USER, text("start"))
+    await clock.advance(5)
+    client.fail_next(kind, flood_wait(30))
+    call = {
+        "send": lambda: transport.send(USER, text("after")),
+        "edit": lambda: transport.edit(USER, message_id, text("after")),
+        "draft": lambda: transport.draft(USER, 7, text("after")),
+    }[kind]
+
+    pending = asyncio.ensure_future(call())
+    await clock.advance(0)
+    await transport.send(OTHER_USER, text("unaffected"))
+    await clock.advance(29.5)
+    landed_before_the_wait_ended = pending.done()
+    await clock.advance(0.5)
+    await pending
+
+    assert not landed_before_the_wait_ended
+    assert client.messages(OTHER_USER)[0].sent_at == T0 + 5
+    landed_at = {
+        "send": lambda: client.messages(USER)[-1].sent_at,
+        "edit": lambda: client.messages(USER)[0].edits[-1].at,
+        "draft": lambda: client.drafts(USER)[-1].at,
+    }[kind]()
+    assert landed_at == T0 + 5 + 30
+
+
+async def test_slow_mode_in_a_group_is_waited_out_and_the_message_lands(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.fail_next("send", errors.SlowModeWaitError(request=None, capture=10))
+
+    await clock.run_until_complete(transport.send(GROUP, text("answer")))
+
+    [message] = client.messages(GROUP)
+    assert (message.text, message.sent_at) == ("answer", T0 + 10)
+
+
+async def test_calls_queued_behind_a_paused_call_keep_their_order_and_pace(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.fail_next("send", flood_wait(20))
+
+    parts = [transport.send(USER, text(f"part {i}")) for i in range(3)]
+    await clock.run_until_complete(asyncio.gather(*parts))
+
+    assert [(m.text, m.sent_at) for m in client.messages(USER)] == [
+        ("part 0", T0 + 20),
+        ("part 1", T0 + 21),
+        ("part 2", T0 + 22),
+    ]
+
+
+async def test_snapshot_shows_the_pause_remaining(
+    transport: GovernedTransport, governor: FloodGovernor, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.fail_next("send", flood_wait(30))
+    pending = asyncio.ensure_future(transport.send(USER, text("hello")))
+    await clock.advance(12)
+
+    snapshot = governor.snapshot()
+
+    assert snapshot.chats[USER].paused_for == pytest.approx(18)
+    assert (snapshot.chats[USER].calls, snapshot.chats[USER].flood_waits) == (1, 1)
+    assert snapshot.flood_waits == 1
+    await clock.advance(18)
+    await pending
+    assert governor.snapshot().chats[USER].paused_for == 0
+
+
+async def test_typing_is_dropped_while_the_chat_is_paused(
+    transport: GovernedTransport, governor: FloodGovernor, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.fail_next("send", flood_wait(10))
+    pending = asyncio.ensure_future(transport.send(USER, text("hello")))
+    await clock.advance(1)
+
+    # Returns at once instead of waiting nine seconds (the real-time bound only matters on failure).
+    await asyncio.wait_for(transport.typing(USER), 1)
+
+    assert client.typing_actions(USER) == []
+    assert governor.snapshot().typing_dropped == 1
+    await clock.advance(9)
+    await pending
+    await transport.typing(USER)
+    assert client.typing_actions(USER) == [T0 + 10]
+
+
+async def test_a_flood_wait_on_typing_pauses_the_chat_for_messages_too(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.fail_next("typing", flood_wait(15))
+
+    await transport.typing(USER)  # dropped, not retried
+    await clock.run_until_complete(transport.send(USER, text("reply")))
+
+    assert client.typing_actions(USER) == []
+    assert client.messages(USER)[0].sent_at == T0 + 15
+
+
+async def test_typing_does_not_wait_for_the_chats_message_pace(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    await transport.send(USER, text("one"))
+
+    await transport.typing(USER)
+
+    assert client.typing_actions(USER) == [T0]
+
+
+async def test_a_call_flood_waited_again_and_again_is_given_back_to_the_caller(
+    client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    governor = FloodGovernor(clock, max_flood_waits=3)
+    transport = GovernedTransport(TelegramTransport(client), governor)
+    client.fail_next("send", flood_wait(5), times=3)
+
+    with pytest.raises(RateLimited) as raised:
+        await clock.run_until_complete(transport.send(USER, text("hello")))
+
+    assert raised.value.retry_after == 5
+    assert clock.monotonic() == T0 + 10  # waited out two pauses, gave up on the third at once
+    assert governor.snapshot().chats[USER].paused_for == 5
+
+
+async def test_group_drafts_are_refused_without_taking_the_chats_pace(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    with pytest.raises(DraftsUnsupported):
+        await transport.draft(GROUP, 7, text("preview"))
+
+    await transport.send(GROUP, text("fallback"))
+
+    assert client.messages(GROUP)[0].sent_at == T0
+
+
+async def test_idle_chats_are_forgotten(
+    transport: GovernedTransport, governor: FloodGovernor, clock: ManualClock
+) -> None:
+    await transport.send(USER, text("one"))
+    await transport.send(GROUP, text("two"))
+    assert set(governor.snapshot().chats) == {USER, GROUP}
+
+    await clock.advance(3)
+
+    assert governor.snapshot().chats == {}
+    assert governor.snapshot().calls == 2
+
+
+async def test_other_errors_pass_through_without_a_retry(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.fail_next("send", errors.ChatWriteForbiddenError(request=None))
+
+    with pytest.raises(Exception) as raised:
+        await transport.send(GROUP, text("hi"))
+
+    assert type(raised.value).__name__ == "BadRequest"
+    assert [call.outcome for call in client.calls] == ["ChatWriteForbiddenError"]

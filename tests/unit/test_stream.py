@@ -1,0 +1,147 @@
+import asyncio
+
+from handlers.richtext import RichText
+from handlers.stream import ReplyStream, StreamPacing
+from integrations.errors import BadRequest, RateLimited
+from integrations.resilience.clock import ManualClock
+from tests.fakes.transport import RecordingTransport
+
+CHAT = 42
+
+
+def plain(text: str) -> RichText:
+    return RichText.plain(text)
+
+
+async def stream_words(clock, stream, words, gap):
+    text = ""
+    for word in words:
+        text += word
+        stream.update(text)
+        await clock.advance(gap)
+    return text
+
+
+async def test_group_reply_edits_one_message_at_most_once_a_second():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=plain)
+    stream.start()
+    final = await stream_words(clock, stream, [f"w{i} " for i in range(30)], gap=0.1)
+    ids = await stream.finish(final)
+    calls = [c for c in transport.calls if c.kind in ("send", "edit")]
+    assert len(ids) == 1
+    assert transport.texts(-CHAT) == [final.strip()]
+    gaps = [b.at - a.at for a, b in zip(calls, calls[1:])]
+    assert all(gap >= 1.0 for gap in gaps[:-1])
+    assert 2 <= len(calls) <= 5
+
+
+async def test_private_reply_streams_as_draft_then_lands_as_real_message():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, CHAT, use_drafts=True, render=plain)
+    stream.start()
+    final = await stream_words(clock, stream, ["Hello ", "there ", "friend"], gap=1.0)
+    await stream.finish(final)
+    kinds = transport.kinds(CHAT)
+    assert "draft" in kinds
+    assert kinds[-1] == "send"
+    assert "edit" not in kinds
+    assert transport.texts(CHAT) == ["Hello there friend"]
+
+
+async def test_refused_drafts_fall_back_to_edits():
+    clock = ManualClock()
+    transport = RecordingTransport(clock, drafts_supported=False)
+    stream = ReplyStream(transport, clock, CHAT, use_drafts=True, render=plain)
+    stream.start()
+    final = await stream_words(clock, stream, ["one ", "two ", "three"], gap=1.0)
+    await stream.finish(final)
+    assert "edit" in transport.kinds(CHAT)
+    assert transport.texts(CHAT) == ["one two three"]
+
+
+async def test_typing_shows_until_first_text():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, CHAT, use_drafts=True, render=plain)
+    stream.start()
+    await clock.advance(10)
+    typing_before = transport.kinds(CHAT).count("typing")
+    stream.update("first")
+    await clock.advance(10)
+    assert typing_before >= 2
+    assert transport.kinds(CHAT).count("typing") == typing_before
+    await stream.finish("first")
+
+
+async def test_long_reply_continues_in_further_messages():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=plain)
+    stream.start()
+    paragraph = ("word " * 150).strip()
+    final = "\n\n".join([paragraph] * 12)
+    stream.update(final[:3000])
+    await clock.advance(1)
+    ids = await stream.finish(final)
+    texts = transport.texts(-CHAT)
+    assert len(ids) == len(texts) >= 2
+    assert all(len(t) <= 4096 for t in texts)
+    assert "".join(texts).replace("\n", "").replace(" ", "") == final.replace("\n", "").replace(" ", "")
+
+
+async def test_final_text_lands_even_when_a_preview_failed():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    transport.fail_next("edit", BadRequest("some transient refusal"))
+    stream = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=plain)
+    stream.start()
+    final = await stream_words(clock, stream, ["a ", "b ", "c ", "d"], gap=1.0)
+    await stream.finish(final)
+    assert transport.texts(-CHAT) == ["a b c d"]
+
+
+async def test_final_text_waits_out_a_flood_wait_and_lands():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    transport.fail_next("send", RateLimited("flood", upstream="telegram", retry_after=7))
+    stream = ReplyStream(transport, clock, CHAT, use_drafts=False, render=plain)
+    finished = asyncio.ensure_future(stream.finish("the answer"))
+    await clock.advance(6.9)
+    assert not finished.done()
+    await clock.advance(0.2)
+    assert finished.done()
+    assert transport.texts(CHAT) == ["the answer"]
+
+
+async def test_formatting_refused_by_telegram_falls_back_to_plain_text():
+    from handlers.richtext import Entity
+
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    transport.fail_next("send", BadRequest("can't parse entities"))
+    rich = lambda text: RichText(text, (Entity("bold", 0, 3),))
+    stream = ReplyStream(transport, clock, CHAT, render=rich)
+    await stream.finish("bold text")
+    [message] = transport.messages[CHAT].values()
+    assert message.text == "bold text" and message.entities == ()
+
+
+async def test_pending_updates_collapse_to_latest_while_a_call_is_blocked():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=plain, pacing=StreamPacing(edit_interval=5))
+    stream.start()
+    stream.update("v1")
+    await clock.advance(0.1)
+    for i in range(2, 40):
+        stream.update(f"v{i}")
+        await clock.advance(0.1)
+    await clock.advance(5)
+    shown = [c.text.text for c in transport.calls if c.kind in ("send", "edit")]
+    assert shown[0] == "v1"
+    assert shown[-1] == "v39"
+    assert len(shown) <= 3
+    await stream.finish("v39")
