@@ -39,6 +39,8 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOCAL_MODES = ("auto", "off")
+LOG_FORMATS = ("kv", "json")
+PERPLEXITY_PRESETS = ("fast", "low", "medium", "high", "xhigh")
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -167,6 +169,45 @@ class TelegramSettings:
     dc: DcOverride | None = None
 
 
+@dataclass(frozen=True)
+class PerplexitySettings:
+    api_key: Secret
+    base_url: str = "https://api.perplexity.ai/v1"
+    model: str = "perplexity/sonar"
+    # A preset (fast, low, medium, high, xhigh) bundles model and tools; it replaces `model`.
+    preset: str | None = None
+    requests_per_minute: float = 50.0
+
+
+@dataclass(frozen=True)
+class NotionSettings:
+    token: Secret
+    database_id: str
+    base_url: str | None = None
+    requests_per_second: float = 3.0
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """How hard the bot may push each upstream, and how long it waits on one."""
+
+    anthropic_requests_per_minute: float = 50.0
+    anthropic_tokens_per_minute: int = 400_000
+    openai_requests_per_minute: float = 500.0
+    openai_tokens_per_minute: int = 500_000
+    retry_after_cap: float = 20.0
+    breaker_failures: int = 5
+    breaker_window: float = 60.0
+    breaker_cooldown: float = 30.0
+    user_messages_per_minute: int = 10
+    # None: no daily budget unless an admin sets one with /budget.
+    user_daily_budget_usd: float | None = None
+    search_cache_ttl: float = 300.0
+    schema_cache_ttl: float = 3600.0
+    cache_max_entries: int = 2000
+    shutdown_grace: float = 20.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     telegram: TelegramSettings | None = None
@@ -189,6 +230,12 @@ class Settings:
     log_level: str = "INFO"
     env_file: Path | None = None
     llm_local: str = "auto"
+    perplexity: PerplexitySettings | None = None
+    notion: NotionSettings | None = None
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # "model=input/output" USD per million tokens, overriding the built-in price table.
+    llm_prices: tuple[tuple[str, float, float], ...] = ()
+    log_format: str = "kv"
     credentials: CredentialSource = field(
         default_factory=lambda: CredentialSource({}), compare=False, repr=False
     )
@@ -196,6 +243,10 @@ class Settings:
     def secret_values(self) -> tuple[str, ...]:
         """Every secret's raw value, for the log redaction filter."""
         secrets = [self.openai_api_key, self.anthropic_api_key]
+        if self.perplexity is not None:
+            secrets.append(self.perplexity.api_key)
+        if self.notion is not None:
+            secrets.append(self.notion.token)
         if self.telegram is not None:
             secrets += [self.telegram.api_hash, self.telegram.bot_token]
         return tuple(secret.reveal() for secret in secrets if secret)
@@ -271,6 +322,11 @@ def load_settings(
         log_level=read.choice("LOG_LEVEL", LOG_LEVELS, "INFO", aliases={"WARN": "WARNING"}),
         env_file=source.env_file,
         llm_local=read.choice("LLM_LOCAL", LOCAL_MODES, "auto"),
+        perplexity=_perplexity(read),
+        notion=_notion(read),
+        limits=_limits(read),
+        llm_prices=_prices(read),
+        log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "kv"),
         credentials=source,
     )
     if problems:
@@ -528,6 +584,90 @@ def _models(read: _Reader, configured: set[str]) -> tuple[ModelRef, ...]:
         else:
             models[model] = None
     return tuple(models)
+
+
+def _perplexity(read: _Reader) -> PerplexitySettings | None:
+    key = read.secret("PERPLEXITY_API_KEY")
+    base_url = read.url("PERPLEXITY_BASE_URL")
+    model = read.raw("PERPLEXITY_MODEL") or PerplexitySettings.model
+    preset = read.raw("PERPLEXITY_PRESET")
+    if preset is not None and preset.lower() not in PERPLEXITY_PRESETS:
+        read.problem("PERPLEXITY_PRESET", f"must be one of {', '.join(PERPLEXITY_PRESETS)}, not {preset!r}.")
+        preset = None
+    rpm = read.parsed("PERPLEXITY_REQUESTS_PER_MINUTE", 50.0, _positive_float, "a positive number")
+    if key is None:
+        if base_url or read.raw("PERPLEXITY_MODEL") or preset:
+            read.problem("PERPLEXITY_API_KEY", "is needed for /search (other PERPLEXITY_* settings are set); set it or unset them.")
+        return None
+    return PerplexitySettings(key, base_url or PerplexitySettings.base_url, model, preset.lower() if preset else None, rpm)
+
+
+def _notion(read: _Reader) -> NotionSettings | None:
+    token = read.secret("NOTION_TOKEN")
+    database_id = read.raw("NOTION_DATABASE_ID")
+    base_url = read.url("NOTION_BASE_URL")
+    rps = read.parsed("NOTION_REQUESTS_PER_SECOND", 3.0, _positive_float, "a positive number")
+    if database_id is not None:
+        compact = database_id.replace("-", "")
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", compact):
+            read.problem("NOTION_DATABASE_ID", "must be the 32-character id from the database's URL (with or without dashes).")
+    if token is None and database_id is None:
+        if base_url:
+            read.problem("NOTION_TOKEN", "is needed for /note (NOTION_BASE_URL is set); set it or unset NOTION_BASE_URL.")
+        return None
+    if token is None:
+        read.problem("NOTION_TOKEN", "is needed because NOTION_DATABASE_ID is set: create an internal integration at https://www.notion.so/my-integrations.")
+        return None
+    if database_id is None:
+        read.problem("NOTION_DATABASE_ID", "is needed because NOTION_TOKEN is set: copy the id from the database's URL and share the database with the integration.")
+        return None
+    return NotionSettings(token, database_id, base_url, rps)
+
+
+def _limits(read: _Reader) -> LimitSettings:
+    default = LimitSettings()
+    budget = read.parsed("USER_DAILY_BUDGET_USD", None, _positive_float, "a positive amount of US dollars")
+    number = lambda name, value: read.parsed(name, value, _positive_float, "a positive number")
+    return LimitSettings(
+        anthropic_requests_per_minute=number("ANTHROPIC_REQUESTS_PER_MINUTE", default.anthropic_requests_per_minute),
+        anthropic_tokens_per_minute=read.count("ANTHROPIC_TOKENS_PER_MINUTE", default.anthropic_tokens_per_minute),
+        openai_requests_per_minute=number("OPENAI_REQUESTS_PER_MINUTE", default.openai_requests_per_minute),
+        openai_tokens_per_minute=read.count("OPENAI_TOKENS_PER_MINUTE", default.openai_tokens_per_minute),
+        retry_after_cap=read.seconds("RETRY_AFTER_CAP", default.retry_after_cap),
+        breaker_failures=read.count("BREAKER_FAILURES", default.breaker_failures),
+        breaker_window=read.seconds("BREAKER_WINDOW", default.breaker_window),
+        breaker_cooldown=read.seconds("BREAKER_COOLDOWN", default.breaker_cooldown),
+        user_messages_per_minute=read.count("USER_MESSAGES_PER_MINUTE", default.user_messages_per_minute),
+        user_daily_budget_usd=budget,
+        search_cache_ttl=read.seconds("SEARCH_CACHE_TTL", default.search_cache_ttl),
+        schema_cache_ttl=read.seconds("NOTION_SCHEMA_TTL", default.schema_cache_ttl),
+        cache_max_entries=read.count("CACHE_MAX_ENTRIES", default.cache_max_entries),
+        shutdown_grace=read.seconds("SHUTDOWN_GRACE_SECONDS", default.shutdown_grace),
+    )
+
+
+def _prices(read: _Reader) -> tuple[tuple[str, float, float], ...]:
+    text = read.raw("LLM_PRICES")
+    if text is None:
+        return ()
+    prices = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        model, _, pair = entry.partition("=")
+        input_price, _, output_price = pair.partition("/")
+        values = [_non_negative_float(input_price.strip()), _non_negative_float(output_price.strip())]
+        if not model.strip() or None in values:
+            read.problem("LLM_PRICES", f"entry {entry!r} must look like model=input/output in USD per million tokens, e.g. gpt-5.1=1.25/10.")
+            continue
+        prices.append((model.strip(), values[0], values[1]))
+    return tuple(prices)
+
+
+def _non_negative_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _positive_int(text: str) -> int | None:
