@@ -17,7 +17,13 @@ from integrations.anthropic import AnthropicChat
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
 from integrations.llm import ChatProvider
 from integrations.openai import OpenAIChat
+from integrations.model_policy import ModelCallPolicy, ProviderGuard
+from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import Clock
+from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.registry import ResilienceRegistry, Snapshotting
+from integrations.resilience.retry import RetryPolicy
+from integrations.resilience.tokens import TokenBudget
 from state.db import Database
 from state.history import HistoryStore
 from state.preferences import UserPreferences
@@ -34,27 +40,72 @@ class App:
     database: Database
 
 
-def build_providers(settings: Settings, stack: AsyncExitStack) -> dict[str, ChatProvider]:
-    """One pooled client per upstream, closed when the stack unwinds."""
+PROVIDER_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+def build_model_policy(settings: Settings, clock: Clock, registry: ResilienceRegistry) -> ModelCallPolicy:
+    limits = settings.limits
+    retry = RetryPolicy(max_attempts=2, max_total=limits.retry_after_cap + 10.0, retry_after_cap=limits.retry_after_cap)
+    return ModelCallPolicy(clock, registry, retry)
+
+
+def _guard(name: str, settings: Settings, clock: Clock, registry: ResilienceRegistry, rpm: float, tpm: int) -> ProviderGuard:
+    key_name = PROVIDER_KEYS.get(name)
+    return ProviderGuard(
+        name=name,
+        breaker=CircuitBreaker(
+            f"provider {name}",
+            clock,
+            failure_threshold=settings.limits.breaker_failures,
+            window=settings.limits.breaker_window,
+            cooldown=settings.limits.breaker_cooldown,
+        ),
+        limiter=RateLimiter(f"{name} requests", rpm, 60.0, clock, burst=max(1, int(rpm // 6))),
+        budget=TokenBudget(f"{name} tokens", tpm, clock),
+        reload_credential=(lambda: settings.credentials.get(key_name)) if key_name else (lambda: None),
+    )
+
+
+def build_providers(
+    settings: Settings, clock: Clock, policy: ModelCallPolicy, stack: AsyncExitStack
+) -> dict[str, ChatProvider]:
+    """One pooled client per upstream, closed when the stack unwinds, each behind its guard."""
     wanted = {ref.provider for ref in settings.llm_models}
+    limits = settings.limits
     providers: dict[str, ChatProvider] = {}
     if "anthropic" in wanted and settings.anthropic_api_key:
-        providers["anthropic"] = AnthropicChat(
-            api_key=settings.anthropic_api_key.reveal(),
+        guard = policy.add_guard(
+            _guard("anthropic", settings, clock, policy.registry, limits.anthropic_requests_per_minute, limits.anthropic_tokens_per_minute)
+        )
+        key = settings.anthropic_api_key.reveal()
+        provider = AnthropicChat(
+            api_key=key,
             base_url=settings.anthropic_base_url,
             connect_timeout=settings.llm_connect_timeout,
+            on_limits=guard.observe_limits,
         )
+        guard.current_credential, guard.apply_credential = key, provider.set_api_key
+        providers["anthropic"] = provider
     if "openai" in wanted:
-        key = settings.openai_api_key.reveal() if settings.openai_api_key else "not-needed"
-        providers["openai"] = OpenAIChat(
-            api_key=key, base_url=settings.openai_base_url, connect_timeout=settings.llm_connect_timeout
+        guard = policy.add_guard(
+            _guard("openai", settings, clock, policy.registry, limits.openai_requests_per_minute, limits.openai_tokens_per_minute)
         )
+        # An OpenAI-compatible server may need no key; the SDK insists on one.
+        key = settings.openai_api_key.reveal() if settings.openai_api_key else "not-needed"
+        provider = OpenAIChat(
+            api_key=key,
+            base_url=settings.openai_base_url,
+            connect_timeout=settings.llm_connect_timeout,
+            on_limits=guard.observe_limits,
+        )
+        guard.current_credential, guard.apply_credential = key, provider.set_api_key
+        providers["openai"] = provider
     for provider in providers.values():
         stack.push_async_callback(provider.aclose)
     return providers
 
 
-def build_chain(settings: Settings, clock: Clock, providers: dict[str, ChatProvider]) -> ModelChain:
+def build_chain(settings: Settings, clock: Clock, providers: dict[str, ChatProvider], policy: ModelCallPolicy) -> ModelChain:
     models = [
         ChainModel(ref, providers[ref.provider], context_tokens=settings.llm_context_tokens)
         for ref in settings.llm_models
@@ -65,7 +116,7 @@ def build_chain(settings: Settings, clock: Clock, providers: dict[str, ChatProvi
         idle=settings.llm_idle_timeout,
         total=settings.llm_total_timeout,
     )
-    return ModelChain(models, clock, timeouts)
+    return ModelChain(models, clock, timeouts, open_policy=policy)
 
 
 async def build_app(
@@ -76,11 +127,21 @@ async def build_app(
     *,
     extra_admins: frozenset[int] = frozenset(),
     pacing: StreamPacing = StreamPacing(),
+    governor: Snapshotting | None = None,
 ) -> App:
     database = await Database.open(settings.state_dir / DATABASE_NAME, clock)
     stack.push_async_callback(database.close)
-    providers = build_providers(settings, stack)
-    chain = build_chain(settings, clock, providers)
+    registry = ResilienceRegistry(
+        clock,
+        failure_threshold=settings.limits.breaker_failures,
+        window=settings.limits.breaker_window,
+        cooldown=settings.limits.breaker_cooldown,
+    )
+    if governor is not None:
+        registry.register_governor(governor)
+    model_policy = build_model_policy(settings, clock, registry)
+    providers = build_providers(settings, clock, model_policy, stack)
+    chain = build_chain(settings, clock, providers, model_policy)
     access = AccessPolicy(
         admin_ids=settings.admin_ids | extra_admins,
         allowed_user_ids=settings.allowed_user_ids,
@@ -96,6 +157,7 @@ async def build_app(
         lanes=ChatLanes(),
         chat=ChatSettings(system_prompt=settings.system_prompt, max_tokens=settings.llm_max_tokens),
         pacing=pacing,
+        extras={"resilience": registry},
     )
     router = Router(services, basic_commands())
     return App(services, router, database)

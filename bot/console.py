@@ -29,7 +29,7 @@ class ConsoleTransport:
         self._next_id = 1
         self._reported = 0
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None) -> int:
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
         message_id = self._next_id
         self._next_id += 1
         self._messages[message_id] = text
@@ -41,7 +41,7 @@ class ConsoleTransport:
             self._printed[message_id] = text.text
         return message_id
 
-    async def edit(self, chat_id: int, message_id: int, text: RichText) -> None:
+    async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
         self._messages[message_id] = text
         if not self._live:
             return

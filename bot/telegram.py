@@ -139,7 +139,7 @@ class TelegramTransport:
         self._client = client
         self._drafts_refused = False
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None) -> int:
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
         entities = to_telethon_entities(text.entities)
         with self._translated("send"):
             message = await self._client.send_message(
@@ -152,7 +152,7 @@ class TelegramTransport:
             )
         return message.id
 
-    async def edit(self, chat_id: int, message_id: int, text: RichText) -> None:
+    async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
         entities = to_telethon_entities(text.entities)
         with self._translated("edit"):
             try:

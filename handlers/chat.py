@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 STOPPED_NOTE = "\n\n_(stopped)_"
 
 
-def takeover_marker(event: ModelTookOver) -> str:
-    return f" _[continued by {event.model}]_ "
+def takeover_marker(event: ModelTookOver, text_so_far: str) -> str:
+    space = "" if not text_so_far or text_so_far[-1].isspace() else " "
+    return f"{space}_[continued by {event.model}]_ "
 
 
 def failure_text(error: AllModelsFailed) -> str:
@@ -56,7 +57,7 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
                 text += event.text
                 stream.update(text)
             elif isinstance(event, ModelTookOver):
-                text += takeover_marker(event)
+                text += takeover_marker(event, text)
                 stream.update(text)
             elif isinstance(event, Completed):
                 model = event.model

@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 from handlers.render import render_markdown, split_rich_text
 from handlers.richtext import RichText
 from handlers.transport import DraftsUnsupported, Transport
-from integrations.errors import BadRequest, RateLimited, UpstreamError
+from integrations.errors import BadRequest, PreviewDeferred, RateLimited, UpstreamError
 from integrations.resilience.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class ReplyStream:
             try:
                 await self._show_preview(text)
                 self._shown = text
+            except PreviewDeferred:
+                pass  # the transport is keeping capacity for final texts; newer text goes next turn
             except UpstreamError as error:
                 # A lost preview is harmless: the next update or the final text replaces it.
                 log.info("preview update failed in chat %s: %s", self._chat_id, error)
@@ -154,25 +156,27 @@ class ReplyStream:
         for index, part in enumerate(parts):
             if index < len(self._message_ids):
                 if self._shown_parts[index] != part:
-                    await self._edit(index, part)
+                    await self._edit(index, part, preview=True)
             else:
-                await self._send(part)
+                await self._send(part, preview=True)
 
-    async def _send(self, part: RichText) -> None:
+    async def _send(self, part: RichText, *, preview: bool = False) -> None:
         reply_to = self._reply_to if not self._message_ids else None
         try:
-            message_id = await self._transport.send(self._chat_id, part, reply_to=reply_to)
+            message_id = await self._transport.send(self._chat_id, part, reply_to=reply_to, preview=preview)
         except BadRequest:
             # Telegram refused the formatting: the words matter more than the styling.
-            message_id = await self._transport.send(self._chat_id, RichText.plain(part.text), reply_to=reply_to)
+            message_id = await self._transport.send(
+                self._chat_id, RichText.plain(part.text), reply_to=reply_to, preview=preview
+            )
         self._message_ids.append(message_id)
         self._shown_parts.append(part)
 
-    async def _edit(self, index: int, part: RichText) -> None:
+    async def _edit(self, index: int, part: RichText, *, preview: bool = False) -> None:
         try:
-            await self._transport.edit(self._chat_id, self._message_ids[index], part)
+            await self._transport.edit(self._chat_id, self._message_ids[index], part, preview=preview)
         except BadRequest:
-            await self._transport.edit(self._chat_id, self._message_ids[index], RichText.plain(part.text))
+            await self._transport.edit(self._chat_id, self._message_ids[index], RichText.plain(part.text), preview=preview)
         self._shown_parts[index] = part
 
     async def _deliver_final(self, call: Callable[[], Awaitable[None]]) -> None:

@@ -35,11 +35,12 @@ MessageHandler = Callable[[IncomingMessage], Awaitable[None]]
 class Transport(Protocol):
     name: str
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None) -> int:
-        """Send a message and return its id."""
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+        """Send a message and return its id. A `preview` (part of a streaming reply that newer text
+        will replace) may be deferred by a busy transport with `PreviewDeferred`; nothing else may."""
         ...
 
-    async def edit(self, chat_id: int, message_id: int, text: RichText) -> None:
+    async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
         """Replace a sent message's text. An unchanged text is not an error."""
         ...
 

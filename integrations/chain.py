@@ -20,7 +20,7 @@ from integrations.resilience.clock import Clock, wait_for
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-OpenPolicy = Callable[[ModelRef, Callable[[], Awaitable[T]]], Awaitable[T]]
+OpenPolicy = Callable[[ModelRef, ChatRequest, Callable[[], Awaitable["OpenedStream"]]], Awaitable["OpenedStream"]]
 
 CONTINUE_INSTRUCTION = (
     "Your previous reply was cut off by a technical fault. Continue it from exactly where it stops, "
@@ -83,10 +83,17 @@ class AllModelsFailed(Exception):
 
 
 @dataclass
-class _OpenStream:
+class OpenedStream:
     stream: AsyncIterator[str]
     first: str
     result: StreamResult
+    # Called once the stream is over, however it ended (e.g. to settle a token reservation).
+    on_finish: list[Callable[[StreamResult], None]] = field(default_factory=list)
+
+    def finish(self) -> None:
+        callbacks, self.on_finish = self.on_finish, []
+        for callback in callbacks:
+            callback(self.result)
 
 
 _END = object()
@@ -99,7 +106,7 @@ async def _next_chunk(stream: AsyncIterator[str]) -> object:
         return _END
 
 
-async def _pass_through(ref: ModelRef, call: Callable[[], Awaitable[T]]) -> T:
+async def _pass_through(ref: ModelRef, request: ChatRequest, call: Callable[[], Awaitable[OpenedStream]]) -> OpenedStream:
     return await call()
 
 
@@ -168,13 +175,13 @@ class ModelChain:
             return
         raise AllModelsFailed(failures, shown, usage)
 
-    async def _open(self, model: ChainModel, conversation: list[ChatMessage], system: str | None, max_tokens: int) -> _OpenStream:
+    async def _open(self, model: ChainModel, conversation: list[ChatMessage], system: str | None, max_tokens: int) -> OpenedStream:
         budget = model.context_tokens - max_tokens - estimate_tokens(system or "")
         trimmed_once = False
         while True:
             request = ChatRequest(model.ref.model, trim_to_budget(conversation, budget), system, max_tokens)
             try:
-                return await self.open_policy(model.ref, lambda: self._first_token(model, request))
+                return await self.open_policy(model.ref, request, lambda: self._first_token(model, request))
             except ContextTooLong:
                 if trimmed_once or len(request.messages) <= 1:
                     raise
@@ -182,7 +189,7 @@ class ModelChain:
                 trimmed_once = True
                 budget = sum(estimate_tokens(m.content) for m in request.messages) // 2
 
-    async def _first_token(self, model: ChainModel, request: ChatRequest) -> _OpenStream:
+    async def _first_token(self, model: ChainModel, request: ChatRequest) -> OpenedStream:
         result = StreamResult()
         stream = model.provider.stream(request, result)
         try:
@@ -195,9 +202,9 @@ class ModelChain:
             raise
         if first is _END:
             raise MalformedResponse("the model returned an empty answer", upstream=str(model.ref))
-        return _OpenStream(stream, str(first), result)
+        return OpenedStream(stream, str(first), result)
 
-    async def _continue(self, opened: _OpenStream, model: ChainModel, shown: str, deadline: float) -> AsyncIterator[str]:
+    async def _continue(self, opened: OpenedStream, model: ChainModel, shown: str, deadline: float) -> AsyncIterator[str]:
         """Yield the model's text, dropping what repeats `shown`, with idle and total timeouts."""
         pending = opened.first
         deduplicated = not shown
@@ -225,6 +232,7 @@ class ModelChain:
                 yield pending
         finally:
             await _close(opened.stream)
+            opened.finish()
 
 
 def drop_overlap(shown: str, continuation: str) -> str:

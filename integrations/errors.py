@@ -40,6 +40,14 @@ class RateLimited(UpstreamError):
     retryable = True
 
 
+class PreviewDeferred(RateLimited):
+    """A preview of a streaming reply was not sent, to keep capacity for final texts.
+
+    Only previews (text that newer text will replace) are ever deferred; the caller shows newer
+    text at its next turn.
+    """
+
+
 class Unavailable(UpstreamError):
     """5xx, 529 overloaded, connection errors, timeouts, a stalled or cut stream."""
 

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, TypeVar, overload
 
-from integrations.errors import RateLimited
+from integrations.errors import PreviewDeferred, RateLimited
 from integrations.resilience.clock import Clock
 
 if TYPE_CHECKING:
@@ -49,11 +49,13 @@ class GovernorSnapshot:
     calls: int
     flood_waits: int
     typing_dropped: int
+    previews_deferred: int = 0
 
 
 @dataclass
 class _ChatScope:
     interval: float
+    window: "_SlidingWindow | None" = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     next_slot: float = float("-inf")
     paused_until: float = float("-inf")
@@ -83,21 +85,34 @@ class _SlidingWindow:
             await self._clock.sleep(slot - now)
 
 
+    def free_now(self) -> int:
+        """Calls that could start now without waiting (slots already handed out count as used)."""
+        since = self._clock.monotonic() - self._period
+        return self._limit - sum(1 for start in self._starts if start > since)
+
+
 class FloodGovernor:
     def __init__(
         self,
         clock: Clock,
         *,
         private_interval: float = 1.0,
-        group_interval: float = 3.0,
+        group_interval: float = 1.0,
+        group_per_minute: int = 20,
         global_per_second: int = 30,
+        preview_reserve: float = 0.2,
         max_flood_waits: int = 5,
         prune_every: float = 30.0,
     ) -> None:
         self._clock = clock
         self._private_interval = private_interval
         self._group_interval = group_interval
+        self._group_per_minute = group_per_minute
         self._global = _SlidingWindow(clock, global_per_second)
+        # Previews may not use the last share of any budget: it is kept for final texts, so a
+        # reply's end never queues behind other replies' previews.
+        self._global_reserve = max(1, round(global_per_second * preview_reserve))
+        self._group_reserve = max(1, round(group_per_minute * preview_reserve))
         # A call flood-waited this many times in a row is given back to the caller (still paused).
         self._max_flood_waits = max_flood_waits
         self._prune_every = prune_every
@@ -106,6 +121,7 @@ class FloodGovernor:
         self._calls = 0
         self._flood_waits = 0
         self._typing_dropped = 0
+        self._previews_deferred = 0
 
     @overload
     async def run(
@@ -114,6 +130,8 @@ class FloodGovernor:
         is_private: bool,
         call: Callable[[], Awaitable[T]],
         kind: Literal["send", "edit", "draft"] = "send",
+        *,
+        preview: bool = False,
     ) -> T: ...
 
     @overload
@@ -122,11 +140,19 @@ class FloodGovernor:
     ) -> None: ...
 
     async def run(
-        self, chat_id: int, is_private: bool, call: Callable[[], Awaitable[Any]], kind: CallKind = "send"
+        self,
+        chat_id: int,
+        is_private: bool,
+        call: Callable[[], Awaitable[Any]],
+        kind: CallKind = "send",
+        *,
+        preview: bool = False,
     ) -> Any:
         """Make `call` at this chat's pace; on a flood wait pause the chat, then make it again.
 
         Typing calls neither wait for the chat nor take its pace, and are dropped while it is paused.
+        A `preview` is not repeated after a flood wait, and is deferred (`PreviewDeferred`) rather
+        than eat into the share of the budgets kept for final texts.
         """
         self._maybe_prune()
         scope = self._scope(chat_id, is_private)
@@ -135,7 +161,7 @@ class FloodGovernor:
             if kind == "typing":
                 return await self._run_typing(chat_id, scope, call)
             async with scope.lock:
-                return await self._run_paced(chat_id, scope, call, kind)
+                return await self._run_paced(chat_id, scope, call, kind, preview)
         finally:
             scope.users -= 1
 
@@ -151,14 +177,19 @@ class FloodGovernor:
             )
             for chat_id, scope in self._chats.items()
         }
-        return GovernorSnapshot(chats, self._calls, self._flood_waits, self._typing_dropped)
+        return GovernorSnapshot(chats, self._calls, self._flood_waits, self._typing_dropped, self._previews_deferred)
 
     async def _run_paced(
-        self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[T]], kind: str
+        self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[T]], kind: str, preview: bool
     ) -> T:
         floods = 0
         while True:
             await self._sleep_until(max(scope.next_slot, scope.paused_until))
+            if preview and not self._has_headroom(scope):
+                self._previews_deferred += 1
+                raise PreviewDeferred("busy: preview deferred", upstream="telegram", retry_after=scope.interval)
+            if scope.window is not None:
+                await scope.window.acquire()
             await self._global.acquire()
             if self._is_paused(scope):
                 continue  # a typing call hit a flood wait while this one waited for its global slot
@@ -169,7 +200,7 @@ class FloodGovernor:
             except RateLimited as error:
                 floods += 1
                 self._pause(chat_id, scope, error, kind)
-                if floods >= self._max_flood_waits:
+                if preview or floods >= self._max_flood_waits:
                     raise
 
     async def _run_typing(self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[Any]]) -> None:
@@ -188,11 +219,19 @@ class FloodGovernor:
             self._typing_dropped += 1
         return None
 
+    def _has_headroom(self, scope: _ChatScope) -> bool:
+        if self._global.free_now() <= self._global_reserve:
+            return False
+        return scope.window is None or scope.window.free_now() > self._group_reserve
+
     def _scope(self, chat_id: int, is_private: bool) -> _ChatScope:
         scope = self._chats.get(chat_id)
         if scope is None:
-            interval = self._private_interval if is_private else self._group_interval
-            scope = self._chats[chat_id] = _ChatScope(interval)
+            if is_private:
+                scope = _ChatScope(self._private_interval)
+            else:
+                scope = _ChatScope(self._group_interval, _SlidingWindow(self._clock, self._group_per_minute, 60.0))
+            self._chats[chat_id] = scope
         return scope
 
     def _pause(self, chat_id: int, scope: _ChatScope, error: RateLimited, kind: str) -> None:
@@ -240,14 +279,14 @@ class GovernedTransport:
         self._inner = inner
         self._governor = governor
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None) -> int:
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
         return await self._governor.run(
-            chat_id, chat_id > 0, lambda: self._inner.send(chat_id, text, reply_to=reply_to), "send"
+            chat_id, chat_id > 0, lambda: self._inner.send(chat_id, text, reply_to=reply_to), "send", preview=preview
         )
 
-    async def edit(self, chat_id: int, message_id: int, text: RichText) -> None:
+    async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
         await self._governor.run(
-            chat_id, chat_id > 0, lambda: self._inner.edit(chat_id, message_id, text), "edit"
+            chat_id, chat_id > 0, lambda: self._inner.edit(chat_id, message_id, text), "edit", preview=preview
         )
 
     async def draft(self, chat_id: int, draft_id: int, text: RichText) -> None:
@@ -256,7 +295,7 @@ class GovernedTransport:
             # taking a pace slot for that would hold back the fallback edit by a group interval.
             await self._inner.draft(chat_id, draft_id, text)
             return
-        await self._governor.run(chat_id, True, lambda: self._inner.draft(chat_id, draft_id, text), "draft")
+        await self._governor.run(chat_id, True, lambda: self._inner.draft(chat_id, draft_id, text), "draft", preview=True)
 
     async def typing(self, chat_id: int) -> None:
         await self._governor.run(chat_id, chat_id > 0, lambda: self._inner.typing(chat_id), "typing")

@@ -36,7 +36,7 @@ class RecordingTransport:
         if queue:
             raise queue.pop(0)
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None) -> int:
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
         self._maybe_fail("send")
         _check(text)
         self._next_id += 1
@@ -44,7 +44,7 @@ class RecordingTransport:
         self.calls.append(Call("send", chat_id, self.clock.monotonic(), text, self._next_id))
         return self._next_id
 
-    async def edit(self, chat_id: int, message_id: int, text: RichText) -> None:
+    async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
         self._maybe_fail("edit")
         _check(text)
         self.messages[chat_id][message_id] = text

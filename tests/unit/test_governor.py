@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
+from integrations.errors import PreviewDeferred, RateLimited
 from telethon import errors
 
 from bot.telegram import TelegramTransport
@@ -70,8 +72,12 @@ async def test_group_calls_stay_within_twenty_a_minute(
     )
 
     landed = [edit.at for edit in client.messages(GROUP)[0].edits]
-    assert landed[:3] == [T0 + 3, T0 + 6, T0 + 9]
-    assert all(later - earlier >= 3.0 for earlier, later in zip(landed, landed[1:]))
+    calls = [T0, *landed]
+    # One a second while the group's minute has room, then no more than 20 in any 60 seconds.
+    assert landed[:3] == [T0 + 1, T0 + 2, T0 + 3]
+    assert all(later - earlier >= 1.0 for earlier, later in zip(calls, calls[1:]))
+    assert all(sum(1 for t in calls if start <= t < start + 60.0) <= 20 for start in calls)
+    assert calls[20] >= T0 + 60.0
     assert client.violation_count == 0
 
 
@@ -104,7 +110,37 @@ async def test_fifty_streaming_chats_never_provoke_a_flood_wait(
     assert all(client.final_text(chat) == "......" for chat in chats)
 
 
-@pytest.mark.parametrize("kind", ["send", "edit", "draft"])
+async def test_flood_wait_on_a_draft_pauses_the_chat_and_the_stale_draft_is_not_repeated(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    await transport.send(USER, text("start"))
+    await clock.advance(5)
+    client.fail_next("draft", flood_wait(30))
+    with pytest.raises(RateLimited):
+        await transport.draft(USER, 7, text("stale preview"))
+    pending = asyncio.ensure_future(transport.draft(USER, 7, text("newer preview")))
+    await clock.advance(29.5)
+    assert not pending.done()
+    await clock.advance(0.5)
+    await pending
+    assert [d.text for d in client.drafts(USER)] == ["newer preview"]
+    assert client.drafts(USER)[0].at == T0 + 5 + 30
+
+
+async def test_previews_leave_the_last_share_of_the_global_budget_to_final_texts(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    previews = await asyncio.gather(
+        *(transport.send(chat, text("preview"), preview=True) for chat in range(1, 31)), return_exceptions=True
+    )
+    deferred = [p for p in previews if isinstance(p, PreviewDeferred)]
+    assert len(deferred) == 6  # 20% of 30 a second is kept back
+    final = await transport.send(99, text("final"))
+    assert client.messages(99)[0].sent_at == T0
+    assert final
+
+
+@pytest.mark.parametrize("kind", ["send", "edit"])
 async def test_flood_wait_pauses_exactly_that_chat_for_exactly_the_given_seconds(
     transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock, kind: str
 ) -> None:
