@@ -87,7 +87,7 @@ class ManualClock:
         self._now = max(self._now, target)
         await self.settle()
 
-    async def run_until_complete(self, awaitable: Awaitable[T], *, poll: float = 0.002, limit: float = 3600.0) -> T:
+    async def run_until_complete(self, awaitable: Awaitable[T], *, poll: float = 0.005, limit: float = 3600.0) -> T:
         """Run `awaitable`, jumping time to the next deadline whenever it is waiting on the clock.
 
         Real I/O (local fake servers, SQLite threads) gets `poll` seconds of real time to make
@@ -109,7 +109,7 @@ class ManualClock:
             await self.advance(max(0.0, deadline - self._now))
         return task.result()
 
-    async def run_until(self, predicate: Callable[[], bool], *, poll: float = 0.002, limit: float = 3600.0) -> None:
+    async def run_until(self, predicate: Callable[[], bool], *, poll: float = 0.005, limit: float = 3600.0) -> None:
         """Let time run (as in `run_until_complete`) until `predicate()` holds."""
 
         async def condition() -> None:

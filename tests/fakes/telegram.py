@@ -108,7 +108,7 @@ class FakeTelegramClient:
         self._by_id: dict[int, SentMessage] = {}
         self._drafts: dict[int, list[DraftUpdate]] = defaultdict(list)
         self._typing: dict[int, list[float]] = defaultdict(list)
-        self._faults: dict[str, deque[BaseException]] = defaultdict(deque)
+        self._faults: dict[str, deque[tuple[int | None, BaseException]]] = defaultdict(deque)
         self._limits: _Limits | None = None
         self._landed_in_chat: dict[int, deque[float]] = {}
         self._landed: deque[float] = deque()
@@ -117,9 +117,9 @@ class FakeTelegramClient:
 
     # --- test controls -------------------------------------------------------------------------
 
-    def fail_next(self, kind: FaultKind, error: BaseException, times: int = 1) -> None:
-        """The next `times` calls of this kind raise `error` (a Telethon error instance)."""
-        self._faults[kind].extend([error] * times)
+    def fail_next(self, kind: FaultKind, error: BaseException, times: int = 1, *, chat_id: int | None = None) -> None:
+        """The next `times` calls of this kind (in `chat_id`, if given) raise `error` (a Telethon error)."""
+        self._faults[kind].extend([(chat_id, error)] * times)
 
     def enforce_limits(
         self, per_chat_interval: float = 1.0, global_per_second: int = 30, group_per_minute: int | None = 20
@@ -335,8 +335,12 @@ class FakeTelegramClient:
 
     def _take_fault(self, kind: FaultKind, chat_id: int | None) -> None:
         faults = self._faults.get(kind)
-        if faults:
-            self._refuse(kind, chat_id, faults.popleft())
+        if not faults:
+            return
+        for index, (only_chat, error) in enumerate(faults):
+            if only_chat is None or only_chat == chat_id:
+                del faults[index]
+                self._refuse(kind, chat_id, error)
 
     def _refuse(self, kind: str, chat_id: int | None, error: BaseException) -> NoReturn:
         self._record(kind, chat_id, type(error).__name__)

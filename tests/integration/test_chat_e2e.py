@@ -109,7 +109,7 @@ async def test_model_with_no_first_token_in_time_falls_back(tmp_path):
     async with AsyncExitStack() as stack:
         claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.stall_after(0)))
         gpt = await stack.enter_async_context(FakeOpenAI(api_key=OPENAI_KEY, default=oai.Reply("Quick answer.")))
-        settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT], llm_first_token_timeout=15.0)
+        settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT], llm_first_token_timeout=60.0)
         bot = await start_telegram_bot(stack, settings)
         await bot.user_says("hello")
         assert bot.texts() == ["Quick answer."]

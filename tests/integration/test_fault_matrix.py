@@ -64,7 +64,7 @@ async def test_anthropic_fault_then_fallback(tmp_path, case):
         gpt = await stack.enter_async_context(oai.FakeOpenAI(api_key=OPENAI_KEY, default=oai.Reply(case.gpt_reply)))
         settings = settings_for(
             tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT],
-            llm_first_token_timeout=15.0, llm_idle_timeout=30.0,
+            llm_first_token_timeout=60.0, llm_idle_timeout=60.0,
         )
         bot = await start_telegram_bot(stack, settings)
         started = bot.clock.monotonic()

@@ -76,7 +76,7 @@ async def test_a_flooded_chat_does_not_delay_another_chat(tmp_path):
     other = 5151
     async with AsyncExitStack() as stack:
         bot = await bot_with_claude(stack, tmp_path)
-        bot.client.fail_next("send", errors.FloodWaitError(request=None, capture=300))
+        bot.client.fail_next("send", errors.FloodWaitError(request=None, capture=300), chat_id=USER)
         await bot.client.deliver(new_message_event(chat_id=USER, sender_id=USER, text="hi", message_id=1))
         await bot.client.deliver(new_message_event(chat_id=other, sender_id=other, text="hi too", message_id=2))
         await bot.settle()
