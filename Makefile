@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: run console test bench check status clean
+.PHONY: run install console test bench check status clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,10 +22,15 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 run: $(VENV)/.installed-run
 	$(BIN)/switchboard $(ARGS)
 
+# Everything `run` needs, without starting the bot (the systemd unit starts it).
+install: $(VENV)/.installed-run
+
 console: $(VENV)/.installed-run
 	$(BIN)/switchboard console
 
+# The systemd unit's test runs systemd-analyze; Debian's systemd package brings it (we run as root).
 test: $(VENV)/.installed-test
+	@command -v systemd-analyze >/dev/null || (apt-get update -qq && apt-get install -y -qq systemd)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test

@@ -16,6 +16,8 @@ log = logging.getLogger("switchboard")
 COMMANDS = {
     "run": "start the bot: on Telegram when its settings are present, otherwise in the console (default)",
     "console": "chat in this terminal with the same handlers (you are the admin); scriptable through stdin",
+    "status": "print the status report from the database (the bot may be running or stopped)",
+    "check": "validate the settings and probe every configured upstream; exits non-zero on any problem",
 }
 
 
@@ -26,8 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--env-file", type=Path, help="read settings from this file instead of ./.env")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in COMMANDS.items():
-        sub.add_parser(name, help=text, description=text)
+    parsers = {name: sub.add_parser(name, help=text, description=text) for name, text in COMMANDS.items()}
+    parsers["check"].add_argument(
+        "--offline",
+        action="store_true",
+        help="check settings, state directory and session only, without calling any upstream "
+        "(what the systemd unit runs before each start)",
+    )
     return parser
 
 
@@ -37,14 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(env_file=args.env_file)
     except ConfigError as error:
+        if command == "check":
+            print(f"✗ settings: {len(error.problems)} problem(s)", file=sys.stdout)
         print(str(error), file=sys.stderr)
         return 2
     redactor = Redactor(settings.secret_values())
     interactive = sys.stdin.isatty()
     console = command == "console" or (command == "run" and settings.telegram is None)
-    level = settings.log_level if not console else max(settings.log_level, "WARNING", key=_level_number)
-    configure_logging(level, redactor)
+    # Only a bot serving Telegram logs at the configured level; elsewhere logs would mix with output.
+    quiet = console or command in ("check", "status")
+    level = settings.log_level if not quiet else max(settings.log_level, "WARNING", key=_level_number)
+    configure_logging(level, redactor, format=settings.log_format)
     try:
+        if command == "check":
+            return asyncio.run(run_check(settings, offline=args.offline))
+        if command == "status":
+            return asyncio.run(print_status(settings))
         if console:
             if command == "run":
                 print(f"Starting in the console. {telegram_hint()}", file=sys.stderr)
@@ -78,6 +93,30 @@ async def run_console_mode(settings: Settings, *, interactive: bool, stdin=None,
             interactive=interactive,
             banner=banner,
         )
+
+
+async def run_check(settings: Settings, *, offline: bool) -> int:
+    from bot.check import check_command
+
+    return await check_command(settings, sys.stdout, offline=offline)
+
+
+async def print_status(settings: Settings, stdout=None) -> int:
+    from bot.app import DATABASE_NAME
+    from integrations.resilience.clock import SystemClock
+
+    stdout = stdout or sys.stdout
+    database = settings.state_dir / DATABASE_NAME
+    if not database.exists():
+        print(f"No database at {database}: the bot has not run with this STATE_DIR yet.", file=sys.stderr)
+        return 1
+    try:
+        from handlers.status_report import status_from_database
+    except ImportError:
+        print("This version of Switchboard has no status report yet.", file=sys.stderr)
+        return 1
+    print(await status_from_database(database, SystemClock()), file=stdout)
+    return 0
 
 
 async def run_telegram_mode(settings: Settings) -> int:

@@ -4,8 +4,16 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Callable
 
 from bot.config import Settings
+from bot.logs import Redactor
+from handlers.admin import admin_commands
+from handlers.limits import UserLimits
+from handlers.status_report import RecentErrors, StatusContext
+from integrations.prices import PriceTable
+from state.admin_settings import AdminSettings
+from state.usage import ErrorJournal, UsageRecorder
 from handlers.access import AccessPolicy
 from handlers.basic import basic_commands
 from handlers.lanes import ChatLanes
@@ -15,7 +23,17 @@ from handlers.stream import StreamPacing
 from handlers.transport import Transport
 from integrations.anthropic import AnthropicChat
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
-from integrations.llm import ChatProvider
+from integrations.llm import ChatProvider, ModelRef
+from integrations.local_model import (
+    LOCAL_ALIAS,
+    LOCAL_CONTEXT_TOKENS,
+    LOCAL_MARKER,
+    LOCAL_PROVIDER,
+    LocalModelError,
+    LocalModelServer,
+    install_hint,
+    local_model_available,
+)
 from integrations.openai import OpenAIChat
 from integrations.model_policy import ModelCallPolicy, ProviderGuard
 from integrations.resilience.breaker import CircuitBreaker
@@ -105,12 +123,43 @@ def build_providers(
     return providers
 
 
-def build_chain(settings: Settings, clock: Clock, providers: dict[str, ChatProvider], policy: ModelCallPolicy) -> ModelChain:
-    models = [
-        ChainModel(ref, providers[ref.provider], context_tokens=settings.llm_context_tokens)
-        for ref in settings.llm_models
-        if ref.provider in providers
-    ]
+async def start_local_model(settings: Settings, clock: Clock, stack: AsyncExitStack) -> ChainModel | None:
+    """The small offline model: last resort in production, the whole assistant with no keys."""
+    if settings.llm_local == "off":
+        return None
+    files = local_model_available()
+    if files is None:
+        log.info("offline model not installed: %s", install_hint())
+        return None
+    server = LocalModelServer(clock, model_path=files.model_path, log_path=settings.state_dir / "local-model.log")
+    try:
+        base_url = await server.start()
+    except LocalModelError as error:
+        log.warning("offline model unavailable: %s", error)
+        return None
+    stack.push_async_callback(server.stop)
+    provider = OpenAIChat(api_key="local", base_url=base_url, name=LOCAL_PROVIDER)
+    stack.push_async_callback(provider.aclose)  # unwinds before the server stops
+    return ChainModel(
+        ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS), provider, context_tokens=LOCAL_CONTEXT_TOKENS, marker=LOCAL_MARKER
+    )
+
+
+def build_chain(
+    settings: Settings,
+    clock: Clock,
+    providers: dict[str, ChatProvider],
+    policy: ModelCallPolicy,
+    local: ChainModel | None = None,
+) -> ModelChain:
+    models = []
+    for ref in settings.llm_models:
+        if ref.provider in providers:
+            models.append(ChainModel(ref, providers[ref.provider], context_tokens=settings.llm_context_tokens))
+        elif ref.provider == LOCAL_PROVIDER and local is not None and local not in models:
+            models.append(local)  # where LLM_MODELS puts it
+    if local is not None and local not in models:
+        models.append(local)
     timeouts = ChainTimeouts(
         first_token=settings.llm_first_token_timeout,
         idle=settings.llm_idle_timeout,
@@ -128,7 +177,10 @@ async def build_app(
     extra_admins: frozenset[int] = frozenset(),
     pacing: StreamPacing = StreamPacing(),
     governor: Snapshotting | None = None,
+    redactor: Redactor | None = None,
+    telegram_connected: Callable[[], bool] | None = None,
 ) -> App:
+    redactor = redactor or Redactor(settings.secret_values())
     database = await Database.open(settings.state_dir / DATABASE_NAME, clock)
     stack.push_async_callback(database.close)
     registry = ResilienceRegistry(
@@ -141,7 +193,7 @@ async def build_app(
         registry.register_governor(governor)
     model_policy = build_model_policy(settings, clock, registry)
     providers = build_providers(settings, clock, model_policy, stack)
-    chain = build_chain(settings, clock, providers, model_policy)
+    chain = build_chain(settings, clock, providers, model_policy, await start_local_model(settings, clock, stack))
     access = AccessPolicy(
         admin_ids=settings.admin_ids | extra_admins,
         allowed_user_ids=settings.allowed_user_ids,
@@ -159,5 +211,42 @@ async def build_app(
         pacing=pacing,
         extras={"resilience": registry},
     )
-    router = Router(services, basic_commands())
+    await add_operations(services, settings, database, stack, redactor, telegram_connected)
+    router = Router(services, basic_commands() + admin_commands())
     return App(services, router, database)
+
+
+async def add_operations(
+    services: Services,
+    settings: Settings,
+    database: Database,
+    stack: AsyncExitStack,
+    redactor: Redactor,
+    telegram_connected: Callable[[], bool] | None,
+) -> None:
+    """Usage and budgets, persisted admin settings, the recent-errors journal and /status facts."""
+    clock = services.clock
+    usage = UsageRecorder(database, clock, PriceTable(overrides=settings.llm_prices))
+    admin_settings = await AdminSettings.load(database, services.access)
+    errors = RecentErrors(clock, redactor, journal=ErrorJournal(database))
+    handler = errors.handler()
+    logging.getLogger().addHandler(handler)
+    stack.callback(logging.getLogger().removeHandler, handler)
+    # Pushed after the database's close, so it runs before it.
+    stack.push_async_callback(errors.save)
+    services.extras.update(
+        usage=usage,
+        admin_settings=admin_settings,
+        limits=UserLimits(
+            access=services.access,
+            usage=usage,
+            settings=admin_settings,
+            clock=clock,
+            messages_per_minute=settings.limits.user_messages_per_minute,
+            default_daily_budget=settings.limits.user_daily_budget_usd,
+        ),
+        status=StatusContext(
+            started_at=clock.monotonic(), telegram_connected=telegram_connected, errors=errors, redactor=redactor
+        ),
+        health=[],
+    )

@@ -1,80 +1,357 @@
 """Structured logs to stderr (journald keeps them), with every secret redacted.
 
-Each line is `time level logger message key=value ...`. The redaction filter rewrites the final
-text of every record, so a secret cannot leak through arguments, exception text or tracebacks.
+One record is one line: key=value pairs (`LOG_FORMAT=kv`, the default) or a JSON object
+(`LOG_FORMAT=json`). Extra fields travel in `extra={"fields": {...}}`. Tracebacks stay on the line
+(escaped), so a log shipper never splits an error from its cause.
+
+The redaction runs on the final text of every record (message, fields, exception text and
+traceback), so a secret cannot leak through an argument, a repr or an SDK's error message. It
+removes the configured secrets (also URL-encoded), and anything shaped like one: Authorization
+headers, bearer tokens, bot tokens, provider key prefixes and Telethon StringSession strings.
+
+`UpstreamLog` logs every attempt of an upstream call (upstream, operation, status, latency,
+attempt, request id); `DeprecationSignals` collects what says an upstream is going away.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import sys
-from typing import Iterable
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePath
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, TextIO, TypeVar
+from urllib.parse import quote, quote_plus
+
+from integrations.errors import ModelNotFound, UpstreamError
+from integrations.resilience.clock import Clock
+
+T = TypeVar("T")
 
 REDACTED = "[redacted]"
-# Shapes that are secret whatever their value: auth headers, bearer tokens, bot tokens, key prefixes.
+# A key name followed by its value, as in headers, reprs, query strings and JSON.
+_NAMED_SECRET = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|x-api-key|api[_-]?key|api[_-]?hash|access[_-]?token"
+    r"|bot[_-]?token|auth[_-]?token|token|secret|password|session[_-]?string)"
+    # Possessive, so "Bearer [redacted]" is left alone rather than matched without its "Bearer ".
+    r"(['\"]?\s*[:=]\s*['\"]?)(?:bearer\s+|basic\s+)?+(?!\[redacted\])[^\s'\",;&)}\]]+"
+)
+# Shapes that are secret whatever they are called.
 SECRET_SHAPES = [
-    re.compile(r"(?i)(authorization|x-api-key|api[_-]?key|api[_-]?hash|token|secret|password)(\"?\s*[:=]\s*\"?)(bearer\s+)?[^\s\"',;]+"),
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),
-    re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_-]{16,}\b"),
-    re.compile(r"\bsk-ant-[A-Za-z0-9_-]{16,}\b"),
-    re.compile(r"\b(secret|ntn)_[A-Za-z0-9]{20,}\b"),
-    re.compile(r"\bpplx-[A-Za-z0-9]{16,}\b"),
+    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
+    # Bot tokens, also inside a Bot API URL (/bot123:ABC...) and URL-encoded (%3A).
+    re.compile(r"(?<![0-9])[0-9]{6,12}(:|%3[Aa])[A-Za-z0-9_-]{30,}"),
+    re.compile(r"\bsk-ant-[A-Za-z0-9_-]{16,}"),
+    re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_-]{16,}"),
+    re.compile(r"\b(secret|ntn)_[A-Za-z0-9]{20,}"),
+    re.compile(r"\bpplx-[A-Za-z0-9]{16,}"),
+    # Telethon StringSession: "1" then urlsafe base64 of DC, address, port and the 256-byte auth key.
+    re.compile(r"(?<![A-Za-z0-9_-])1[A-Za-z0-9_-]{300,}={0,2}"),
 ]
+_MIN_SECRET_LENGTH = 6
 
 
 class Redactor:
+    """Replaces known secrets and secret-shaped text with "[redacted]"."""
+
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
-            if secret and len(secret) >= 6 and secret not in self._secrets:
-                self._secrets.append(secret)
+            if not secret or len(secret) < _MIN_SECRET_LENGTH:
+                continue
+            # As written, and as it appears in a URL, a form body or lower-case percent-encoding.
+            encoded = quote(secret, safe="")
+            lower_hex = re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded)
+            for form in (secret, encoded, quote_plus(secret), lower_hex):
+                if form not in self._secrets:
+                    self._secrets.append(form)
         self._secrets.sort(key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        text = _NAMED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         for shape in SECRET_SHAPES:
-            text = shape.sub(_redact_match, text)
+            text = shape.sub(REDACTED, text)
         return text
 
 
-def _redact_match(match: re.Match[str]) -> str:
-    if match.re is SECRET_SHAPES[0]:
-        return f"{match.group(1)}{match.group(2)}{REDACTED}"
-    return REDACTED
+# --- formatting -------------------------------------------------------------------------------
+
+_BARE = re.compile(r"[A-Za-z0-9_.:/@+%,-]+")
 
 
-class RedactingFormatter(logging.Formatter):
+def logfmt_value(value: object) -> str:
+    """A value as logfmt writes it: bare when safe, else quoted with \\ \" and newlines escaped."""
+    text = "" if value is None else str(value)
+    if _BARE.fullmatch(text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+class _StructuredFormatter(logging.Formatter):
     def __init__(self, redactor: Redactor) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        super().__init__()
         self._redactor = redactor
 
+    def pairs(self, record: logging.LogRecord) -> list[tuple[str, object]]:
+        """Everything the line says, each value already redacted, in a stable order."""
+        redact = self._redactor
+        when = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        pairs: list[tuple[str, object]] = [
+            ("time", when.replace("+00:00", "Z")),
+            ("level", record.levelname.lower()),
+            ("logger", record.name),
+            ("msg", redact(record.getMessage())),
+        ]
+        for key, value in (getattr(record, "fields", None) or {}).items():
+            pairs.append((str(key), redact(str(value)) if isinstance(value, str) or not _plain(value) else value))
+        if record.exc_info and record.exc_info[0] is not None:
+            pairs.append(("exc_type", record.exc_info[0].__name__))
+            pairs.append(("exc", redact(self.formatException(record.exc_info))))
+        if record.stack_info:
+            pairs.append(("stack", redact(self.formatStack(record.stack_info))))
+        return pairs
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, (bool, int, float))
+
+
+class KeyValueFormatter(_StructuredFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None)
-        text = super().format(record)
-        if fields:
-            text += " " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
-        return self._redactor(text)
+        line = " ".join(f"{key}={logfmt_value(value)}" for key, value in self.pairs(record))
+        return self._redactor(line)
 
 
-def _quote(value: object) -> str:
-    text = str(value)
-    return f'"{text}"' if (" " in text or not text) else text
+class JsonFormatter(_StructuredFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(dict(self.pairs(record)), ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str, redactor: Redactor, stream=None) -> None:
+FORMATTERS = {"kv": KeyValueFormatter, "json": JsonFormatter}
+# Library chatter (every HTTP request, every Telegram update) drowns what matters.
+NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "telethon", "openai", "anthropic", "notion_client", "aiosqlite")
+
+
+def configure_logging(level: str, redactor: Redactor, stream: TextIO | None = None, *, format: str = "kv") -> logging.Handler:
+    """Send every record to `stream` (stderr) in `format`, redacted; returns the handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(RedactingFormatter(redactor))
+    handler.setFormatter(FORMATTERS[format](redactor))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Library chatter (every HTTP request, every Telegram update) drowns what matters.
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "telethon", "openai", "anthropic", "aiosqlite"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return handler
+
+
+# --- upstream calls ---------------------------------------------------------------------------
+
+_upstream_log = logging.getLogger("switchboard.upstream")
+
+
+def status_of(error: BaseException) -> str:
+    """A short status for a failed call: the project error type in snake case, e.g. rate_limited."""
+    name = type(error).__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@dataclass
+class UpstreamAttempt:
+    """What one attempt learnt; set `request_id` when the answer carries one."""
+
+    upstream: str
+    operation: str
+    attempt: int
+    request_id: str | None = None
+
+
+@contextmanager
+def log_upstream_call(
+    upstream: str,
+    operation: str,
+    clock: Clock,
+    *,
+    attempt: int = 1,
+    logger: logging.Logger = _upstream_log,
+) -> Iterator[UpstreamAttempt]:
+    """Log one attempt: status=ok at INFO, an UpstreamError at WARNING, with latency and request id."""
+    record = UpstreamAttempt(upstream, operation, attempt)
+    started = clock.monotonic()
+    status, level, http = "ok", logging.INFO, None
+    try:
+        yield record
+    except UpstreamError as error:
+        status, level, http = status_of(error), logging.WARNING, error.status
+        record.request_id = record.request_id or error.request_id
+        raise
+    except BaseException as error:
+        # A cancelled call (the user's /cancel, a shutdown) did not fail.
+        cancelled = isinstance(error, asyncio.CancelledError)
+        status, level = ("cancelled", logging.INFO) if cancelled else (status_of(error), logging.WARNING)
+        raise
+    finally:
+        fields: dict[str, object] = {
+            "upstream": upstream,
+            "operation": operation,
+            "status": status,
+            "latency_ms": round((clock.monotonic() - started) * 1000),
+            "attempt": attempt,
+            "request_id": record.request_id or "-",
+        }
+        if http is not None:
+            fields["http_status"] = http
+        logger.log(level, "upstream call", extra={"fields": fields})
+
+
+class UpstreamLog:
+    """Per upstream: wraps each attempt of a call (what `Upstream.call` and `retry_call` run).
+
+        calls = UpstreamLog("notion", clock)
+        await upstream.call(calls.attempts("pages.create", lambda: client.pages.create(...)))
+
+    Each attempt is logged with its number; a result with a `request_id` attribute fills it in.
+    `on_attempt` fits `retry_call(on_attempt=...)` and logs the wait before the next attempt.
+    """
+
+    def __init__(self, upstream: str, clock: Clock, *, logger: logging.Logger = _upstream_log) -> None:
+        self.upstream = upstream
+        self._clock = clock
+        self._logger = logger
+
+    def attempts(self, operation: str, fn: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        counter = 0
+
+        async def attempt() -> T:
+            nonlocal counter
+            counter += 1
+            with log_upstream_call(self.upstream, operation, self._clock, attempt=counter, logger=self._logger) as record:
+                result = await fn()
+                record.request_id = getattr(result, "request_id", None) or None
+                return result
+
+        return attempt
+
+    def on_attempt(self, attempt: int, error: UpstreamError, wait: float) -> None:
+        self._logger.info(
+            "upstream retry",
+            extra={"fields": {"upstream": self.upstream, "attempt": attempt, "status": status_of(error), "retry_in_s": round(wait, 2)}},
+        )
+
+
+# --- deprecation signals ----------------------------------------------------------------------
+
+# Where a warning comes from tells which upstream it is about: an SDK, or our adapter for it.
+_UPSTREAM_OF_PACKAGE = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "notion_client": "notion",
+    "telethon": "telegram",
+    "perplexity": "perplexity",
+    "notion": "notion",
+    "llama_cpp": "local",
+}
+_DEPRECATION_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+@dataclass(frozen=True)
+class DeprecationSignal:
+    upstream: str
+    source: str  # "header", "warning" or "model"
+    detail: str
+    first_seen: datetime
+
+    def describe(self) -> str:
+        return f"{self.upstream}: {self.detail} (since {self.first_seen:%Y-%m-%d %H:%M} UTC)"
+
+
+@dataclass
+class DeprecationSignals:
+    """Signs that an upstream is retiring something we use; each is logged once, all are listed."""
+
+    clock: Clock
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("switchboard.deprecation"))
+    _seen: dict[tuple[str, str, str], DeprecationSignal] = field(default_factory=dict)
+
+    def report(self, upstream: str, source: str, detail: str) -> bool:
+        """Record a signal; True (and one WARNING line) the first time it is seen."""
+        key = (upstream, source, detail)
+        if key in self._seen:
+            return False
+        self._seen[key] = DeprecationSignal(upstream, source, detail, self.clock.now())
+        self.logger.warning(
+            "deprecation signal", extra={"fields": {"upstream": upstream, "source": source, "detail": detail}}
+        )
+        return True
+
+    def list(self) -> list[DeprecationSignal]:
+        """Every signal seen, oldest first (for /status)."""
+        return sorted(self._seen.values(), key=lambda signal: signal.first_seen)
+
+    def from_headers(self, upstream: str, headers: Mapping[str, str]) -> bool:
+        """RFC 9745 `Deprecation` and RFC 8594 `Sunset` headers of a response."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        parts = [f"{name.title()}: {lowered[name]}" for name in ("deprecation", "sunset") if lowered.get(name)]
+        if not parts:
+            return False
+        link = lowered.get("link", "")
+        if 'rel="deprecation"' in link or "rel=deprecation" in link or 'rel="sunset"' in link:
+            parts.append(f"Link: {link}")
+        return self.report(upstream, "header", "; ".join(parts))
+
+    def from_error(self, error: BaseException) -> bool:
+        """A model the upstream no longer knows is the loudest deprecation signal of all."""
+        if isinstance(error, ModelNotFound):
+            return self.report(error.upstream or "unknown", "model", error.message)
+        return False
+
+    def from_warning(self, message: Warning | str, category: type[Warning], filename: str) -> bool:
+        """An SDK's DeprecationWarning (or one raised at our adapter's call into it)."""
+        if not issubclass(category, _DEPRECATION_CATEGORIES):
+            return False
+        upstream = _upstream_of(filename)
+        if upstream is None:
+            return False
+        return self.report(upstream, "warning", f"{category.__name__}: {message}")
+
+    @contextmanager
+    def capturing_warnings(self) -> Iterator[None]:
+        """While inside, deprecation warnings about upstreams become signals (others pass on).
+
+        Python hides DeprecationWarning outside __main__ by default, so the SDKs' and adapters'
+        ones are switched on here; each distinct one still reaches us once.
+        """
+        with warnings.catch_warnings():
+            for category in _DEPRECATION_CATEGORIES:
+                warnings.filterwarnings("default", category=category)
+            previous = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+                if not self.from_warning(message, category, filename):
+                    previous(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            yield
+
+
+def _upstream_of(filename: str) -> str | None:
+    """The upstream an SDK file (site-packages/openai/...) or our adapter (integrations/openai.py) serves."""
+    parts = PurePath(filename).parts
+    for packages in ("site-packages", "dist-packages"):
+        if packages in parts[:-1]:
+            return _UPSTREAM_OF_PACKAGE.get(parts[parts.index(packages) + 1].removesuffix(".py"))
+    if len(parts) >= 2 and parts[-2] == "integrations":
+        return _UPSTREAM_OF_PACKAGE.get(PurePath(filename).stem)
+    return None

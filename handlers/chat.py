@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from handlers.lanes import SHUTDOWN
 from handlers.reply import open_stream
 from handlers.services import Services
 from handlers.transport import IncomingMessage
@@ -15,6 +16,7 @@ from state.history import StoredMessage
 log = logging.getLogger(__name__)
 
 STOPPED_NOTE = "\n\n_(stopped)_"
+INTERRUPTED_NOTE = "\n\n_(interrupted: the bot is restarting; I'll answer this again when it is back)_"
 
 
 def takeover_marker(event: ModelTookOver, text_so_far: str) -> str:
@@ -65,10 +67,15 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
                     text += f"\n\n_{event.marker}_"
                 await _record_usage(services, message, event.usage)
     except asyncio.CancelledError:
-        # /cancel: keep what was shown, say it stopped. A shutdown cancels twice and is not caught here.
+        # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
+        # is not caught here.
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+        if services.lanes.cancel_reason(message.chat_id) == SHUTDOWN:
+            # Left pending on purpose: the message is answered in full after the restart.
+            await stream.finish((text or "…") + INTERRUPTED_NOTE)
+            return
         final = (text or "…") + STOPPED_NOTE
         await stream.finish(final)
         await services.history.record_answer(stored, text or "(stopped before answering)", str(model or "cancelled"))

@@ -21,6 +21,8 @@ class Command:
     # Queued commands wait their turn behind the chat's reply in progress (they stream or call upstreams).
     queued: bool = False
     usage: str = ""
+    # Metered commands spend upstream money: the user's budget and message rate are checked first.
+    metered: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """One reply in progress per chat: a lane is a chat's queue of jobs and the job now running.
 
 Jobs of one chat run one after another; chats run side by side. `cancel` stops the running job
-of a chat (the job itself decides how to finish what it showed). Idle lanes are dropped.
+of a chat (the job itself decides how to finish what it showed, and can ask `cancel_reason` why:
+a user's /cancel or a shutdown). Idle lanes are dropped.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ log = logging.getLogger(__name__)
 
 Job = Callable[[], Awaitable[None]]
 
+USER_CANCEL = "user"
+SHUTDOWN = "shutdown"
+
 
 @dataclass
 class _Lane:
@@ -22,6 +26,7 @@ class _Lane:
     worker: asyncio.Task[None] | None = None
     running: asyncio.Task[None] | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str | None = None
 
 
 class ChatLanes:
@@ -46,12 +51,32 @@ class ChatLanes:
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.ensure_future(self._work(chat_id, lane))
 
-    def cancel(self, chat_id: int) -> bool:
+    def cancel(self, chat_id: int, reason: str = USER_CANCEL) -> bool:
         lane = self._lanes.get(chat_id)
         if lane is None or lane.running is None or lane.running.done():
             return False
+        lane.cancel_reason = reason
         lane.running.cancel()
         return True
+
+    def cancel_reason(self, chat_id: int) -> str | None:
+        """Why the chat's running job was cancelled (USER_CANCEL, SHUTDOWN), or None."""
+        lane = self._lanes.get(chat_id)
+        return lane.cancel_reason if lane is not None else None
+
+    def drop_queued(self) -> int:
+        """Forget every job not started yet; returns how many. Used at shutdown: the messages
+        behind them are stored and answered after the restart."""
+        dropped = 0
+        for lane in self._lanes.values():
+            dropped += len(lane.jobs)
+            lane.jobs.clear()
+        return dropped
+
+    def cancel_all(self, reason: str) -> int:
+        """Drop queued jobs and cancel every running one with `reason`; returns how many ran."""
+        self.drop_queued()
+        return sum(1 for chat_id in list(self._lanes) if self.cancel(chat_id, reason))
 
     async def wait_idle(self, chat_id: int) -> None:
         lane = self._lanes.get(chat_id)
@@ -63,12 +88,14 @@ class ChatLanes:
             workers = [lane.worker for lane in self._lanes.values() if lane.worker and not lane.worker.done()]
             if not workers:
                 return
-            await asyncio.gather(*workers, return_exceptions=True)
+            # asyncio.wait, not gather: a waiter that gives up (a timeout) must not cancel the jobs.
+            await asyncio.wait(workers)
 
     async def _work(self, chat_id: int, lane: _Lane) -> None:
         try:
             while lane.jobs:
                 job = lane.jobs.popleft()
+                lane.cancel_reason = None
                 lane.running = asyncio.ensure_future(job())
                 try:
                     await asyncio.shield(lane.running)

@@ -6,6 +6,7 @@ user sent; messages stored but never answered are answered after a restart.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Sequence
 
 from handlers import chat
@@ -16,6 +17,11 @@ from handlers.transport import IncomingMessage
 from state.history import StoredMessage
 
 log = logging.getLogger(__name__)
+
+
+def well_formed(text: str) -> str:
+    """Text that survives UTF-8 and UTF-16: bytes a terminal could not decode become U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 QUEUED_NOTICE = "⏳ Got it. I'll answer this right after the reply in progress (/cancel stops that one)."
 
@@ -41,6 +47,7 @@ class Router:
     async def handle(self, message: IncomingMessage) -> None:
         if not message.addressed_to_bot or not message.text.strip():
             return
+        message = replace(message, text=well_formed(message.text))
         services = self._services
         if not services.access.is_allowed(message.user_id):
             await self._refuse(message)
@@ -61,6 +68,8 @@ class Router:
                 f"Your message is {len(message.text):,} characters long; the limit is "
                 f"{services.chat.max_message_chars:,}. Please shorten it or split it into parts.",
             )
+            return
+        if await self._over_limits(message):
             return
         stored = await services.history.record_incoming(
             message.chat_id, message.user_id, message.message_id, message.text
@@ -114,10 +123,20 @@ class Router:
         if command is None or (command.admin_only and not services.access.is_admin(message.user_id)):
             await reply(services, message, f"I don't know /{name}.\n\n" + self.help_text(message.user_id))
             return
+        if command.metered and await self._over_limits(message):
+            return
         if command.queued:
             services.lanes.submit(message.chat_id, lambda: command.run(services, message, args))
         else:
             await command.run(services, message, args)
+
+    async def _over_limits(self, message: IncomingMessage) -> bool:
+        """Daily budget and message rate, checked before any upstream call."""
+        limits = self._services.extras.get("limits")
+        refusal = await limits.check(message.user_id) if limits is not None else None
+        if refusal is not None:
+            await reply(self._services, message, refusal)
+        return refusal is not None
 
     async def _refuse(self, message: IncomingMessage) -> None:
         now = self._services.clock.monotonic()

@@ -87,25 +87,30 @@ class ManualClock:
         self._now = max(self._now, target)
         await self.settle()
 
-    async def run_until_complete(self, awaitable: Awaitable[T], *, poll: float = 0.005, limit: float = 3600.0) -> T:
+    async def run_until_complete(
+        self, awaitable: Awaitable[T], *, poll: float = 0.005, limit: float = 3600.0, real_limit: float = 60.0
+    ) -> T:
         """Run `awaitable`, jumping time to the next deadline whenever it is waiting on the clock.
 
         Real I/O (local fake servers, SQLite threads) gets `poll` seconds of real time to make
-        progress before time jumps; that only shifts pacing, because timeouts under test are
-        driven with `advance` explicitly.
+        progress before time jumps. Time never jumps past `limit` seconds from the start: a
+        deadline beyond it (a generous timeout) is left alone while real I/O finishes, and
+        `real_limit` seconds of real time end a run that is stuck for good.
         """
         task = asyncio.ensure_future(awaitable)
         started = self._now
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + real_limit
         while not task.done():
             done, _ = await asyncio.wait({task}, timeout=poll)
             if done:
                 break
-            deadline = self.next_deadline()
-            if deadline is None:
-                continue
-            if deadline - started > limit:
+            if loop.time() > give_up_at:
                 task.cancel()
-                raise TimeoutError(f"still running after {limit} s of clock time")
+                raise TimeoutError(f"still running after {real_limit} s of real time")
+            deadline = self.next_deadline()
+            if deadline is None or deadline - started > limit:
+                continue
             await self.advance(max(0.0, deadline - self._now))
         return task.result()
 

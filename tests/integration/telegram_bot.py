@@ -31,6 +31,7 @@ def settings_for(state_dir: Path, *, anthropic=None, openai=None, models=(), **o
         allowed_user_ids=frozenset({USER}),
         state_dir=state_dir,
         system_prompt="Be brief.",
+        llm_local="off",
         # Time jumps while the fakes answer over real sockets; timeouts are only tight where a
         # test is about them, so a slow machine never sees a spurious timeout.
         llm_first_token_timeout=10_000.0,

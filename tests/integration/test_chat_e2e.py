@@ -147,3 +147,34 @@ async def test_group_answers_only_when_mentioned(tmp_path):
         assert bot.texts(group) == ["Group answer."]
         assert claude.message_requests[-1].json["messages"][-1]["content"] == "what is 2+2?"
         assert bot.client.drafts(group) == []
+
+
+async def test_user_over_daily_budget_is_told_and_costs_no_upstream_call(tmp_path):
+    from bot.config import LimitSettings
+
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Expensive answer.")))
+        settings = settings_for(
+            tmp_path, anthropic=claude, models=[CLAUDE],
+            limits=LimitSettings(user_daily_budget_usd=0.01), llm_prices=(("claude-test", 1000.0, 1000.0),),
+        )
+        bot = await start_telegram_bot(stack, settings)
+        await bot.user_says("first question")
+        await bot.user_says("second question")
+        assert bot.texts()[0] == "Expensive answer."
+        assert "budget" in bot.texts()[1]
+        assert claude.calls == 1
+
+
+async def test_user_sending_too_fast_is_asked_to_slow_down(tmp_path):
+    from bot.config import LimitSettings
+
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Answer.")))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE], limits=LimitSettings(user_messages_per_minute=2))
+        bot = await start_telegram_bot(stack, settings)
+        for text in ("one", "two", "three"):
+            await bot.user_says(text)
+        assert bot.texts()[:2] == ["Answer.", "Answer."]
+        assert "slow down" in bot.texts()[2].lower() or "too many" in bot.texts()[2].lower()
+        assert claude.calls == 2

@@ -1,0 +1,270 @@
+"""`switchboard check`: is this installation ready to serve? One line per check, ✓ or ✗.
+
+The settings were already validated by `load_settings` (a bad one stops the command before this
+module runs). Then, locally: the state directory is private and writable, the Telegram session
+can be kept. Then, unless `offline`: every configured chat provider answers its model list and
+offers the models in LLM_MODELS, and Perplexity and Notion answer a cheap call, each with its
+latency. Nothing printed contains a secret: upstream errors are the project's own types, whose
+messages never carry credentials, and every line still passes through the redactor.
+
+`offline` is what `ExecStartPre=` runs: an upstream outage must not keep the bot from starting
+(it falls back and keeps answering), and a unit that fails its pre-start check over and over
+hits systemd's start limit and stays down.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping, TextIO
+
+from bot.app import DATABASE_NAME
+from bot.config import Settings
+from bot.logs import Redactor
+from integrations.errors import ModelNotFound, UpstreamError
+from integrations.resilience.clock import Clock, SystemClock, wait_for
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 10.0
+# A knowledge integration may offer `async def probe(settings) -> str`: one cheap call returning a
+# short summary and raising UpstreamError on failure. Looked up by name, so `check` works before
+# and without them; Notion has a built-in one (retrieving the configured database costs nothing),
+# Perplexity has none (every Agent API call is a paid search).
+KNOWLEDGE_PROBES = {"perplexity": "integrations.perplexity", "notion": "integrations.notion"}
+
+Probe = Callable[[], Awaitable[str]]
+KnowledgeProbe = Callable[[Any], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool | None  # None: not checked, with the reason in `detail`
+    detail: str
+    latency: float | None = None
+
+    def line(self) -> str:
+        mark = {True: "✓", False: "✗", None: "–"}[self.ok]
+        timing = f" ({self.latency * 1000:.0f} ms)" if self.latency is not None else ""
+        return f"{mark} {self.name}: {self.detail}{timing}"
+
+
+class CheckFailed(Exception):
+    """A local check found a problem; the message says what and how to fix it."""
+
+
+async def check_command(
+    settings: Settings,
+    out: TextIO,
+    *,
+    offline: bool = False,
+    clock: Clock | None = None,
+    timeout: float = PROBE_TIMEOUT,
+    knowledge: Mapping[str, KnowledgeProbe | None] | None = None,
+) -> int:
+    """Print one line per check and a verdict; 0 when everything passed, 1 otherwise."""
+    redact = Redactor(settings.secret_values())
+    results = local_checks(settings)
+    if not offline:
+        results += await upstream_checks(settings, clock or SystemClock(), timeout=timeout, knowledge=knowledge)
+    for result in results:
+        print(redact(result.line()), file=out)
+    failed = [result for result in results if result.ok is False]
+    checked = sum(1 for result in results if result.ok is not None)
+    if failed:
+        print(f"{len(failed)} of {checked} checks failed.", file=out)
+        return 1
+    suffix = " (upstreams not probed: --offline)" if offline else ""
+    print(f"All {checked} checks passed{suffix}.", file=out)
+    return 0
+
+
+# --- local ------------------------------------------------------------------------------------
+
+
+def local_checks(settings: Settings) -> list[CheckResult]:
+    results = [CheckResult("settings", True, _settings_summary(settings))]
+    results.append(_local("state directory", lambda: _check_state_dir(settings.state_dir)))
+    results.append(_local("database", lambda: _check_database(settings.state_dir / DATABASE_NAME)))
+    if settings.telegram is not None:
+        session = _session_file(settings.telegram.session_path)
+        results.append(_local("telegram session", lambda: _check_session(session)))
+    return results
+
+
+def _local(name: str, check: Callable[[], str]) -> CheckResult:
+    try:
+        return CheckResult(name, True, check())
+    except CheckFailed as problem:
+        return CheckResult(name, False, str(problem))
+    except OSError as error:
+        return CheckResult(name, False, f"{error.strerror or type(error).__name__}: {error.filename or ''}".rstrip(": "))
+
+
+def _settings_summary(settings: Settings) -> str:
+    mode = "Telegram" if settings.telegram is not None else "console (no TELEGRAM_* settings)"
+    models = ", ".join(str(ref) for ref in settings.llm_models) or "no model"
+    extras = [name for name, on in (("/search", settings.perplexity), ("/note", settings.notion)) if on]
+    return f"valid; {mode}; models {models}" + (f"; {' and '.join(extras)} on" if extras else "")
+
+
+def _check_state_dir(path: Path) -> str:
+    if not path.exists():
+        parent = _nearest_existing(path)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CheckFailed(f"{path} does not exist and cannot be created in {parent}")
+        return f"{path} will be created (mode 0700)"
+    if not path.is_dir():
+        raise CheckFailed(f"{path} is not a directory")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise CheckFailed(f"{path} is open to other users (mode {mode:04o}); run: chmod 700 {path}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-"):
+            pass
+    except OSError as error:
+        raise CheckFailed(f"{path} is not writable ({error.strerror})") from None
+    return f"{path} private (mode {mode:04o}) and writable"
+
+
+def _check_database(path: Path) -> str:
+    if not path.exists():
+        return "not created yet (the first start creates it)"
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as connection:
+            tables = connection.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        connection.close()
+    except sqlite3.Error as error:
+        raise CheckFailed(f"{path} cannot be read: {error}") from None
+    return f"{path} readable, {tables} tables"
+
+
+def _session_file(session_path: Path) -> Path:
+    # As bot.telegram.session_file_for, without importing Telethon for a path.
+    return session_path if str(session_path).endswith(".session") else Path(f"{session_path}.session")
+
+
+def _check_session(file: Path) -> str:
+    note = "login not probed (it would compete with the running bot for the session)"
+    if file.exists():
+        mode = file.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise CheckFailed(f"{file} holds the login key but is open to other users (mode {mode:04o}); run: chmod 600 {file}")
+        if not os.access(file, os.R_OK | os.W_OK):
+            raise CheckFailed(f"{file} is not readable and writable by this user")
+        return f"{file} private and writable; {note}"
+    parent = _nearest_existing(file.parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckFailed(f"{file} cannot be created: {parent} is not writable")
+    return f"{file} will be created at the first login; {note}"
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+# --- upstreams --------------------------------------------------------------------------------
+
+
+async def upstream_checks(
+    settings: Settings,
+    clock: Clock,
+    *,
+    timeout: float = PROBE_TIMEOUT,
+    knowledge: Mapping[str, KnowledgeProbe | None] | None = None,
+) -> list[CheckResult]:
+    results = []
+    for name, provider in _providers(settings).items():
+        wanted = [ref.model for ref in settings.llm_models if ref.provider == name]
+        try:
+            results.append(await probe(f"{name} models", lambda p=provider, w=wanted: _list_models(p, w), clock, timeout))
+        finally:
+            await provider.aclose()
+    if any(ref.provider == "local" for ref in settings.llm_models):
+        results.append(CheckResult("local model", None, "not probed: it runs inside the bot"))
+    for name, section in (("perplexity", settings.perplexity), ("notion", settings.notion)):
+        if section is None:
+            continue
+        hook = knowledge[name] if knowledge is not None and name in knowledge else find_knowledge_probe(name)
+        if hook is None:
+            results.append(CheckResult(name, None, f"not probed: {KNOWLEDGE_PROBES[name]} has no probe() yet"))
+        else:
+            results.append(await probe(name, lambda h=hook, s=section: h(s), clock, timeout))
+    return results
+
+
+def find_knowledge_probe(name: str) -> KnowledgeProbe | None:
+    try:
+        module = importlib.import_module(KNOWLEDGE_PROBES[name])
+    except ImportError:
+        return None
+    return getattr(module, "probe", None) or BUILT_IN_PROBES.get(name)
+
+
+async def probe_notion(settings: Any) -> str:
+    """Retrieve the configured database: proves the token, the id and that it is shared with us."""
+    from integrations.notion import NotionApi
+
+    api = NotionApi(token=settings.token.reveal(), base_url=settings.base_url, timeout=PROBE_TIMEOUT)
+    try:
+        database = await api.retrieve_database(settings.database_id)
+    finally:
+        await api.aclose()
+    title = "".join(part.get("plain_text", "") for part in database.get("title") or []) or "untitled"
+    sources = len(database.get("data_sources") or [])
+    return f"database '{title}' reachable, {sources} data source{'s' if sources != 1 else ''}"
+
+
+BUILT_IN_PROBES: dict[str, KnowledgeProbe] = {"notion": probe_notion}
+
+
+async def probe(name: str, call: Probe, clock: Clock, timeout: float) -> CheckResult:
+    """Run one upstream probe with a deadline; its latency is measured on `clock`."""
+    started = clock.monotonic()
+    try:
+        detail = await wait_for(clock, call(), timeout)
+    except TimeoutError:
+        return CheckResult(name, False, f"no answer within {timeout:g} s", clock.monotonic() - started)
+    except UpstreamError as error:
+        return CheckResult(name, False, str(error), clock.monotonic() - started)
+    except Exception as error:  # a probe must report, not crash the whole check
+        log.debug("probe %s failed", name, exc_info=True)
+        return CheckResult(name, False, f"{type(error).__name__}: {error}", clock.monotonic() - started)
+    return CheckResult(name, True, detail, clock.monotonic() - started)
+
+
+def _providers(settings: Settings) -> dict[str, Any]:
+    """The chat providers LLM_MODELS uses, built as the bot builds them (SDK retries off)."""
+    from integrations.anthropic import AnthropicChat
+    from integrations.openai import OpenAIChat
+
+    used = {ref.provider for ref in settings.llm_models}
+    providers: dict[str, Any] = {}
+    if "anthropic" in used and settings.anthropic_api_key:
+        providers["anthropic"] = AnthropicChat(
+            api_key=settings.anthropic_api_key.reveal(),
+            base_url=settings.anthropic_base_url,
+            connect_timeout=settings.llm_connect_timeout,
+        )
+    if "openai" in used:
+        key = settings.openai_api_key.reveal() if settings.openai_api_key else "not-needed"
+        providers["openai"] = OpenAIChat(api_key=key, base_url=settings.openai_base_url, connect_timeout=settings.llm_connect_timeout)
+    return providers
+
+
+async def _list_models(provider: Any, wanted: list[str]) -> str:
+    offered = await provider.list_models()
+    missing = [model for model in wanted if model not in offered]
+    if missing:
+        raise ModelNotFound(
+            f"reachable, but its model list lacks {', '.join(missing)} (retired or misspelt? see LLM_MODELS)",
+            upstream=provider.name,
+        )
+    return f"{len(offered)} models offered, including {', '.join(wanted)}" if wanted else f"{len(offered)} models offered"

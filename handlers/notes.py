@@ -1,0 +1,274 @@
+"""/note, /save and /notes: notes in a Notion database, written through a durable outbox.
+
+A note is stored in SQLite first, then delivered at once if Notion can take it; if not, the reply
+says it is queued and `NoteDelivery` sends the link once it lands. Telegram may deliver a message
+twice: the idempotency key is derived from the chat, the message and its text, so a repeat finds
+the note stored the first time instead of queuing another.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from bot.config import NotionSettings
+from handlers.commands import Command
+from handlers.note_delivery import NoteDelivery, Notify, Outcome, outcome_text
+from handlers.reply import reply
+from handlers.services import Services
+from handlers.transport import IncomingMessage
+from integrations.errors import UpstreamError
+from integrations.notion import NotionApi
+from integrations.notion_notes import NotionNotes
+from integrations.notion_schema import NoteContent, hashtags, title_and_body, without_hashtags
+from integrations.resilience.clock import Clock
+from integrations.resilience.compose import Upstream
+from state.db import Database
+from state.outbox import Outbox, OutboxEntry
+from state.schema_cache import SchemaCache
+
+log = logging.getLogger(__name__)
+
+EXTRA_NAME = "notes"
+DEFAULT_LIST = 10
+MAX_LIST = 200
+SETUP_HINT = (
+    "Notes are not set up yet. To save notes to Notion:\n"
+    "1. Create an internal integration at https://www.notion.so/my-integrations and put its token in NOTION_TOKEN.\n"
+    "2. In Notion, open the database for notes, choose ••• → Connections and add the integration.\n"
+    '3. Give the database a Text property named "Switchboard ID" (and, if you like, a Multi-select '
+    '"Tags" and a URL property "Source").\n'
+    "4. Put the database's id (the 32 characters in its URL) in NOTION_DATABASE_ID and restart the bot."
+)
+NOTE_USAGE = (
+    "Usage: /note <text>\n"
+    "Saves the text to Notion. The first line becomes the title, #hashtags become tags, "
+    "and Markdown (lists, code, links) is kept."
+)
+SAVE_NOTHING = "There is no answer to save yet: ask me something (or /search), then send /save."
+_SUPERGROUP_OFFSET = 1_000_000_000_000
+_SOURCES_HEADING = re.compile(r"^\W*(sources?|references?|citations?)\W*$", re.IGNORECASE)
+_NUMBERED_LINE = re.compile(r"^\s*(?:\[\d+\]|\d+[.)])\s*(.*)$")
+_MARKDOWN_LINK_URL = re.compile(r"\]\((https?://[^\s)]+)\)")
+_BARE_URL = re.compile(r"https?://[^\s<>\]\[]+")
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>&|~#])")
+
+
+@dataclass(frozen=True)
+class NotesHealth:
+    ok: bool
+    detail: str
+
+
+@dataclass
+class NotesFeature:
+    """What the commands and the composition root need; found at `services.extras["notes"]`."""
+
+    outbox: Outbox
+    notion: NotionNotes
+    delivery: NoteDelivery
+
+    async def start(self) -> None:
+        """Look the database up once at start-up, so a setup problem shows in the log right away."""
+        health = await self.check()
+        if health.ok:
+            log.info("notes: %s", health.detail)
+        else:
+            log.warning("notes: %s", health.detail)
+
+    async def check(self) -> NotesHealth:
+        """Fetch the schema afresh (a health check) and say whether notes can be saved."""
+        try:
+            schema = await self.notion.schema(refresh=True)
+        except UpstreamError as error:
+            return NotesHealth(False, f"Notion database unreachable: {error}")
+        problems = schema.problems()
+        if problems:
+            return NotesHealth(False, "The Notion database cannot take notes yet: " + "; ".join(problems))
+        optional = schema.optional_missing()
+        extra = f" (optional, not present: {', '.join(optional)})" if optional else ""
+        return NotesHealth(True, f"Notion database ready, data source {schema.data_source_id}{extra}")
+
+    async def depth(self) -> int:
+        return await self.outbox.depth()
+
+
+def notes_commands() -> list[Command]:
+    return [
+        Command("note", "save a note to Notion", note, queued=True, usage="<text>"),
+        Command("save", "save my last answer (with its sources) to Notion", save, queued=True, usage="[title]"),
+        Command("notes", "list recent notes in Notion", list_notes, queued=True, usage="[count]"),
+    ]
+
+
+async def note(services: Services, message: IncomingMessage, args: str) -> None:
+    feature = _feature(services)
+    if feature is None:
+        await reply(services, message, SETUP_HINT)
+        return
+    text = args.strip()
+    if not text:
+        await reply(services, message, NOTE_USAGE)
+        return
+    title, body = title_and_body(text)
+    content = NoteContent(title, body, hashtags(text), telegram_link(message.chat_id, message.message_id))
+    await _save_note(services, feature, message, content, fingerprint=text)
+
+
+async def save(services: Services, message: IncomingMessage, args: str) -> None:
+    feature = _feature(services)
+    if feature is None:
+        await reply(services, message, SETUP_HINT)
+        return
+    answer = await services.history.last_answer(message.chat_id)
+    if not answer or not answer.strip():
+        await reply(services, message, SAVE_NOTHING)
+        return
+    wanted_title = without_hashtags(args).strip()
+    title = title_and_body(wanted_title or answer)[0]
+    sources = numbered_sources(answer)
+    source = sources[0] if sources else telegram_link(message.chat_id, message.message_id)
+    content = NoteContent(title, answer.strip(), hashtags(args), source)
+    await _save_note(services, feature, message, content, fingerprint=answer)
+
+
+async def list_notes(services: Services, message: IncomingMessage, args: str) -> None:
+    feature = _feature(services)
+    if feature is None:
+        await reply(services, message, SETUP_HINT)
+        return
+    wanted = args.strip()
+    if wanted and (not wanted.isdigit() or not 1 <= int(wanted) <= MAX_LIST):
+        await reply(services, message, f"Usage: /notes [count], with a count from 1 to {MAX_LIST} (default {DEFAULT_LIST}).")
+        return
+    limit = int(wanted) if wanted else DEFAULT_LIST
+    try:
+        schema = await feature.notion.schema()
+        notes = await feature.notion.recent(schema, limit)
+    except UpstreamError as error:
+        await reply(services, message, f"I couldn't list your notes: {error.message}. Please try again later.")
+        return
+    if not notes:
+        await reply(services, message, "There are no notes in the Notion database yet. Save one with /note <text>.")
+        return
+    lines = [f"The {len(notes)} most recent notes, newest first:" if len(notes) > 1 else "The most recent note:"]
+    lines += [f"{number}. {escape_markdown(item.title)} — {item.url}" for number, item in enumerate(notes, 1)]
+    await reply(services, message, "\n".join(lines))
+
+
+def chat_notifier(services: Services) -> Notify:
+    """How the delivery worker tells a user about their note: a reply in the note's chat."""
+
+    async def notify(entry: OutboxEntry, text: str) -> None:
+        origin = IncomingMessage(
+            chat_id=entry.chat_id,
+            user_id=entry.user_id,
+            message_id=entry.message_id or 0,
+            text="",
+            is_private=entry.chat_id > 0,
+        )
+        await reply(services, origin, text)
+
+    return notify
+
+
+def build_notes(
+    settings: NotionSettings,
+    *,
+    schema_ttl: float,
+    clock: Clock,
+    database: Database,
+    upstream: Upstream,
+    services: Services,
+    stack: AsyncExitStack,
+) -> NotesFeature:
+    """Wire the notes feature and register it in `services.extras`; the caller runs `delivery.run()`."""
+    api = NotionApi(token=settings.token.reveal(), base_url=settings.base_url)
+    stack.push_async_callback(api.aclose)
+    notion = NotionNotes(api, upstream, settings.database_id, SchemaCache(database, clock, schema_ttl))
+    outbox = Outbox(database, clock)
+    feature = NotesFeature(outbox, notion, NoteDelivery(outbox, notion, clock, chat_notifier(services)))
+    services.extras[EXTRA_NAME] = feature
+    return feature
+
+
+def telegram_link(chat_id: int, message_id: int) -> str | None:
+    """A link to the message, for supergroups and channels (private chats have none)."""
+    if chat_id <= -_SUPERGROUP_OFFSET and message_id > 0:
+        return f"https://t.me/c/{-chat_id - _SUPERGROUP_OFFSET}/{message_id}"
+    return None
+
+
+def numbered_sources(answer: str) -> list[str]:
+    """The URLs of an answer's numbered sources ("1. [Title](url)", "[2] Title — url"), in order.
+
+    Lines after a "Sources" heading are preferred, so a numbered list in the answer itself is
+    not mistaken for its sources.
+    """
+    lines = answer.splitlines()
+    heading = next((i for i, line in enumerate(lines) if _SOURCES_HEADING.match(line.strip())), None)
+    candidates = lines[heading + 1 :] if heading is not None else lines
+    urls: list[str] = []
+    for line in candidates:
+        match = _NUMBERED_LINE.match(line)
+        if match is None:
+            continue
+        url = _first_url(match.group(1))
+        if url is not None and url not in urls:
+            urls.append(url)
+    return urls
+
+
+def note_key(message: IncomingMessage, fingerprint: str) -> str:
+    digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
+    return f"{message.chat_id}:{message.message_id}:{digest}"
+
+
+def escape_markdown(text: str) -> str:
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
+
+async def _save_note(
+    services: Services, feature: NotesFeature, message: IncomingMessage, content: NoteContent, *, fingerprint: str
+) -> None:
+    entry, created = await feature.outbox.add(
+        note_key(message, fingerprint),
+        message.chat_id,
+        message.user_id,
+        content.to_payload(),
+        message_id=message.message_id,
+    )
+    if not created:
+        await reply(services, message, _repeat_text(entry))
+        return
+
+    async def announce(outcome: Outcome) -> None:
+        await reply(services, message, outcome_text(outcome))
+
+    outcome = await feature.delivery.deliver(entry.id, announce=announce)
+    if outcome is None:
+        await reply(services, message, "Your note is queued. I'll send the link once it's saved.")
+
+
+def _repeat_text(entry: OutboxEntry) -> str:
+    if entry.status == "delivered":
+        return f"Already saved to Notion: {entry.page_url}"
+    if entry.status == "failed":
+        return outcome_text(Outcome("failed", entry))
+    return "That note is already queued. I'll send the link once it's saved."
+
+
+def _feature(services: Services) -> NotesFeature | None:
+    feature: Any = services.extras.get(EXTRA_NAME)
+    return feature if isinstance(feature, NotesFeature) else None
+
+
+def _first_url(text: str) -> str | None:
+    linked = _MARKDOWN_LINK_URL.search(text)
+    if linked is not None:
+        return linked.group(1)
+    bare = _BARE_URL.search(text)
+    return bare.group(0).rstrip(".,;:)") if bare is not None else None

@@ -1,0 +1,129 @@
+"""The operator's record: tokens and dollars per user, model and UTC day, and the last upstream errors.
+
+Cost is worked out when usage is recorded, with the prices of that moment, so a later price change
+does not rewrite what was spent. Days are UTC dates: daily budgets reset at 00:00 UTC.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta, timezone
+from typing import Sequence
+
+from integrations.llm import ModelRef, Usage
+from integrations.prices import PriceTable
+from integrations.resilience.clock import Clock
+from state.db import Database
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    """What one user spent on one model over a span of days."""
+
+    user_id: int
+    model: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    # Requests to a model without a known price; their cost is counted as 0.
+    unpriced: int
+
+
+class UsageRecorder:
+    def __init__(self, db: Database, clock: Clock, prices: PriceTable) -> None:
+        self._db = db
+        self._clock = clock
+        self._prices = prices
+
+    def today(self) -> date:
+        return self._clock.now().astimezone(timezone.utc).date()
+
+    async def record(self, user_id: int, usage: Sequence[tuple[ModelRef, Usage]]) -> None:
+        """Add each model's tokens and cost to today's totals for `user_id`."""
+        day = self.today().isoformat()
+        rows = []
+        for ref, used in usage:
+            input_tokens, output_tokens = max(0, used.input_tokens), max(0, used.output_tokens)
+            if not input_tokens and not output_tokens:
+                continue  # the model failed before it was charged for anything
+            cost = self._prices.cost(ref, Usage(input_tokens, output_tokens))
+            rows.append((day, user_id, str(ref), input_tokens, output_tokens, cost.usd, 0 if cost.priced else 1))
+        if not rows:
+            return
+        async with self._db.transaction():
+            for row in rows:
+                await self._db.execute(
+                    "INSERT INTO usage_daily (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced)"
+                    " VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
+                    " ON CONFLICT (day, user_id, model) DO UPDATE SET"
+                    " requests = requests + 1,"
+                    " input_tokens = input_tokens + excluded.input_tokens,"
+                    " output_tokens = output_tokens + excluded.output_tokens,"
+                    " cost_usd = cost_usd + excluded.cost_usd,"
+                    " unpriced = unpriced + excluded.unpriced",
+                    row,
+                )
+
+    async def spent_today(self, user_id: int) -> float:
+        row = await self._db.fetchone(
+            "SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM usage_daily WHERE user_id = ? AND day = ?",
+            (user_id, self.today().isoformat()),
+        )
+        return float(row["spent"]) if row else 0.0
+
+    async def lines(self, days: int, user_id: int | None = None) -> list[UsageLine]:
+        """Totals per user and model over the last `days` UTC days, today included."""
+        first = (self.today() - timedelta(days=days - 1)).isoformat()
+        rows = await self._db.fetchall(
+            "SELECT user_id, model, SUM(requests) AS requests, SUM(input_tokens) AS input_tokens,"
+            " SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(unpriced) AS unpriced"
+            " FROM usage_daily WHERE day >= ? AND (? IS NULL OR user_id = ?)"
+            " GROUP BY user_id, model ORDER BY user_id, model",
+            (first, user_id, user_id),
+        )
+        return [
+            UsageLine(
+                user_id=row["user_id"],
+                model=row["model"],
+                requests=row["requests"],
+                input_tokens=row["input_tokens"],
+                output_tokens=row["output_tokens"],
+                cost_usd=float(row["cost_usd"]),
+                unpriced=row["unpriced"],
+            )
+            for row in rows
+        ]
+
+
+@dataclass(frozen=True)
+class ErrorEntry:
+    """One upstream error as an operator may see it: already redacted."""
+
+    at: str  # ISO 8601 UTC
+    source: str
+    message: str
+
+
+class ErrorJournal:
+    """The last few upstream errors, kept in the database for `switchboard status` with the bot down."""
+
+    def __init__(self, db: Database, keep: int = 20) -> None:
+        self._db = db
+        self._keep = keep
+
+    async def replace(self, entries: Sequence[ErrorEntry]) -> None:
+        kept = list(entries)[-self._keep :]
+        async with self._db.transaction():
+            await self._db.execute("DELETE FROM recent_errors")
+            for entry in kept:
+                await self._db.execute(
+                    "INSERT INTO recent_errors (at, source, message) VALUES (?, ?, ?)",
+                    (entry.at, entry.source, entry.message),
+                )
+
+    async def latest(self, limit: int = 5) -> list[ErrorEntry]:
+        """The newest `limit` errors, oldest first."""
+        rows = await self._db.fetchall(
+            "SELECT at, source, message FROM recent_errors ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [ErrorEntry(row["at"], row["source"], row["message"]) for row in reversed(rows)]

@@ -1,0 +1,270 @@
+"""Prices, usage records, daily budgets and the message rate, on a real database and a manual clock."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import pytest
+
+from bot.logs import Redactor
+from handlers.access import AccessPolicy
+from handlers.limits import MessageRate, UserLimits
+from handlers.status_report import RecentErrors
+from integrations.llm import ModelRef, Usage
+from integrations.prices import PriceTable, format_usd
+from integrations.resilience.clock import ManualClock
+from state.admin_settings import AdminSettings
+from state.db import Database
+from state.usage import ErrorJournal, UsageRecorder
+
+SONNET = ModelRef.parse("anthropic:claude-sonnet-4-6")
+ADMIN = 9
+USER = 1001
+MILLION = 1_000_000
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    # 23:00 UTC: an hour before the budgets reset.
+    return ManualClock(wall_start=datetime(2026, 11, 26, 23, 0, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+async def db(tmp_path, clock):
+    database = await Database.open(tmp_path / "state" / "bot.sqlite3", clock)
+    yield database
+    await database.close()
+
+
+async def limits_for(db, clock, *, budget=None, per_minute=3, access=None):
+    access = access or AccessPolicy(admin_ids=frozenset({ADMIN}), allowed_user_ids=frozenset({USER}))
+    usage = UsageRecorder(db, clock, PriceTable())
+    settings = await AdminSettings.load(db, access)
+    limits = UserLimits(
+        access=access, usage=usage, settings=settings, clock=clock,
+        messages_per_minute=per_minute, default_daily_budget=budget,
+    )
+    return limits, usage, settings
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("anthropic:claude-sonnet-4-6", 3 + 15),
+        ("openai:gpt-5.1", 1.25 + 10),
+        ("anthropic:claude-haiku-4-5", 1 + 5),
+        ("openai:gpt-5-mini", 0.25 + 2),
+    ],
+)
+def test_default_models_cost_their_list_price_per_million_tokens(model, expected):
+    cost = PriceTable().cost(ModelRef.parse(model), Usage(MILLION, MILLION))
+    assert cost.priced and cost.usd == pytest.approx(expected)
+
+
+def test_local_models_are_free_and_unknown_models_are_flagged_unpriced():
+    prices = PriceTable()
+    assert prices.cost(ModelRef.parse("local:smollm2-135m"), Usage(MILLION, MILLION)).usd == 0
+    assert prices.cost(ModelRef.parse("local:smollm2-135m"), Usage(1, 1)).priced
+    unknown = prices.cost(ModelRef.parse("openai:mystery"), Usage(MILLION, MILLION))
+    assert unknown.usd == 0 and not unknown.priced
+
+
+def test_llm_prices_override_the_table_and_a_provider_specific_entry_wins():
+    prices = PriceTable(overrides=[("gpt-5.1", 2.0, 20.0), ("mystery", 1.0, 1.0), ("openai:mystery", 4.0, 4.0)])
+    assert prices.cost(ModelRef.parse("openai:gpt-5.1"), Usage(MILLION, 0)).usd == 2.0
+    assert prices.cost(ModelRef.parse("openai:mystery"), Usage(MILLION, 0)).usd == 4.0
+    assert prices.cost(ModelRef.parse("compatible:mystery"), Usage(MILLION, 0)).usd == 1.0
+
+
+def test_a_dated_snapshot_costs_what_its_model_costs():
+    cost = PriceTable().cost(ModelRef.parse("anthropic:claude-haiku-4-5-20251001"), Usage(MILLION, 0))
+    assert cost.priced and cost.usd == 1.0
+
+
+def test_small_amounts_do_not_read_as_zero():
+    assert format_usd(4.5) == "$4.50"
+    assert format_usd(0.0105) == "$0.01"
+    assert format_usd(0.000105) == "$0.0001"
+    assert format_usd(0.00000001) == "<$0.0001"
+    assert format_usd(0) == "$0.00"
+    assert format_usd(1234.5) == "$1,234.50"
+
+
+async def test_usage_adds_up_per_user_model_and_day(db, clock):
+    usage = UsageRecorder(db, clock, PriceTable())
+    await usage.record(USER, [(SONNET, Usage(100_000, 10_000))])
+    await usage.record(USER, [(SONNET, Usage(100_000, 10_000)), (ModelRef.parse("openai:gpt-5.1"), Usage(MILLION, 0))])
+    await usage.record(2002, [(SONNET, Usage(1, 1))])
+    [sonnet, gpt] = await usage.lines(days=1, user_id=USER)
+    assert (sonnet.model, sonnet.requests, sonnet.input_tokens, sonnet.output_tokens) == (str(SONNET), 2, 200_000, 20_000)
+    assert sonnet.cost_usd == pytest.approx(0.6 + 0.3)
+    assert gpt.cost_usd == pytest.approx(1.25)
+    assert await usage.spent_today(USER) == pytest.approx(2.15)
+    await clock.advance(3600)  # past midnight UTC
+    assert await usage.spent_today(USER) == 0
+    await usage.record(USER, [(SONNET, Usage(MILLION, 0))])
+    [week_sonnet, _] = await usage.lines(days=7, user_id=USER)
+    assert week_sonnet.input_tokens == 1_200_000 and week_sonnet.requests == 3
+
+
+async def test_usage_older_than_the_window_is_left_out(db, clock):
+    usage = UsageRecorder(db, clock, PriceTable())
+    await usage.record(USER, [(SONNET, Usage(MILLION, 0))])
+    await clock.advance(6 * 86_400)
+    assert len(await usage.lines(days=7)) == 1
+    await clock.advance(86_400)
+    assert await usage.lines(days=7) == []
+
+
+async def test_a_failed_attempt_without_tokens_is_not_counted_and_unpriced_models_are_flagged(db, clock):
+    usage = UsageRecorder(db, clock, PriceTable())
+    await usage.record(USER, [(SONNET, Usage(0, 0)), (ModelRef.parse("openai:mystery"), Usage(500, 50))])
+    [line] = await usage.lines(days=1)
+    assert line.model == "openai:mystery" and line.cost_usd == 0 and line.unpriced == 1
+
+
+async def test_over_budget_user_is_told_what_was_spent_and_when_it_resets(db, clock):
+    limits, usage, _ = await limits_for(db, clock, budget=0.5)
+    assert await limits.check(USER) is None
+    await usage.record(USER, [(SONNET, Usage(200_000, 0))])  # $0.60
+    assert await limits.check(USER) == (
+        "You've used $0.60 of your $0.50 daily budget; it resets at 00:00 UTC (in 1 h 0 min)."
+    )
+    await clock.advance(3600)
+    assert await limits.check(USER) is None, "a new UTC day, a new budget"
+
+
+async def test_budget_set_by_an_admin_replaces_the_default_for_that_user_only(db, clock):
+    limits, usage, settings = await limits_for(db, clock, budget=10.0)
+    await usage.record(USER, [(SONNET, Usage(MILLION, 0))])  # $3
+    await usage.record(2002, [(SONNET, Usage(MILLION, 0))])
+    await settings.set_budget(USER, 2.0, by=ADMIN)
+    assert "$3.00 of your $2.00" in (await limits.check(USER) or "")
+    assert await limits.check(2002) is None
+    await settings.set_budget(USER, None, by=ADMIN)
+    assert await limits.check(USER) is None, "unlimited"
+    await settings.set_budget(USER, 0.0, by=ADMIN)
+    assert await limits.check(USER) is not None
+    await settings.clear_budget(USER)
+    assert limits.budget_for(USER) == 10.0
+    with pytest.raises(ValueError):
+        await settings.set_budget(USER, float("nan"), by=ADMIN)
+
+
+async def test_no_budget_means_no_limit(db, clock):
+    limits, usage, _ = await limits_for(db, clock, budget=None, per_minute=100)
+    await usage.record(USER, [(SONNET, Usage(100 * MILLION, 0))])
+    assert await limits.check(USER) is None
+
+
+async def test_rate_limit_lets_n_messages_a_minute_through_then_asks_to_slow_down(db, clock):
+    limits, _, _ = await limits_for(db, clock, per_minute=3)
+    for _ in range(3):
+        assert await limits.check(USER) is None
+        await clock.advance(10)
+    refusal = await limits.check(USER)
+    assert refusal == "Please slow down: I take at most 3 messages a minute from you. Try again in 30 s."
+    await clock.advance(29)
+    assert await limits.check(USER) is not None
+    await clock.advance(1)
+    assert await limits.check(USER) is None, "the first message left the sliding window"
+    assert await limits.check(2002) is None, "each user has their own window"
+
+
+async def test_refused_messages_do_not_use_up_the_rate(db, clock):
+    limits, _, _ = await limits_for(db, clock, per_minute=2)
+    await limits.check(USER)
+    await limits.check(USER)
+    for _ in range(20):
+        assert await limits.check(USER) is not None
+    await clock.advance(60)
+    assert await limits.check(USER) is None
+    assert await limits.check(USER) is None
+
+
+async def test_admins_are_exempt_from_budget_and_rate(db, clock):
+    limits, usage, _ = await limits_for(db, clock, budget=0.01, per_minute=1)
+    await usage.record(ADMIN, [(SONNET, Usage(MILLION, MILLION))])
+    for _ in range(5):
+        assert await limits.check(ADMIN) is None
+
+
+async def test_access_and_budget_changes_are_loaded_into_a_fresh_policy_after_restart(tmp_path, clock):
+    path = tmp_path / "bot.sqlite3"
+    database = await Database.open(path, clock)
+    policy = AccessPolicy(allowed_user_ids=frozenset({USER}))
+    settings = await AdminSettings.load(database, policy)
+    await settings.allow(555, by=ADMIN)
+    await settings.deny(USER, by=ADMIN)
+    await settings.set_budget(555, 1.5, by=ADMIN)
+    await settings.deny(777, by=ADMIN)
+    await settings.allow(777, by=ADMIN)
+    await database.close()
+
+    database = await Database.open(path, clock)
+    fresh = AccessPolicy(allowed_user_ids=frozenset({USER}))
+    reloaded = await AdminSettings.load(database, fresh)
+    await database.close()
+    assert fresh.granted == {555, 777} and fresh.revoked == {USER}
+    assert fresh.is_allowed(555) and fresh.is_allowed(777) and not fresh.is_allowed(USER)
+    assert reloaded.budget_override(555).daily_usd == 1.5
+
+
+async def test_recent_errors_are_redacted_kept_in_order_and_saved_for_the_shell(db, clock):
+    secret = "sk-sentinel-unit-secret-000000000000"
+    errors = RecentErrors(clock, Redactor([secret]), capacity=3, journal=ErrorJournal(db, keep=3))
+    for number in range(4):
+        errors.add("openai", f"failure {number} with key {secret}")
+        await clock.advance(1)
+    assert [e.message for e in errors.entries()] == [f"failure {n} with key [redacted]" for n in (1, 2, 3)]
+    await errors.save()
+    saved = await ErrorJournal(db).latest(2)
+    assert [e.message for e in saved] == ["failure 2 with key [redacted]", "failure 3 with key [redacted]"]
+    assert saved[-1].at.startswith("2026-11-26T23:00:03")
+
+
+async def test_recent_errors_take_warnings_from_the_bots_loggers_only(clock):
+    errors = RecentErrors(clock, Redactor())
+    handler = errors.handler()
+    ours, theirs = logging.getLogger("integrations.resilience.breaker"), logging.getLogger("somelib")
+    for logger in (ours, theirs):
+        logger.addHandler(handler)
+    try:
+        ours.warning("provider openai: circuit opened for %d s (%s)", 30, "Authorization: Bearer abcdefghijklmnop")
+        ours.info("routine")
+        theirs.error("not ours")
+    finally:
+        for logger in (ours, theirs):
+            logger.removeHandler(handler)
+    [entry] = errors.entries()
+    assert entry.source == "integrations.resilience.breaker"
+    assert "circuit opened for 30 s" in entry.message and "abcdefghijklmnop" not in entry.message
+
+
+async def test_recent_errors_keep_the_facts_of_structured_upstream_records(clock):
+    errors = RecentErrors(clock, Redactor())
+    handler = errors.handler()
+    upstream_log, deprecations = logging.getLogger("switchboard.upstream"), logging.getLogger("switchboard.deprecation")
+    for logger in (upstream_log, deprecations):
+        logger.addHandler(handler)
+    try:
+        upstream_log.warning(
+            "upstream call", extra={"fields": {"upstream": "perplexity", "status": "unavailable", "http_status": 503}}
+        )
+        deprecations.warning("deprecation signal", extra={"fields": {"upstream": "openai", "detail": "Sunset: soon"}})
+    finally:
+        for logger in (upstream_log, deprecations):
+            logger.removeHandler(handler)
+    [entry] = errors.entries()
+    assert entry.source == "perplexity"
+    assert entry.message == "upstream call status=unavailable http_status=503"
+
+
+async def test_idle_users_are_forgotten_by_the_rate_limiter(clock):
+    rate = MessageRate(clock, limit=2)
+    for user_id in range(100):
+        assert rate.try_accept(user_id) is None
+    assert rate.tracked_users == 100
+    await clock.advance(61)
+    assert rate.try_accept(1) is None
+    assert rate.tracked_users == 1
