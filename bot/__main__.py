@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only a bot serving Telegram logs at the configured level; elsewhere logs would mix with output.
     quiet = console or command in ("check", "status")
     level = settings.log_level if not quiet else max(settings.log_level, "WARNING", key=_level_number)
-    configure_logging(level, redactor, format=settings.log_format)
+    configure_logging(level, redactor, log_format=settings.log_format)
     try:
         if command == "check":
             return asyncio.run(run_check(settings, offline=args.offline))

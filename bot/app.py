@@ -1,6 +1,7 @@
 """The composition root: the one place where everything is built, wired and shut down."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -10,7 +11,10 @@ from bot.config import Settings
 from bot.logs import Redactor
 from handlers.admin import admin_commands
 from handlers.limits import UserLimits
-from handlers.status_report import RecentErrors, StatusContext
+from handlers.notes import build_notes, notes_commands
+from handlers.status_report import HealthProbe, RecentErrors, StatusContext
+from integrations.errors import Unavailable
+from integrations.resilience.compose import Upstream
 from integrations.prices import PriceTable
 from state.admin_settings import AdminSettings
 from state.usage import ErrorJournal, UsageRecorder
@@ -212,8 +216,60 @@ async def build_app(
         extras={"resilience": registry},
     )
     await add_operations(services, settings, database, stack, redactor, telegram_connected)
-    router = Router(services, basic_commands() + admin_commands())
+    await add_notes(services, settings, database, registry, stack)
+    router = Router(services, basic_commands() + notes_commands() + admin_commands())
     return App(services, router, database)
+
+
+def knowledge_retry(settings: Settings) -> RetryPolicy:
+    cap = settings.limits.retry_after_cap
+    return RetryPolicy(max_attempts=3, max_total=cap + 10.0, retry_after_cap=cap)
+
+
+async def add_notes(
+    services: Services, settings: Settings, database: Database, registry: ResilienceRegistry, stack: AsyncExitStack
+) -> None:
+    """/note, /save, /notes through the durable outbox and its delivery worker (when Notion is configured)."""
+    if settings.notion is None:
+        return
+    clock = services.clock
+    upstream = registry.register_upstream(
+        Upstream(
+            "notion",
+            clock,
+            breaker=registry.breaker("notion"),
+            # burst=1: Notion's limit is a rolling window, which any larger burst overruns.
+            limiter=RateLimiter("notion requests", settings.notion.requests_per_second, 1.0, clock, burst=1),
+            retry=knowledge_retry(settings),
+            attempt_timeout=30.0,
+        )
+    )
+    feature = build_notes(
+        settings.notion,
+        schema_ttl=settings.limits.schema_cache_ttl,
+        clock=clock,
+        database=database,
+        upstream=upstream,
+        services=services,
+        stack=stack,
+    )
+    await feature.start()
+    worker = asyncio.ensure_future(feature.delivery.run())
+
+    async def stop_worker() -> None:
+        await feature.delivery.stop()  # lets the attempt in progress finish and record itself
+        worker.cancel()  # in case it had not started yet when stop() was asked
+        await asyncio.gather(worker, return_exceptions=True)
+
+    stack.push_async_callback(stop_worker)
+
+    async def probe() -> None:
+        health = await feature.check()
+        if not health.ok:
+            raise Unavailable(health.detail, upstream="notion")
+
+    services.extras.update(outbox=feature.outbox, notes_worker=feature.delivery)
+    services.extras["health"].append(HealthProbe("notion", probe))
 
 
 async def add_operations(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +107,7 @@ def _local(name: str, check: Callable[[], str]) -> CheckResult:
 
 def _settings_summary(settings: Settings) -> str:
     mode = "Telegram" if settings.telegram is not None else "console (no TELEGRAM_* settings)"
-    models = ", ".join(str(ref) for ref in settings.llm_models) or "no model"
+    models = ", ".join(str(ref) for ref in settings.llm_models) or "none listed in LLM_MODELS"
     extras = [name for name, on in (("/search", settings.perplexity), ("/note", settings.notion)) if on]
     return f"valid; {mode}; models {models}" + (f"; {' and '.join(extras)} on" if extras else "")
 
@@ -135,13 +134,16 @@ def _check_state_dir(path: Path) -> str:
 def _check_database(path: Path) -> str:
     if not path.exists():
         return "not created yet (the first start creates it)"
+    # Only the header is read: opening it with SQLite as another user (root, by hand) could leave
+    # WAL files behind that the service's user cannot write.
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as connection:
-            tables = connection.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-        connection.close()
-    except sqlite3.Error as error:
-        raise CheckFailed(f"{path} cannot be read: {error}") from None
-    return f"{path} readable, {tables} tables"
+        with path.open("rb") as file:
+            header = file.read(16)
+    except OSError as error:
+        raise CheckFailed(f"{path} cannot be read ({error.strerror})") from None
+    if header != b"SQLite format 3\0":
+        raise CheckFailed(f"{path} is not an SQLite database")
+    return f"{path} ({path.stat().st_size // 1024} KiB)"
 
 
 def _session_file(session_path: Path) -> Path:

@@ -42,7 +42,7 @@ _NAMED_SECRET = re.compile(
 )
 # Shapes that are secret whatever they are called.
 SECRET_SHAPES = [
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
     # Bot tokens, also inside a Bot API URL (/bot123:ABC...) and URL-encoded (%3A).
     re.compile(r"(?<![0-9])[0-9]{6,12}(:|%3[Aa])[A-Za-z0-9_-]{30,}"),
     re.compile(r"\bsk-ant-[A-Za-z0-9_-]{16,}"),
@@ -143,10 +143,16 @@ FORMATTERS = {"kv": KeyValueFormatter, "json": JsonFormatter}
 NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "telethon", "openai", "anthropic", "notion_client", "aiosqlite")
 
 
-def configure_logging(level: str, redactor: Redactor, stream: TextIO | None = None, *, format: str = "kv") -> logging.Handler:
-    """Send every record to `stream` (stderr) in `format`, redacted; returns the handler."""
+def configure_logging(
+    level: str, redactor: Redactor, stream: TextIO | None = None, *, log_format: str = "kv"
+) -> logging.Handler:
+    """Send every record to `stream` (stderr) in `log_format`, redacted; returns the handler.
+
+    Python warnings become records too (logger `py.warnings`), so they are redacted and structured
+    like everything else instead of printed raw.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(FORMATTERS[format](redactor))
+    handler.setFormatter(FORMATTERS[log_format](redactor))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -154,6 +160,7 @@ def configure_logging(level: str, redactor: Redactor, stream: TextIO | None = No
     root.setLevel(level.upper())
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.captureWarnings(True)
     return handler
 
 

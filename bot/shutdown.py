@@ -72,7 +72,8 @@ async def drain(
             abandoned = True
             log.warning("stopping: replies did not finish their note within %g s; cutting them off", finalise)
             lanes.cancel_all(SHUTDOWN)
-            await lanes.wait_all_idle()
+            if not await _idle_within(app, clock, 1.0, None):
+                log.error("stopping: some jobs ignore cancellation; closing anyway")
     await _stop_outbox(app)
     report = DrainReport(in_flight, dropped, interrupted, abandoned)
     log.info("stopped: %s", report.describe())
@@ -94,7 +95,7 @@ async def _idle_within(app: App, clock: Clock, seconds: float, hurry: asyncio.Ev
 
 
 async def _stop_outbox(app: App) -> None:
-    worker = app.services.extras.get("notes_worker")
+    worker = app.services.extras.get("notes_worker")  # handlers.note_delivery.NoteDelivery
     if worker is None:
         return
     try:

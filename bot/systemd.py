@@ -10,18 +10,23 @@ blocked or starved cannot ping, so systemd restarts the bot instead of leaving i
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
-from integrations.resilience.clock import Clock
+from integrations.resilience.clock import Clock, wait_for
 
 log = logging.getLogger(__name__)
 
 # STATUS= when no watchdog asks for more often: what `systemctl status` shows stays this fresh.
 STATUS_INTERVAL = 15.0
+# A status line that takes longer than this to build (a slow database) is skipped this time.
+STATUS_TIMEOUT = 5.0
+
+Summary = Callable[[], "str | Awaitable[str]"]
 
 
 @dataclass
@@ -112,7 +117,7 @@ def _printable(address: str | bytes) -> str:
 async def heartbeat(
     notifier: Notifier,
     clock: Clock,
-    summary: Callable[[], str],
+    summary: Summary,
     *,
     status_interval: float = STATUS_INTERVAL,
     max_lag: float | None = None,
@@ -122,7 +127,8 @@ async def heartbeat(
 
     A ping is skipped when `healthy()` says no, or when the last sleep overran by more than
     `max_lag` (default: one ping interval): the loop was starved for half the watchdog period,
-    so systemd should see the pings stop rather than a bot that only looks alive.
+    so systemd should see the pings stop rather than a bot that only looks alive. The ping goes
+    out before the status line is built, so a slow `summary` cannot delay it.
     """
     if not notifier.enabled:
         return
@@ -131,23 +137,30 @@ async def heartbeat(
     max_lag = tick if max_lag is None else max_lag
     lag = 0.0
     while True:
-        lines = [f"STATUS={_one_line(summary)}"]
+        started = clock.monotonic()
         if interval:
             if lag > max_lag:
                 log.warning("event loop ran %.1f s late; skipping a watchdog ping", lag)
             elif not healthy():
                 log.warning("service reports itself unhealthy; skipping a watchdog ping")
             else:
-                lines.insert(0, "WATCHDOG=1")
-        notifier.notify(*lines)
+                notifier.watchdog()
+        text = await _status_text(summary, clock, min(STATUS_TIMEOUT, tick / 2))
+        if text is not None:
+            notifier.status(text)
+        # Sleep what is left of the tick, so building the status does not stretch the interval.
+        pause = max(0.0, tick - (clock.monotonic() - started))
         before = clock.monotonic()
-        await clock.sleep(tick)
-        lag = clock.monotonic() - before - tick
+        await clock.sleep(pause)
+        lag = clock.monotonic() - before - pause
 
 
-def _one_line(summary: Callable[[], str]) -> str:
+async def _status_text(summary: Summary, clock: Clock, timeout: float) -> str | None:
     try:
-        return " ".join(summary().split())
+        text = summary()
+        if inspect.isawaitable(text):
+            text = await wait_for(clock, text, timeout)
+        return text
     except Exception:
-        log.exception("building the status line failed")
-        return "running"
+        log.warning("building the status line failed", exc_info=True)
+        return None

@@ -62,15 +62,15 @@ class TelegramService:
             self.hurry.set()
         self.stop.set()
 
-    def summary(self) -> str:
+    async def summary(self) -> str:
         """The one line `systemctl status` shows, e.g. "serving as @bot; 2 replies in flight; outbox 0"."""
         lanes = self.app.services.lanes
         parts = [self._phase, f"{lanes.in_flight()} replies in flight"]
         if lanes.queued():
             parts.append(f"{lanes.queued()} queued")
-        backlog = getattr(self.app.services.extras.get("notes_worker"), "backlog", None)
-        if isinstance(backlog, int):
-            parts.append(f"outbox {backlog}")
+        outbox = self.app.services.extras.get("outbox")  # state.outbox.Outbox, with the notes feature
+        if outbox is not None:
+            parts.append(f"outbox {await outbox.depth()}")
         return "; ".join(parts)
 
     async def run(self) -> int:
@@ -104,7 +104,7 @@ class TelegramService:
         models = ", ".join(str(ref) for ref in self.app.services.chain.refs) or "none"
         log.info("serving as @%s with models: %s", self._me.username, models)
         self._phase = f"serving as @{self._me.username}"
-        self.notifier.ready(self.summary())
+        self.notifier.ready(await self.summary())
 
         serving = asyncio.ensure_future(self.runner.run_until_disconnected())
         stopping = asyncio.ensure_future(self.stop.wait())
@@ -114,9 +114,10 @@ class TelegramService:
             stopping.cancel()
         requested = self.stop.is_set()
         if not requested:
-            log.error("Telegram disconnected for good; stopping so that systemd restarts the bot")
+            failure = serving.exception() if serving.done() and not serving.cancelled() else None
+            log.error("Telegram disconnected for good; stopping so that systemd restarts the bot", exc_info=failure)
         self._phase = "stopping: letting replies in flight finish"
-        self.notifier.stopping(self.summary())
+        self.notifier.stopping(await self.summary())
         report = await drain(self.app, self.clock, self.grace, hurry=self.hurry)
         self._phase = "stopping: " + report.describe()
         self.notifier.status(self._phase)
@@ -147,7 +148,7 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
     transport = GovernedTransport(TelegramTransport(client), governor)
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
-        app = await build_app(settings, clock, transport, stack, governor=governor)
+        app = await build_app(settings, clock, transport, stack, governor=governor, telegram_connected=client.is_connected)
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)
         service = TelegramService(app, runner, notifier, clock, grace=settings.limits.shutdown_grace)

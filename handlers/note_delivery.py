@@ -144,6 +144,8 @@ class NoteDelivery:
                 await self._announce(_as_found(entry), None)
         delivered = 0
         for entry in await self._outbox.due(include_later=include_later):
+            if self._stopping:
+                break
             outcome = await self.deliver(entry.id)
             delivered += outcome is not None and outcome.status == "delivered"
         return delivered

@@ -70,7 +70,8 @@ async def start_telegram_bot(stack: AsyncExitStack, settings: Settings, clock: M
     clock = clock or ManualClock()
     client = FakeTelegramClient(clock)
     transport = GovernedTransport(TelegramTransport(client), FloodGovernor(clock))
-    app = await build_app(settings, clock, transport, stack)
+    # Start-up may wait on the clock (a rate limiter before the Notion schema lookup).
+    app = await clock.run_until_complete(build_app(settings, clock, transport, stack))
     runner = TelegramRunner(client, Secret("123456:" + "A" * 35), app.router.handle)
     await runner.start()
     stack.push_async_callback(runner.stop)

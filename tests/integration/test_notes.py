@@ -14,10 +14,11 @@ import pytest
 
 from bot.config import NotionSettings, Secret
 from handlers.basic import basic_commands
-from handlers.notes import NotesFeature, build_notes, notes_commands
+from handlers.notes import NotesFeature, build_notes, notes_commands, numbered_sources
 from handlers.router import Router
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable
 from integrations.notion import NotionApi
+from integrations.notion_schema import hashtags
 from integrations.notion_blocks import markdown_to_blocks, request_batches
 from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import ManualClock
@@ -413,6 +414,69 @@ async def test_the_same_telegram_message_delivered_twice_saves_one_note(tmp_path
         await notes.say("/note Once", message_id=500)
         [page] = fake.pages
         assert notes.replies() == [f"Saved to Notion: {page.url}", f"Already saved to Notion: {page.url}"]
+
+
+async def test_a_revoked_token_keeps_notes_queued_until_it_works_again(tmp_path):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        fake = await fake_notion(stack, clock)
+        notes = await start_notes_bot(stack, tmp_path, clock, fake)
+        fake.token = "secret_rotated-in-notion"
+
+        await notes.say("/note Keep me")
+        assert "NOTION_TOKEN" in notes.replies()[0] and "queued" in notes.replies()[0]
+
+        fake.token = TOKEN  # the operator shares the integration again
+        await clock.advance(120)
+        assert await notes.deliver_due() == 0  # refused tokens are retried rarely, not in a loop
+        await clock.advance(900)
+        assert await notes.deliver_due() == 1
+        [page] = fake.pages
+        assert notes.replies()[-1] == f"Saved to Notion: {page.url}"
+
+
+async def test_a_note_notion_cannot_take_for_a_day_is_given_up_and_the_user_told(tmp_path):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        fake = await fake_notion(stack, clock)
+        notes = await start_notes_bot(stack, tmp_path, clock, fake)
+        fake.down = unavailable(503)
+        await notes.say("/note Lost cause")
+        await clock.advance(86_400)
+        await notes.deliver_due()
+        assert "gave up" in notes.replies()[-1] and "Lost cause" in notes.replies()[-1]
+        assert await notes.notes.depth() == 0
+        fake.down = None
+        await clock.advance(3600)
+        assert await notes.deliver_due() == 0 and fake.pages == []
+
+
+async def test_a_note_opening_with_a_list_keeps_the_whole_list_on_the_page(tmp_path):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        fake = await fake_notion(stack, clock)
+        notes = await start_notes_bot(stack, tmp_path, clock, fake)
+        await notes.say("/note - **eggs**\n- [flour](https://example.com/flour)\n- sugar")
+        [page] = fake.pages
+        assert fake.title_of(page) == "eggs"
+        assert fake.page_lines(page) == ["eggs", "flour", "sugar"]
+
+
+@pytest.mark.parametrize(
+    "text, tags",
+    [
+        ("#idea about #Work and #work", ("idea", "Work")),
+        ("C# and https://x.org/#frag and &#35; are not tags", ()),
+        ("# Heading is not a tag, #this-one is", ("this-one",)),
+    ],
+)
+def test_hashtags_become_tags(text, tags):
+    assert hashtags(text) == tags
+
+
+def test_numbered_sources_prefer_the_sources_section():
+    answer = "Steps:\n1. Go to https://not-a-source.example\n\n**Sources**\n[1] Title — https://a.example/x.\n2. [B](https://b.example/y)"
+    assert numbered_sources(answer) == ["https://a.example/x", "https://b.example/y"]
 
 
 # --- The adapter's error translation, against the same fake ---------------------------------------

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from telethon import errors
 
+from bot.__main__ import print_status
 from bot.app import build_app
 from bot.check import check_command
 from bot.config import NotionSettings, Secret, TelegramSettings
-from bot.shutdown import drain
+from bot.shutdown import FINALISE_SECONDS, drain
 from bot.systemd import Notifier
 from bot.telegram import TelegramRunner, TelegramTransport
 from bot.telegram_service import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK, TelegramService
@@ -23,6 +24,7 @@ from handlers.router import QUEUED_NOTICE
 from integrations.errors import AuthFailed
 from integrations.resilience.clock import ManualClock
 from integrations.resilience.governor import FloodGovernor, GovernedTransport
+from state.outbox import Outbox
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.notion_server import FakeNotion
@@ -99,6 +101,20 @@ async def test_reply_still_running_after_the_grace_ends_with_a_note_and_is_answe
         assert claude.message_requests[-1].json["messages"] == [{"role": "user", "content": "tell me a story"}]
 
 
+async def test_a_reply_that_cannot_show_its_note_in_time_is_cut_off_so_the_stop_completes(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, settings = await stalled_reply(stack, tmp_path)
+        bot = await start_telegram_bot(stack, settings)
+        await send(bot, "tell me a story")
+        await reply_stalls(bot, claude)
+        bot.client.fail_next("send", errors.FloodWaitError(request=None, capture=300))
+        started = bot.clock.monotonic()
+        report = await bot.clock.run_until_complete(drain(bot.app, bot.clock, grace=20), poll=POLL)
+        assert report.interrupted == 1 and report.abandoned
+        assert bot.clock.monotonic() - started <= 20 + FINALISE_SECONDS + 1
+        assert [m.text for m in await bot.app.services.history.pending()] == ["tell me a story"]
+
+
 async def test_message_arriving_during_the_stop_is_stored_and_answered_after_restart(tmp_path):
     async with AsyncExitStack() as stack:
         claude, settings = await stalled_reply(stack, tmp_path)
@@ -160,21 +176,27 @@ async def test_second_stop_request_cuts_the_grace_short(tmp_path):
         assert "restarting" in bot.texts()[-1]
 
 
-class RecordingWorker:
-    def __init__(self) -> None:
-        self.stopped = False
+class OutboxWorker:
+    """Stands in for the notes delivery worker; notes when it was told to stop."""
+
+    def __init__(self, lanes) -> None:
+        self.lanes = lanes
+        self.replies_running_at_stop: int | None = None
 
     async def stop(self) -> None:
-        self.stopped = True
+        self.replies_running_at_stop = self.lanes.in_flight()
 
 
-async def test_the_outbox_worker_is_stopped_after_replies_are_done(tmp_path):
+async def test_the_outbox_worker_stops_only_after_every_reply_has_ended(tmp_path):
     async with AsyncExitStack() as stack:
-        bot = await start_telegram_bot(stack, settings_for(tmp_path))
-        worker = RecordingWorker()
+        claude, settings = await stalled_reply(stack, tmp_path)
+        bot = await start_telegram_bot(stack, settings)
+        worker = OutboxWorker(bot.app.services.lanes)
         bot.app.services.extras["notes_worker"] = worker
-        await bot.clock.run_until_complete(drain(bot.app, bot.clock, grace=20))
-        assert worker.stopped
+        await send(bot, "tell me a story")
+        await reply_stalls(bot, claude)
+        await bot.clock.run_until_complete(drain(bot.app, bot.clock, grace=20), poll=POLL)
+        assert worker.replies_running_at_stop == 0
 
 
 # --- the service and systemd ------------------------------------------------------------------
@@ -227,12 +249,15 @@ async def test_service_says_ready_once_logged_in_and_stopping_when_asked(tmp_pat
         clock = ManualClock()
         client = FakeTelegramClient(clock)
         service = await build_service(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]), clock, address, client)
+        outbox = Outbox(service.app.database, clock)
+        service.app.services.extras["outbox"] = outbox
+        await outbox.add("note-1", USER, USER, {"title": "t", "body": "b"})
         running = asyncio.ensure_future(service.run())
         await clock.run_until(lambda: systemd.received("READY=1"), poll=POLL)
         assert client.connected and client.login_token == BOT_TOKEN.reveal()
         assert systemd.messages[0] == "STATUS=connecting to Telegram"
         ready = next(m for m in systemd.messages if m.startswith("READY=1"))
-        assert ready == "READY=1\nSTATUS=serving as @switchboard_bot; 0 replies in flight"
+        assert ready == "READY=1\nSTATUS=serving as @switchboard_bot; 0 replies in flight; outbox 1"
 
         await clock.run_until_complete(client.deliver(new_message_event(chat_id=USER, sender_id=USER, text="hello", message_id=next(MESSAGE_IDS))))
         await clock.run_until_complete(service.app.services.lanes.wait_all_idle(), poll=POLL)
@@ -243,7 +268,7 @@ async def test_service_says_ready_once_logged_in_and_stopping_when_asked(tmp_pat
         service.request_stop()
         assert await clock.run_until_complete(running, poll=POLL) == EXIT_OK
         assert systemd.received("STOPPING=1") and not client.connected
-        assert systemd.messages[-1].startswith("STATUS=stopping: 0 of 0 replies in flight finished")
+        assert systemd.messages[-1] == "STATUS=stopping: 0 of 0 replies in flight finished"
 
 
 async def test_login_refused_exits_with_the_status_that_stops_restarts(tmp_path, systemd_socket, capsys):
@@ -391,6 +416,15 @@ async def test_check_command_exits_zero_when_ready_and_two_on_bad_settings(tmp_p
     assert code == 2 and "✗ settings: 1 problem(s)" in out and "LLM_FIRST_TOKEN_TIMEOUT" in err
 
 
-async def test_status_before_the_first_run_says_there_is_no_database(tmp_path):
-    code, out, err = await run_cli(["status"], clean_env(tmp_path), tmp_path)
-    assert code == 1 and "has not run" in err and "Traceback" not in err
+async def test_status_prints_the_report_from_the_database_of_a_stopped_bot(tmp_path):
+    settings = settings_for(tmp_path)
+    async with AsyncExitStack() as stack:
+        await start_telegram_bot(stack, settings)
+    out = io.StringIO()
+    assert await print_status(settings, stdout=out) == 0
+    assert out.getvalue().startswith("Switchboard status")
+
+
+async def test_status_before_the_first_run_says_there_is_no_database(tmp_path, capsys):
+    assert await print_status(settings_for(tmp_path / "never-ran")) == 1
+    assert "has not run" in capsys.readouterr().err

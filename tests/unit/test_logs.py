@@ -53,13 +53,14 @@ def log_output():
 
     def configure(fmt: str) -> io.StringIO:
         buffers[fmt] = io.StringIO()
-        configure_logging("DEBUG", Redactor(CONFIGURED), buffers[fmt], format=fmt)
+        configure_logging("DEBUG", Redactor(CONFIGURED), buffers[fmt], log_format=fmt)
         return buffers[fmt]
 
     yield configure
     handlers, level = saved
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def login(token: str) -> None:
@@ -95,6 +96,15 @@ def test_no_secret_survives_in_any_line_including_tracebacks(log_output, fmt):
     assert SESSION[:40] not in text
     assert "Traceback" in text and "PermissionError" in text and "RuntimeError" in text
     assert "anthropic key is [redacted]" in text
+
+
+def test_python_warnings_are_logged_redacted_instead_of_printed(log_output):
+    out = log_output("kv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f"retrying with key {OPAQUE}", UserWarning)
+    [line] = out.getvalue().splitlines()
+    assert "logger=py.warnings" in line and "retrying with key [redacted]" in line
 
 
 def test_redaction_keeps_the_rest_of_the_line_readable():
