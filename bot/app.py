@@ -12,6 +12,9 @@ from bot.logs import Redactor
 from handlers.admin import admin_commands
 from handlers.limits import UserLimits
 from handlers.notes import build_notes, notes_commands
+from handlers.search import SearchConfig, SearchService, search_commands
+from integrations.perplexity import PerplexitySearch
+from state.cache import SqliteCache
 from handlers.status_report import HealthProbe, RecentErrors, StatusContext
 from integrations.errors import Unavailable
 from integrations.resilience.compose import Upstream
@@ -216,14 +219,59 @@ async def build_app(
         extras={"resilience": registry},
     )
     await add_operations(services, settings, database, stack, redactor, telegram_connected)
+    add_search(services, settings, database, registry, stack)
     await add_notes(services, settings, database, registry, stack)
-    router = Router(services, basic_commands() + notes_commands() + admin_commands())
+    router = Router(services, basic_commands() + search_commands() + notes_commands() + admin_commands())
     return App(services, router, database)
 
 
 def knowledge_retry(settings: Settings) -> RetryPolicy:
     cap = settings.limits.retry_after_cap
     return RetryPolicy(max_attempts=3, max_total=cap + 10.0, retry_after_cap=cap)
+
+
+def add_search(
+    services: Services, settings: Settings, database: Database, registry: ResilienceRegistry, stack: AsyncExitStack
+) -> None:
+    """/search through Perplexity behind its own breaker, limiter and retry, with the SQLite cache."""
+    clock = services.clock
+    cache = SqliteCache(database, clock, max_entries=settings.limits.cache_max_entries)
+    services.extras["cache"] = cache
+    client: PerplexitySearch | None = None
+    upstream: Upstream | None = None
+    if settings.perplexity is not None:
+        p = settings.perplexity
+        key = p.api_key.reveal()
+        client = PerplexitySearch(api_key=key, base_url=p.base_url, model=p.model, preset=p.preset)
+        stack.push_async_callback(client.aclose)
+        credential = ProviderGuard(
+            "perplexity",
+            breaker=registry.breaker("perplexity"),
+            limiter=RateLimiter("perplexity requests", p.requests_per_minute, 60.0, clock, burst=1),
+            budget=TokenBudget("perplexity tokens", 10**9, clock),
+            reload_credential=lambda: settings.credentials.get("PERPLEXITY_API_KEY"),
+            apply_credential=client.set_api_key,
+            current_credential=key,
+        )
+        upstream = registry.register_upstream(
+            Upstream(
+                "perplexity",
+                clock,
+                breaker=credential.breaker,
+                limiter=credential.limiter,
+                retry=knowledge_retry(settings),
+                attempt_timeout=settings.limits.knowledge_timeout,
+                on_auth_failed=credential.reload_after_auth_failure,
+            )
+        )
+
+        async def probe() -> None:
+            await client.probe()
+
+        services.extras["health"].append(HealthProbe("perplexity", probe))
+    services.extras["search"] = SearchService(
+        client, cache, upstream, SearchConfig(cache_ttl=settings.limits.search_cache_ttl)
+    )
 
 
 async def add_notes(
@@ -241,7 +289,7 @@ async def add_notes(
             # burst=1: Notion's limit is a rolling window, which any larger burst overruns.
             limiter=RateLimiter("notion requests", settings.notion.requests_per_second, 1.0, clock, burst=1),
             retry=knowledge_retry(settings),
-            attempt_timeout=30.0,
+            attempt_timeout=settings.limits.knowledge_timeout,
         )
     )
     feature = build_notes(

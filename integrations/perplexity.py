@@ -190,6 +190,20 @@ class PerplexitySearch:
     async def aclose(self) -> None:
         await self._client.close()
 
+    async def probe(self) -> None:
+        """The cheapest live call (a few output tokens, no web search), for /health and `check`."""
+        arguments: dict[str, Any] = {"input": "ping", "max_output_tokens": 16}
+        extra: dict[str, Any] = {"preset": self.preset} if self.preset else {}
+        if not self.preset:
+            arguments["model"] = self.model
+        try:
+            response = await self._client.responses.with_raw_response.create(extra_body=extra, **arguments)
+        except openai.OpenAIError as err:
+            raise self._translate(err, request_id=None) from _cause(err)
+        body = json.loads(response.http_response.text)
+        if body.get("status") == "failed":
+            raise SearchRunFailed("the probe run failed", upstream=self.name, run_status="failed")
+
     def cache_key(self, query: SearchQuery) -> str:
         """Same question, filters and search setup, same key; nothing about who asked."""
         return json.dumps(

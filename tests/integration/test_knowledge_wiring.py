@@ -31,3 +31,55 @@ async def test_note_and_save_reach_notion_through_the_shared_layer(tmp_path):
         registry = bot.app.services.extras["resilience"].snapshot()
         assert "notion" in registry["breakers"] and "notion requests" in registry["limiters"]
         assert NOTION_TOKEN not in "\n".join(replies)
+
+
+async def test_search_answers_with_sources_then_from_the_cache_and_feeds_follow_ups(tmp_path):
+    from bot.config import LimitSettings, PerplexitySettings
+    from tests.fakes.perplexity_server import FakePerplexity
+
+    key = "pplx-sentinel-wiring-key-000000000000000"
+    async with AsyncExitStack() as stack:
+        search = await stack.enter_async_context(FakePerplexity(api_key=key))
+        claude = await stack.enter_async_context(anth.FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Follow-up answer.")))
+        settings = settings_for(
+            tmp_path, anthropic=claude, models=[CLAUDE],
+            perplexity=PerplexitySettings(Secret(key), base_url=search.base_url),
+            limits=LimitSettings(knowledge_timeout=10_000.0),
+        )
+        bot = await start_telegram_bot(stack, settings)
+        await bot.user_says("/search rust async runtime")
+        await bot.user_says("/search   Rust  async runtime ")
+        first, second = bot.texts()[:2]
+        assert "1. Tokio tutorial" in first and "2. Asynchronous Programming in Rust" in first
+        assert "cached" in second.lower()
+        assert search.calls == 1
+        await bot.user_says("Which one should I read first?")
+        history = claude.message_requests[-1].json["messages"]
+        assert "rust async runtime" in history[0]["content"].lower()
+        assert "tokio" in history[1]["content"].lower()
+        assert key not in "\n".join(bot.texts())
+
+
+async def test_health_probes_every_configured_upstream_with_latency(tmp_path):
+    from bot.config import PerplexitySettings
+    from tests.fakes.perplexity_server import FakePerplexity
+
+    key = "pplx-sentinel-health-key-000000000000000"
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        search = await stack.enter_async_context(FakePerplexity(api_key=key))
+        notion = await stack.enter_async_context(FakeNotion(token=NOTION_TOKEN, clock=clock))
+        claude = await stack.enter_async_context(anth.FakeAnthropic(api_key=ANTHROPIC_KEY))
+        settings = settings_for(
+            tmp_path, anthropic=claude, models=[CLAUDE], admin_ids=frozenset({USER}),
+            perplexity=PerplexitySettings(Secret(key), base_url=search.base_url),
+            notion=NotionSettings(Secret(NOTION_TOKEN), notion.database_id.replace("-", ""), notion.base_url),
+        )
+        bot = await start_telegram_bot(stack, settings, clock)
+        await bot.user_says("/health")
+        report = bot.texts()[-1]
+        for name in ("anthropic", "perplexity", "notion"):
+            assert name in report
+        assert "ms" in report
+        for secret in (key, NOTION_TOKEN, ANTHROPIC_KEY):
+            assert secret not in report
