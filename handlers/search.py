@@ -305,4 +305,4 @@ def failure_text(error: UpstreamError) -> str:
 
 
 def search_commands() -> list[Command]:
-    return [Command("search", "search the web (answers with sources)", search, queued=True, usage=USAGE)]
+    return [Command("search", "search the web (answers with sources)", search, queued=True, usage=USAGE, metered=True)]

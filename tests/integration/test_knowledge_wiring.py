@@ -83,3 +83,21 @@ async def test_health_probes_every_configured_upstream_with_latency(tmp_path):
         assert "ms" in report
         for secret in (key, NOTION_TOKEN, ANTHROPIC_KEY):
             assert secret not in report
+
+
+async def test_search_counts_against_the_users_message_rate(tmp_path):
+    from bot.config import LimitSettings, PerplexitySettings
+    from tests.fakes.perplexity_server import FakePerplexity
+
+    key = "pplx-sentinel-rate-key-0000000000000000000"
+    async with AsyncExitStack() as stack:
+        search = await stack.enter_async_context(FakePerplexity(api_key=key))
+        settings = settings_for(
+            tmp_path, perplexity=PerplexitySettings(Secret(key), base_url=search.base_url),
+            limits=LimitSettings(user_messages_per_minute=1, knowledge_timeout=10_000.0),
+        )
+        bot = await start_telegram_bot(stack, settings)
+        await bot.user_says("/search first question")
+        await bot.user_says("/search second question")
+        assert "slow down" in bot.texts()[-1].lower()
+        assert search.calls == 1
