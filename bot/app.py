@@ -5,10 +5,10 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
 from bot.config import Settings
-from bot.logs import Redactor
+from bot.logs import DeprecationSignals, Redactor, UpstreamLog
 from handlers.admin import admin_commands
 from handlers.limits import UserLimits
 from handlers.notes import build_notes, notes_commands
@@ -16,8 +16,8 @@ from handlers.search import SearchConfig, SearchService, search_commands
 from integrations.perplexity import PerplexitySearch
 from state.cache import SqliteCache
 from handlers.status_report import HealthProbe, RecentErrors, StatusContext
-from integrations.errors import Unavailable
-from integrations.resilience.compose import Upstream
+from integrations.errors import Unavailable, UpstreamError
+from integrations.resilience.compose import AttemptObserver, Upstream
 from integrations.prices import PriceTable
 from state.admin_settings import AdminSettings
 from state.usage import ErrorJournal, UsageRecorder
@@ -68,10 +68,39 @@ class App:
 PROVIDER_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
-def build_model_policy(settings: Settings, clock: Clock, registry: ResilienceRegistry) -> ModelCallPolicy:
+def build_model_policy(
+    settings: Settings, clock: Clock, registry: ResilienceRegistry, signals: DeprecationSignals
+) -> ModelCallPolicy:
     limits = settings.limits
     retry = RetryPolicy(max_attempts=2, max_total=limits.retry_after_cap + 10.0, retry_after_cap=limits.retry_after_cap)
-    return ModelCallPolicy(clock, registry, retry)
+    return ModelCallPolicy(clock, registry, retry, observe=attempt_logger(clock), on_error=signals.from_error)
+
+
+def attempt_logger(clock: Clock) -> AttemptObserver:
+    """Every attempt of every upstream call is logged: upstream, operation, status, latency, attempt, request id."""
+
+    def observe(upstream: str, operation: str, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        return UpstreamLog(upstream, clock).attempts(operation, call)
+
+    return observe
+
+
+async def warn_about_unlisted_models(chain: ModelChain, signals: DeprecationSignals) -> None:
+    """A configured model its provider does not list is probably retired or mistyped: say so at start."""
+    listed: dict[str, set[str] | None] = {}
+    for model in chain.models:
+        provider = model.ref.provider
+        if provider == LOCAL_PROVIDER:
+            continue
+        if provider not in listed:
+            try:
+                listed[provider] = set(await model.provider.list_models())
+            except UpstreamError as error:
+                log.info("could not list %s models at start-up: %s", provider, error)
+                listed[provider] = None
+        known = listed[provider]
+        if known is not None and model.ref.model not in known:
+            signals.report(provider, "model", f"{model.ref.model} is configured but {provider} does not list it")
 
 
 def _guard(name: str, settings: Settings, clock: Clock, registry: ResilienceRegistry, rpm: float, tpm: int) -> ProviderGuard:
@@ -198,7 +227,9 @@ async def build_app(
     )
     if governor is not None:
         registry.register_governor(governor)
-    model_policy = build_model_policy(settings, clock, registry)
+    signals = DeprecationSignals(clock)
+    stack.enter_context(signals.capturing_warnings())
+    model_policy = build_model_policy(settings, clock, registry, signals)
     providers = build_providers(settings, clock, model_policy, stack)
     chain = build_chain(settings, clock, providers, model_policy, await start_local_model(settings, clock, stack))
     access = AccessPolicy(
@@ -218,7 +249,10 @@ async def build_app(
         pacing=pacing,
         extras={"resilience": registry},
     )
+    services.extras["deprecations"] = signals
     await add_operations(services, settings, database, stack, redactor, telegram_connected)
+    checking = asyncio.ensure_future(warn_about_unlisted_models(chain, signals))
+    stack.callback(checking.cancel)
     add_search(services, settings, database, registry, stack)
     await add_notes(services, settings, database, registry, stack)
     router = Router(services, basic_commands() + search_commands() + notes_commands() + admin_commands())
@@ -262,6 +296,7 @@ def add_search(
                 retry=knowledge_retry(settings),
                 attempt_timeout=settings.limits.knowledge_timeout,
                 on_auth_failed=credential.reload_after_auth_failure,
+                observe=attempt_logger(clock),
             )
         )
 
@@ -290,6 +325,7 @@ async def add_notes(
             limiter=RateLimiter("notion requests", settings.notion.requests_per_second, 1.0, clock, burst=1),
             retry=knowledge_retry(settings),
             attempt_timeout=settings.limits.knowledge_timeout,
+            observe=attempt_logger(clock),
         )
     )
     feature = build_notes(
@@ -350,7 +386,11 @@ async def add_operations(
             default_daily_budget=settings.limits.user_daily_budget_usd,
         ),
         status=StatusContext(
-            started_at=clock.monotonic(), telegram_connected=telegram_connected, errors=errors, redactor=redactor
+            started_at=clock.monotonic(),
+            telegram_connected=telegram_connected,
+            deprecations=lambda: [signal.describe() for signal in services.extras["deprecations"].list()],
+            errors=errors,
+            redactor=redactor,
         ),
         health=[],
     )

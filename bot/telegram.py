@@ -250,6 +250,9 @@ def build_client(settings: TelegramSettings) -> TelegramClient:
         request_retries=REQUEST_RETRIES,
         # After its own retries Telethon would raise a bare ValueError; we want the last RPC error.
         raise_last_call_error=True,
+        # Updates that arrived while the bot was stopped are fetched at start (the file session
+        # keeps the update state), so nothing sent during a restart is lost.
+        catch_up=True,
     )
     if settings.dc is not None:
         client.session.set_dc(settings.dc.dc_id, settings.dc.host, settings.dc.port)

@@ -161,7 +161,7 @@ class SearchService:
         async def attempt() -> SearchAnswer:
             return await self._fetch(query, on_text)
 
-        answer = await (self.upstream.call(attempt) if self.upstream is not None else attempt())
+        answer = await (self.upstream.call(attempt, "agent") if self.upstream is not None else attempt())
         if answer.complete and not answer.found_nothing:
             await self.cache.put(CACHE_KIND, key, answer.to_json(), self.config.cache_ttl)
         return SearchOutcome(answer)

@@ -90,6 +90,10 @@ class OpenedStream:
     # Called once the stream is over, however it ended (e.g. to settle a token reservation).
     on_finish: list[Callable[[StreamResult], None]] = field(default_factory=list)
 
+    @property
+    def request_id(self) -> str | None:
+        return self.result.request_id
+
     def finish(self) -> None:
         callbacks, self.on_finish = self.on_finish, []
         for callback in callbacks:

@@ -21,7 +21,7 @@ from integrations.http_errors import LimitHint
 from integrations.llm import ChatRequest, ModelRef
 from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import Clock
-from integrations.resilience.compose import compose, limiter_policy, retry_policy
+from integrations.resilience.compose import AttemptObserver, compose, limiter_policy, retry_policy
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.retry import RetryPolicy
@@ -105,6 +105,9 @@ class ModelCallPolicy:
     registry: ResilienceRegistry
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=2, max_total=30.0, retry_after_cap=20.0))
     guards: dict[str, ProviderGuard] = field(default_factory=dict)
+    observe: AttemptObserver | None = None
+    # Told of every failure that reaches the chain (e.g. a retired model: a deprecation signal).
+    on_error: Callable[[UpstreamError], None] = lambda error: None
 
     def add_guard(self, guard: ProviderGuard) -> ProviderGuard:
         self.guards[guard.name] = guard
@@ -117,6 +120,15 @@ class ModelCallPolicy:
         return self.registry.breaker(f"model {ref}")
 
     async def __call__(self, ref: ModelRef, request: ChatRequest, call: Callable[[], Awaitable[OpenedStream]]) -> OpenedStream:
+        if self.observe is not None:
+            call = self.observe(ref.provider, f"stream {ref.model}", call)
+        try:
+            return await self._guarded(ref, request, call)
+        except UpstreamError as error:
+            self.on_error(error)
+            raise
+
+    async def _guarded(self, ref: ModelRef, request: ChatRequest, call: Callable[[], Awaitable[OpenedStream]]) -> OpenedStream:
         guard = self.guards.get(ref.provider)
         if guard is None:
             return await scoped_breaker_policy(self.model_breaker(ref), is_model_error)(call)

@@ -107,7 +107,7 @@ class NotionNotes:
                 raise
             return _page_ref(page), True
 
-        return await self._upstream.call(attempt)
+        return await self._upstream.call(attempt, "pages.create")
 
     async def append(self, page_id: str, children: list[dict[str, Any]], *, blocks_before: int) -> None:
         """Append `children` to a page that had `blocks_before` top-level blocks before them."""
@@ -127,7 +127,7 @@ class NotionNotes:
                 unsure = _maybe_applied(error)
                 raise
 
-        await self._upstream.call(attempt)
+        await self._upstream.call(attempt, "blocks.children.append")
 
     async def count_children(self, page_id: str) -> int:
         """How many top-level blocks the page has."""

@@ -24,6 +24,9 @@ from integrations.resilience.retry import AuthReload, RetryPolicy, retry_call
 T = TypeVar("T")
 
 Call = Callable[[], Awaitable[Any]]
+# Wraps one call so that each of its attempts is observed (logged with upstream, operation,
+# status, latency, attempt and request id); given (upstream, operation, call).
+AttemptObserver = Callable[[str, str, Callable[[], Awaitable[Any]]], Callable[[], Awaitable[Any]]]
 Policy = Callable[[Call], Awaitable[Any]]
 
 
@@ -130,8 +133,10 @@ class Upstream:
         retry: RetryPolicy = RetryPolicy(),
         attempt_timeout: float | None = None,
         on_auth_failed: AuthReload | None = None,
+        observe: "AttemptObserver | None" = None,
     ) -> None:
         self.name = name
+        self._observe = observe
         self.breaker = breaker
         self.limiter = limiter
         self.retry = retry
@@ -143,7 +148,9 @@ class Upstream:
             layers.append(timeout_policy(attempt_timeout, clock, name))
         self._policy = compose(*layers)
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]], operation: str = "call") -> T:
+        if self._observe is not None:
+            fn = self._observe(self.name, operation, fn)
         try:
             return await self._policy(fn)
         except AuthFailed as error:

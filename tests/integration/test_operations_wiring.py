@@ -1,0 +1,35 @@
+"""What the operator sees of upstream traffic: structured attempt logs and deprecation signals."""
+import logging
+from contextlib import AsyncExitStack
+
+from tests.fakes import anthropic_server as anth
+from tests.integration.telegram_bot import ANTHROPIC_KEY, USER, settings_for, start_telegram_bot
+
+
+async def test_every_upstream_attempt_is_logged_with_status_latency_attempt_and_request_id(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="switchboard.upstream")
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(anth.FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Hi.")))
+        claude.script(anth.api_error())
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=["anthropic:claude-test"]))
+        await bot.user_says("hello")
+    attempts = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("operation") == "stream claude-test"]
+    assert [a["attempt"] for a in attempts] == [1, 2]
+    assert attempts[0]["status"] != "ok" and attempts[1]["status"] == "ok"
+    assert all(a["upstream"] == "anthropic" and "latency_ms" in a for a in attempts)
+    assert attempts[1]["request_id"] == claude.request_ids[-1]
+    assert all(ANTHROPIC_KEY not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_configured_model_the_provider_does_not_list_shows_in_status(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(anth.FakeAnthropic(api_key=ANTHROPIC_KEY))
+        settings = settings_for(
+            tmp_path, anthropic=claude, models=["anthropic:claude-test", "anthropic:claude-3-opus-retired"],
+            admin_ids=frozenset({USER}),
+        )
+        bot = await start_telegram_bot(stack, settings)
+        await bot.settle()
+        await bot.clock.run_until(lambda: bool(bot.app.services.extras["deprecations"].list()))
+        await bot.user_says("/status")
+        assert "claude-3-opus-retired" in bot.texts()[-1]
