@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 10.0
 # A knowledge integration may offer `async def probe(settings) -> str`: one cheap call returning a
 # short summary and raising UpstreamError on failure. Looked up by name, so `check` works before
-# and without them; Notion has a built-in one (retrieving the configured database costs nothing),
-# Perplexity has none (every Agent API call is a paid search).
+# and without them; Notion has a built-in one (retrieving the configured database costs nothing);
+# Perplexity's asks for a few output tokens without web search (a fraction of a cent).
 KNOWLEDGE_PROBES = {"perplexity": "integrations.perplexity", "notion": "integrations.notion"}
 
 Probe = Callable[[], Awaitable[str]]

@@ -566,3 +566,15 @@ def _cause(err: openai.OpenAIError) -> BaseException | None:
     if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return None
     return err
+
+
+async def probe(settings: Any) -> str:
+    """`switchboard check`: one tiny answer without web search (a few output tokens, no search fee)."""
+    client = PerplexitySearch(
+        api_key=settings.api_key.reveal(), base_url=settings.base_url, model=settings.model, preset=settings.preset
+    )
+    try:
+        await client.probe()
+    finally:
+        await client.aclose()
+    return f"answered ({client.label})"

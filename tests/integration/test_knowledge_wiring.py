@@ -101,3 +101,21 @@ async def test_search_counts_against_the_users_message_rate(tmp_path):
         await bot.user_says("/search second question")
         assert "slow down" in bot.texts()[-1].lower()
         assert search.calls == 1
+
+
+async def test_check_probes_perplexity_without_a_web_search(tmp_path):
+    import io
+
+    from bot.check import check_command
+    from bot.config import PerplexitySettings
+    from tests.fakes.perplexity_server import FakePerplexity
+
+    key = "pplx-sentinel-check-key-00000000000000000"
+    async with FakePerplexity(api_key=key) as search:
+        settings = settings_for(tmp_path, perplexity=PerplexitySettings(Secret(key), base_url=search.base_url))
+        out = io.StringIO()
+        code = await check_command(settings, out)
+    assert code == 0, out.getvalue()
+    assert "perplexity" in out.getvalue() and key not in out.getvalue()
+    [request] = search.agent_requests
+    assert "tools" not in request.json and request.json["max_output_tokens"] == 16
