@@ -126,36 +126,28 @@ def build_providers(
     """One pooled client per upstream, closed when the stack unwinds, each behind its guard."""
     wanted = {ref.provider for ref in settings.llm_models}
     limits = settings.limits
-    providers: dict[str, ChatProvider] = {}
+    # name -> (adapter, key, base URL, requests/min, tokens/min)
+    specs: dict[str, tuple[type, str, str | None, float, int]] = {}
     if "anthropic" in wanted and settings.anthropic_api_key:
-        guard = policy.add_guard(
-            _guard("anthropic", settings, clock, policy.registry, limits.anthropic_requests_per_minute, limits.anthropic_tokens_per_minute)
+        specs["anthropic"] = (
+            AnthropicChat, settings.anthropic_api_key.reveal(), settings.anthropic_base_url,
+            limits.anthropic_requests_per_minute, limits.anthropic_tokens_per_minute,
         )
-        key = settings.anthropic_api_key.reveal()
-        provider = AnthropicChat(
-            api_key=key,
-            base_url=settings.anthropic_base_url,
-            connect_timeout=settings.llm_connect_timeout,
-            on_limits=guard.observe_limits,
-        )
-        guard.current_credential, guard.apply_credential = key, provider.set_api_key
-        providers["anthropic"] = provider
     if "openai" in wanted:
-        guard = policy.add_guard(
-            _guard("openai", settings, clock, policy.registry, limits.openai_requests_per_minute, limits.openai_tokens_per_minute)
-        )
         # An OpenAI-compatible server may need no key; the SDK insists on one.
         key = settings.openai_api_key.reveal() if settings.openai_api_key else "not-needed"
-        provider = OpenAIChat(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            connect_timeout=settings.llm_connect_timeout,
-            on_limits=guard.observe_limits,
+        specs["openai"] = (
+            OpenAIChat, key, settings.openai_base_url, limits.openai_requests_per_minute, limits.openai_tokens_per_minute,
+        )
+    providers: dict[str, ChatProvider] = {}
+    for name, (adapter, key, base_url, rpm, tpm) in specs.items():
+        guard = policy.add_guard(_guard(name, settings, clock, policy.registry, rpm, tpm))
+        provider = adapter(
+            api_key=key, base_url=base_url, connect_timeout=settings.llm_connect_timeout, on_limits=guard.observe_limits
         )
         guard.current_credential, guard.apply_credential = key, provider.set_api_key
-        providers["openai"] = provider
-    for provider in providers.values():
         stack.push_async_callback(provider.aclose)
+        providers[name] = provider
     return providers
 
 
@@ -165,7 +157,9 @@ async def start_local_model(settings: Settings, clock: Clock, stack: AsyncExitSt
         return None
     files = local_model_available()
     if files is None:
-        log.info("offline model not installed: %s", install_hint())
+        # Only worth more than a note when nothing else could answer.
+        level = logging.INFO if any(ref.provider != LOCAL_PROVIDER for ref in settings.llm_models) else logging.WARNING
+        log.log(level, "%s", install_hint())
         return None
     server = LocalModelServer(clock, model_path=files.model_path, log_path=settings.state_dir / "local-model.log")
     try:

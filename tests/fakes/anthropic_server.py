@@ -11,10 +11,9 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
-from tests.fakes.http_server import HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.http_server import FakeUpstream, HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
 from tests.fakes.openai_server import split_text
 
 PREFILL_REFUSAL = (
@@ -104,7 +103,7 @@ def malformed_after(chunks: int) -> Reply:
     return Reply("one two three four five six", chunks=6, interrupt=Interrupt(chunks, malformed=True))
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeUpstream):
     """`async with FakeAnthropic(api_key=...) as fake:` then point the SDK at `fake.base_url`."""
 
     def __init__(
@@ -128,19 +127,6 @@ class FakeAnthropic:
         self.request_ids: list[str] = []
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
-
-    async def __aenter__(self) -> "FakeAnthropic":
-        await self.server.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.server.__aexit__(exc_type, exc, tb)
-
-    @property
-    def base_url(self) -> str:
-        return self.server.url
 
     @property
     def message_requests(self) -> list[RecordedRequest]:

@@ -22,7 +22,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, AsyncIterable, Awaitable, Callable, Iterator, Mapping
+from typing import Any, AsyncIterable, Awaitable, Callable, Iterator, Mapping, Self
 from urllib.parse import parse_qsl, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -337,3 +337,25 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 async def _peer_gone(reader: asyncio.StreamReader) -> None:
     with contextlib.suppress(ConnectionError):
         await reader.read(1)
+
+
+class FakeUpstream:
+    """A fake upstream served by an `HttpServer`: `async with Fake(...) as fake:` then use `fake.base_url`.
+
+    Subclasses set `self.server = HttpServer(self._handle)` and may override `base_url`.
+    """
+
+    server: HttpServer
+
+    async def __aenter__(self: Self) -> Self:
+        await self.server.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.server.__aexit__(exc_type, exc, tb)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url

@@ -27,11 +27,10 @@ import re
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Iterable
 
 from integrations.resilience.clock import Clock
-from tests.fakes.http_server import RESET, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.http_server import FakeUpstream, RESET, Fault, HttpServer, RecordedRequest, Response
 
 NOTION_VERSION = "2025-09-03"
 MAX_TEXT = 2000
@@ -213,7 +212,7 @@ def _elements(block: dict[str, Any]) -> int:
     return 1 + sum(_elements(child) for child in body.get("children", []) or [])
 
 
-class FakeNotion:
+class FakeNotion(FakeUpstream):
     """`async with FakeNotion(token=..., clock=clock) as notion:` then use `notion.base_url`."""
 
     def __init__(
@@ -244,19 +243,6 @@ class FakeNotion:
         self._accepted: deque[float] = deque()
         self._request_ids = itertools.count(1)
         self.server = HttpServer(self._handle)
-
-    async def __aenter__(self) -> FakeNotion:
-        await self.server.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.server.__aexit__(exc_type, exc, tb)
-
-    @property
-    def base_url(self) -> str:
-        return self.server.url
 
     def script(self, *behaviours: Behaviour, method: str | None = None, path: str | None = None) -> None:
         """Apply `behaviours`, one each, to the next requests matching `method` and path prefix."""

@@ -13,10 +13,9 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from tests.fakes.http_server import HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.http_server import FakeUpstream, HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -126,7 +125,7 @@ def malformed_after(chunks: int) -> Reply:
     return Reply("one two three four five six", chunks=6, interrupt=Interrupt(chunks, malformed=True))
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeUpstream):
     """`async with FakeOpenAI(api_key=...) as fake:` then point the SDK at `fake.base_url`."""
 
     def __init__(
@@ -146,15 +145,6 @@ class FakeOpenAI:
         self.request_ids: list[str] = []
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
-
-    async def __aenter__(self) -> "FakeOpenAI":
-        await self.server.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.server.__aexit__(exc_type, exc, tb)
 
     @property
     def base_url(self) -> str:

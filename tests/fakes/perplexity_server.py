@@ -17,10 +17,9 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, AsyncIterator, Literal, Mapping, Sequence
 
-from tests.fakes.http_server import HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.http_server import FakeUpstream, HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
 from tests.fakes.openai_server import split_text
 
 ENDPOINTS = ("/v1/agent", "/v1/responses")
@@ -179,7 +178,7 @@ def malformed_final() -> Answer:
     return Answer(malformed_final=True)
 
 
-class FakePerplexity:
+class FakePerplexity(FakeUpstream):
     """`async with FakePerplexity(api_key=...) as fake:` then point the SDK at `fake.base_url`."""
 
     def __init__(
@@ -192,15 +191,6 @@ class FakePerplexity:
         self.calls = 0  # agent requests received, refused ones included
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
-
-    async def __aenter__(self) -> "FakePerplexity":
-        await self.server.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.server.__aexit__(exc_type, exc, tb)
 
     @property
     def base_url(self) -> str:
