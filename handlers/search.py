@@ -33,6 +33,7 @@ from integrations.errors import (
     Unavailable,
     UpstreamError,
 )
+from integrations.llm import ModelRef, Usage
 from integrations.perplexity import (
     RECENCY_FILTERS,
     PerplexitySearch,
@@ -213,6 +214,10 @@ async def search(services: Services, message: IncomingMessage, args: str) -> Non
         return
     await stream.finish(format_outcome(query, outcome))
     answer = outcome.answer
+    recorder = services.extras.get("usage")
+    if recorder is not None and outcome.cached_age is None:
+        tokens = Usage(answer.usage.input_tokens, answer.usage.output_tokens)
+        await recorder.record(message.user_id, [(ModelRef("perplexity", answer.model), tokens)])
     if answer.complete and not answer.found_nothing:
         await services.history.record_exchange(
             message.chat_id, message.user_id, question_text(query), format_answer(answer), f"perplexity:{answer.model}"

@@ -31,6 +31,8 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
         "claude-haiku-4-5": Price(1.0, 5.0),
         "gpt-5.1": Price(1.25, 10.0),
         "gpt-5-mini": Price(0.25, 2.0),
+        # Token prices only; Perplexity's per-request search fee is not in this table.
+        "perplexity/sonar": Price(1.0, 1.0),
     }
 )
 

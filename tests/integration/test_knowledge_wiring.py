@@ -119,3 +119,23 @@ async def test_check_probes_perplexity_without_a_web_search(tmp_path):
     assert "perplexity" in out.getvalue() and key not in out.getvalue()
     [request] = search.agent_requests
     assert "tools" not in request.json and request.json["max_output_tokens"] == 16
+
+
+async def test_a_fresh_search_is_recorded_in_usage_and_a_cached_one_is_not(tmp_path):
+    from bot.config import LimitSettings, PerplexitySettings
+    from tests.fakes.perplexity_server import FakePerplexity
+
+    key = "pplx-sentinel-usage-key-00000000000000000"
+    async with AsyncExitStack() as stack:
+        search = await stack.enter_async_context(FakePerplexity(api_key=key))
+        settings = settings_for(
+            tmp_path, perplexity=PerplexitySettings(Secret(key), base_url=search.base_url),
+            limits=LimitSettings(knowledge_timeout=10_000.0),
+        )
+        bot = await start_telegram_bot(stack, settings)
+        await bot.user_says("/search tokio runtime")
+        await bot.user_says("/search tokio runtime")
+        [line] = await bot.app.services.extras["usage"].lines(1, user_id=USER)
+        assert "perplexity/sonar" in line.model
+        assert line.requests == 1 and line.input_tokens > 0
+        assert line.cost_usd > 0 and line.unpriced == 0
