@@ -466,7 +466,7 @@ async def test_user_cancel_stops_the_search_and_keeps_nothing(stack, tmp_path):
     async def cancel_once_text_is_shown() -> None:
         await fake.server.stall_began.wait()
         while not any(call.kind == "draft" for call in s.bot.transport.calls):
-            await asyncio.sleep(0.001)  # real I/O: the client is still reading the deltas
+            await asyncio.sleep(0)  # real I/O: the client is still reading the deltas
         assert s.bot.services.lanes.cancel(USER)
 
     canceller = asyncio.ensure_future(cancel_once_text_is_shown())
