@@ -121,7 +121,7 @@ def _guard(name: str, settings: Settings, clock: Clock, registry: ResilienceRegi
 
 
 def build_providers(
-    settings: Settings, clock: Clock, policy: ModelCallPolicy, stack: AsyncExitStack
+    settings: Settings, clock: Clock, policy: ModelCallPolicy, stack: AsyncExitStack, signals: DeprecationSignals
 ) -> dict[str, ChatProvider]:
     """One pooled client per upstream, closed when the stack unwinds, each behind its guard."""
     wanted = {ref.provider for ref in settings.llm_models}
@@ -143,7 +143,11 @@ def build_providers(
     for name, (adapter, key, base_url, rpm, tpm) in specs.items():
         guard = policy.add_guard(_guard(name, settings, clock, policy.registry, rpm, tpm))
         provider = adapter(
-            api_key=key, base_url=base_url, connect_timeout=settings.llm_connect_timeout, on_limits=guard.observe_limits
+            api_key=key,
+            base_url=base_url,
+            connect_timeout=settings.llm_connect_timeout,
+            on_limits=guard.observe_limits,
+            on_headers=lambda headers, upstream=name: signals.from_headers(upstream, headers),
         )
         guard.current_credential, guard.apply_credential = key, provider.set_api_key
         stack.push_async_callback(provider.aclose)
@@ -224,7 +228,7 @@ async def build_app(
     signals = DeprecationSignals(clock)
     stack.enter_context(signals.capturing_warnings())
     model_policy = build_model_policy(settings, clock, registry, signals)
-    providers = build_providers(settings, clock, model_policy, stack)
+    providers = build_providers(settings, clock, model_policy, stack, signals)
     chain = build_chain(settings, clock, providers, model_policy, await start_local_model(settings, clock, stack))
     access = AccessPolicy(
         admin_ids=settings.admin_ids | extra_admins,

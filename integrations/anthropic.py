@@ -47,11 +47,14 @@ class AnthropicChat:
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
         on_limits: Callable[[LimitHint], None] | None = None,
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.name = name
         self._api_key = api_key
         self._on_limits = on_limits
+        # Sees every response's headers (Deprecation / Sunset signals).
+        self._on_headers = on_headers
         self._now = now
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
@@ -130,6 +133,11 @@ class AnthropicChat:
             ) from err
 
     def _report_limits(self, headers: Mapping[str, str]) -> None:
+        if self._on_headers is not None:
+            try:
+                self._on_headers(headers)
+            except Exception:  # an observer must never break a reply
+                logger.exception("%s: on_headers callback failed", self.name)
         hint = anthropic_limit_hint(headers, self._now())
         if hint is None or self._on_limits is None:
             return

@@ -45,11 +45,14 @@ class OpenAIChat:
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
         on_limits: Callable[[LimitHint], None] | None = None,
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.name = name
         self._api_key = api_key
         self._on_limits = on_limits
+        # Sees every response's headers (Deprecation / Sunset signals).
+        self._on_headers = on_headers
         self._now = now
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
@@ -119,6 +122,11 @@ class OpenAIChat:
             ) from err
 
     def _report_limits(self, headers: Mapping[str, str]) -> None:
+        if self._on_headers is not None:
+            try:
+                self._on_headers(headers)
+            except Exception:  # an observer must never break a reply
+                logger.exception("%s: on_headers callback failed", self.name)
         hint = openai_limit_hint(headers)
         if hint is None or self._on_limits is None:
             return

@@ -33,3 +33,21 @@ async def test_a_configured_model_the_provider_does_not_list_shows_in_status(tmp
         await bot.clock.run_until(lambda: bool(bot.app.services.extras["deprecations"].list()))
         await bot.user_says("/status")
         assert "claude-3-opus-retired" in bot.texts()[-1]
+
+
+async def test_deprecation_and_sunset_headers_are_logged_once_and_shown_in_status(tmp_path, caplog):
+    from tests.fakes import openai_server as oai
+    from tests.integration.telegram_bot import OPENAI_KEY
+
+    caplog.set_level(logging.WARNING, logger="switchboard.deprecation")
+    headers = {"Deprecation": "@1788220800", "Sunset": "Wed, 30 Jun 2027 00:00:00 GMT"}
+    async with AsyncExitStack() as stack:
+        gpt = await stack.enter_async_context(oai.FakeOpenAI(api_key=OPENAI_KEY, default=oai.Reply("Hi.", headers=headers)))
+        settings = settings_for(tmp_path, openai=gpt, models=["openai:gpt-test"], admin_ids=frozenset({USER}))
+        bot = await start_telegram_bot(stack, settings)
+        await bot.user_says("one")
+        await bot.user_says("two")
+        await bot.user_says("/status")
+        assert "Sunset" in bot.texts()[-1]
+    warnings = [r for r in caplog.records if r.name == "switchboard.deprecation" and "Sunset" in str(r.fields["detail"])]
+    assert len(warnings) == 1
