@@ -259,7 +259,8 @@ async def build_app(
 
 def knowledge_retry(settings: Settings) -> RetryPolicy:
     cap = settings.limits.retry_after_cap
-    return RetryPolicy(max_attempts=3, max_total=cap + 10.0, retry_after_cap=cap)
+    # Room for an attempt that used its whole timeout, a wait, and one more try.
+    return RetryPolicy(max_attempts=3, max_total=settings.limits.knowledge_timeout + cap + 10.0, retry_after_cap=cap)
 
 
 def add_search(

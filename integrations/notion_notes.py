@@ -98,6 +98,9 @@ class NotionNotes:
                     logger.info("page for note %s already exists; not creating another", key)
                     return found, False
                 await self._another_token()
+            # Until Notion says otherwise, a create we sent may have happened: a timeout cancels
+            # this attempt from outside, and its retry must look before creating again.
+            unsure = True
             try:
                 page = await self._api.create_page(
                     data_source_id=schema.data_source_id, properties=properties, children=children
@@ -121,6 +124,7 @@ class NotionNotes:
                     logger.info("blocks for page %s were appended before; not appending again", page_id)
                     return
                 await self._another_token()
+            unsure = True  # as in create: a timed-out append may have landed
             try:
                 await self._api.append_children(page_id, children)
             except UpstreamError as error:

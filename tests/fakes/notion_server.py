@@ -16,7 +16,9 @@ Rate limit: more than `requests_per_second` requests within a rolling second (on
 clock) get 429 `rate_limited` with Retry-After. Faults: `down` refuses everything; `script()`
 queues behaviours for the next matching requests: a `Refuse` (any error status, e.g. 503, 500,
 429 with Retry-After) or `LOSE_RESPONSE` (the request takes effect, then the connection is reset
-before any answer, as when a response is lost on the way back).
+before any answer, as when a response is lost on the way back). `STALL_RESPONSE` and
+`MALFORMED_RESPONSE` also take effect first, then send nothing until the client hangs up, or a 200
+whose JSON body is cut off half way.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from integrations.resilience.clock import Clock
-from tests.fakes.http_server import FakeUpstream, RESET, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.http_server import FakeUpstream, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
 
 NOTION_VERSION = "2025-09-03"
 MAX_TEXT = 2000
@@ -94,7 +96,23 @@ class _LoseResponse:
 
 
 LOSE_RESPONSE = _LoseResponse()
-Behaviour = Refuse | _LoseResponse
+
+
+@dataclass(frozen=True)
+class _SpoiledResponse:
+    """The request takes effect, then its answer goes wrong on the way back."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# No answer until the client gives up, as when Notion hangs after acting.
+STALL_RESPONSE = _SpoiledResponse("STALL_RESPONSE")
+# A 200 whose JSON is cut off half way, as a truncating proxy would send it.
+MALFORMED_RESPONSE = _SpoiledResponse("MALFORMED_RESPONSE")
+Behaviour = Refuse | _LoseResponse | _SpoiledResponse
 
 
 def rate_limited(retry_after: float = 1) -> Refuse:
@@ -292,10 +310,13 @@ class FakeNotion(FakeUpstream):
         if isinstance(outcome, Fault):
             arrival.status = -1
             return outcome
+        if isinstance(outcome, Response):
+            arrival.status = outcome.status
+            return outcome
         arrival.status = 200
         return Response.json({**outcome, "request_id": request_id}, headers={"x-request-id": request_id})
 
-    def _answer(self, request: RecordedRequest, arrival: Arrival) -> dict[str, Any] | Fault:
+    def _answer(self, request: RecordedRequest, arrival: Arrival) -> dict[str, Any] | Fault | Response:
         self._authenticate(request)
         self._limit_rate(arrival.at)
         if self.down is not None:
@@ -306,6 +327,11 @@ class FakeNotion(FakeUpstream):
         if len(request.body) > MAX_BODY_BYTES:
             raise invalid(f"the request body is {len(request.body)} bytes; the limit is {MAX_BODY_BYTES}.")
         answer = self._route(request)
+        if scripted is STALL_RESPONSE:
+            return STALL
+        if scripted is MALFORMED_RESPONSE:
+            whole = json.dumps(answer).encode()
+            return Response(200, {"content-type": "application/json"}, whole[: len(whole) // 2])
         return RESET if scripted is LOSE_RESPONSE else answer
 
     def _authenticate(self, request: RecordedRequest) -> None:
