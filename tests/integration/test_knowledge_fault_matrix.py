@@ -302,3 +302,23 @@ async def stalled(k: Knowledge, text: str, stall_began: asyncio.Event, timeout: 
     await k.clock.advance(timeout - 1)
     assert not handling.done(), "still within the attempt's time"
     return handling
+
+
+async def test_note_stall_on_an_append_that_landed_does_not_append_the_blocks_twice(tmp_path):
+    long_note = "/note Long note\n" + "\n\n".join(f"Paragraph {i}." for i in range(150))
+    async with AsyncExitStack() as stack:
+        k = await start_knowledge_bot(stack, tmp_path, knowledge_timeout=20.0)
+        k.notion.script(STALL_RESPONSE, method="PATCH", path="/v1/blocks")
+
+        await k.time_passes(5)
+        saving = k.send_without_time(long_note)
+        # The create lands, then the append waits its turn at 3 a second and stalls.
+        await k.clock.run_until(k.notion.server.stall_began.is_set, limit=5.0)
+        await k.clock.advance(20.0)
+        await k.clock.run_until_complete(saving, limit=10.0)
+        await k.clock.run_until(k.link_sent)
+        await k.time_passes(600)
+
+        [page] = k.notion.pages
+        paragraphs = [b for b in page.children if b.get("type") == "paragraph"]
+        assert len(paragraphs) == 150, f"{len(paragraphs)} paragraphs: an append that landed was sent again"
