@@ -243,7 +243,11 @@ async def build_app(
         chain=chain,
         access=access,
         lanes=ChatLanes(),
-        chat=ChatSettings(system_prompt=settings.system_prompt, max_tokens=settings.llm_max_tokens),
+        chat=ChatSettings(
+            system_prompt=settings.system_prompt,
+            max_tokens=settings.llm_max_tokens,
+            pending_max_age=settings.limits.pending_max_age,
+        ),
         pacing=pacing,
         extras={"resilience": registry},
     )

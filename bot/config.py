@@ -206,6 +206,9 @@ class LimitSettings:
     schema_cache_ttl: float = 3600.0
     cache_max_entries: int = 2000
     shutdown_grace: float = 20.0
+    # A message the bot could not answer before it stopped gets a short note instead of an answer
+    # when the bot comes back later than this.
+    pending_max_age: float = 3600.0
     # Longest one call to Perplexity or Notion may take (a whole streamed search answer included).
     knowledge_timeout: float = 120.0
 
@@ -645,6 +648,7 @@ def _limits(read: _Reader) -> LimitSettings:
         schema_cache_ttl=read.seconds("NOTION_SCHEMA_TTL", default.schema_cache_ttl),
         cache_max_entries=read.count("CACHE_MAX_ENTRIES", default.cache_max_entries),
         shutdown_grace=read.seconds("SHUTDOWN_GRACE_SECONDS", default.shutdown_grace),
+        pending_max_age=read.seconds("PENDING_MAX_AGE", default.pending_max_age),
         knowledge_timeout=read.seconds("KNOWLEDGE_TIMEOUT", default.knowledge_timeout),
     )
 

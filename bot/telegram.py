@@ -15,7 +15,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ContextManager, Iterator, Sequence
 
 from telethon import TelegramClient, errors, events, functions, types
 
@@ -186,6 +186,10 @@ class TelegramTransport:
                     f"draft refused: {type(error).__name__}: {error}", upstream=UPSTREAM, status=400
                 ) from error
 
+    async def delete(self, chat_id: int, message_ids: Sequence[int]) -> None:
+        with self._translated("delete"):
+            await self._client.delete_messages(chat_id, list(message_ids), revoke=True)
+
     async def typing(self, chat_id: int) -> None:
         with self._translated("typing"):
             action = types.SendMessageTypingAction()
@@ -277,10 +281,11 @@ def incoming_from_event(event: Any, bot: BotIdentity) -> IncomingMessage | None:
     """
     message = getattr(event, "message", event)
     text = message.message or ""
-    if not text.strip() or message.sender_id is None:
+    attachment = attachment_kind(message)
+    if (not text.strip() and attachment is None) or message.sender_id is None:
         return None
     text, names_bot, names_other_bot = _strip_bot_name(text, bot.username)
-    if not text.strip():
+    if not text.strip() and attachment is None:
         return None
     is_private = bool(message.is_private)
     is_command_for_us = text.startswith("/") and not names_other_bot
@@ -293,7 +298,37 @@ def incoming_from_event(event: Any, bot: BotIdentity) -> IncomingMessage | None:
         is_private=is_private,
         addressed_to_bot=addressed,
         user_name=_display_name(message.sender),
+        attachment=attachment,
     )
+
+
+# Telethon's Message properties for what a message can carry, most specific first (a voice note
+# is also an audio file, which is also a document), with the words a user would use for them.
+_ATTACHMENTS = (
+    ("voice", "voice message"),
+    ("video_note", "video message"),
+    ("audio", "audio file"),
+    ("sticker", "sticker"),
+    ("gif", "GIF"),
+    ("video", "video"),
+    ("photo", "photo"),
+    ("document", "file"),
+    ("contact", "contact"),
+    ("poll", "poll"),
+    ("venue", "location"),
+    ("geo", "location"),
+    ("dice", "dice"),
+)
+
+
+def attachment_kind(message: Any) -> str | None:
+    """What the message carries besides text, in a user's words, or None."""
+    if getattr(message, "media", None) is None:
+        return None
+    for attribute, words in _ATTACHMENTS:
+        if getattr(message, attribute, None):
+            return words
+    return "attachment"
 
 
 def _strip_bot_name(text: str, username: str) -> tuple[str, bool, bool]:
@@ -339,19 +374,35 @@ class TelegramRunner:
         self._commands = tuple(commands)
         self._me: BotIdentity | None = None
         self._event = events.NewMessage(incoming=True)
+        self._open = asyncio.Event()
 
     @property
     def me(self) -> BotIdentity | None:
         return self._me
 
-    async def start(self) -> BotIdentity:
-        with translated_errors("login"):
-            await self._client.start(bot_token=self._bot_token.reveal())
-            me = await self._client.get_me()
-        self._me = BotIdentity(me.id, me.username or "")
-        log.info("logged in to Telegram as @%s (id %s)", self._me.username, self._me.id)
-        await self._set_command_menu()
+    async def start(self, *, before_messages: Callable[[], Awaitable[object]] | None = None) -> BotIdentity:
+        """Log in, set the menu, run `before_messages` (resuming what the last run left), then
+        pass messages on.
+
+        The handler is registered before connecting: Telethon hands out the updates that arrived
+        while the bot was stopped (catch-up) as soon as it connects, each in its own task, and a
+        handler added later would never see them. Until `before_messages` is done they wait, so
+        older unfinished messages are queued before newer ones.
+        """
         self._client.add_event_handler(self._handle_event, self._event)
+        try:
+            with translated_errors("login"):
+                await self._client.start(bot_token=self._bot_token.reveal())
+                me = await self._client.get_me()
+            self._me = BotIdentity(me.id, me.username or "")
+            log.info("logged in to Telegram as @%s (id %s)", self._me.username, self._me.id)
+            await self._set_command_menu()
+            if before_messages is not None:
+                await before_messages()
+        except BaseException:
+            self._client.remove_event_handler(self._handle_event, self._event)
+            raise
+        self._open.set()
         return self._me
 
     async def run_until_disconnected(self) -> None:
@@ -376,8 +427,8 @@ class TelegramRunner:
             log.warning("command menu not set, commands still work when typed: %s", reason)
 
     async def _handle_event(self, event: Any) -> None:
-        if self._me is None:
-            return
+        await self._open.wait()
+        assert self._me is not None
         incoming = incoming_from_event(event, self._me)
         if incoming is None:
             return

@@ -84,7 +84,7 @@ class TelegramService:
     async def _run(self) -> int:
         self.notifier.status(self._phase)
         try:
-            me = await self._first_of(self.runner.start(), self.stop.wait())
+            me = await self._first_of(self.runner.start(before_messages=self._resume), self.stop.wait())
         except AuthFailed as error:
             message = (
                 f"Telegram refused to log in: {error}. "
@@ -98,9 +98,6 @@ class TelegramService:
             await self.runner.stop()
             return EXIT_OK
         self._me = me
-        resumed = await self.app.router.resume_pending()
-        if resumed:
-            log.info("answering %d message(s) left unanswered by the last run", resumed)
         models = ", ".join(str(ref) for ref in self.app.services.chain.refs) or "none"
         log.info("serving as @%s with models: %s", self._me.username, models)
         self._phase = f"serving as @{self._me.username}"
@@ -125,6 +122,11 @@ class TelegramService:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         return EXIT_OK if requested else EXIT_FAILED
+
+    async def _resume(self) -> None:
+        resumed = await self.app.router.resume_pending()
+        if resumed:
+            log.info("finishing %d message(s) left unfinished by the last run", resumed)
 
     @staticmethod
     async def _first_of(*awaitables):

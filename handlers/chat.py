@@ -7,6 +7,7 @@ import logging
 from handlers.lanes import SHUTDOWN
 from handlers.reply import open_stream
 from handlers.services import Services
+from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage
 from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDelta
 from integrations.errors import UpstreamError
@@ -43,10 +44,45 @@ def _short_reason(error: UpstreamError) -> str:
     return error.message[:80]
 
 
+SOMETHING_WENT_WRONG = (
+    "Sorry, something went wrong on my side while answering this, so I stopped. "
+    "The operator can see what happened in the log. Please send it again later."
+)
+
+
 async def answer(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+    """Take `stored` to the end of its lifecycle, whatever happens: exactly one final reply the
+    user sees (the answer, or one clear error), written down before or together with it."""
     stream = open_stream(services, message)
+    try:
+        if stored.status == "delivering" and stored.answer is not None:
+            # Generated before a restart: only its delivery is left; the model is not asked again.
+            await _deliver(services, stream, stored, stored.answer)
+            return
+        await services.history.begin(stored)
+        generated = await _generate(services, message, stored, stream)
+        if generated is not None:
+            shown, words, model = generated
+            await services.history.record_answer(stored, words, model, delivered=False)
+            await _deliver(services, stream, stored, shown)
+    except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
+        log.exception("answering message %s in chat %s failed", stored.id, message.chat_id)
+        await _report_failure(services, stream, stored, error)
+    finally:
+        await stream.close()
+
+
+async def _generate(
+    services: Services, message: IncomingMessage, stored: StoredMessage, stream: ReplyStream
+) -> tuple[str, str, str] | None:
+    """Stream the model's answer into `stream`: (final text shown, the answer's words for the
+    history, model), or None when the message's lifecycle already ended here (failed, stopped) or
+    must go on after a restart (shutdown). Notes about the answer (which model, an attachment it
+    could not read) are shown but not kept in history, so the model does not learn to repeat them."""
+    prefix = _attachment_note(message)
     text = ""
     model: ModelRef | None = None
+    marker = ""
     try:
         context = await services.history.context_for(stored)
         preferred_name = await services.preferences.model_for(message.user_id)
@@ -57,40 +93,87 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
         ):
             if isinstance(event, TextDelta):
                 text += event.text
-                stream.update(text)
+                stream.update(prefix + text)
             elif isinstance(event, ModelTookOver):
                 text += takeover_marker(event, text)
-                stream.update(text)
+                stream.update(prefix + text)
             elif isinstance(event, Completed):
                 model = event.model
                 if event.marker:
-                    text += f"\n\n_{event.marker}_"
+                    marker = f"\n\n_{event.marker}_"
                 await _record_usage(services, message, event.usage)
     except asyncio.CancelledError:
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
         # is not caught here.
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+        _uncancel()
         if services.lanes.cancel_reason(message.chat_id) == SHUTDOWN:
-            # Left pending on purpose: the message is answered in full after the restart.
-            await stream.finish((text or "…") + INTERRUPTED_NOTE)
-            return
-        final = (text or "…") + STOPPED_NOTE
-        await stream.finish(final)
-        await services.history.record_answer(stored, text or "(stopped before answering)", str(model or "cancelled"))
-        return
+            # Left unfinished on purpose: answered in full after the restart, replacing this.
+            await stream.finish(prefix + (text or "…") + INTERRUPTED_NOTE)
+            return None
+        final = prefix + (text or "…") + STOPPED_NOTE
+        await services.history.record_answer(
+            stored, text or "(stopped before answering)", str(model or "cancelled"), delivered=False
+        )
+        await _deliver(services, stream, stored, final)
+        return None
     except AllModelsFailed as error:
         log.warning("no model answered in chat %s: %s", message.chat_id, error)
         await _record_usage(services, message, error.usage)
-        await stream.finish(failure_text(error))
         if error.partial_text:
-            await services.history.record_answer(stored, error.partial_text, "partial")
+            await services.history.record_answer(stored, error.partial_text, "partial", delivered=False)
+            await _deliver(services, stream, stored, failure_text(error))
         else:
-            await services.history.mark_failed(stored)
-        return
-    await stream.finish(text)
-    await services.history.record_answer(stored, text, str(model))
+            await stream.finish(failure_text(error))
+            await services.history.mark_failed(stored, str(error)[:200])
+        return None
+    return prefix + text + marker, text, str(model)
+
+
+async def _deliver(services: Services, stream: ReplyStream, stored: StoredMessage, text: str) -> None:
+    """The final text reaches the user, then the message is answered. A user's /cancel cannot cut
+    this short (the answer is complete); a shutdown leaves it 'delivering', finished after the restart."""
+    while True:
+        try:
+            await stream.finish(text)
+            break
+        except asyncio.CancelledError:
+            if services.lanes.cancel_reason(stored.chat_id) == SHUTDOWN:
+                raise
+            _uncancel()
+        except UpstreamError as error:
+            if error.retryable:
+                # Telegram stayed unreachable through every retry: the answer is kept as
+                # 'delivering', and the next start delivers it without asking the model again.
+                log.warning("reply to message %s in chat %s not delivered yet: %s", stored.id, stored.chat_id, error)
+                return
+            log.warning("reply to message %s in chat %s cannot be delivered: %s", stored.id, stored.chat_id, error)
+            await services.history.mark_undeliverable(stored, str(error)[:200])
+            return
+    await services.history.mark_delivered(stored)
+
+
+async def _report_failure(services: Services, stream: ReplyStream, stored: StoredMessage, error: Exception) -> None:
+    reason = f"{type(error).__name__}: {error}"[:200]
+    try:
+        await stream.finish(SOMETHING_WENT_WRONG)
+    except Exception as delivery_error:
+        log.warning("could not tell chat %s that answering failed: %s", stored.chat_id, delivery_error)
+    try:
+        await services.history.mark_failed(stored, reason)
+    except Exception as storage_error:
+        log.error("could not record that message %s failed: %s", stored.id, storage_error)
+
+
+def _attachment_note(message: IncomingMessage) -> str:
+    if message.attachment is None:
+        return ""
+    return f"_(I can't open {message.attachment}s yet, so I'm answering the text only.)_\n\n"
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 async def _record_usage(services: Services, message: IncomingMessage, usage) -> None:

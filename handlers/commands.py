@@ -23,6 +23,8 @@ class Command:
     usage: str = ""
     # Metered commands spend upstream money: the user's budget and message rate are checked first.
     metered: bool = False
+    # Longest message this command takes, in characters; None: the chat limit (ChatSettings).
+    max_chars: int | None = None
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ class NotesFeature:
 
 def notes_commands() -> list[Command]:
     return [
-        Command("note", "save a note to Notion", note, queued=True, usage="<text>"),
+        # Notes may be long (pasted in the console); the outbox splits them within Notion's limits.
+        Command("note", "save a note to Notion", note, queued=True, usage="<text>", max_chars=200_000),
         Command("save", "save my last answer (with its sources) to Notion", save, queued=True, usage="[title]"),
         Command("notes", "list recent notes in Notion", list_notes, queued=True, usage="[count]"),
     ]

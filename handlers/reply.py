@@ -7,6 +7,16 @@ from handlers.transport import IncomingMessage
 
 
 def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:
+    """A reply to `message`. Once the message is stored, every message the reply sends is recorded
+    with it, and the first reply after a restart takes over what an earlier attempt showed."""
+    trace = message.trace
+    on_sent = None
+    if trace is not None:
+        stored_id = trace.stored_id
+
+        async def on_sent(message_id: int) -> None:
+            await services.history.record_shown(stored_id, [message_id])
+
     return ReplyStream(
         services.transport,
         services.clock,
@@ -14,6 +24,8 @@ def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:
         reply_to=None if message.is_private else message.message_id,
         use_drafts=message.is_private,
         pacing=services.pacing,
+        earlier_ids=trace.take_earlier() if trace is not None else (),
+        on_sent=on_sent,
     )
 
 

@@ -1,20 +1,28 @@
 """From an incoming message to the right handler: who may ask, which command, which lane.
 
-Every message the bot accepts is stored before any reply starts, so a crash loses nothing the
-user sent; messages stored but never answered are answered after a restart.
+Every message the bot accepts (a chat question, a command, a medium it cannot read) is stored
+before any reply starts, so a crash loses nothing the user sent, and a redelivered message is
+recognised by its chat and id. Each stored message is worked on by at most one job at a time:
+`resume_pending` (at start) skips messages already queued or running, and re-checks access, age
+and limits before answering what the last run left unfinished. When storing fails, the user is
+told so at once instead of waiting for an answer that cannot come.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from dataclasses import replace
-from typing import Sequence
+from datetime import datetime
+from typing import Awaitable, Callable, Literal, Sequence
 
 from handlers import chat
 from handlers.commands import Command, parse_command
+from handlers.lanes import USER_CANCEL
 from handlers.reply import reply
 from handlers.services import Services
-from handlers.transport import IncomingMessage
-from state.history import StoredMessage
+from handlers.transport import IncomingMessage, ReplyTrace
+from state.history import Kind, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +32,25 @@ def well_formed(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 QUEUED_NOTICE = "⏳ Got it. I'll answer this right after the reply in progress (/cancel stops that one)."
+NOT_ACCEPTED = (
+    "⚠️ I couldn't store your message (my storage is failing), so I can't answer it now. "
+    "Please send it again in a few minutes; the operator has been told."
+)
+EXPIRED_NOTE = (
+    "I was offline when you sent this, and it is now {age} old, so I haven't answered it in case "
+    "it no longer fits. Send it again if you still want an answer."
+)
+GAVE_UP_NOTE = (
+    "Sorry, I tried to answer this {attempts} times and stopped each time before finishing, so I've "
+    "given up on it. The operator can see why in the log. Please rephrase it or send it again later."
+)
+UNSUPPORTED_NOTE = (
+    "I can only read text for now, so I can't open this {what}. "
+    "Please type your question (or paste the text) and I'll answer it."
+)
 
+# Errors of the storage itself (disk full, database locked or corrupt, file system read-only).
+STORAGE_ERRORS = (sqlite3.Error, OSError)
 
 class Router:
     def __init__(self, services: Services, commands: Sequence[Command]) -> None:
@@ -36,6 +62,8 @@ class Router:
         self._commands = {command.name: command for command in [*commands, *builtins]}
         self._last_refusal: dict[int, float] = {}
         self._accepting = True
+        # Stored messages with a job queued or running: never given a second job.
+        self._claimed: set[int] = set()
 
     @property
     def commands(self) -> list[Command]:
@@ -45,7 +73,7 @@ class Router:
         self._accepting = False
 
     async def handle(self, message: IncomingMessage) -> None:
-        if not message.addressed_to_bot or not message.text.strip():
+        if not message.addressed_to_bot or (not message.text.strip() and message.attachment is None):
             return
         message = replace(message, text=well_formed(message.text))
         services = self._services
@@ -53,46 +81,92 @@ class Router:
             await self._refuse(message)
             return
         parsed = parse_command(message.text)
-        if not self._accepting:
-            # Shutting down: a chat message is stored and answered after the restart.
-            if parsed is None and len(message.text) <= services.chat.max_message_chars:
-                await services.history.record_incoming(message.chat_id, message.user_id, message.message_id, message.text)
-            return
-        if parsed is not None:
-            await self._run_command(message, parsed.name, parsed.args)
-            return
-        if len(message.text) > services.chat.max_message_chars:
+        kind: Kind = "command" if parsed is not None else ("media" if not message.text.strip() else "chat")
+        command = self._commands.get(parsed.name) if parsed is not None else None
+        limit = (command.max_chars if command is not None else None) or services.chat.max_message_chars
+        if len(message.text) > limit:
             await reply(
                 services,
                 message,
                 f"Your message is {len(message.text):,} characters long; the limit is "
-                f"{services.chat.max_message_chars:,}. Please shorten it or split it into parts.",
+                f"{limit:,}. Please shorten it or split it into parts.",
             )
             return
-        if await self._over_limits(message):
+        if not self._accepting:
+            # Shutting down: the message is stored and answered after the restart.
+            await self._store(message, kind)
             return
-        stored = await services.history.record_incoming(
-            message.chat_id, message.user_id, message.message_id, message.text
-        )
+        if parsed is not None and (command is None or (command.admin_only and not services.access.is_admin(message.user_id))):
+            await reply(services, message, f"I don't know /{parsed.name}.\n\n" + self.help_text(message.user_id))
+            return
+        if (kind == "chat" or (command is not None and command.metered)) and await self._over_limits(message):
+            return
+        stored = await self._store(message, kind)
         if stored is None:
-            log.info("message %s in chat %s was already handled", message.message_id, message.chat_id)
             return
-        await self._enqueue_answer(message, stored)
+        message = replace(message, trace=ReplyTrace(stored.id))
+        if kind == "media":
+            await self._lifecycle(message, stored, self._unsupported)
+        elif command is not None and parsed is not None:
+            run = _command_job(command, parsed.args)
+            if command.queued:
+                self._submit(message, stored, run)
+            else:
+                await self._lifecycle(message, stored, run)
+        else:
+            await self._enqueue_answer(message, stored)
 
     async def resume_pending(self) -> int:
-        """Answer messages that were stored but never answered (the bot stopped mid-way)."""
-        pending = await self._services.history.pending()
-        for stored in pending:
+        """Finish what the last run left unfinished: answer, re-deliver or close each message once.
+
+        Messages already queued or running here are skipped; a user no longer allowed gets
+        nothing; a message older than `pending_max_age` gets a short note instead of an answer;
+        one that stopped the bot `max_attempts` times is given up with a note; chat questions
+        are checked against the user's limits again. Returns how many were queued or closed.
+        """
+        services = self._services
+        settings = services.chat
+        resumed = 0
+        for stored in await services.history.pending():
+            if stored.id in self._claimed:
+                continue
+            resumed += 1
             message = IncomingMessage(
                 chat_id=stored.chat_id,
                 user_id=stored.user_id,
-                message_id=stored.telegram_message_id,
+                message_id=stored.telegram_message_id or 0,
                 text=stored.text,
-                is_private=stored.chat_id > 0,
+                is_private=stored.is_private,
+                trace=ReplyTrace(stored.id, list(stored.shown_ids)),
             )
-            self._services.lanes.submit(stored.chat_id, lambda m=message, s=stored: chat.answer(self._services, m, s))
-        return len(pending)
-
+            if not services.access.is_allowed(stored.user_id):
+                log.info("not resuming message %s: user %s is no longer allowed", stored.id, stored.user_id)
+                await services.history.mark_failed(stored, "the user is no longer allowed")
+                continue
+            if stored.status == "delivering":
+                self._submit(message, stored, None)
+                continue
+            age = services.clock.now() - datetime.fromisoformat(stored.created_at)
+            if age.total_seconds() > settings.pending_max_age:
+                self._submit(message, stored, _closing_job(EXPIRED_NOTE.format(age=_describe_age(age.total_seconds())), "expired"))
+                continue
+            if stored.attempts >= settings.max_attempts:
+                log.error("giving up on message %s in chat %s after %d attempts", stored.id, stored.chat_id, stored.attempts)
+                self._submit(message, stored, _closing_job(GAVE_UP_NOTE.format(attempts=stored.attempts), "failed"))
+                continue
+            if stored.kind == "media":
+                self._submit(message, stored, self._unsupported)
+                continue
+            parsed = parse_command(stored.text) if stored.kind == "command" else None
+            command = self._commands.get(parsed.name) if parsed is not None else None
+            if stored.kind == "command" and (command is None or parsed is None):
+                await services.history.mark_failed(stored, "unknown command after a restart")
+                continue
+            if (stored.kind == "chat" or (command is not None and command.metered)) and await self._over_limits(message):
+                await services.history.mark_failed(stored, "over the user's limits when resumed")
+                continue
+            self._submit(message, stored, _command_job(command, parsed.args) if command and parsed else None)
+        return resumed
     def help_text(self, user_id: int) -> str:
         is_admin = self._services.access.is_admin(user_id)
         lines = ["Send me a message and I'll answer. Commands:"]
@@ -104,11 +178,72 @@ class Router:
         return "\n".join(lines)
 
     async def _enqueue_answer(self, message: IncomingMessage, stored: StoredMessage) -> None:
-        lanes = self._services.lanes
-        was_busy = lanes.busy(message.chat_id)
-        lanes.submit(message.chat_id, lambda: chat.answer(self._services, message, stored))
+        was_busy = self._services.lanes.busy(message.chat_id)
+        self._submit(message, stored, None)
         if was_busy:
-            await reply(self._services, message, QUEUED_NOTICE)
+            # Not part of the answer, so not recorded with it (a resumed answer would take it over).
+            await reply(self._services, replace(message, trace=None), QUEUED_NOTICE)
+
+    def _submit(self, message: IncomingMessage, stored: StoredMessage, run: Job | None) -> None:
+        """Queue the message's job in its chat's lane; `None` means answering it as a chat message."""
+        self._claimed.add(stored.id)
+
+        async def job() -> None:
+            try:
+                if run is None:
+                    await chat.answer(self._services, message, stored)
+                else:
+                    await self._lifecycle(message, stored, run)
+            finally:
+                self._claimed.discard(stored.id)
+
+        self._services.lanes.submit(message.chat_id, job)
+
+    async def _lifecycle(self, message: IncomingMessage, stored: StoredMessage, run: Job) -> None:
+        """Run a command (or a note) for a stored message and end its lifecycle: answered when it
+        returns or the user cancels it, left for after the restart on shutdown, failed with a
+        message to the user when it breaks."""
+        history = self._services.history
+        self._claimed.add(stored.id)
+        try:
+            await history.begin(stored)
+            await run(self._services, message, stored)
+        except asyncio.CancelledError:
+            if self._services.lanes.cancel_reason(message.chat_id) != USER_CANCEL:
+                raise  # a shutdown: left unfinished, run again after the restart
+            await history.mark_delivered(stored)
+        except Exception as error:
+            log.exception("message %s in chat %s failed", stored.id, message.chat_id)
+            try:
+                await reply(self._services, message, chat.SOMETHING_WENT_WRONG)
+            except Exception as delivery_error:
+                log.warning("could not tell chat %s that it failed: %s", message.chat_id, delivery_error)
+            try:
+                await history.mark_failed(stored, f"{type(error).__name__}: {error}"[:200])
+            except Exception as storage_error:
+                log.error("could not record that message %s failed: %s", stored.id, storage_error)
+        else:
+            await history.mark_delivered(stored)
+        finally:
+            self._claimed.discard(stored.id)
+
+    async def _store(self, message: IncomingMessage, kind: Kind) -> StoredMessage | None:
+        """The message, stored as pending; None if it was stored before or cannot be (the user is told)."""
+        try:
+            stored = await self._services.history.record_incoming(
+                message.chat_id, message.user_id, message.message_id, message.text or f"[{message.attachment}]",
+                kind=kind, is_private=message.is_private,
+            )
+        except STORAGE_ERRORS as error:
+            log.error("could not store message %s in chat %s: %s", message.message_id, message.chat_id, error)
+            await reply(self._services, message, NOT_ACCEPTED)
+            return None
+        if stored is None:
+            log.info("message %s in chat %s was already handled", message.message_id, message.chat_id)
+        return stored
+
+    async def _unsupported(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+        await reply(services, message, UNSUPPORTED_NOTE.format(what=message.attachment or "message"))
 
     async def _help(self, services: Services, message: IncomingMessage, args: str) -> None:
         await reply(services, message, self.help_text(message.user_id))
@@ -116,19 +251,6 @@ class Router:
     async def _cancel(self, services: Services, message: IncomingMessage, args: str) -> None:
         if not services.lanes.cancel(message.chat_id):
             await reply(services, message, "Nothing to stop: no reply is in progress.")
-
-    async def _run_command(self, message: IncomingMessage, name: str, args: str) -> None:
-        services = self._services
-        command = self._commands.get(name)
-        if command is None or (command.admin_only and not services.access.is_admin(message.user_id)):
-            await reply(services, message, f"I don't know /{name}.\n\n" + self.help_text(message.user_id))
-            return
-        if command.metered and await self._over_limits(message):
-            return
-        if command.queued:
-            services.lanes.submit(message.chat_id, lambda: command.run(services, message, args))
-        else:
-            await command.run(services, message, args)
 
     async def _over_limits(self, message: IncomingMessage) -> bool:
         """Daily budget and message rate, checked before any upstream call."""
@@ -150,3 +272,34 @@ class Router:
             f"Sorry, this bot is private. Your user id is {message.user_id}; "
             "ask the operator to add it to the allowed users.",
         )
+
+
+# The work done for one stored message; its lifecycle around it is the router's.
+Job = Callable[[Services, IncomingMessage, StoredMessage], Awaitable[None]]
+
+
+def _command_job(command: Command, args: str) -> Job:
+    async def run(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+        await command.run(services, message, args)
+
+    return run
+
+
+def _closing_job(note: str, outcome: Literal["expired", "failed"]) -> Job:
+    """Ends a resumed message with a note (replacing any partial reply) instead of an answer."""
+
+    async def run(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+        await reply(services, message, note)
+        if outcome == "expired":
+            await services.history.mark_expired(stored, "too old when the bot came back")
+        else:
+            await services.history.mark_failed(stored, "gave up after repeated attempts")
+
+    return run
+
+
+def _describe_age(seconds: float) -> str:
+    hours = seconds / 3600
+    if hours < 48:
+        return f"{max(1, round(hours))} hour{'s' if round(hours) != 1 else ''}"
+    return f"{round(hours / 24)} days"

@@ -20,6 +20,10 @@ class ChatSettings:
     max_tokens: int = 1024
     max_message_chars: int = 16_000
     refusal_interval: float = 3600.0
+    # A message left unanswered by a stopped bot gets a short note instead of an answer after this long.
+    pending_max_age: float = 3600.0
+    # A message whose answering began this many times without ending (each time the bot stopped) is given up.
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)

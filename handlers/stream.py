@@ -5,6 +5,11 @@ A reply is a pump that always sends the *latest* text: while a call to the trans
 builds a backlog of stale edits. In private chats the preview is Telegram's native draft; where
 drafts are refused, the reply becomes one message edited at most once per `edit_interval`.
 The final text is always delivered as real messages, split at 4096 characters.
+
+A stream may take over messages an earlier attempt showed (`earlier_ids`, after a restart): it
+edits them instead of sending new ones, and deletes those the final text no longer needs, so no
+stale partial reply is left beside the answer. `on_sent` hears of every message it sends, so the
+caller can record them. `close` stops its background work whatever happened.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from handlers.render import render_markdown, split_rich_text
 from handlers.richtext import RichText
@@ -46,6 +51,8 @@ class ReplyStream:
         pacing: StreamPacing = StreamPacing(),
         render: Callable[[str], RichText] = render_markdown,
         draft_id: int | None = None,
+        earlier_ids: Sequence[int] = (),
+        on_sent: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._transport = transport
         self._clock = clock
@@ -60,8 +67,10 @@ class ReplyStream:
         self._changed = asyncio.Event()
         self._first_text = asyncio.Event()
         self._closed = asyncio.Event()
-        self._message_ids: list[int] = []
-        self._shown_parts: list[RichText] = []
+        self._message_ids: list[int] = list(earlier_ids)
+        # None: a message taken over from an earlier attempt, whose text is not known here.
+        self._shown_parts: list[RichText | None] = [None] * len(self._message_ids)
+        self._on_sent = on_sent
         self._last_call_at: float | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._typing_task: asyncio.Task[None] | None = None
@@ -83,7 +92,9 @@ class ReplyStream:
         self._changed.set()
 
     async def finish(self, text: str) -> list[int]:
-        """Deliver the final text; returns the ids of the messages that carry it."""
+        """Deliver the final text; returns the ids of the messages that carry it.
+
+        Calling it again after it was interrupted delivers only what had not landed yet."""
         self._closed.set()
         self._first_text.set()
         await self._stop_background()
@@ -94,13 +105,35 @@ class ReplyStream:
                     await self._deliver_final(lambda p=part, i=index: self._edit(i, p))
             else:
                 await self._deliver_final(lambda p=part: self._send(p))
+        await self._delete_unneeded(len(parts))
         return self.message_ids
+
+    async def close(self) -> None:
+        """Stop the typing indicator and the preview pump, whether or not `finish` ran."""
+        self._closed.set()
+        self._first_text.set()
+        for task in (self._typing_task, self._pump_task):
+            if task is not None and not task.done():
+                task.cancel()
+        await self._stop_background()
 
     async def _stop_background(self) -> None:
         """Wait for the call in flight (so the final edit cannot be overtaken by a stale preview)."""
         for task in (self._typing_task, self._pump_task):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
+
+    async def _delete_unneeded(self, needed: int) -> None:
+        """Messages of an earlier, longer attempt that the final text does not use."""
+        extra = self._message_ids[needed:]
+        if not extra:
+            return
+        try:
+            await self._transport.delete(self._chat_id, extra)
+        except UpstreamError as error:
+            log.info("could not delete %d stale message(s) in chat %s: %s", len(extra), self._chat_id, error)
+        del self._message_ids[needed:]
+        del self._shown_parts[needed:]
 
     async def _keep_typing(self) -> None:
         while not self._first_text.is_set():
@@ -171,13 +204,29 @@ class ReplyStream:
             )
         self._message_ids.append(message_id)
         self._shown_parts.append(part)
+        if self._on_sent is not None:
+            await self._on_sent(message_id)
 
     async def _edit(self, index: int, part: RichText, *, preview: bool = False) -> None:
+        message_id = self._message_ids[index]
         try:
-            await self._transport.edit(self._chat_id, self._message_ids[index], part, preview=preview)
+            try:
+                await self._transport.edit(self._chat_id, message_id, part, preview=preview)
+            except BadRequest:
+                await self._transport.edit(self._chat_id, message_id, RichText.plain(part.text), preview=preview)
         except BadRequest:
-            await self._transport.edit(self._chat_id, self._message_ids[index], RichText.plain(part.text), preview=preview)
+            if self._shown_parts[index] is not None:
+                raise
+            # A message taken over from an earlier attempt is gone (deleted, too old): send anew.
+            message_id = await self._send_instead(part, preview=preview)
+            self._message_ids[index] = message_id
         self._shown_parts[index] = part
+
+    async def _send_instead(self, part: RichText, *, preview: bool) -> int:
+        message_id = await self._transport.send(self._chat_id, part, preview=preview)
+        if self._on_sent is not None:
+            await self._on_sent(message_id)
+        return message_id
 
     async def _deliver_final(self, call: Callable[[], Awaitable[None]]) -> None:
         delay = self._pacing.final_backoff

@@ -6,11 +6,24 @@ wait becomes `RateLimited` with `retry_after`, so the flood governor can underst
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol, Sequence
 
 from handlers.richtext import RichText
 from integrations.errors import BadRequest
+
+
+@dataclass
+class ReplyTrace:
+    """Where a stored message's reply is shown: every message the bot sends for it is recorded
+    under `stored_id`, and a reply resumed after a restart takes over the `earlier` ones (once)."""
+
+    stored_id: int
+    earlier: list[int] = field(default_factory=list)
+
+    def take_earlier(self) -> list[int]:
+        taken, self.earlier = self.earlier, []
+        return taken
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,10 @@ class IncomingMessage:
     # In groups the bot answers only when mentioned or replied to; the transport decides that.
     addressed_to_bot: bool = True
     user_name: str = ""
+    # What the message carried besides text that the bot cannot read yet ("voice message", "photo").
+    attachment: str | None = None
+    # Set once the message is stored: its reply's messages are recorded there.
+    trace: ReplyTrace | None = field(default=None, compare=False)
 
 
 class DraftsUnsupported(BadRequest):
@@ -49,3 +66,7 @@ class Transport(Protocol):
         ...
 
     async def typing(self, chat_id: int) -> None: ...
+
+    async def delete(self, chat_id: int, message_ids: Sequence[int]) -> None:
+        """Remove the bot's own messages (a stale partial reply); best effort, may raise UpstreamError."""
+        ...

@@ -1,22 +1,40 @@
-"""Chat history per chat, kept in SQLite so conversations and unanswered messages survive restarts.
+"""Every accepted message and the chat history, kept in SQLite so both survive restarts.
 
 A chat has at most one open conversation; /reset ends it (its rows stay) and the next message
-starts a new one. A user message is stored as 'pending' before the bot answers it, then becomes
-'answered' or 'failed'; messages still pending after a crash are answered after the restart.
+starts a new one. Each accepted message (a chat question, a command, a medium the bot cannot read)
+has one lifecycle, kept in its row and changed only here:
+
+    pending -> answering -> delivering -> answered
+    (any of the first three) -> failed | undeliverable | expired
+
+A message is stored before any reply starts. `begin` marks that answering began (counting the
+attempts); `record_answer` stores the generated answer as 'delivering' before the user sees its
+final text, so a crash after generation never pays for the answer twice; `mark_delivered` ends it.
+The bot's messages that showed a reply are recorded as they are sent (`record_shown`), so a reply
+resumed after a crash replaces them. Messages not finished (`pending`) are resumed at start.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterable, Literal
 
 from integrations.llm import ChatMessage
 from integrations.resilience.clock import Clock
 from state.db import Database, iso_timestamp
 
-Status = Literal["pending", "answered", "failed"]
+Status = Literal["pending", "answering", "delivering", "answered", "failed", "undeliverable", "expired"]
+Kind = Literal["chat", "command", "media"]
 
-_MESSAGE_COLUMNS = "id, chat_id, user_id, telegram_message_id, content, status, created_at"
+UNFINISHED: tuple[Status, ...] = ("pending", "answering", "delivering")
+
+_MESSAGE_COLUMNS = (
+    "m.id, m.chat_id, m.user_id, m.telegram_message_id, m.content, m.status, m.created_at,"
+    " m.kind, m.is_private, m.attempts, m.shown_ids,"
+    " (SELECT a.content FROM messages a WHERE a.in_reply_to = m.id AND a.role = 'assistant'"
+    "  ORDER BY a.id DESC LIMIT 1) AS answer"
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +48,13 @@ class StoredMessage:
     text: str
     status: Status
     created_at: str
+    kind: Kind = "chat"
+    is_private: bool = True
+    attempts: int = 0
+    # The bot's messages that showed this message's reply so far.
+    shown_ids: tuple[int, ...] = ()
+    # The generated answer, once there is one (status 'delivering' and after).
+    answer: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredMessage:
@@ -41,6 +66,11 @@ class StoredMessage:
             text=row["content"],
             status=row["status"],
             created_at=row["created_at"],
+            kind=row["kind"],
+            is_private=bool(row["is_private"]),
+            attempts=row["attempts"],
+            shown_ids=tuple(json.loads(row["shown_ids"])),
+            answer=row["answer"],
         )
 
 
@@ -50,9 +80,16 @@ class HistoryStore:
         self._clock = clock
 
     async def record_incoming(
-        self, chat_id: int, user_id: int, telegram_message_id: int, text: str
+        self,
+        chat_id: int,
+        user_id: int,
+        telegram_message_id: int,
+        text: str,
+        *,
+        kind: Kind = "chat",
+        is_private: bool | None = None,
     ) -> StoredMessage | None:
-        """Store a user message as pending; None if this Telegram message was stored before."""
+        """Store a user message as pending; None if this message (chat and id) was stored before."""
         async with self._db.transaction():
             seen = await self._db.fetchone(
                 "SELECT 1 FROM messages WHERE chat_id = ? AND telegram_message_id = ? AND role = 'user'",
@@ -62,12 +99,61 @@ class HistoryStore:
                 return None
             now = self._now()
             conversation_id = await self._open_conversation(chat_id, now)
+            private = chat_id > 0 if is_private is None else is_private
             message_id = await self._db.execute(
-                "INSERT INTO messages (conversation_id, chat_id, user_id, telegram_message_id, role,"
-                " content, status, created_at) VALUES (?, ?, ?, ?, 'user', ?, 'pending', ?)",
-                (conversation_id, chat_id, user_id, telegram_message_id, text, now),
+                "INSERT INTO messages (conversation_id, chat_id, user_id, telegram_message_id, role, kind,"
+                " content, status, created_at, is_private) VALUES (?, ?, ?, ?, 'user', ?, ?, 'pending', ?, ?)",
+                (conversation_id, chat_id, user_id, telegram_message_id, kind, text, now, int(private)),
             )
-        return StoredMessage(message_id, chat_id, user_id, telegram_message_id, text, "pending", now)
+        return StoredMessage(
+            message_id, chat_id, user_id, telegram_message_id, text, "pending", now, kind=kind, is_private=private
+        )
+
+    async def begin(self, incoming: StoredMessage) -> int:
+        """Answering begins (again): returns how many times it has begun, this time included."""
+        await self._db.execute(
+            "UPDATE messages SET status = 'answering', attempts = attempts + 1"
+            " WHERE id = ? AND status IN ('pending', 'answering')",
+            (incoming.id,),
+        )
+        row = await self._db.fetchone("SELECT attempts FROM messages WHERE id = ?", (incoming.id,))
+        return int(row["attempts"]) if row else 0
+
+    async def record_shown(self, stored_id: int, message_ids: Iterable[int]) -> None:
+        """The bot's messages that show this message's reply (added to those recorded before)."""
+        async with self._db.transaction():
+            row = await self._db.fetchone("SELECT shown_ids FROM messages WHERE id = ?", (stored_id,))
+            if row is None:
+                return
+            shown = list(json.loads(row["shown_ids"]))
+            shown += [i for i in message_ids if i not in shown]
+            await self._db.execute(
+                "UPDATE messages SET shown_ids = ? WHERE id = ?", (json.dumps(shown), stored_id)
+            )
+
+    async def mark_delivered(self, incoming: StoredMessage) -> None:
+        """The user has seen the final reply: never answered again."""
+        await self._finish(incoming, "answered", None)
+
+    async def mark_undeliverable(self, incoming: StoredMessage, reason: str) -> None:
+        """The reply cannot reach the chat (the bot was blocked or removed): not tried again."""
+        await self._finish(incoming, "undeliverable", reason)
+
+    async def mark_expired(self, incoming: StoredMessage, reason: str) -> None:
+        """Too old to answer when the bot came back; the user was told so (or it was logged)."""
+        await self._finish(incoming, "expired", reason)
+
+    async def next_message_id(self, chat_id: int) -> int:
+        """A message id never used in this chat, by the user or by the bot (for transports that
+        number messages themselves, like the console)."""
+        row = await self._db.fetchone(
+            "SELECT MAX(top) AS top FROM ("
+            " SELECT MAX(telegram_message_id) AS top FROM messages WHERE chat_id = :chat"
+            " UNION ALL SELECT MAX(CAST(j.value AS INTEGER)) FROM messages m, json_each(m.shown_ids) j"
+            " WHERE m.chat_id = :chat)",
+            {"chat": chat_id},
+        )
+        return int(row["top"] or 0) + 1 if row else 1
 
     async def context_for(self, incoming: StoredMessage) -> list[ChatMessage]:
         """The conversation up to and including `incoming`, oldest first, each answer after its question.
@@ -78,25 +164,33 @@ class HistoryStore:
         rows = await self._db.fetchall(
             "SELECT role, content FROM messages"
             " WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = :id)"
-            "   AND ((role = 'user' AND (id = :id OR (id < :id AND status IN ('answered', 'failed'))))"
+            "   AND ((role = 'user' AND kind = 'chat' AND (id = :id OR (id < :id AND status IN"
+            "         ('answered', 'failed', 'delivering', 'undeliverable'))))"
             "        OR (role = 'assistant' AND in_reply_to < :id))"
             " ORDER BY COALESCE(in_reply_to, id), id",
             {"id": incoming.id},
         )
         return [ChatMessage(role=row["role"], content=row["content"]) for row in rows]
 
-    async def record_answer(self, incoming: StoredMessage, text: str, model: str) -> None:
-        """Store the bot's answer and mark `incoming` answered, both or neither."""
+    async def record_answer(self, incoming: StoredMessage, text: str, model: str, *, delivered: bool = True) -> None:
+        """Store the bot's answer and move `incoming` on, both or neither: to 'answered', or to
+        'delivering' when its final text has yet to reach the user (then `mark_delivered`)."""
         async with self._db.transaction():
             await self._insert_answer(incoming.id, incoming.chat_id, text, model, self._now())
             await self._db.execute(
-                "UPDATE messages SET status = 'answered' WHERE id = ?", (incoming.id,)
+                "UPDATE messages SET status = ? WHERE id = ?",
+                ("answered" if delivered else "delivering", incoming.id),
             )
 
-    async def mark_failed(self, incoming: StoredMessage) -> None:
+    async def mark_failed(self, incoming: StoredMessage, reason: str | None = None) -> None:
         """The user was told it failed: keep it in context, but do not retry it after a restart."""
+        await self._finish(incoming, "failed", reason)
+
+    async def _finish(self, incoming: StoredMessage, status: Status, reason: str | None) -> None:
         await self._db.execute(
-            "UPDATE messages SET status = 'failed' WHERE id = ? AND status = 'pending'", (incoming.id,)
+            "UPDATE messages SET status = ?, outcome = COALESCE(?, outcome) WHERE id = ?"
+            " AND status IN ('pending', 'answering', 'delivering')",
+            (status, reason, incoming.id),
         )
 
     async def record_exchange(
@@ -114,11 +208,16 @@ class HistoryStore:
             await self._insert_answer(question_id, chat_id, answer, model, now)
 
     async def pending(self) -> list[StoredMessage]:
-        """User messages stored but never answered nor failed (e.g. cut off by a crash), oldest first."""
+        """Messages whose lifecycle has not ended (e.g. cut off by a crash), oldest first."""
         rows = await self._db.fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' ORDER BY id"
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
+            " WHERE m.status IN ('pending', 'answering', 'delivering') ORDER BY m.id"
         )
         return [StoredMessage.from_row(row) for row in rows]
+
+    async def get(self, message_id: int) -> StoredMessage | None:
+        row = await self._db.fetchone(f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?", (message_id,))
+        return None if row is None else StoredMessage.from_row(row)
 
     async def reset(self, chat_id: int) -> None:
         """End the chat's conversation; its rows stay, the next message starts a new one."""

@@ -1,6 +1,7 @@
 """Builds the bot's services around fakes for handler-level tests."""
 from __future__ import annotations
 
+import itertools
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from tests.fakes.transport import RecordingTransport
 
 USER = 1001
 ADMIN = 9
+# Telegram message ids are unique per chat for good, also across restarts of the bot.
+MESSAGE_IDS = itertools.count(1)
 
 
 @dataclass
@@ -33,8 +36,7 @@ class Bot:
     database: Database
 
     async def say(self, text: str, *, chat_id: int = USER, user_id: int = USER, message_id: int | None = None, private: bool = True, addressed: bool = True) -> None:
-        self._next_id = getattr(self, "_next_id", 0) + 1
-        message = IncomingMessage(chat_id, user_id, message_id or self._next_id, text, private, addressed, "user")
+        message = IncomingMessage(chat_id, user_id, message_id or next(MESSAGE_IDS), text, private, addressed, "user")
         await self.clock.run_until_complete(self._handle_and_wait(message))
 
     async def _handle_and_wait(self, message: IncomingMessage) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Sequence, TypeVar, overload
 
 from integrations.errors import PreviewDeferred, RateLimited
 from integrations.resilience.clock import Clock
@@ -299,3 +299,6 @@ class GovernedTransport:
 
     async def typing(self, chat_id: int) -> None:
         await self._governor.run(chat_id, chat_id > 0, lambda: self._inner.typing(chat_id), "typing")
+
+    async def delete(self, chat_id: int, message_ids: Sequence[int]) -> None:
+        await self._governor.run(chat_id, chat_id > 0, lambda: self._inner.delete(chat_id, message_ids), "edit")

@@ -6,6 +6,12 @@ errors, and drafts are refused outside private chats. Every message, edit, draft
 action is kept with its time on the injected clock. Failures can be injected per kind of call, and
 `enforce_limits` turns on Telegram's published pace (1 a second per chat, 20 a minute in a group,
 30 a second overall), answering a call that breaks it with a FloodWaitError and counting it.
+
+Like Telethon, it runs every handler of an update as its own task, and hands out the updates
+that arrived while the bot was away (`arrive_while_offline`) as soon as `start` connects, before
+`start` returns: a bot that registers its handler later never sees them. Like Telegram, it
+refuses to send to a chat the bot has never seen (Telethon's ValueError), and message ids are
+unique per chat for good, across restarts of the bot.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from telethon import errors, events, functions, types, utils
 
 from integrations.resilience.clock import Clock
 
-FaultKind = Literal["send", "edit", "draft", "typing", "commands", "start"]
+FaultKind = Literal["send", "edit", "draft", "typing", "commands", "start", "delete"]
 
 TEXT_LIMIT = 4096
 # A call that waited exactly the required time must not lose to float rounding on the fake clock.
@@ -94,7 +100,9 @@ class FakeSession:
 
 
 class FakeTelegramClient:
-    def __init__(self, clock: Clock, *, bot_id: int = 7001, bot_username: str = "switchboard_bot") -> None:
+    def __init__(
+        self, clock: Clock, *, bot_id: int = 7001, bot_username: str = "switchboard_bot", knows_every_chat: bool = False
+    ) -> None:
         self.clock = clock
         self.session = FakeSession()
         self.me = types.User(id=bot_id, bot=True, username=bot_username, first_name="Switchboard")
@@ -114,6 +122,12 @@ class FakeTelegramClient:
         self._landed: deque[float] = deque()
         self._next_id = 1
         self._disconnected = asyncio.Event()
+        self._offline_updates: list[Any] = []
+        self.known_chats: set[int] = set()
+        # For tests of the transport alone, which send to chats no update came from.
+        self._knows_every_chat = knows_every_chat
+        # Handler tasks still running (Telethon keeps no such list; tests wait on it).
+        self.dispatching: set[asyncio.Task[Any]] = set()
 
     # --- test controls -------------------------------------------------------------------------
 
@@ -127,14 +141,37 @@ class FakeTelegramClient:
         self._limits = _Limits(per_chat_interval, global_per_second, group_per_minute)
 
     async def deliver(self, event: Any) -> None:
-        """Hand an update to the registered handlers, as Telethon's update loop does."""
+        """Hand an update to the registered handlers, each in its own task as Telethon's update
+        loop does, and wait until they finish (tests want to know when a message was taken)."""
+        tasks = self.dispatch(event)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def dispatch(self, event: Any) -> list[asyncio.Task[Any]]:
+        """Start the handlers of one update, each as its own task, without waiting for them."""
+        self.known_chats.add(event.message.chat_id)
+        tasks = []
         for callback, builder in list(self.handlers):
             message = event.message
             if getattr(builder, "incoming", None) and message.out:
                 continue
             if getattr(builder, "outgoing", None) and not message.out:
                 continue
-            await callback(event)
+            task = asyncio.ensure_future(callback(event))
+            self.dispatching.add(task)
+            task.add_done_callback(self.dispatching.discard)
+            tasks.append(task)
+        return tasks
+
+    def arrive_while_offline(self, event: Any) -> None:
+        """An update sent while the bot is not connected: handed out when it next connects."""
+        self.known_chats.add(event.message.chat_id)
+        self._offline_updates.append(event)
+
+    async def settle_dispatch(self) -> None:
+        """Wait for every handler task started so far."""
+        while self.dispatching:
+            await asyncio.wait(set(self.dispatching))
 
     # --- what the users see --------------------------------------------------------------------
 
@@ -162,6 +199,11 @@ class FakeTelegramClient:
             raise ValueError("the fake only logs in as a bot")
         self.login_token = bot_token
         self.connected = True
+        self._disconnected = asyncio.Event()
+        # Telethon's catch-up: missed updates go to the handlers registered right now.
+        caught_up, self._offline_updates = self._offline_updates, []
+        for event in caught_up:
+            self.dispatch(event)
         return self
 
     async def get_me(self, input_peer: bool = False) -> types.User:
@@ -194,6 +236,21 @@ class FakeTelegramClient:
 
         return decorator
 
+    async def delete_messages(self, entity: int, message_ids: Any, *, revoke: bool = True) -> list[Any]:
+        chat_id = _chat_id(entity)
+        self._check_peer(chat_id)
+        self._take_fault("delete", chat_id)
+        ids = [message_ids] if isinstance(message_ids, int) else list(message_ids)
+        kept = []
+        for sent in self._messages.get(chat_id, []):
+            if sent.id in ids:
+                self._by_id.pop(sent.id, None)
+            else:
+                kept.append(sent)
+        self._messages[chat_id] = kept
+        self._record("delete", chat_id, "ok")
+        return []
+
     async def send_message(
         self,
         entity: int,
@@ -206,6 +263,7 @@ class FakeTelegramClient:
         **_: Any,
     ) -> SentMessage:
         chat_id = _chat_id(entity)
+        self._check_peer(chat_id)
         request = functions.messages.SendMessageRequest(peer=chat_id, message=message)
         self._take_fault("send", chat_id)
         entities = self._entities(parse_mode, formatting_entities)
@@ -299,6 +357,11 @@ class FakeTelegramClient:
         for entity in entities:
             if entity.length <= 0 or entity.offset < 0 or entity.offset + entity.length > length:
                 self._refuse(kind, chat_id, errors.EntityBoundsInvalidError(request=request))
+
+    def _check_peer(self, chat_id: int) -> None:
+        if chat_id not in self.known_chats and not self._knows_every_chat:
+            # What Telethon raises for a peer it has never seen (nothing in its entity cache).
+            raise ValueError(f"Could not find the input entity for PeerUser(user_id={chat_id})")
 
     def _check_pace(self, kind: str, chat_id: int, request: Any) -> None:
         limits = self._limits

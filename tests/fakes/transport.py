@@ -47,6 +47,8 @@ class RecordingTransport:
     async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
         self._maybe_fail("edit")
         _check(text)
+        if message_id not in self.messages.get(chat_id, {}):
+            raise BadRequest(f"message {message_id} does not exist in chat {chat_id}")
         self.messages[chat_id][message_id] = text
         self.calls.append(Call("edit", chat_id, self.clock.monotonic(), text, message_id))
 
@@ -59,6 +61,12 @@ class RecordingTransport:
     async def typing(self, chat_id: int) -> None:
         self._maybe_fail("typing")
         self.calls.append(Call("typing", chat_id, self.clock.monotonic()))
+
+    async def delete(self, chat_id: int, message_ids) -> None:
+        self._maybe_fail("delete")
+        for message_id in message_ids:
+            self.messages.get(chat_id, {}).pop(message_id, None)
+            self.calls.append(Call("delete", chat_id, self.clock.monotonic(), None, message_id))
 
     def texts(self, chat_id: int) -> list[str]:
         return [m.text for m in self.messages.get(chat_id, {}).values()]

@@ -15,6 +15,9 @@ from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from tests.fakes.telegram import FakeTelegramClient, new_message_event
 
 USER = 4242
+# The chats each state directory's Telegram session knows (Telethon keeps them in the session file,
+# so a restarted bot can still answer a chat it heard from before).
+SESSIONS: dict[Path, set[int]] = {}
 # Telegram message ids only grow, also across restarts of the bot.
 MESSAGE_IDS = itertools.count(1000)
 ANTHROPIC_KEY = "sk-ant-sentinel-anthropic-key-000000000000"
@@ -69,12 +72,11 @@ class TelegramBot:
 async def start_telegram_bot(stack: AsyncExitStack, settings: Settings, clock: ManualClock | None = None) -> TelegramBot:
     clock = clock or ManualClock()
     client = FakeTelegramClient(clock)
+    client.known_chats = SESSIONS.setdefault(settings.state_dir, set())
     transport = GovernedTransport(TelegramTransport(client), FloodGovernor(clock))
     # Start-up may wait on the clock (a rate limiter before the Notion schema lookup).
     app = await clock.run_until_complete(build_app(settings, clock, transport, stack))
     runner = TelegramRunner(client, Secret("123456:" + "A" * 35), app.router.handle)
-    await runner.start()
+    await runner.start(before_messages=app.router.resume_pending)
     stack.push_async_callback(runner.stop)
-    bot = TelegramBot(clock, client, app, runner)
-    await app.router.resume_pending()
-    return bot
+    return TelegramBot(clock, client, app, runner)

@@ -28,7 +28,7 @@ from state.cache import SqliteCache
 from state.usage import ErrorJournal, UsageRecorder
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.providers import Script, ScriptedProvider
-from tests.harness import ADMIN, USER, Bot, start_bot
+from tests.harness import ADMIN, MESSAGE_IDS, USER, Bot, start_bot
 
 SONNET = "anthropic:claude-sonnet-4-6"
 SECRET = "sk-ant-sentinel-secret-0000000000000000"
@@ -58,8 +58,7 @@ class AdminBot:
     async def admin_says(self, text: str) -> str:
         """An admin command, answered without letting the clock run; returns the reply."""
         before = len(self.bot.replies(ADMIN))
-        self.bot._next_id = getattr(self.bot, "_next_id", 0) + 1
-        await self.bot.router.handle(IncomingMessage(ADMIN, ADMIN, self.bot._next_id, text, True, True, "admin"))
+        await self.bot.router.handle(IncomingMessage(ADMIN, ADMIN, next(MESSAGE_IDS), text, True, True, "admin"))
         await self.bot.services.lanes.wait_all_idle()
         new = self.bot.replies(ADMIN)[before:]
         assert len(new) == 1, new

@@ -50,6 +50,7 @@ async def test_message_stored_before_a_crash_is_answered_after_restart_and_only_
         async with AsyncExitStack() as crashed_run:
             bot = await start_telegram_bot(crashed_run, settings)
             # The bot stored the message, then died before replying.
+            bot.client.known_chats.add(USER)
             await bot.app.services.history.record_incoming(USER, USER, 77, "Are you there?")
         async with AsyncExitStack() as next_run:
             bot = await start_telegram_bot(next_run, settings)

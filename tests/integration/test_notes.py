@@ -411,9 +411,9 @@ async def test_the_same_telegram_message_delivered_twice_saves_one_note(tmp_path
         fake = await fake_notion(stack, clock)
         notes = await start_notes_bot(stack, tmp_path, clock, fake)
         await notes.say("/note Once", message_id=500)
-        await notes.say("/note Once", message_id=500)
+        await notes.say("/note Once", message_id=500)  # Telegram redelivers the update
         [page] = fake.pages
-        assert notes.replies() == [f"Saved to Notion: {page.url}", f"Already saved to Notion: {page.url}"]
+        assert notes.replies() == [f"Saved to Notion: {page.url}"]
 
 
 async def test_a_revoked_token_keeps_notes_queued_until_it_works_again(tmp_path):

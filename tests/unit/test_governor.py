@@ -28,7 +28,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def client(clock: ManualClock) -> FakeTelegramClient:
-    fake = FakeTelegramClient(clock)
+    fake = FakeTelegramClient(clock, knows_every_chat=True)
     fake.enforce_limits(per_chat_interval=1.0, global_per_second=30, group_per_minute=20)
     return fake
 

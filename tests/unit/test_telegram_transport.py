@@ -37,7 +37,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def client(clock: ManualClock) -> FakeTelegramClient:
-    return FakeTelegramClient(clock, bot_id=BOT.id, bot_username=BOT.username)
+    return FakeTelegramClient(clock, bot_id=BOT.id, bot_username=BOT.username, knows_every_chat=True)
 
 
 @pytest.fixture
