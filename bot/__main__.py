@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings, telegram_hint
 from bot.logs import Redactor, configure_logging
+from state.lock import StateDirectoryBusy
 
 log = logging.getLogger("switchboard")
 
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_telegram_mode(settings))
     except KeyboardInterrupt:
         return 130
+    except StateDirectoryBusy as error:
+        print(f"switchboard: {error}", file=sys.stderr)
+        return 1
 
 
 def _level_number(name: str) -> int:
@@ -75,24 +80,41 @@ def _level_number(name: str) -> int:
 
 async def run_console_mode(settings: Settings, *, interactive: bool, stdin=None, stdout=None) -> int:
     from bot.app import build_app
-    from bot.console import CONSOLE_USER_ID, ConsoleTransport, run_console
+    from bot.console import CONSOLE_USER_ID, ConsoleSession, ConsoleTransport
+    from bot.shutdown import drain
     from integrations.resilience.clock import SystemClock
 
     stdout = stdout or sys.stdout
+    clock = SystemClock()
     transport = ConsoleTransport(stdout, live=interactive)
     async with AsyncExitStack() as stack:
-        app = await build_app(settings, SystemClock(), transport, stack, extra_admins=frozenset({CONSOLE_USER_ID}))
+        app = await build_app(settings, clock, transport, stack, extra_admins=frozenset({CONSOLE_USER_ID}))
+        # Ids go on from the last session's, so its messages are not taken for redeliveries.
+        transport.continue_from(await app.services.history.next_message_id(CONSOLE_USER_ID))
         models = ", ".join(str(ref) for ref in app.services.chain.refs) or "none configured"
-        banner = f"Switchboard console. Models: {models}. Type /help for commands, Ctrl-D to quit."
-        return await run_console(
+        session = ConsoleSession(
             app.router.handle,
-            app.services.lanes.wait_idle,
+            app.services.lanes,
             transport,
             stdin=stdin or sys.stdin,
             stdout=stdout,
             interactive=interactive,
-            banner=banner,
+            banner=f"Switchboard console. Models: {models}. Type /help for commands, Ctrl-C stops a reply, Ctrl-D quits.",
         )
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, session.interrupt)
+        loop.add_signal_handler(signal.SIGTERM, session.quit)
+        try:
+            resumed = await app.router.resume_pending()
+            if resumed:
+                log.info("finishing %d message(s) left unfinished by the last session", resumed)
+            code = await session.run()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+            # Replies still running (quit mid-reply) finish or are left for the next session.
+            await drain(app, clock, settings.limits.shutdown_grace)
+        return code
 
 
 async def run_check(settings: Settings, *, offline: bool) -> int:

@@ -51,6 +51,7 @@ from integrations.resilience.retry import RetryPolicy
 from integrations.resilience.tokens import TokenBudget
 from state.db import Database
 from state.history import HistoryStore
+from state.lock import StateLock
 from state.preferences import UserPreferences
 
 log = logging.getLogger(__name__)
@@ -213,8 +214,13 @@ async def build_app(
     governor: Snapshotting | None = None,
     redactor: Redactor | None = None,
     telegram_connected: Callable[[], bool] | None = None,
+    state_lock: StateLock | None = None,
 ) -> App:
+    """Everything the bot needs, closed by `stack`. The state directory is locked first (unless
+    the caller already holds `state_lock`): a second bot on the same state stops right here."""
     redactor = redactor or Redactor(settings.secret_values())
+    if state_lock is None:
+        state_lock = stack.enter_context(StateLock(settings.state_dir))
     database = await Database.open(settings.state_dir / DATABASE_NAME, clock)
     stack.push_async_callback(database.close)
     registry = ResilienceRegistry(

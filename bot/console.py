@@ -1,15 +1,23 @@
 """The console transport: the same router and handlers in a terminal.
 
-In a terminal the reply streams live (each edit prints what it added). With stdin not a
-terminal, it reads one message per line, waits for each reply to finish, and prints every
-finished reply followed by a blank line, so it can be scripted.
+In a terminal the reply streams live (each edit prints what it added), and lines typed while a
+reply runs are handled at once, so `/cancel` works there as on Telegram; Ctrl-C stops the reply
+in progress, or quits at the prompt. With stdin not a terminal, it reads one message per line,
+waits for each reply to finish, and prints every finished reply followed by a blank line, so it
+can be scripted.
+
+Message ids continue from the ones already stored for the console's chat, so a second session on
+the same state is not taken for a redelivery of the first one's messages; the bot's own messages
+take ids from the same counter, as Telegram numbers both sides of a private chat.
 """
 from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from typing import Awaitable, Callable, TextIO
 
+from handlers.lanes import USER_CANCEL, ChatLanes
 from handlers.richtext import RichText
 from handlers.transport import DraftsUnsupported, IncomingMessage
 
@@ -29,19 +37,27 @@ class ConsoleTransport:
         self._next_id = 1
         self._reported = 0
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+    def continue_from(self, first_id: int) -> None:
+        """Number messages from `first_id` on (the first id not used in the chat yet)."""
+        self._next_id = max(self._next_id, first_id)
+
+    def next_id(self) -> int:
+        """A message id not used in the console's chat before (by either side)."""
         message_id = self._next_id
         self._next_id += 1
-        self._messages[message_id] = text
-        self._order.append(message_id)
-        if self._live:
-            if len(self._order) > 1:
-                self._write("\n")
-            self._write(text.text)
-            self._printed[message_id] = text.text
+        return message_id
+
+    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+        message_id = self.next_id()
+        self._show_new(message_id, text)
         return message_id
 
     async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
+        if message_id not in self._messages:
+            # A message an earlier session printed (a reply resumed after a restart): print anew.
+            self._next_id = max(self._next_id, message_id + 1)
+            self._show_new(message_id, text)
+            return
         self._messages[message_id] = text
         if not self._live:
             return
@@ -58,54 +74,152 @@ class ConsoleTransport:
     async def typing(self, chat_id: int) -> None:
         return None
 
+    async def delete(self, chat_id: int, message_ids) -> None:
+        """A terminal cannot take back what it printed; a scripted run just never prints them."""
+        for message_id in message_ids:
+            self._messages.pop(message_id, None)
+            if message_id in self._order[self._reported:]:
+                self._order.remove(message_id)
+
     def take_new_replies(self) -> list[str]:
         """Final texts of the messages sent since the last call."""
         new = self._order[self._reported:]
         self._reported = len(self._order)
         return [self._messages[i].text for i in new]
 
+    def _show_new(self, message_id: int, text: RichText) -> None:
+        self._messages[message_id] = text
+        self._order.append(message_id)
+        if self._live:
+            if len(self._order) > 1:
+                self._write("\n")
+            self._write(text.text)
+            self._printed[message_id] = text.text
+
     def _write(self, text: str) -> None:
         self._out.write(text)
         self._out.flush()
 
 
-async def read_line(stream: TextIO) -> str | None:
-    line = await asyncio.get_running_loop().run_in_executor(None, stream.readline)
-    return line if line else None
+class LineReader:
+    """Lines from a blocking stream, read by a daemon thread (which never holds up the exit)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def pump() -> None:
+            while True:
+                try:
+                    line = stream.readline()
+                except (OSError, ValueError):
+                    line = ""
+                loop.call_soon_threadsafe(self._queue.put_nowait, line or None)
+                if not line:
+                    return
+
+        threading.Thread(target=pump, name="console-stdin", daemon=True).start()
+
+    async def next(self) -> str | None:
+        """The next line, or None at the end of input."""
+        return await self._queue.get()
 
 
-async def run_console(
-    handle: Callable[[IncomingMessage], Awaitable[None]],
-    wait_idle: Callable[[int], Awaitable[None]],
-    transport: ConsoleTransport,
-    *,
-    stdin: TextIO = sys.stdin,
-    stdout: TextIO = sys.stdout,
-    interactive: bool,
-    banner: str = "",
-) -> int:
-    message_id = 0
-    if interactive and banner:
-        stdout.write(banner + "\n\n")
-    while True:
-        if interactive:
-            stdout.write("you> ")
-            stdout.flush()
-        line = await read_line(stdin)
-        if line is None:
-            if interactive:
-                stdout.write("\n")
-            return 0
+class ConsoleSession:
+    """One console conversation: lines in, replies out, until the input ends or the user quits."""
+
+    def __init__(
+        self,
+        handle: Callable[[IncomingMessage], Awaitable[None]],
+        lanes: ChatLanes,
+        transport: ConsoleTransport,
+        *,
+        stdin: TextIO = sys.stdin,
+        stdout: TextIO = sys.stdout,
+        interactive: bool,
+        banner: str = "",
+    ) -> None:
+        self._handle = handle
+        self._lanes = lanes
+        self._transport = transport
+        self._stdin = stdin
+        self._stdout = stdout
+        self._interactive = interactive
+        self._banner = banner
+        self._quit = asyncio.Event()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the reply in progress, like /cancel; at the prompt, quit."""
+        if not self._lanes.cancel(CONSOLE_USER_ID, USER_CANCEL):
+            self._quit.set()
+
+    def quit(self) -> None:
+        self._quit.set()
+
+    async def run(self) -> int:
+        lines = LineReader(self._stdin)
+        if self._interactive and self._banner:
+            self._stdout.write(self._banner + "\n\n")
+        # Replies to what an earlier session left unanswered come first.
+        await self._finish_turn(lines)
+        while not self._quit.is_set():
+            if self._interactive:
+                self._stdout.write("you> ")
+                self._stdout.flush()
+            line = await self._next_line(lines)
+            if line is None:
+                if self._interactive:
+                    self._stdout.write("\n")
+                    self._stdout.flush()
+                break
+            if await self._take(line):
+                await self._finish_turn(lines)
+        return 0
+
+    async def _take(self, line: str) -> bool:
         text = line.rstrip("\r\n")
         if not text.strip():
-            continue
-        message_id += 1
-        await handle(IncomingMessage(CONSOLE_USER_ID, CONSOLE_USER_ID, message_id, text, True, True, "operator"))
-        await wait_idle(CONSOLE_USER_ID)
-        replies = transport.take_new_replies()
-        if interactive:
-            stdout.write("\n\n")
+            return False
+        message_id = self._transport.next_id()
+        await self._handle(IncomingMessage(CONSOLE_USER_ID, CONSOLE_USER_ID, message_id, text, True, True, "operator"))
+        return True
+
+    async def _finish_turn(self, lines: LineReader) -> None:
+        """Wait for the replies in progress, then show them (a script sees only finished replies).
+
+        In a terminal, lines typed meanwhile are handled at once (so /cancel works)."""
+        while self._lanes.busy(CONSOLE_USER_ID):
+            if not self._interactive:
+                await self._lanes.wait_idle(CONSOLE_USER_ID)
+                continue
+            idle = asyncio.ensure_future(self._lanes.wait_idle(CONSOLE_USER_ID))
+            typed = asyncio.ensure_future(lines.next())
+            await asyncio.wait({idle, typed}, return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            if typed.done():
+                line = typed.result()
+                if line is None:
+                    self._quit.set()  # the input ended: finish this reply, then stop
+                    await self._lanes.wait_idle(CONSOLE_USER_ID)
+                    break
+                await self._take(line)
+            else:
+                typed.cancel()  # a cancelled Queue.get leaves the line in the queue
+        replies = self._transport.take_new_replies()
+        if self._interactive:
+            if replies:
+                self._stdout.write("\n\n")
         else:
             for reply in replies:
-                stdout.write(reply + "\n\n")
-        stdout.flush()
+                self._stdout.write(reply + "\n\n")
+        self._stdout.flush()
+
+    async def _next_line(self, lines: LineReader) -> str | None:
+        typed = asyncio.ensure_future(lines.next())
+        quitting = asyncio.ensure_future(self._quit.wait())
+        await asyncio.wait({typed, quitting}, return_when=asyncio.FIRST_COMPLETED)
+        quitting.cancel()
+        if typed.done():
+            return typed.result()
+        typed.cancel()
+        return None

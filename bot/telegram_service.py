@@ -27,6 +27,7 @@ from bot.telegram import BotIdentity, TelegramRunner, TelegramTransport, build_c
 from integrations.errors import AuthFailed
 from integrations.resilience.clock import Clock, SystemClock
 from integrations.resilience.governor import FloodGovernor, GovernedTransport
+from state.lock import StateLock
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,16 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
     assert settings.telegram is not None
     clock = SystemClock()
     notifier = Notifier.from_environment(os.environ if environ is None else environ)
-    client = build_client(settings.telegram)
-    governor = FloodGovernor(clock)
-    transport = GovernedTransport(TelegramTransport(client), governor)
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
-        app = await build_app(settings, clock, transport, stack, governor=governor, telegram_connected=client.is_connected)
+        # Before the session file is opened: another bot may be using it.
+        state_lock = stack.enter_context(StateLock(settings.state_dir))
+        client = build_client(settings.telegram)
+        governor = FloodGovernor(clock)
+        transport = GovernedTransport(TelegramTransport(client), governor)
+        app = await build_app(
+            settings, clock, transport, stack, governor=governor, telegram_connected=client.is_connected, state_lock=state_lock
+        )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)
         service = TelegramService(app, runner, notifier, clock, grace=settings.limits.shutdown_grace)

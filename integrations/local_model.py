@@ -296,7 +296,10 @@ class LocalModelServer:
             self._log_path = Path(name)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         # One handle shared by every child, so a crash's traceback is still there after the restart.
-        self._log = open(self._log_path, "wb")
+        # Private like every file in the state directory: a prompt can end up in a traceback.
+        descriptor = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)
+        self._log = os.fdopen(descriptor, "wb")
 
     def _log_tail(self) -> str:
         if self._log_path is None:
