@@ -299,6 +299,7 @@ def incoming_from_event(event: Any, bot: BotIdentity) -> IncomingMessage | None:
         addressed_to_bot=addressed,
         user_name=_display_name(message.sender),
         attachment=attachment,
+        sent_at=message.date,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from handlers.lanes import SHUTDOWN
+from handlers.lanes import USER_CANCEL
 from handlers.reply import open_stream
 from handlers.services import Services
 from handlers.stream import ReplyStream
@@ -106,8 +106,9 @@ async def _generate(
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
         # is not caught here.
         _uncancel()
-        if services.lanes.cancel_reason(message.chat_id) == SHUTDOWN:
-            # Left unfinished on purpose: answered in full after the restart, replacing this.
+        if services.lanes.cancel_reason(message.chat_id) != USER_CANCEL:
+            # A shutdown (or a cancel nobody explained): left unfinished on purpose, answered in
+            # full after the restart, replacing this.
             await stream.finish(prefix + (text or "…") + INTERRUPTED_NOTE)
             return None
         final = prefix + (text or "…") + STOPPED_NOTE
@@ -137,7 +138,7 @@ async def _deliver(services: Services, stream: ReplyStream, stored: StoredMessag
             await stream.finish(text)
             break
         except asyncio.CancelledError:
-            if services.lanes.cancel_reason(stored.chat_id) == SHUTDOWN:
+            if services.lanes.cancel_reason(stored.chat_id) != USER_CANCEL:
                 raise
             _uncancel()
         except UpstreamError as error:

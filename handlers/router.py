@@ -49,6 +49,9 @@ UNSUPPORTED_NOTE = (
     "Please type your question (or paste the text) and I'll answer it."
 )
 
+# A message older than this when it arrives was caught up after a stop, not sent just now.
+LIVE_SECONDS = 30.0
+
 # Errors of the storage itself (disk full, database locked or corrupt, file system read-only).
 STORAGE_ERRORS = (sqlite3.Error, OSError)
 
@@ -180,7 +183,7 @@ class Router:
     async def _enqueue_answer(self, message: IncomingMessage, stored: StoredMessage) -> None:
         was_busy = self._services.lanes.busy(message.chat_id)
         self._submit(message, stored, None)
-        if was_busy:
+        if was_busy and self._is_live(message):
             # Not part of the answer, so not recorded with it (a resumed answer would take it over).
             await reply(self._services, replace(message, trace=None), QUEUED_NOTICE)
 
@@ -226,6 +229,13 @@ class Router:
             await history.mark_delivered(stored)
         finally:
             self._claimed.discard(stored.id)
+
+    def _is_live(self, message: IncomingMessage) -> bool:
+        """Sent just now, not caught up after a stop (a user who wrote while the bot was away
+        gets the answers, not a notice per message)."""
+        if message.sent_at is None:
+            return True
+        return (self._services.clock.now() - message.sent_at).total_seconds() < LIVE_SECONDS
 
     async def _store(self, message: IncomingMessage, kind: Kind) -> StoredMessage | None:
         """The message, stored as pending; None if it was stored before or cannot be (the user is told)."""

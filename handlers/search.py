@@ -19,8 +19,9 @@ from typing import Callable
 from urllib.parse import quote, urlsplit
 
 from handlers.commands import Command
-from handlers.lanes import SHUTDOWN
+from handlers.lanes import USER_CANCEL
 from handlers.reply import open_stream, reply
+from handlers.stream import ReplyStream
 from handlers.services import Services
 from handlers.transport import IncomingMessage
 from integrations.errors import (
@@ -179,6 +180,12 @@ class SearchService:
         raise MalformedResponse("the search stream ended without an answer", upstream=self.client.name)
 
 
+SEARCH_BROKE = (
+    "Sorry, something went wrong on my side during this search, so I stopped. "
+    "The operator can see what happened in the log. Please try again later."
+)
+
+
 async def search(services: Services, message: IncomingMessage, args: str) -> None:
     service: SearchService | None = services.extras.get("search")
     if service is None or not service.configured:
@@ -189,6 +196,16 @@ async def search(services: Services, message: IncomingMessage, args: str) -> Non
         await reply(services, message, USAGE_HELP)
         return
     stream = open_stream(services, message)
+    stream.start()
+    try:
+        await _answer(services, message, service, query, stream)
+    finally:
+        await stream.close()
+
+
+async def _answer(
+    services: Services, message: IncomingMessage, service: SearchService, query: SearchQuery, stream: ReplyStream
+) -> None:
     shown = ""
 
     def show(text: str) -> None:
@@ -196,7 +213,6 @@ async def search(services: Services, message: IncomingMessage, args: str) -> Non
         shown = text
         stream.update(text)
 
-    stream.start()
     try:
         outcome = await service.search(query, on_text=show)
     except asyncio.CancelledError:
@@ -205,12 +221,19 @@ async def search(services: Services, message: IncomingMessage, args: str) -> Non
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-        restarting = services.lanes.cancel_reason(message.chat_id) == SHUTDOWN
-        await stream.finish((shown or "…") + (INTERRUPTED_NOTE if restarting else STOPPED_NOTE))
-        return
+        if services.lanes.cancel_reason(message.chat_id) == USER_CANCEL:
+            await stream.finish((shown or "…") + STOPPED_NOTE)
+            return
+        # A shutdown: the search runs again after the restart, replacing this.
+        await stream.finish((shown or "…") + INTERRUPTED_NOTE)
+        raise
     except UpstreamError as error:
         log.warning("search failed in chat %s: %s", message.chat_id, error)
         await stream.finish(failure_text(error))
+        return
+    except Exception:  # a bug or a storage fault: the user hears of it in this reply
+        log.exception("search failed in chat %s", message.chat_id)
+        await stream.finish(SEARCH_BROKE)
         return
     await stream.finish(format_outcome(query, outcome))
     answer = outcome.answer

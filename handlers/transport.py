@@ -7,6 +7,7 @@ wait becomes `RateLimited` with `retry_after`, so the flood governor can underst
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Awaitable, Callable, Protocol, Sequence
 
 from handlers.richtext import RichText
@@ -38,6 +39,8 @@ class IncomingMessage:
     user_name: str = ""
     # What the message carried besides text that the bot cannot read yet ("voice message", "photo").
     attachment: str | None = None
+    # When the user sent it (Telegram's date); None where the transport does not say (the console).
+    sent_at: datetime | None = None
     # Set once the message is stored: its reply's messages are recorded there.
     trace: ReplyTrace | None = field(default=None, compare=False)
 

@@ -6,6 +6,8 @@ errors, and drafts are refused outside private chats. Every message, edit, draft
 action is kept with its time on the injected clock. Failures can be injected per kind of call, and
 `enforce_limits` turns on Telegram's published pace (1 a second per chat, 20 a minute in a group,
 30 a second overall), answering a call that breaks it with a FloodWaitError and counting it.
+`add_latency` makes every call travel to the server and back on the injected clock: the pace is
+judged, and the call recorded, when it lands, as Telegram does, so calls still in flight count.
 
 Like Telethon, it runs every handler of an update as its own task, and hands out the updates
 that arrived while the bot was away (`arrive_while_offline`) as soon as `start` connects, before
@@ -16,16 +18,19 @@ unique per chat for good, across restarts of the bot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import random
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, NoReturn
+from typing import Any, Awaitable, Callable, Literal, NoReturn, TypeVar
 
 from telethon import errors, events, functions, types, utils
 
 from integrations.resilience.clock import Clock
 
 FaultKind = Literal["send", "edit", "draft", "typing", "commands", "start", "delete"]
+T = TypeVar("T")
 
 TEXT_LIMIT = 4096
 # A call that waited exactly the required time must not lose to float rounding on the fake clock.
@@ -89,6 +94,20 @@ class _Limits:
     group_per_minute: int | None
 
 
+def _over_the_network(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """An API call that reaches the server after one trip and answers after another (see `add_latency`)."""
+
+    @functools.wraps(method)
+    async def travelling(self: "FakeTelegramClient", *args: Any, **kwargs: Any) -> T:
+        await self._travel()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            await self._travel()
+
+    return travelling
+
+
 class FakeSession:
     def __init__(self) -> None:
         self.dc_id: int | None = None
@@ -118,6 +137,8 @@ class FakeTelegramClient:
         self._typing: dict[int, list[float]] = defaultdict(list)
         self._faults: dict[str, deque[tuple[int | None, BaseException]]] = defaultdict(deque)
         self._limits: _Limits | None = None
+        self._latency: tuple[float, float] | None = None
+        self._latency_draws = random.Random(0)
         self._landed_in_chat: dict[int, deque[float]] = {}
         self._landed: deque[float] = deque()
         self._next_id = 1
@@ -139,6 +160,12 @@ class FakeTelegramClient:
         self, per_chat_interval: float = 1.0, global_per_second: int = 30, group_per_minute: int | None = 20
     ) -> None:
         self._limits = _Limits(per_chat_interval, global_per_second, group_per_minute)
+
+    def add_latency(self, low: float, high: float, *, seed: int = 0) -> None:
+        """Every API call then takes `low`..`high` seconds (uniform, seeded) on the injected clock to
+        reach the server, and another such trip for its answer to come back."""
+        self._latency = (low, high)
+        self._latency_draws = random.Random(seed)
 
     async def deliver(self, event: Any) -> None:
         """Hand an update to the registered handlers, each in its own task as Telethon's update
@@ -165,6 +192,8 @@ class FakeTelegramClient:
 
     def arrive_while_offline(self, event: Any) -> None:
         """An update sent while the bot is not connected: handed out when it next connects."""
+        if event.message.date is None:
+            event.message.date = self.clock.now()
         self.known_chats.add(event.message.chat_id)
         self._offline_updates.append(event)
 
@@ -236,6 +265,7 @@ class FakeTelegramClient:
 
         return decorator
 
+    @_over_the_network
     async def delete_messages(self, entity: int, message_ids: Any, *, revoke: bool = True) -> list[Any]:
         chat_id = _chat_id(entity)
         self._check_peer(chat_id)
@@ -251,6 +281,7 @@ class FakeTelegramClient:
         self._record("delete", chat_id, "ok")
         return []
 
+    @_over_the_network
     async def send_message(
         self,
         entity: int,
@@ -277,6 +308,7 @@ class FakeTelegramClient:
         self._land("send", chat_id)
         return sent
 
+    @_over_the_network
     async def edit_message(
         self,
         entity: int,
@@ -306,6 +338,7 @@ class FakeTelegramClient:
         self._land("edit", chat_id)
         return target
 
+    @_over_the_network
     async def __call__(self, request: Any, ordered: bool = False) -> Any:
         if isinstance(request, functions.messages.SetTypingRequest):
             return self._set_typing(request)
@@ -362,6 +395,10 @@ class FakeTelegramClient:
         if chat_id not in self.known_chats and not self._knows_every_chat:
             # What Telethon raises for a peer it has never seen (nothing in its entity cache).
             raise ValueError(f"Could not find the input entity for PeerUser(user_id={chat_id})")
+
+    async def _travel(self) -> None:
+        if self._latency is not None:
+            await self.clock.sleep(self._latency_draws.uniform(*self._latency))
 
     def _check_pace(self, kind: str, chat_id: int, request: Any) -> None:
         limits = self._limits
@@ -422,6 +459,7 @@ def new_message_event(
     mentioned: bool = False,
     sender_name: str = "Ada",
     out: bool = False,
+    media: types.TypeMessageMedia | None = None,
 ) -> events.NewMessage.Event:
     """A real Telethon NewMessage event, as the update loop builds it for an incoming message."""
     real_id, peer_type = utils.resolve_id(chat_id)
@@ -433,6 +471,7 @@ def new_message_event(
         from_id=types.PeerUser(sender_id),
         mentioned=mentioned,
         out=out,
+        media=media,
     )
     message._sender = types.User(id=sender_id, first_name=sender_name)
     return events.NewMessage.Event(message)
@@ -446,3 +485,24 @@ def _chat_id(peer: Any) -> int:
 
 def _utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
+
+
+def voice_note(seconds: int = 3) -> types.MessageMediaDocument:
+    """A voice message's media as Telegram sends it (an OGG/Opus document marked as voice)."""
+    return types.MessageMediaDocument(document=_document("audio/ogg", [types.DocumentAttributeAudio(duration=seconds, voice=True)]))
+
+
+def photo() -> types.MessageMediaPhoto:
+    size = types.PhotoSize(type="x", w=800, h=600, size=50_000)
+    return types.MessageMediaPhoto(photo=types.Photo(id=11, access_hash=12, file_reference=b"", date=None, sizes=[size], dc_id=2))
+
+
+def sticker() -> types.MessageMediaDocument:
+    attributes = [types.DocumentAttributeSticker(alt="👍", stickerset=types.InputStickerSetEmpty())]
+    return types.MessageMediaDocument(document=_document("image/webp", attributes))
+
+
+def _document(mime_type: str, attributes: list[Any]) -> types.Document:
+    return types.Document(
+        id=21, access_hash=22, file_reference=b"", date=None, mime_type=mime_type, size=4096, dc_id=2, attributes=attributes
+    )

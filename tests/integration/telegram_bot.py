@@ -5,6 +5,7 @@ import itertools
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Sequence
 
 from bot.app import App, build_app
 from bot.config import Secret, Settings
@@ -50,6 +51,7 @@ class TelegramBot:
     client: FakeTelegramClient
     app: App
     runner: TelegramRunner
+    governor: FloodGovernor
 
     async def user_says(self, text: str, *, chat_id: int = USER, user_id: int = USER, mentioned: bool = False, message_id: int | None = None) -> None:
         """Deliver a message as Telegram would and let the bot finish everything it starts."""
@@ -59,7 +61,23 @@ class TelegramBot:
         await self.clock.run_until_complete(self._deliver_and_wait(event))
 
     async def settle(self) -> None:
-        await self.clock.run_until_complete(self.app.services.lanes.wait_all_idle())
+        await self.clock.run_until_complete(self._settled())
+
+    async def _settled(self) -> None:
+        await self.client.settle_dispatch()
+        await self.app.services.lanes.wait_all_idle()
+
+    def paused(self, chat_id: int) -> bool:
+        """Whether the flood governor is holding this chat's calls back."""
+        pace = self.governor.snapshot().chats.get(chat_id)
+        return pace is not None and pace.paused_for > 0
+
+    async def statuses(self, chat_id: int = USER) -> list[str]:
+        """The lifecycle state of each message the chat sent, oldest first."""
+        rows = await self.app.database.fetchall(
+            "SELECT status FROM messages WHERE chat_id = ? AND role = 'user' ORDER BY id", (chat_id,)
+        )
+        return [row["status"] for row in rows]
 
     async def _deliver_and_wait(self, event) -> None:
         await self.client.deliver(event)
@@ -69,14 +87,28 @@ class TelegramBot:
         return [m.text for m in self.client.messages(chat_id)]
 
 
-async def start_telegram_bot(stack: AsyncExitStack, settings: Settings, clock: ManualClock | None = None) -> TelegramBot:
+async def start_telegram_bot(
+    stack: AsyncExitStack,
+    settings: Settings,
+    clock: ManualClock | None = None,
+    *,
+    client: FakeTelegramClient | None = None,
+    offline_updates: Sequence[Any] = (),
+) -> TelegramBot:
+    """The bot as `run_telegram` builds it, on a fake Telegram. `offline_updates` arrived while it
+    was stopped: Telegram hands them out as soon as it connects. A `client` from an earlier run is
+    the same Telegram (its chats and messages) seen by the restarted bot."""
     clock = clock or ManualClock()
-    client = FakeTelegramClient(clock)
-    client.known_chats = SESSIONS.setdefault(settings.state_dir, set())
-    transport = GovernedTransport(TelegramTransport(client), FloodGovernor(clock))
+    if client is None:
+        client = FakeTelegramClient(clock)
+        client.known_chats = SESSIONS.setdefault(settings.state_dir, set())
+    for update in offline_updates:
+        client.arrive_while_offline(update)
+    governor = FloodGovernor(clock)
+    transport = GovernedTransport(TelegramTransport(client), governor)
     # Start-up may wait on the clock (a rate limiter before the Notion schema lookup).
     app = await clock.run_until_complete(build_app(settings, clock, transport, stack))
     runner = TelegramRunner(client, Secret("123456:" + "A" * 35), app.router.handle)
     await runner.start(before_messages=app.router.resume_pending)
     stack.push_async_callback(runner.stop)
-    return TelegramBot(clock, client, app, runner)
+    return TelegramBot(clock, client, app, runner, governor)
