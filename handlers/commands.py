@@ -34,14 +34,24 @@ class ParsedCommand:
 
 
 def parse_command(text: str) -> ParsedCommand | None:
+    """The command `text` starts with, or None for chat.
+
+    The name (with an optional @bot address) ends at the first character that cannot be in one,
+    so "/help" followed by a NUL is /help, not a chat message for the model. A name
+    followed by "/" is a path ("/usr/bin/python crashes") and, as in Telegram's own clients, chat.
+    """
     stripped = text.strip()
-    if not stripped.startswith("/") or len(stripped) < 2:
+    if not stripped.startswith("/"):
         return None
-    head, _, rest = stripped.partition(" ")
-    if "\n" in head:
-        head, _, more = head.partition("\n")
-        rest = more + ("\n" + rest if rest else "")
-    name = head[1:].split("@", 1)[0].lower()
-    if not name or not all(c.isalnum() or c == "_" for c in name):
+    end = 1
+    while end < len(stripped) and _can_be_in_name(stripped[end]):
+        end += 1
+    name = stripped[1:end].split("@", 1)[0].lower()
+    rest = stripped[end:]
+    if not name or rest.startswith("/"):
         return None
     return ParsedCommand(name, rest.strip())
+
+
+def _can_be_in_name(char: str) -> bool:
+    return char.isalnum() or char in "_@"

@@ -4,6 +4,8 @@
 plain text while recording entities in UTF-16 code units. It is called on every growing prefix of
 a streaming reply, so half-written Markdown must come out readable: CommonMark already runs an
 unclosed fence to the end of the document and leaves an unclosed `**` as literal asterisks.
+Rendering may simplify formatting but never drops words: blocks nested past markdown-it's nesting
+limit come out as plain paragraphs instead of being skipped.
 
 `split_rich_text` cuts a `RichText` into parts Telegram accepts (at most `limit` UTF-16 code units
 and 100 entities each), at the most natural seam available and never inside an entity that could
@@ -19,6 +21,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from markdown_it import MarkdownIt
+from markdown_it.rules_block import StateBlock
 from markdown_it.token import Token
 
 from handlers.richtext import Entity, EntityKind, RichText, utf16_len
@@ -45,7 +48,51 @@ def _entity_order(entity: Entity) -> tuple[int, int, int]:
 @functools.lru_cache(maxsize=1)
 def _parser() -> MarkdownIt:
     # Building a parser compiles its rule chains; do it once, not on every streamed prefix.
-    return MarkdownIt("commonmark").enable(["strikethrough", "table"])
+    parser = MarkdownIt("commonmark").enable(["strikethrough", "table"])
+    # First, so that near the nesting limit no container rule nests any deeper.
+    first_rule = parser.block.ruler.get_all_rules()[0]
+    parser.block.ruler.before(first_rule, "flat_when_too_deep", _flat_when_too_deep)
+    return parser
+
+
+_QUOTE_MARKERS = re.compile(r"^[ \t]*(?:>[ \t]*)+", re.MULTILINE)
+
+
+def _flat_when_too_deep(state: StateBlock, start_line: int, end_line: int, silent: bool) -> bool:
+    """Near the nesting limit, take each block as a plain paragraph rather than lose it.
+
+    At its limit markdown-it skips the rest of the document. The limit guards its recursion, so
+    the blocks past it stay flat instead: their text, nested list markers included, without quote
+    markers (Telegram merges nested quotes into one anyway).
+    """
+    # A list opens two levels (list, item) before its items' blocks are parsed.
+    if silent or state.level < state.md.options.maxNesting - 2:
+        return False
+    next_line = _flat_block_end(state, start_line, end_line)
+    content = _QUOTE_MARKERS.sub("", state.getLines(start_line, next_line, state.blkIndent, False)).strip()
+    state.line = next_line
+    if content:
+        state.push("paragraph_open", "p", 1).map = [start_line, next_line]
+        inline = state.push("inline", "", 0)
+        inline.content = content
+        inline.map = [start_line, next_line]
+        inline.children = []
+        state.push("paragraph_close", "p", -1)
+    return True
+
+
+def _flat_block_end(state: StateBlock, start_line: int, end_line: int) -> int:
+    """Where a paragraph starting at `start_line` would end, if no other block could interrupt it."""
+    if not _QUOTE_MARKERS.sub("", state.getLines(start_line, start_line + 1, state.blkIndent, False)).strip():
+        return start_line + 1  # an empty quote: no paragraph that the next lines could continue
+    next_line = start_line + 1
+    while next_line < end_line and not state.isEmpty(next_line):
+        # Lazy continuation lines have a negative indent; a line outdented past blkIndent belongs
+        # to an enclosing list item.
+        if 0 <= state.sCount[next_line] < state.blkIndent:
+            break
+        next_line += 1
+    return next_line
 
 
 def render_markdown(markdown: str) -> RichText:

@@ -1,4 +1,8 @@
 
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -433,3 +437,145 @@ def test_an_entity_that_fits_is_never_cut(markdown, limit):
         start = entity.offset + utf16_len(inner[: len(inner) - len(inner.lstrip())])
         end = entity.offset + entity.length - utf16_len(inner[len(inner.rstrip()) :])
         assert any(first <= start and end <= last for first, last in placed), entity
+
+
+# --- No word is lost -------------------------------------------------------------------------
+
+# Generated Markdown comes with the words a reader must see, in order. Punctuation is spaced
+# apart from words, so no word becomes a link address, fence info string or HTML entity, where
+# CommonMark rightly hides it; backticks come only in whole code spans, which keep their spaces.
+WORD_PATTERN = re.compile(r"[^\W_]+")
+WORDS = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,6}", fullmatch=True)
+PUNCTUATION = st.sampled_from([*"!\"#$%&'()*+,-./:;<=>?@[\\]^_{|}~", "…", "—", "«", "»", "**", "~~"])
+
+
+@dataclass(frozen=True)
+class Sample:
+    markdown: str
+    words: tuple[str, ...] = ()
+
+
+def spaced(samples: list[Sample], separator: str = " ") -> Sample:
+    words = tuple(word for sample in samples for word in sample.words)
+    return Sample(separator.join(sample.markdown for sample in samples), words)
+
+
+def wrapped(opener: str, inner: Sample, closer: str = "") -> Sample:
+    return Sample(opener + inner.markdown + closer, inner.words)
+
+
+INLINE_ATOMS = WORDS.map(lambda word: Sample(word, (word,))) | PUNCTUATION.map(Sample)
+INLINE_MARKUP = [
+    ("**", "**"), ("__", "__"), ("*", "*"), ("_", "_"), ("~~", "~~"),
+    ("[", "](https://x.example/a_b)"), ("![", "](https://img.example/c.png)"),
+]
+INLINE = st.recursive(
+    INLINE_ATOMS,
+    lambda inner: st.lists(inner, min_size=1, max_size=5).map(spaced)
+    | st.builds(lambda markup, sample: wrapped(markup[0], sample, markup[1]), st.sampled_from(INLINE_MARKUP), inner),
+    max_leaves=12,
+)
+CODE_LINE = st.lists(WORDS, min_size=1, max_size=4).map(lambda words: Sample(" ".join(words), tuple(words)))
+CODE_SPAN = CODE_LINE.map(lambda line: wrapped("`", line, "`"))
+
+# Not strikethrough: "~~~~" at a line start would open a code fence (see LINE).
+DEEP_INLINE_MARKUP = [markup for markup in INLINE_MARKUP if markup[0] != "~~"] + [("<", ">"), ("(", ")")]
+
+
+@st.composite
+def deep_inline(draw: st.DrawFn) -> Sample:
+    """The same markup nested up to 120 times around one word."""
+    opener, closer = draw(st.sampled_from(DEEP_INLINE_MARKUP))
+    depth = draw(st.integers(min_value=1, max_value=120))
+    word = draw(WORDS)
+    return Sample(opener * depth + word + closer * depth, (word,))
+
+
+# A line starting "~~~" (after any list or quote markers) opens a code fence whose info string
+# would hide the rest of the line.
+LINE = st.lists(INLINE | CODE_SPAN | deep_inline(), min_size=1, max_size=4).map(spaced).filter(
+    lambda line: "~~~" not in line.markdown
+)
+PARAGRAPH = st.lists(LINE, min_size=1, max_size=3).map(lambda lines: spaced(lines, "\n"))
+HEADING = st.builds(lambda level, line: wrapped("#" * level + " ", line), st.integers(min_value=1, max_value=6), LINE)
+FENCE = st.lists(CODE_LINE, min_size=1, max_size=3).map(lambda lines: wrapped("```py\n", spaced(lines, "\n"), "\n```"))
+
+
+def contained(container: str, inner: Sample) -> Sample:
+    """`inner` inside a quote, a bulleted item or a numbered item."""
+    first, rest = {"quote": ("> ", "> "), "bullet": ("- ", "  "), "number": ("1. ", "   ")}[container]
+    lines = inner.markdown.split("\n")
+    prefixed = [first + lines[0]] + [rest + line if line else rest.rstrip() for line in lines[1:]]
+    return Sample("\n".join(prefixed), inner.words)
+
+
+CONTAINERS = st.sampled_from(["quote", "bullet", "number"])
+
+
+@st.composite
+def deeply_contained(draw: st.DrawFn, blocks: st.SearchStrategy[Sample]) -> Sample:
+    """A block inside up to 120 quotes and list items, nested in a repeating pattern."""
+    sample = draw(blocks)
+    pattern = draw(st.lists(CONTAINERS, min_size=1, max_size=3))
+    for depth in range(draw(st.integers(min_value=1, max_value=120))):
+        sample = contained(pattern[depth % len(pattern)], sample)
+    return sample
+
+
+BLOCK_SEPARATORS = st.sampled_from(["\n", "\n\n"])
+BLOCKS = st.recursive(
+    PARAGRAPH | HEADING | FENCE,
+    lambda inner: st.tuples(CONTAINERS, inner).map(lambda pair: contained(*pair))
+    | st.tuples(st.lists(inner, min_size=1, max_size=3), BLOCK_SEPARATORS).map(lambda pair: spaced(*pair)),
+    max_leaves=8,
+)
+DOCUMENTS = st.tuples(st.lists(BLOCKS | deeply_contained(BLOCKS), min_size=1, max_size=5), BLOCK_SEPARATORS).map(
+    lambda pair: spaced(*pair)
+)
+
+
+def words_of(text: str) -> list[str]:
+    return WORD_PATTERN.findall(text)
+
+
+def assert_in_order(expected: Iterable[str], text: str) -> None:
+    remaining = iter(words_of(text))
+    missing = [word for word in expected if word not in remaining]  # consumes up to each match
+    assert not missing, f"lost or reordered: {missing[:5]}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(DOCUMENTS)
+def test_every_word_survives_rendering_and_splitting_in_order(sample):
+    rendered = render_markdown(sample.markdown)
+    assert_in_order(sample.words, rendered.text)
+    parts = split_rich_text(rendered)
+    assert words_of(" ".join(part.text for part in parts)) == words_of(rendered.text)
+
+
+def test_a_list_nested_thirty_deep_keeps_every_item_and_what_follows():
+    markdown = "\n".join("  " * depth + f"- item{depth}" for depth in range(30)) + "\n\nAfter the list."
+    result = render_markdown(markdown)
+    assert words_of(result.text) == [f"item{depth}" for depth in range(30)] + ["After", "the", "list"]
+    assert result.text.startswith("• item0\n  • item1\n")
+
+
+def test_a_quote_nested_twenty_five_deep_stays_one_quote_with_its_text():
+    result = render_markdown("> " * 25 + "deep **quote** text")
+    assert result.text == "deep quote text"
+    assert only(result, "blockquote") == ["deep quote text"]
+    assert only(result, "bold") == ["quote"]
+
+
+@pytest.mark.parametrize(
+    ("markdown", "text"),
+    [
+        ("Intro\n" + ">" * 100 + "\nOutro", "Intro\n\nOutro"),
+        ("Intro\n\n" + ">" * 100 + " Middle\n\nOutro", "Intro\n\nMiddle\n\nOutro"),
+        ("Intro\n" + "> " * 100 + "Middle\nOutro", "Intro\n\nMiddle\nOutro"),
+    ],
+)
+def test_a_hundred_nested_quote_markers_lose_no_line(markdown, text):
+    result = render_markdown(markdown)
+    assert result.text == text
+    assert_valid(result)
