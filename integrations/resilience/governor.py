@@ -4,12 +4,20 @@ Telegram publishes no exact limits; the guidance is about one message a second i
 minute in a group and thirty a second for the whole bot, edits and drafts included. The governor
 keeps under that pace so flood waits stay rare. When one comes anyway it pauses exactly the chat
 that got it for exactly the time Telegram asked, then repeats the call: a reply's sends and final
-edits must land. Typing indicators are worthless once late, so they are dropped while their chat is
-paused instead of waiting.
+edits must land. Typing indicators are worthless once late, so instead of waiting they are dropped
+while their chat is paused, or while the budget is down to the share kept for final texts.
+
+Telegram counts a call when it lands, at some moment between our sending it and its answer, and
+that moment is not known here. So every pace is kept as the server may count it: a call takes its
+place in a budget when it is let through, keeps it while in flight, and gives it back only one
+period after its answer came (the next call in its chat waits one interval from that answer too).
+Whatever the latency, no two calls can then land closer than the limits allow, and a round trip of
+headroom is left for free: each call's own, measured rather than guessed.
 
 Each chat is a FIFO with one call in flight (an asyncio.Lock hands itself over in arrival order).
-Callers keep their own latest text while they wait, so no stale edit piles up here. Every wait is a
-slot computed in advance and slept for on the injected clock: nothing polls.
+Callers keep their own latest text while they wait, so no stale edit piles up here. Every wait ends
+at a known moment slept for on the injected clock (the chat's next slot, a pause's end, the oldest
+answered call leaving a window) or at an answer: nothing polls.
 """
 from __future__ import annotations
 
@@ -65,30 +73,84 @@ class _ChatScope:
 
 
 class _SlidingWindow:
-    """At most `limit` call starts in any `period` seconds; slots are handed out in request order."""
+    """At most `limit` calls in any `period` seconds as the server counts them, whatever the latency.
+
+    A call holds its place from the moment it is let through (`acquire`) until `period` after it
+    ended (`release`): while in flight it may land at any moment, and once answered the server may
+    still be counting it. Waiters are let through in arrival order as the oldest answered calls
+    leave the window, each at a moment known in advance.
+    """
 
     def __init__(self, clock: Clock, limit: int, period: float = 1.0) -> None:
         self._clock = clock
         self._limit = limit
         self._period = period
-        self._starts: deque[float] = deque(maxlen=limit)
+        self._in_flight = 0
+        self._ended: deque[float] = deque()  # when each answered call still counted ended, oldest first
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._timer: asyncio.Task[None] | None = None
 
     async def acquire(self) -> None:
-        now = self._clock.monotonic()
-        slot = now
-        if self._starts:
-            slot = max(slot, self._starts[-1])
-        if len(self._starts) == self._limit:
-            slot = max(slot, self._starts[0] + self._period)
-        self._starts.append(slot)
-        if slot - now > _TOLERANCE:
-            await self._clock.sleep(slot - now)
+        """Take a place, after everyone who asked before; `release` it once the call has ended."""
+        if not self._waiters and self._counted() < self._limit:
+            self._in_flight += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake_when_a_place_frees()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.cancelled():
+                self.release(used=False)  # let through just as it was cancelled
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
 
+    def release(self, *, used: bool = True) -> None:
+        """The call has ended now; one that never started (`used=False`) frees its place at once."""
+        self._in_flight -= 1
+        if used:
+            self._ended.append(self._clock.monotonic())
+        self._let_through()
+        self._wake_when_a_place_frees()
 
     def free_now(self) -> int:
-        """Calls that could start now without waiting (slots already handed out count as used)."""
-        since = self._clock.monotonic() - self._period
-        return self._limit - sum(1 for start in self._starts if start > since)
+        """Calls that could start now without waiting (calls waiting for a place count as used)."""
+        return self._limit - self._counted() - len(self._waiters)
+
+    def idle(self) -> bool:
+        """Nothing counted and nobody waiting: forgetting this window loses nothing."""
+        return self._counted() == 0 and not self._waiters
+
+    def _counted(self) -> int:
+        gone = self._clock.monotonic() - self._period + _TOLERANCE
+        while self._ended and self._ended[0] <= gone:
+            self._ended.popleft()
+        return self._in_flight + len(self._ended)
+
+    def _let_through(self) -> None:
+        while self._waiters and self._counted() < self._limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._in_flight += 1
+                waiter.set_result(None)
+
+    def _wake_when_a_place_frees(self) -> None:
+        # Places free only as answered calls leave the window: the oldest one says when. With every
+        # place in flight there is no such moment yet; the next `release` sets one.
+        if self._waiters and self._ended and self._timer is None:
+            self._timer = asyncio.ensure_future(self._let_through_at(self._ended[0] + self._period))
+
+    async def _let_through_at(self, moment: float) -> None:
+        delay = moment - self._clock.monotonic()
+        try:
+            if delay > _TOLERANCE:
+                await self._clock.sleep(delay)
+        finally:
+            self._timer = None
+        self._let_through()
+        self._wake_when_a_place_frees()
 
 
 class FloodGovernor:
@@ -150,7 +212,8 @@ class FloodGovernor:
     ) -> Any:
         """Make `call` at this chat's pace; on a flood wait pause the chat, then make it again.
 
-        Typing calls neither wait for the chat nor take its pace, and are dropped while it is paused.
+        Typing calls neither wait for the chat nor take its pace, and are dropped while it is paused
+        or the global budget has no room beyond the share kept for final texts.
         A `preview` is not repeated after a flood wait, and is deferred (`PreviewDeferred`) rather
         than eat into the share of the budgets kept for final texts.
         """
@@ -185,18 +248,18 @@ class FloodGovernor:
         floods = 0
         while True:
             await self._sleep_until(max(scope.next_slot, scope.paused_until))
-            if preview and not self._has_headroom(scope):
+            if preview and not self._has_headroom(scope.window):
                 self._previews_deferred += 1
                 raise PreviewDeferred("busy: preview deferred", upstream="telegram", retry_after=scope.interval)
-            if scope.window is not None:
-                await scope.window.acquire()
-            await self._global.acquire()
+            windows = (self._global,) if scope.window is None else (scope.window, self._global)
+            await _acquire_all(windows)
             if self._is_paused(scope):
-                continue  # a typing call hit a flood wait while this one waited for its global slot
-            scope.next_slot = self._clock.monotonic() + scope.interval
+                for window in windows:
+                    window.release(used=False)
+                continue  # a typing call hit a flood wait while this one waited for its place
             self._count_call(scope)
             try:
-                return await call()
+                return await self._make(call, windows, scope)
             except RateLimited as error:
                 floods += 1
                 self._pause(chat_id, scope, error, kind)
@@ -204,25 +267,38 @@ class FloodGovernor:
                     raise
 
     async def _run_typing(self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[Any]]) -> None:
-        if self._is_paused(scope):
+        if self._is_paused(scope) or not self._has_headroom(None):
             self._typing_dropped += 1
             return None
-        await self._global.acquire()
-        if self._is_paused(scope):
-            self._typing_dropped += 1
-            return None
+        await self._global.acquire()  # at once: there is room, and nobody is waiting for it
+        await self._make_typing(chat_id, scope, call)
+        return None
+
+    async def _make_typing(self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[Any]]) -> None:
+        """Show typing with the global place already taken; a flood wait pauses the chat, nothing is repeated."""
         self._count_call(scope)
         try:
-            await call()
+            await self._make(call, (self._global,), None)
         except RateLimited as error:
             self._pause(chat_id, scope, error, "typing")
             self._typing_dropped += 1
-        return None
 
-    def _has_headroom(self, scope: _ChatScope) -> bool:
+    async def _make(
+        self, call: Callable[[], Awaitable[T]], windows: Sequence[_SlidingWindow], scope: _ChatScope | None
+    ) -> T:
+        """Make the call; the places it took, and its chat's pace, run on from when it has ended."""
+        try:
+            return await call()
+        finally:
+            if scope is not None:
+                scope.next_slot = self._clock.monotonic() + scope.interval
+            for window in windows:
+                window.release()
+
+    def _has_headroom(self, chat_window: _SlidingWindow | None) -> bool:
         if self._global.free_now() <= self._global_reserve:
             return False
-        return scope.window is None or scope.window.free_now() > self._group_reserve
+        return chat_window is None or chat_window.free_now() > self._group_reserve
 
     def _scope(self, chat_id: int, is_private: bool) -> _ChatScope:
         scope = self._chats.get(chat_id)
@@ -259,16 +335,32 @@ class FloodGovernor:
             self._prune()
 
     def _prune(self) -> None:
-        """Forget chats with no caller, no pause and no pace left to keep."""
+        """Forget chats with no caller, no pause and no pace left to keep (a group's minute included)."""
         now = self._clock.monotonic()
         self._last_prune = now
         idle = [
             chat_id
             for chat_id, scope in self._chats.items()
-            if scope.users == 0 and scope.paused_until <= now and scope.next_slot <= now
+            if scope.users == 0
+            and scope.paused_until <= now
+            and scope.next_slot <= now
+            and (scope.window is None or scope.window.idle())
         ]
         for chat_id in idle:
             del self._chats[chat_id]
+
+
+async def _acquire_all(windows: Sequence[_SlidingWindow]) -> None:
+    """A place in every window, in order; none kept if the wait is cancelled halfway."""
+    taken: list[_SlidingWindow] = []
+    try:
+        for window in windows:
+            await window.acquire()
+            taken.append(window)
+    except BaseException:
+        for window in taken:
+            window.release(used=False)
+        raise
 
 
 class GovernedTransport:

@@ -3,14 +3,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from integrations.errors import PreviewDeferred, RateLimited
 from telethon import errors
 
 from bot.telegram import TelegramTransport
 from handlers.richtext import RichText
 from handlers.transport import DraftsUnsupported
-from integrations.errors import RateLimited
+from integrations.errors import PreviewDeferred, RateLimited
 from integrations.resilience.clock import ManualClock
 from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from tests.fakes.telegram import FakeTelegramClient
@@ -280,7 +278,7 @@ async def test_group_drafts_are_refused_without_taking_the_chats_pace(
     assert client.messages(GROUP)[0].sent_at == T0
 
 
-async def test_idle_chats_are_forgotten(
+async def test_idle_chats_are_forgotten_a_group_once_its_minute_has_passed(
     transport: GovernedTransport, governor: FloodGovernor, clock: ManualClock
 ) -> None:
     await transport.send(USER, text("one"))
@@ -288,6 +286,9 @@ async def test_idle_chats_are_forgotten(
     assert set(governor.snapshot().chats) == {USER, GROUP}
 
     await clock.advance(3)
+    # The group's call still counts against its twenty a minute: forgetting it would reset that.
+    assert set(governor.snapshot().chats) == {GROUP}
+    await clock.advance(57)
 
     assert governor.snapshot().chats == {}
     assert governor.snapshot().calls == 2
@@ -303,3 +304,125 @@ async def test_other_errors_pass_through_without_a_retry(
 
     assert type(raised.value).__name__ == "BadRequest"
     assert [call.outcome for call in client.calls] == ["ChatWriteForbiddenError"]
+
+
+def busiest_second(times: list[float]) -> int:
+    return max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+
+
+def a_call_taking(clock: ManualClock, seconds: float, starts: list[float]):
+    async def call() -> None:
+        starts.append(clock.monotonic())
+        await clock.sleep(seconds)
+
+    return call
+
+
+async def test_calls_in_flight_hold_their_place_until_a_second_after_their_answer(
+    governor: FloodGovernor, clock: ManualClock
+) -> None:
+    starts: list[float] = []
+    # Calls slower than the window: counting starts alone would let 30 more through at T0 + 1.
+    calls = [governor.run(chat, True, a_call_taking(clock, 2.0, starts)) for chat in range(1, 61)]
+
+    await clock.run_until_complete(asyncio.gather(*calls))
+
+    assert starts == [T0] * 30 + [T0 + 3] * 30
+
+
+async def test_many_chats_with_jittery_latency_never_start_or_land_more_than_thirty_in_a_second(
+    governor: FloodGovernor, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.add_latency(0.02, 0.6, seed=3)
+    starts: list[float] = []
+
+    async def send(chat: int, part: int) -> None:
+        async def call() -> None:
+            starts.append(clock.monotonic())
+            await client.send_message(chat, f"part {part}", parse_mode=None)
+
+        await governor.run(chat, True, call)
+
+    chats = range(1, 301)
+    await clock.run_until_complete(asyncio.gather(*(send(chat, part) for chat in chats for part in range(2))))
+
+    landed = sorted(m.sent_at for chat in chats for m in client.messages(chat))
+    assert len(landed) == 600
+    assert busiest_second(starts) <= 30
+    assert busiest_second(landed) <= 30
+    assert client.violation_count == 0
+
+
+async def test_a_burst_from_two_hundred_group_chats_stays_within_every_limit(
+    transport: GovernedTransport, client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    client.add_latency(0.03, 0.3, seed=7)
+    groups = [-(2000 + i) for i in range(200)]
+
+    async def answer(group: int) -> None:
+        # What a reply in a group makes: typing, a preview message, edits, a last part.
+        await transport.typing(group)
+        message_id = await transport.send(group, text("thinking"))
+        for step in range(2):
+            await transport.edit(group, message_id, text("thinking" + "." * (step + 1)))
+        await transport.send(group, text("done"))
+
+    await clock.run_until_complete(asyncio.gather(*(answer(group) for group in groups)))
+
+    assert client.violation_count == 0
+    assert all(client.final_text(group, "|") == "thinking..|done" for group in groups)
+    landed = sorted(call.at for call in client.calls if call.kind in ("send", "edit"))
+    assert busiest_second(landed) <= 30
+    # 1,000 calls (typing included) at 30 a second, each holding its place one round trip longer.
+    assert clock.monotonic() - T0 < 1000 / 30 * (1 + 2 * 0.3)
+
+
+async def test_previews_are_deferred_while_calls_in_flight_fill_the_share_kept_for_final_texts(
+    governor: FloodGovernor, clock: ManualClock
+) -> None:
+    starts: list[float] = []
+    previews = [governor.run(chat, True, a_call_taking(clock, 2.0, starts), preview=True) for chat in range(1, 25)]
+    in_flight = asyncio.gather(*previews)
+    await clock.advance(0)
+
+    with pytest.raises(PreviewDeferred):
+        await governor.run(100, True, a_call_taking(clock, 2.0, starts), preview=True)
+    final = asyncio.ensure_future(governor.run(101, True, a_call_taking(clock, 2.0, starts)))
+    await clock.advance(0)
+
+    assert starts == [T0] * 25  # 24 previews in flight, and the final text at once beside them
+    assert governor.snapshot().previews_deferred == 1
+    await clock.run_until_complete(asyncio.gather(in_flight, final))
+
+
+async def test_previews_do_not_queue_for_places_final_texts_are_waiting_for(
+    governor: FloodGovernor, clock: ManualClock
+) -> None:
+    starts: list[float] = []
+    finals = [governor.run(chat, True, a_call_taking(clock, 0.5, starts)) for chat in range(1, 36)]
+    pending = asyncio.gather(*finals)
+    await clock.advance(0)
+
+    # The window is full and five final texts wait: a preview is turned away, not queued among them.
+    with pytest.raises(PreviewDeferred):
+        await governor.run(100, True, a_call_taking(clock, 0.5, starts), preview=True)
+    await clock.run_until_complete(pending)
+
+    assert starts == [T0] * 30 + [T0 + 1.5] * 5
+
+
+async def test_a_caller_cancelled_while_waiting_for_a_place_takes_none(
+    governor: FloodGovernor, clock: ManualClock
+) -> None:
+    starts: list[float] = []
+    first = asyncio.gather(*(governor.run(chat, True, a_call_taking(clock, 0.5, starts)) for chat in range(1, 31)))
+    await clock.advance(0)
+    given_up = asyncio.ensure_future(governor.run(31, True, a_call_taking(clock, 0.5, starts)))
+    waiting = asyncio.ensure_future(governor.run(32, True, a_call_taking(clock, 0.5, starts)))
+    await clock.advance(0)
+
+    given_up.cancel()
+    await clock.run_until_complete(asyncio.gather(first, waiting))
+
+    assert starts == [T0] * 30 + [T0 + 1.5]
+    assert given_up.cancelled()
