@@ -55,15 +55,14 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
     user sees (the answer, or one clear error), written down before or together with it."""
     stream = open_stream(services, message)
     try:
-        if stored.status == "delivering" and stored.answer is not None:
+        if stored.status == "delivering" and stored.reply_text is not None:
             # Generated before a restart: only its delivery is left; the model is not asked again.
-            await _deliver(services, stream, stored, stored.answer)
+            await _deliver(services, stream, stored, stored.reply_text)
             return
-        await services.history.begin(stored)
         generated = await _generate(services, message, stored, stream)
         if generated is not None:
             shown, words, model = generated
-            await services.history.record_answer(stored, words, model, delivered=False)
+            await services.history.record_answer(stored, words, model, reply_text=shown)
             await _deliver(services, stream, stored, shown)
     except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
         log.exception("answering message %s in chat %s failed", stored.id, message.chat_id)
@@ -84,6 +83,7 @@ async def _generate(
     model: ModelRef | None = None
     marker = ""
     try:
+        await services.history.begin(stored)
         context = await services.history.context_for(stored)
         preferred_name = await services.preferences.model_for(message.user_id)
         preferred = services.chain.find(preferred_name) if preferred_name else None
@@ -113,7 +113,7 @@ async def _generate(
             return None
         final = prefix + (text or "…") + STOPPED_NOTE
         await services.history.record_answer(
-            stored, text or "(stopped before answering)", str(model or "cancelled"), delivered=False
+            stored, text or "(stopped before answering)", str(model or "cancelled"), reply_text=final
         )
         await _deliver(services, stream, stored, final)
         return None
@@ -121,8 +121,9 @@ async def _generate(
         log.warning("no model answered in chat %s: %s", message.chat_id, error)
         await _record_usage(services, message, error.usage)
         if error.partial_text:
-            await services.history.record_answer(stored, error.partial_text, "partial", delivered=False)
-            await _deliver(services, stream, stored, failure_text(error))
+            final = failure_text(error)
+            await services.history.record_answer(stored, error.partial_text, "partial", reply_text=final)
+            await _deliver(services, stream, stored, final)
         else:
             await stream.finish(failure_text(error))
             await services.history.mark_failed(stored, str(error)[:200])

@@ -1,6 +1,8 @@
 """One-shot replies (command answers, notices) share the reply stream's delivery guarantees."""
 from __future__ import annotations
 
+import asyncio
+
 from handlers.services import Services
 from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage
@@ -15,7 +17,9 @@ def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:
         stored_id = trace.stored_id
 
         async def on_sent(message_id: int) -> None:
-            await services.history.record_shown(stored_id, [message_id])
+            # Shielded: a cancel (a /cancel, a shutdown) landing here must not lose the record of a
+            # message the user already sees, or the answer after the restart would not replace it.
+            await asyncio.shield(services.history.record_shown(stored_id, [message_id]))
 
     return ReplyStream(
         services.transport,

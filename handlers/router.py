@@ -52,6 +52,9 @@ UNSUPPORTED_NOTE = (
 # A message older than this when it arrives was caught up after a stop, not sent just now.
 LIVE_SECONDS = 30.0
 
+# Seconds between tries to store a message while the database fails.
+STORE_RETRY_DELAYS = (1.0, 4.0)
+
 # Errors of the storage itself (disk full, database locked or corrupt, file system read-only).
 STORAGE_ERRORS = (sqlite3.Error, OSError)
 
@@ -238,19 +241,29 @@ class Router:
         return (self._services.clock.now() - message.sent_at).total_seconds() < LIVE_SECONDS
 
     async def _store(self, message: IncomingMessage, kind: Kind) -> StoredMessage | None:
-        """The message, stored as pending; None if it was stored before or cannot be (the user is told)."""
-        try:
-            stored = await self._services.history.record_incoming(
-                message.chat_id, message.user_id, message.message_id, message.text or f"[{message.attachment}]",
-                kind=kind, is_private=message.is_private,
-            )
-        except STORAGE_ERRORS as error:
-            log.error("could not store message %s in chat %s: %s", message.message_id, message.chat_id, error)
-            await reply(self._services, message, NOT_ACCEPTED)
-            return None
-        if stored is None:
-            log.info("message %s in chat %s was already handled", message.message_id, message.chat_id)
-        return stored
+        """The message, stored as pending; None if it was stored before or cannot be (the user is told).
+
+        A failing store is tried again after STORE_RETRY_DELAYS (a locked or briefly full database
+        recovers); only then is the user told that the message was not accepted."""
+        for delay in (*STORE_RETRY_DELAYS, None):
+            try:
+                stored = await self._services.history.record_incoming(
+                    message.chat_id, message.user_id, message.message_id, message.text or f"[{message.attachment}]",
+                    kind=kind, is_private=message.is_private,
+                )
+            except STORAGE_ERRORS as error:
+                if delay is not None:
+                    log.warning("could not store message %s in chat %s (%s); trying again in %g s",
+                                message.message_id, message.chat_id, error, delay)
+                    await self._services.clock.sleep(delay)
+                    continue
+                log.error("could not store message %s in chat %s: %s", message.message_id, message.chat_id, error)
+                await reply(self._services, message, NOT_ACCEPTED)
+                return None
+            if stored is None:
+                log.info("message %s in chat %s was already handled", message.message_id, message.chat_id)
+            return stored
+        return None
 
     async def _unsupported(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
         await reply(services, message, UNSUPPORTED_NOTE.format(what=message.attachment or "message"))

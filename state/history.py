@@ -31,9 +31,7 @@ UNFINISHED: tuple[Status, ...] = ("pending", "answering", "delivering")
 
 _MESSAGE_COLUMNS = (
     "m.id, m.chat_id, m.user_id, m.telegram_message_id, m.content, m.status, m.created_at,"
-    " m.kind, m.is_private, m.attempts, m.shown_ids,"
-    " (SELECT a.content FROM messages a WHERE a.in_reply_to = m.id AND a.role = 'assistant'"
-    "  ORDER BY a.id DESC LIMIT 1) AS answer"
+    " m.kind, m.is_private, m.attempts, m.shown_ids, m.reply_text"
 )
 
 
@@ -53,8 +51,8 @@ class StoredMessage:
     attempts: int = 0
     # The bot's messages that showed this message's reply so far.
     shown_ids: tuple[int, ...] = ()
-    # The generated answer, once there is one (status 'delivering' and after).
-    answer: str | None = None
+    # The final reply as the user is to see it, once there is one (status 'delivering' and after).
+    reply_text: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredMessage:
@@ -70,7 +68,7 @@ class StoredMessage:
             is_private=bool(row["is_private"]),
             attempts=row["attempts"],
             shown_ids=tuple(json.loads(row["shown_ids"])),
-            answer=row["answer"],
+            reply_text=row["reply_text"],
         )
 
 
@@ -172,14 +170,17 @@ class HistoryStore:
         )
         return [ChatMessage(role=row["role"], content=row["content"]) for row in rows]
 
-    async def record_answer(self, incoming: StoredMessage, text: str, model: str, *, delivered: bool = True) -> None:
-        """Store the bot's answer and move `incoming` on, both or neither: to 'answered', or to
-        'delivering' when its final text has yet to reach the user (then `mark_delivered`)."""
+    async def record_answer(
+        self, incoming: StoredMessage, text: str, model: str, *, reply_text: str | None = None
+    ) -> None:
+        """Store the bot's answer (`text`, as the conversation keeps it) and move `incoming` on,
+        both or neither: to 'answered', or, given the `reply_text` the user is still to see, to
+        'delivering' (then `mark_delivered`)."""
         async with self._db.transaction():
             await self._insert_answer(incoming.id, incoming.chat_id, text, model, self._now())
             await self._db.execute(
-                "UPDATE messages SET status = ? WHERE id = ?",
-                ("answered" if delivered else "delivering", incoming.id),
+                "UPDATE messages SET status = ?, reply_text = ? WHERE id = ?",
+                ("answered" if reply_text is None else "delivering", reply_text, incoming.id),
             )
 
     async def mark_failed(self, incoming: StoredMessage, reason: str | None = None) -> None:

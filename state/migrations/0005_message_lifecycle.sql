@@ -31,6 +31,9 @@ CREATE TABLE messages_v5 (
     shown_ids            TEXT    NOT NULL DEFAULT '[]',
     -- Why it ended as failed, undeliverable or expired (for the operator).
     outcome              TEXT,
+    -- The final reply as the user is to see it (with its notes), stored before it is delivered,
+    -- so a restart delivers it again without asking the model.
+    reply_text           TEXT,
     CHECK (role = 'assistant' OR user_id IS NOT NULL),
     CHECK (role = 'user' OR in_reply_to IS NOT NULL)
 );
