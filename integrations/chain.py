@@ -5,12 +5,17 @@ Models are tried in order (the user's pick first). A model that fails before its
 fails after it started answering hands over too: the next model is asked to continue from the
 text already shown, the overlap is dropped, and the caller gets a `ModelTookOver` event so the
 user sees who took over. Only when every model failed does the caller see an error.
+
+No first token in time is not retried on the spot (`NoFirstToken` is not retryable): the next
+model is asked at once. Only when every model has failed does a model that stalled get one more
+try, and only if no other model stalled: each stall costs the user one first-token timeout, and
+a lone one at most two.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from integrations.context_window import estimate_tokens, trim_to_budget
 from integrations.errors import ContextTooLong, MalformedResponse, Unavailable, UpstreamError
@@ -65,6 +70,12 @@ class Completed:
 
 
 ChainEvent = TextDelta | ModelTookOver | Completed
+
+
+class NoFirstToken(Unavailable):
+    """The model sent nothing within the first-token timeout: ask the next model, do not wait again."""
+
+    retryable = False
 
 
 @dataclass
@@ -150,7 +161,7 @@ class ModelChain:
         shown = ""
         previous: ModelRef | None = None
         deadline = self.clock.monotonic() + self.timeouts.total
-        for model in self.ordered(preferred):
+        for model in self._attempts(preferred, failures):
             conversation = list(messages)
             if shown:
                 conversation += [ChatMessage("assistant", shown), ChatMessage("user", CONTINUE_INSTRUCTION)]
@@ -179,6 +190,20 @@ class ModelChain:
             return
         raise AllModelsFailed(failures, shown, usage)
 
+    def _attempts(self, preferred: ModelRef | None, failures: list[Failure]) -> Iterator[ChainModel]:
+        """Each model once, in order; then, if exactly one of them stalled, that one once more.
+
+        A lone stall may be a fluke worth a second try; after two the user has waited long enough.
+        Read lazily while `failures` fills up; the stall's entry gives way to the second try's outcome.
+        """
+        order = self.ordered(preferred)
+        yield from order
+        stalls = [f for f in failures if isinstance(f.error, NoFirstToken)]
+        if len(stalls) == 1:
+            failures.remove(stalls[0])
+            log.info("%s was the only model to stall and no other is left: trying it once more", stalls[0].model)
+            yield next(m for m in order if m.ref == stalls[0].model)
+
     async def _open(self, model: ChainModel, conversation: list[ChatMessage], system: str | None, max_tokens: int) -> OpenedStream:
         budget = model.context_tokens - max_tokens - estimate_tokens(system or "")
         trimmed_once = False
@@ -200,7 +225,7 @@ class ModelChain:
             first = await wait_for(self.clock, _next_chunk(stream), self.timeouts.first_token)
         except TimeoutError:
             await _close(stream)
-            raise Unavailable(f"no first token within {self.timeouts.first_token:g} s", upstream=str(model.ref)) from None
+            raise NoFirstToken(f"no first token within {self.timeouts.first_token:g} s", upstream=str(model.ref)) from None
         except BaseException:
             await _close(stream)
             raise

@@ -7,6 +7,10 @@ capacity trouble (overloaded, 5xx, stalls, 429), so an overloaded model never bl
 of the same provider. Outermost first:
 
     provider breaker -> model breaker -> retry -> request limiter -> token budget -> first token
+
+Waiting for our own limiter or budget is capped (`max_wait`, each): when the headers have
+tightened them so far that a call would wait longer, it fails at once with `WaitTooLong` (not
+retried, not counted by the breakers) and the chain asks the next model instead.
 """
 from __future__ import annotations
 
@@ -108,6 +112,9 @@ class ModelCallPolicy:
     observe: AttemptObserver | None = None
     # Told of every failure that reaches the chain (e.g. a retired model: a deprecation signal).
     on_error: Callable[[UpstreamError], None] = lambda error: None
+    # Longest a call waits for the request limiter, and again for the token budget, before the
+    # next model is asked instead: normal pacing passes, a budget tightened until its reset does not.
+    max_wait: float = 5.0
 
     def add_guard(self, guard: ProviderGuard) -> ProviderGuard:
         self.guards[guard.name] = guard
@@ -135,7 +142,7 @@ class ModelCallPolicy:
         estimate = sum(estimate_tokens(m.content) for m in request.messages) + estimate_tokens(request.system or "") + request.max_tokens
 
         async def within_token_budget() -> OpenedStream:
-            reservation = await guard.budget.reserve(estimate)
+            reservation = await guard.budget.reserve(estimate, max_wait=self.max_wait)
             try:
                 opened = await call()
             except BaseException:
@@ -148,7 +155,7 @@ class ModelCallPolicy:
             scoped_breaker_policy(guard.breaker, is_account_error),
             scoped_breaker_policy(self.model_breaker(ref), is_model_error),
             retry_policy(self.retry, self.clock, on_auth_failed=guard.reload_after_auth_failure),
-            limiter_policy(guard.limiter, max_pause=self.retry.retry_after_cap),
+            limiter_policy(guard.limiter, max_pause=self.retry.retry_after_cap, max_wait=self.max_wait),
         )
         try:
             return await policy(within_token_budget)

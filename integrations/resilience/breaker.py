@@ -7,7 +7,8 @@ half_open -> open       when the probe fails, with a fresh cooldown
 
 Only errors that say the upstream is unwell count (unavailable, rate limited, malformed answers,
 auth and quota trouble). A bad request or a prompt that is too long is the caller's fault: the
-upstream answered sensibly, so for the breaker that call is a success.
+upstream answered sensibly, so for the breaker that call is a success. A call that never reached
+the upstream (another breaker open, a limiter of ours refusing to wait) counts for nothing.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from integrations.errors import (
     UpstreamError,
 )
 from integrations.resilience.clock import Clock
+from integrations.resilience.ratelimit import WaitTooLong
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,17 @@ COUNTED_FAILURES: tuple[type[UpstreamError], ...] = (
 )
 
 
+# Refused before the upstream was asked: they say nothing about it.
+NOT_ASKED: tuple[type[UpstreamError], ...] = (CircuitOpen, WaitTooLong)
+
+
 def counts_as_failure(error: BaseException) -> bool:
-    return isinstance(error, COUNTED_FAILURES)
+    return isinstance(error, COUNTED_FAILURES) and not isinstance(error, NOT_ASKED)
 
 
 def _upstream_answered(error: BaseException) -> bool:
     """The upstream refused the request itself (bad request, too long): it is healthy."""
-    return isinstance(error, UpstreamError) and not isinstance(error, CircuitOpen) and not counts_as_failure(error)
+    return isinstance(error, UpstreamError) and not isinstance(error, NOT_ASKED) and not counts_as_failure(error)
 
 
 class CircuitBreaker:
@@ -173,8 +179,8 @@ class CircuitBreaker:
             self.record_success()
         elif counts_as_failure(error):
             self.record_failure(error)
-        # Anything else (cancellation, a bug, another breaker's CircuitOpen) says nothing about
-        # the upstream; a released probe slot lets the next caller probe instead.
+        # Anything else (cancellation, a bug, a call that never reached the upstream) says nothing
+        # about it; a released probe slot lets the next caller probe instead.
 
     def _open(self, now: float, cooldown: float) -> None:
         if self._state != OPEN:

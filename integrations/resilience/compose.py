@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from integrations.errors import AuthFailed, RateLimited, Unavailable
 from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import Clock
-from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
 from integrations.resilience.retry import AuthReload, RetryPolicy, retry_call
 
 T = TypeVar("T")
@@ -52,19 +52,21 @@ def retry_policy(policy: RetryPolicy, clock: Clock, on_auth_failed: AuthReload |
     return retried
 
 
-def limiter_policy(limiter: RateLimiter, *, max_pause: float | None = None) -> Policy:
+def limiter_policy(limiter: RateLimiter, *, max_pause: float | None = None, max_wait: float | None = None) -> Policy:
     """Every call takes a token. A 429 with Retry-After pauses the limiter for everyone.
 
     While the limiter is paused for longer than `max_pause`, calls (queued ones included) fail
     fast with `RateLimited`, so an hour-long Retry-After turns into fallback rather than a hang.
+    A call that would wait longer than `max_wait` for its token fails fast with `WaitTooLong`.
     """
 
     async def limited(call: Call) -> Any:
-        await limiter.acquire(max_pause=max_pause)
+        await limiter.acquire(max_pause=max_pause, max_wait=max_wait)
         try:
             return await call()
         except RateLimited as error:
-            if error.retry_after:
+            # An inner limiter of ours refusing to wait is not the upstream asking for a pause.
+            if error.retry_after and not isinstance(error, WaitTooLong):
                 limiter.pause(error.retry_after)
             raise
 

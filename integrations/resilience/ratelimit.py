@@ -17,7 +17,10 @@ Waiting: callers queue in arrival order; only the head of the queue sleeps, once
 clock, for exactly the time its request needs. A cancelled waiter leaves the queue without taking
 capacity. `tighten` (from an upstream's rate-limit headers) and `pause` (from a Retry-After) add
 limits on top; they wake the head so it recomputes its wait. A caller that passes `max_pause`
-gets `RateLimited` instead of sitting out a longer pause, even if it was already queued.
+gets `RateLimited` instead of sitting out a longer pause, even if it was already queued. A caller
+that passes `max_wait` gets `WaitTooLong` at once when its turn is predicted to come later than
+that (from the queue ahead of it and the limits as they stand), and at the latest when `max_wait`
+has passed, however the limits changed meanwhile.
 """
 from __future__ import annotations
 
@@ -28,13 +31,23 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from integrations.errors import RateLimited
-from integrations.resilience.clock import Clock
+from integrations.resilience.clock import Clock, wait_for
 
 logger = logging.getLogger(__name__)
 
 # Float arithmetic on timestamps can leave a wait of 1e-13 s after an exact wake-up; without
 # this the head would sleep a second time for nothing.
 _EPSILON = 1e-9
+
+
+class WaitTooLong(RateLimited):
+    """A limiter of ours would hold the call longer than its caller allows; the upstream was not asked.
+
+    Not retryable (waiting is exactly what the caller declined: it fails over instead), and it says
+    nothing about the upstream's health, so breakers ignore it.
+    """
+
+    retryable = False
 
 
 class RateLimiter:
@@ -59,11 +72,13 @@ class RateLimiter:
         self._waiters: deque[_Turn] = deque()
         self._timer: asyncio.Future[None] | None = None
 
-    async def acquire(self, cost: float = 1.0, *, max_pause: float | None = None) -> None:
+    async def acquire(self, cost: float = 1.0, *, max_pause: float | None = None, max_wait: float | None = None) -> None:
         """Wait until `cost` units fit, behind everyone who asked earlier, then take them.
 
         With `max_pause`, a pause longer than that (now, or one that starts while waiting)
-        raises `RateLimited` instead, so the caller can fail over rather than hang.
+        raises `RateLimited` instead, so the caller can fail over rather than hang. With
+        `max_wait`, a wait longer than that raises `WaitTooLong`: at once when it is foreseeable,
+        else when the time is up.
         """
         if cost < 0:
             raise ValueError("cost must not be negative")
@@ -72,7 +87,11 @@ class RateLimiter:
         if not self._waiters and self._delay(cost, now) <= _EPSILON:
             self._take(cost, now)
             return
-        await self._wait_in_line(cost, max_pause)
+        deadline = None
+        if max_wait is not None:
+            deadline = now + max_wait
+            self._refuse_long_wait(deadline, now, self._delay(cost, now, self._cost_ahead(None)))
+        await self._wait_in_line(cost, max_pause, deadline)
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -153,12 +172,13 @@ class RateLimiter:
         """Units that could go right now (negative after an overdraw)."""
         return self.burst - max(0.0, self._tat - now) / self._interval
 
-    def _delay(self, cost: float, now: float) -> float:
+    def _delay(self, cost: float, now: float, ahead: float = 0.0) -> float:
+        """Seconds until `cost` units may go, once `ahead` units queued before them have gone."""
         fits = min(cost, self.burst)
-        delay = max(self._tat, now) + (fits - self.burst) * self._interval - now
+        delay = max(self._tat, now) + (ahead + fits - self.burst) * self._interval - now
         delay = max(delay, self._paused_until - now)
         if now < self._tight_until:
-            start = max(self._tight_next, now)
+            start = max(self._tight_next, now) + ahead * self._tight_interval
             if start + cost * self._tight_interval > self._tight_until + _EPSILON:
                 start = self._tight_until
             delay = max(delay, start - now)
@@ -178,14 +198,31 @@ class RateLimiter:
             "paused after the upstream asked us to wait", upstream=self.name, retry_after=self._paused_until - now
         )
 
-    async def _wait_in_line(self, cost: float, max_pause: float | None) -> None:
-        turn = _Turn(asyncio.get_running_loop().create_future(), max_pause)
+    def _refuse_long_wait(self, deadline: float | None, now: float, delay: float) -> None:
+        if deadline is not None and now + delay > deadline + _EPSILON:
+            raise self._too_long(delay)
+
+    def _too_long(self, delay: float) -> WaitTooLong:
+        return WaitTooLong(f"would wait {delay:.1f} s for capacity, longer than allowed", upstream=self.name, retry_after=delay)
+
+    def _cost_ahead(self, turn: "_Turn | None") -> float:
+        """Units queued before `turn` (before a newcomer when None)."""
+        ahead = 0.0
+        for other in self._waiters:
+            if other is turn:
+                break
+            ahead += other.cost
+        return ahead
+
+    async def _wait_in_line(self, cost: float, max_pause: float | None, deadline: float | None) -> None:
+        turn = _Turn(asyncio.get_running_loop().create_future(), max_pause, cost)
         self._waiters.append(turn)
         try:
             if self._waiters[0] is not turn:
-                await turn.future
+                await self._await_turn(turn, deadline)
             while (delay := self._delay(cost, now := self._clock.monotonic())) > _EPSILON:
                 self._refuse_long_pause(max_pause, now)
+                self._refuse_long_wait(deadline, now, delay)
                 await self._sleep_until(now + delay)
             self._take(cost, self._clock.monotonic())
         finally:
@@ -193,6 +230,17 @@ class RateLimiter:
             self._waiters.remove(turn)
             if was_head and self._waiters and not self._waiters[0].future.done():
                 self._waiters[0].future.set_result(None)
+
+    async def _await_turn(self, turn: "_Turn", deadline: float | None) -> None:
+        """Wait to reach the head of the queue, but not past `deadline`."""
+        if deadline is None:
+            await turn.future
+            return
+        try:
+            await wait_for(self._clock, turn.future, deadline - self._clock.monotonic())
+        except TimeoutError:
+            now = self._clock.monotonic()
+            raise self._too_long(self._delay(turn.cost, now, self._cost_ahead(turn))) from None
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep on the clock; `_wake_head` cuts it short when the limits change."""
@@ -220,3 +268,4 @@ class _Turn:
 
     future: asyncio.Future[None]
     max_pause: float | None
+    cost: float

@@ -4,7 +4,8 @@ The budget is a `RateLimiter` whose units are tokens: `tokens_per_minute` earned
 minute's worth bankable. Reservations wait in arrival order until the estimate fits. Because the
 estimate is a guess, `Reservation.settle` charges the difference the API reported (a refund when
 the call used less). An estimate larger than the whole budget waits for a full budget and then
-overdraws it: the upstream, not us, decides whether such a request is acceptable.
+overdraws it: the upstream, not us, decides whether such a request is acceptable. With
+`max_wait`, a reservation that would wait longer raises `WaitTooLong` instead (see `RateLimiter`).
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ class TokenBudget:
         self.tokens_per_minute = tokens_per_minute
         self._bucket = RateLimiter(name, tokens_per_minute, 60.0, clock, burst=tokens_per_minute)
 
-    async def reserve(self, estimate: int) -> Reservation:
-        await self._bucket.acquire(max(0, estimate))
+    async def reserve(self, estimate: int, *, max_wait: float | None = None) -> Reservation:
+        await self._bucket.acquire(max(0, estimate), max_wait=max_wait)
         return Reservation(self, max(0, estimate))
 
     def tighten(self, remaining: int, reset_after: float) -> None:

@@ -52,7 +52,7 @@ CLAUDE_FIRST = [
          (anth.error_event_after(2),), "four five six.", "one two [continued by openai:gpt-test] four five six.", 1, 1),
     Case("stall mid-stream: idle timeout, next model continues",
          (anth.stall_after(4),), "five six.", "one two three four [continued by openai:gpt-test] five six.", 1, 1),
-    Case("stall before the first token: first-token timeout used up the retry budget, next model answers",
+    Case("stall before the first token: next model answers at once, the stalled one is not retried",
          (anth.stall_after(0),), "GPT answers.", "GPT answers.", 1, 1, min_wait=60.0),
 ]
 
@@ -109,6 +109,40 @@ async def test_openai_fault_then_fallback(tmp_path, case):
         assert bot.texts() == [case.expected_text]
         assert (gpt.calls, claude.calls) == (case.claude_calls, case.gpt_calls)
         assert bot.clock.monotonic() - started >= case.min_wait
+
+
+async def test_stall_before_the_first_token_hands_over_even_when_the_retry_budget_would_allow_a_retry(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropicScripted((anth.stall_after(0),)))
+        gpt = await stack.enter_async_context(oai.FakeOpenAI(api_key=OPENAI_KEY, default=oai.Reply("GPT answers.")))
+        # A retry budget of 70 s would fit a second 60 s wait for the same model.
+        settings = settings_for(
+            tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT],
+            llm_first_token_timeout=60.0, limits=LimitSettings(retry_after_cap=60.0),
+        )
+        bot = await start_telegram_bot(stack, settings)
+        started = bot.clock.monotonic()
+        await bot.user_says("hello")
+        assert bot.texts() == ["GPT answers."]
+        assert (claude.calls, gpt.calls) == (1, 1)
+        assert 60.0 <= bot.clock.monotonic() - started < 2 * 60.0
+
+
+@pytest.mark.parametrize(
+    "models, calls", [([CLAUDE, GPT], (1, 1)), ([CLAUDE], (2, 0))], ids=["two models: each asked once", "a lone model: asked twice"]
+)
+async def test_models_without_a_first_token_give_one_error_after_two_timeouts(tmp_path, models, calls):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(anth.FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.stall_after(0)))
+        gpt = await stack.enter_async_context(oai.FakeOpenAI(api_key=OPENAI_KEY, default=oai.stall_after(0)))
+        settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=models, llm_first_token_timeout=20.0)
+        bot = await start_telegram_bot(stack, settings)
+        started = bot.clock.monotonic()
+        await bot.user_says("hello")
+        [text] = bot.texts()
+        assert text.startswith("Sorry, I could not get an answer")
+        assert (claude.calls, gpt.calls) == calls
+        assert 2 * 20.0 <= bot.clock.monotonic() - started < 3 * 20.0
 
 
 async def test_open_breaker_fails_fast_so_fallback_starts_without_calling(tmp_path):

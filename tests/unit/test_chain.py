@@ -14,7 +14,12 @@ from integrations.chain import (
 )
 from integrations.errors import BadRequest, ContextTooLong, RateLimited, Unavailable
 from integrations.llm import ChatMessage, ModelRef
+from integrations.model_policy import ModelCallPolicy, ProviderGuard
+from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import ManualClock
+from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
+from integrations.resilience.registry import ResilienceRegistry
+from integrations.resilience.tokens import TokenBudget
 from tests.fakes.providers import Script, ScriptedProvider
 
 A = ModelRef("anthropic", "a-model")
@@ -22,9 +27,31 @@ B = ModelRef("openai", "b-model")
 QUESTION = [ChatMessage("user", "hello")]
 
 
-def chain_of(clock, *providers, timeouts=ChainTimeouts(first_token=5, idle=10, total=100)):
+def chain_of(clock, *providers, timeouts=ChainTimeouts(first_token=5, idle=10, total=100), policy=None):
     refs = [A, B]
-    return ModelChain([ChainModel(ref, p) for ref, p in zip(refs, providers)], clock, timeouts)
+    models = [ChainModel(ref, p) for ref, p in zip(refs, providers)]
+    if policy is None:
+        return ModelChain(models, clock, timeouts)
+    return ModelChain(models, clock, timeouts, open_policy=policy)
+
+
+def production_policy(clock):
+    """The model policy as the composition root builds it by default: one retry, guards per provider."""
+    policy = ModelCallPolicy(clock, ResilienceRegistry(clock))
+    for name in (A.provider, B.provider):
+        policy.add_guard(ProviderGuard(
+            name,
+            CircuitBreaker(f"provider {name}", clock),
+            RateLimiter(f"{name} requests", 50, 60.0, clock, burst=8),
+            TokenBudget(f"{name} tokens", 400_000, clock),
+        ))
+    return policy
+
+
+# The default first-token timeout: short enough that the policy's retry budget (30 s) would
+# allow a second attempt, which is what made two stalling models cost four timeouts.
+FIRST_TOKEN = ChainTimeouts(first_token=20, idle=30, total=300)
+STALL = Script(("never",), stall_after=0)
 
 
 async def collect(chain, **kwargs):
@@ -142,3 +169,105 @@ def test_drop_overlap_removes_repeated_tail_only():
     assert drop_overlap("The end.", " Another sentence") == " Another sentence"
     # A short coincidental overlap ("e") is kept: it is more likely new text.
     assert drop_overlap("the house", "e is big") == "e is big"
+
+
+async def test_two_stalling_models_fail_after_two_first_token_timeouts_not_four():
+    clock = ManualClock()
+    a, b = ScriptedProvider("a", default=STALL), ScriptedProvider("b", default=STALL)
+    chain = chain_of(clock, a, b, timeouts=FIRST_TOKEN, policy=production_policy(clock))
+    started = clock.monotonic()
+
+    with pytest.raises(AllModelsFailed) as caught:
+        await clock.run_until_complete(collect(chain))
+
+    assert clock.monotonic() - started == pytest.approx(2 * 20)
+    assert (len(a.requests), len(b.requests)) == (1, 1)
+    assert [f.model for f in caught.value.failures] == [A, B]
+
+
+async def test_first_model_stalling_hands_over_at_the_first_token_timeout():
+    clock = ManualClock()
+    a = ScriptedProvider("a", default=STALL)
+    b = ScriptedProvider("b", [Script(("from b",))])
+    chain = chain_of(clock, a, b, timeouts=FIRST_TOKEN, policy=production_policy(clock))
+    started = clock.monotonic()
+
+    events = await clock.run_until_complete(collect(chain))
+
+    assert text_of(events) == "from b"
+    assert clock.monotonic() - started <= 20 + 0.01
+    assert len(a.requests) == 1 and a.closed_streams == 1
+
+
+async def test_a_lone_stalling_model_is_retried_once_before_the_error():
+    clock = ManualClock()
+    a = ScriptedProvider("a", default=STALL)
+    chain = chain_of(clock, a, timeouts=FIRST_TOKEN, policy=production_policy(clock))
+    started = clock.monotonic()
+
+    with pytest.raises(AllModelsFailed) as caught:
+        await clock.run_until_complete(collect(chain))
+
+    assert len(a.requests) == 2
+    assert clock.monotonic() - started == pytest.approx(2 * 20)
+    assert [f.model for f in caught.value.failures] == [A]  # one entry per model, the last outcome
+
+
+async def test_a_lone_stall_gets_its_second_try_after_the_other_models_failed():
+    clock = ManualClock()
+    a = ScriptedProvider("a", [STALL, Script(("second try",))])
+    b = ScriptedProvider("b", default=Script((), error=BadRequest("nope")))
+
+    events = await clock.run_until_complete(collect(chain_of(clock, a, b, timeouts=FIRST_TOKEN)))
+
+    assert text_of(events) == "second try"
+    assert len(a.requests) == 2 and len(b.requests) == 1
+
+
+@pytest.mark.parametrize("tightened", ["token budget", "request limiter"])
+async def test_a_tightened_limit_on_the_first_model_fails_over_at_once(tightened):
+    clock = ManualClock()
+    policy = production_policy(clock)
+    guard = policy.guards[A.provider]
+    limit = guard.budget if tightened == "token budget" else guard.limiter
+    limit.tighten(0, 60.0)  # the headers said: nothing left for a minute
+    a = ScriptedProvider("a")
+    b = ScriptedProvider("b", [Script(("from b",))])
+    started = clock.monotonic()
+
+    events = await clock.run_until_complete(collect(chain_of(clock, a, b, timeouts=FIRST_TOKEN, policy=policy)))
+
+    assert text_of(events) == "from b"
+    assert clock.monotonic() == started
+    assert a.requests == []
+    breaker = policy.model_breaker(A).snapshot()
+    assert breaker["failures_in_window"] == 0 and breaker["totals"]["failures"] == 0
+
+
+async def test_a_short_wait_for_the_token_budget_is_waited_out_on_the_same_model():
+    clock = ManualClock()
+    policy = production_policy(clock)
+    # One token left for the next 3 s: the request goes when that tightening ends.
+    policy.guards[A.provider].budget.tighten(1, 3.0)
+    a = ScriptedProvider("a", [Script(("from a",))])
+    b = ScriptedProvider("b")
+    started = clock.monotonic()
+
+    events = await clock.run_until_complete(collect(chain_of(clock, a, b, timeouts=FIRST_TOKEN, policy=policy)))
+
+    assert text_of(events) == "from a"
+    assert 0 < clock.monotonic() - started <= policy.max_wait
+    assert b.requests == []
+
+
+async def test_the_wait_cap_error_names_the_limit_that_refused():
+    clock = ManualClock()
+    policy = production_policy(clock)
+    policy.guards[A.provider].budget.tighten(0, 60.0)
+    chain = chain_of(clock, ScriptedProvider("a"), ScriptedProvider("b", default=Script((), error=BadRequest("nope"))), policy=policy)
+
+    with pytest.raises(AllModelsFailed) as caught:
+        await clock.run_until_complete(collect(chain))
+
+    refused = caught.value.failures[0].error
+    assert isinstance(refused, WaitTooLong) and refused.upstream == "anthropic tokens"

@@ -11,12 +11,13 @@ from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import ManualClock
 from integrations.resilience.compose import (
     Upstream,
+    breaker_policy,
     cache_policy,
     compose,
     limiter_policy,
     timeout_policy,
 )
-from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.retry import RetryPolicy
 from integrations.resilience.tokens import TokenBudget
@@ -248,6 +249,77 @@ async def test_limiter_policy_alone_pauses_on_rate_limited() -> None:
         await limiter_policy(limiter)(Script(clock, RateLimited("429", retry_after=4.0)))
 
     assert limiter.paused_for == 4.0
+
+
+async def test_a_call_that_would_wait_longer_than_max_wait_fails_at_once_and_takes_nothing() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("anthropic requests", rate=50, per=60.0, clock=clock, burst=8)
+    limiter.tighten(remaining=0, reset_after=40.0)
+    fn = Script(clock)
+    t0 = clock.monotonic()
+
+    with pytest.raises(WaitTooLong) as raised:
+        await limiter_policy(limiter, max_wait=5.0)(fn)
+
+    assert clock.monotonic() == t0 and fn.calls == 0
+    assert raised.value.retry_after == pytest.approx(40.0)
+    assert not raised.value.retryable
+    assert limiter.snapshot()["waiting"] == 0
+
+
+async def test_a_wait_within_max_wait_is_waited() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("openai requests", rate=1, per=1.0, clock=clock, burst=1)
+    await limiter.acquire()
+    fn = Script(clock)
+    t0 = clock.monotonic()
+
+    assert await clock.run_until_complete(limiter_policy(limiter, max_wait=5.0)(fn)) == "ok"
+
+    assert [t - t0 for t in fn.times] == [1.0]
+
+
+async def test_a_queued_call_counts_the_queue_ahead_and_gives_up_when_max_wait_runs_out() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("openai requests", rate=1, per=1.0, clock=clock, burst=1)
+    await limiter.acquire()
+    head = asyncio.ensure_future(limiter.acquire())
+    await clock.settle()
+    with pytest.raises(WaitTooLong):  # 1 s for the head, 1 s more for this one
+        await limiter.acquire(max_wait=1.5)
+    queued = asyncio.ensure_future(limiter.acquire(max_wait=2.5))
+    behind = asyncio.ensure_future(limiter.acquire())
+    await clock.settle()
+    t0 = clock.monotonic()
+
+    limiter.tighten(remaining=0, reset_after=30.0)  # the head now waits 30 s; `queued` will not
+    await clock.advance(2.5)
+
+    assert queued.done() and isinstance(queued.exception(), WaitTooLong)
+    assert clock.monotonic() - t0 == pytest.approx(2.5)
+    await clock.advance(27.6)  # 30.1 s after the tightening
+    assert head.done() and not behind.done()  # the queue goes on without the one that gave up
+    await clock.advance(1.0)
+    assert behind.done()
+
+
+async def test_a_limiter_refusing_to_wait_neither_pauses_an_outer_limiter_nor_counts_against_the_breaker() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker("openai", clock, failure_threshold=1)
+    outer = RateLimiter("openai requests", rate=100, per=1.0, clock=clock)
+    budget = TokenBudget("openai tokens", tokens_per_minute=1000, clock=clock)
+    budget.tighten(remaining=0, reset_after=60.0)
+
+    async def reserve_then_call() -> str:
+        await budget.reserve(100, max_wait=5.0)
+        return "ok"
+
+    policy = compose(breaker_policy(breaker), limiter_policy(outer))
+    with pytest.raises(WaitTooLong):
+        await policy(reserve_then_call)
+
+    assert outer.paused_for == 0.0
+    assert breaker.state == "closed" and breaker.snapshot()["failures_in_window"] == 0
 
 
 async def test_definitive_auth_failure_opens_the_breaker_for_everyone() -> None:
