@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings, telegram_hint
 from bot.logs import Redactor, configure_logging
+from state.db import StorageFault, check_storage
 from state.lock import StateDirectoryBusy
 
 log = logging.getLogger("switchboard")
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "check":
             return asyncio.run(run_check(settings, offline=args.offline))
+        from bot.app import DATABASE_NAME
+
+        # The faults `check` reports, found before anything is created or locked: one line and
+        # exit 2, which the systemd unit does not restart (restarting cannot fix them).
+        check_storage(settings.state_dir / DATABASE_NAME)
         if command == "status":
             return asyncio.run(print_status(settings))
         if console:
@@ -72,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except StateDirectoryBusy as error:
         print(f"switchboard: {error}", file=sys.stderr)
         return 1
+    except StorageFault as error:
+        print(f"switchboard: {error}", file=sys.stderr)
+        return 2
 
 
 def _level_number(name: str) -> int:

@@ -1,11 +1,14 @@
 """`switchboard check`: is this installation ready to serve? One line per check, ✓ or ✗.
 
 The settings were already validated by `load_settings` (a bad one stops the command before this
-module runs). Then, locally: the state directory is private and writable, the Telegram session
-can be kept. Then, unless `offline`: every configured chat provider answers its model list and
-offers the models in LLM_MODELS, and Perplexity and Notion answer a cheap call, each with its
-latency. Nothing printed contains a secret: upstream errors are the project's own types, whose
-messages never carry credentials, and every line still passes through the redactor.
+module runs). Then, locally, without creating or changing anything: the state directory is
+private and takes writes (a full disk or a read-only file system fails here), the database is
+one this version can open (not damaged, not from a newer version: the faults `run` refuses to
+start on), the Telegram session can be kept. Then, unless `offline`: every configured chat
+provider answers its model list and offers the models in LLM_MODELS, and Perplexity and Notion
+answer a cheap call, each with its latency. Nothing printed contains a secret: upstream errors are
+the project's own types, whose messages never carry credentials, and every line still passes
+through the redactor.
 
 `offline` is what `ExecStartPre=` runs: an upstream outage must not keep the bot from starting
 (it falls back and keeps answering), and a unit that fails its pre-start check over and over
@@ -16,7 +19,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TextIO
@@ -26,6 +28,7 @@ from bot.config import Settings
 from bot.logs import Redactor
 from integrations.errors import ModelNotFound, UpstreamError
 from integrations.resilience.clock import Clock, SystemClock, wait_for
+from state.db import StorageFault, bundled_migrations, check_directory, inspect_database, load_migrations
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def local_checks(settings: Settings) -> list[CheckResult]:
 def _local(name: str, check: Callable[[], str]) -> CheckResult:
     try:
         return CheckResult(name, True, check())
-    except CheckFailed as problem:
+    except (CheckFailed, StorageFault) as problem:
         return CheckResult(name, False, str(problem))
     except OSError as error:
         return CheckResult(name, False, f"{error.strerror or type(error).__name__}: {error.filename or ''}".rstrip(": "))
@@ -113,37 +116,24 @@ def _settings_summary(settings: Settings) -> str:
 
 
 def _check_state_dir(path: Path) -> str:
+    check_directory(path)  # what every command checks before it starts
     if not path.exists():
-        parent = _nearest_existing(path)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise CheckFailed(f"{path} does not exist and cannot be created in {parent}")
         return f"{path} will be created (mode 0700)"
-    if not path.is_dir():
-        raise CheckFailed(f"{path} is not a directory")
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise CheckFailed(f"{path} is open to other users (mode {mode:04o}); run: chmod 700 {path}")
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-"):
-            pass
-    except OSError as error:
-        raise CheckFailed(f"{path} is not writable ({error.strerror})") from None
     return f"{path} private (mode {mode:04o}) and writable"
 
 
 def _check_database(path: Path) -> str:
+    # The header only: opening it with SQLite as another user (root, by hand) could leave WAL
+    # files behind that the service's user cannot write.
+    version = inspect_database(path)
     if not path.exists():
         return "not created yet (the first start creates it)"
-    # Only the header is read: opening it with SQLite as another user (root, by hand) could leave
-    # WAL files behind that the service's user cannot write.
-    try:
-        with path.open("rb") as file:
-            header = file.read(16)
-    except OSError as error:
-        raise CheckFailed(f"{path} cannot be read ({error.strerror})") from None
-    if header != b"SQLite format 3\0":
-        raise CheckFailed(f"{path} is not an SQLite database")
-    return f"{path} ({path.stat().st_size // 1024} KiB)"
+    known = len(load_migrations(bundled_migrations()))
+    schema = f"schema version {version}" + (f", the next start migrates it to {known}" if version < known else "")
+    return f"{path} ({path.stat().st_size // 1024} KiB, {schema})"
 
 
 def _session_file(session_path: Path) -> Path:

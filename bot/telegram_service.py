@@ -27,6 +27,7 @@ from bot.telegram import BotIdentity, TelegramRunner, TelegramTransport, build_c
 from integrations.errors import AuthFailed
 from integrations.resilience.clock import Clock, SystemClock
 from integrations.resilience.governor import FloodGovernor, GovernedTransport
+from state.db import storage_faults
 from state.lock import StateLock
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,10 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
         # Before the session file is opened: another bot may be using it.
-        state_lock = stack.enter_context(StateLock(settings.state_dir))
-        client = build_client(settings.telegram)
+        with storage_faults(settings.state_dir):
+            state_lock = stack.enter_context(StateLock(settings.state_dir))
+        with storage_faults(settings.telegram.session_path):
+            client = build_client(settings.telegram)
         governor = FloodGovernor(clock)
         transport = GovernedTransport(TelegramTransport(client), governor)
         app = await build_app(

@@ -3,7 +3,12 @@
 Migrations are the files `state/migrations/NNNN_name.sql`, numbered 0001, 0002, ... without gaps.
 Each runs in its own transaction together with the bump of `PRAGMA user_version`, so a failing
 migration leaves the database at the version before it. Migration files must not contain
-BEGIN/COMMIT themselves.
+BEGIN/COMMIT themselves. A database from a newer version is refused before anything is written.
+
+Anything that keeps the state from being used at start (a full disk, a read-only file system, a
+damaged file, a newer schema) is raised as a `StorageFault`: one line saying what is wrong and
+what to do, because restarting cannot fix it. `check_storage` finds the same faults without
+creating or changing anything, for `switchboard check` and before every command touches the state.
 
 Many asyncio tasks share one `Database`. A task inside `transaction()` owns the connection until
 it commits or rolls back; every other task's statements, transactional or not, wait for their
@@ -13,18 +18,20 @@ not wait on another task that uses the database: that task would wait for the tr
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import re
 import sqlite3
 import stat
-from contextlib import asynccontextmanager
+import tempfile
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 import aiosqlite
 
@@ -37,9 +44,18 @@ Params = Sequence[Any] | Mapping[str, Any]
 _MIGRATION_NAME = re.compile(r"(\d{4})_[A-Za-z0-9_]+\.sql")
 _PRIVATE_FILE = 0o600
 _PRIVATE_DIRECTORY = 0o700
+_SQLITE_MAGIC = b"SQLite format 3\0"
+_USER_VERSION_AT = 60  # the header's 4-byte big-endian PRAGMA user_version
+# What `check_storage` writes (and at once forgets) to prove the state directory takes data: a
+# disk with less room than this cannot hold SQLite's shared-memory file, let alone new rows.
+PROBE_BYTES = 64 * 1024
 
 
-class MigrationError(Exception):
+class StorageFault(Exception):
+    """The state directory or database cannot be used; the message says what to do about it."""
+
+
+class MigrationError(StorageFault):
     """The schema could not be brought up to date; the message says which file and why."""
 
 
@@ -76,6 +92,137 @@ def load_migrations(source: Traversable) -> list[Migration]:
     return [found[v] for v in versions]
 
 
+def refuse_newer(version: int, known: int, path: Path) -> None:
+    if version > known:
+        raise MigrationError(
+            f"{path} is at schema version {version} but this Switchboard only knows {known} migrations: "
+            "a newer version has used it. Run that version again, or restore a backup made for this one"
+        )
+
+
+def storage_fault(error: OSError | sqlite3.Error, path: Path) -> StorageFault:
+    """The one-line fault, with its remedy, for a file-system or SQLite error on `path`."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return StorageFault(
+        _remedy(error, path) or f"{path} cannot be used ({reason}): check the disk and the state directory"
+    )
+
+
+@contextmanager
+def storage_faults(path: Path) -> Iterator[None]:
+    """Re-raise file-system and SQLite errors inside the block as the `StorageFault` they mean."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as error:
+        raise storage_fault(error, path) from error
+
+
+def check_storage(path: Path, migrations: Traversable | None = None) -> int:
+    """Can the database at `path` be opened and written? Its schema version (0: not created yet).
+
+    Creates and changes nothing: the directory takes a write of PROBE_BYTES into a file that has
+    no name (nothing is left behind), and the database is judged by its header alone. The header
+    can lag behind a write-ahead log a crash left unmerged; `Database.open` asks SQLite itself.
+    """
+    check_directory(path.parent)
+    return inspect_database(path, migrations)
+
+
+def check_directory(directory: Path) -> None:
+    """Raise a StorageFault unless `directory` takes writes, or can be created if it is missing."""
+    existing = _nearest_existing(directory)
+    if not existing.is_dir():
+        where = "is a file" if existing == directory else f"lies under {existing}, which is a file"
+        raise StorageFault(f"{directory} {where}, not a directory: move the file away, or point STATE_DIR elsewhere")
+    if existing != directory:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            code = errno.EROFS if _read_only_file_system(existing) else errno.EACCES
+            raise storage_fault(OSError(code, os.strerror(code), str(existing)), directory)
+        return
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".switchboard-probe-") as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:  # named after the directory, not the probe's passing name
+        raise storage_fault(OSError(error.errno, error.strerror, str(directory)), directory) from error
+
+
+def inspect_database(path: Path, migrations: Traversable | None = None) -> int:
+    """The schema version in the database file's header (0: no file yet, or an empty one)."""
+    known = len(load_migrations(migrations if migrations is not None else bundled_migrations()))
+    if not os.path.lexists(path):
+        return 0
+    with storage_faults(path):
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        with path.open("rb") as file:
+            header = file.read(100)
+    if not header:
+        return 0  # SQLite takes an empty file for an empty database
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StorageFault(_damaged(path, "not an SQLite database"))
+    version = int.from_bytes(header[_USER_VERSION_AT : _USER_VERSION_AT + 4], "big")
+    refuse_newer(version, known, path)
+    return version
+
+
+def _remedy(error: OSError | sqlite3.Error, path: Path) -> str | None:
+    """What a person must do about `error`, or None when it is not about the disk or the file."""
+    code = error.errno if isinstance(error, OSError) else None
+    name = getattr(error, "sqlite_errorname", "") or ""
+    where = Path(getattr(error, "filename", None) or path)
+    cannot_write = code in (errno.EACCES, errno.EPERM) or name.startswith(
+        ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR")
+    )
+    if code in (errno.ENOSPC, errno.EDQUOT) or name == "SQLITE_FULL" or (cannot_write and _no_room(where)):
+        return f"the disk holding {where} is full: free some space (df -h {_nearest_existing(where)}) and start again"
+    if code == errno.EROFS or (cannot_write and _read_only_file_system(where)):
+        return f"{where} is on a read-only file system: make it writable, or point STATE_DIR at a writable directory"
+    if code == errno.ENOTDIR:
+        return f"{where} lies under a file, not a directory: move the file away, or point STATE_DIR elsewhere"
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return _damaged(path, str(error))
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return f"{path} is locked by another program (an sqlite3 shell?): close it and start again"
+    if name.startswith("SQLITE_IOERR"):
+        return f"reading or writing {path} failed ({error}): check the disk (dmesg) and the state directory"
+    if cannot_write:
+        return (
+            f"{where} cannot be written by this user (uid {os.geteuid()}): give it to the user the bot "
+            "runs as (chown), or point STATE_DIR elsewhere"
+        )
+    return None
+
+
+def _damaged(path: Path, reason: str) -> str:
+    return (
+        f"{path} is damaged ({reason}): stop the bot, move the file aside and restore a backup, "
+        "or start without it (an empty history)"
+    )
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _no_room(path: Path) -> bool:
+    try:
+        info = os.statvfs(_nearest_existing(path))
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < PROBE_BYTES
+
+
+def _read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(_nearest_existing(path)).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def iso_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with a fixed width, so stored timestamps also sort as text."""
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
@@ -96,19 +243,20 @@ class Database:
         """Open (creating if needed) the database at `path` and apply pending migrations."""
         path = Path(path)
         pending = load_migrations(migrations if migrations is not None else bundled_migrations())
-        _make_private_directory(path.parent)
-        _make_private_file(path)
-        # SQLite gives new -wal/-shm files the database file's mode; leftovers from before may be looser.
-        for sidecar in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-            if sidecar.exists():
-                _tighten(sidecar, _PRIVATE_FILE)
-
-        # isolation_level=None: no implicit BEGINs, transactions are exactly the ones we open.
-        connection = await aiosqlite.connect(path, isolation_level=None)
+        with storage_faults(path):
+            _make_private_directory(path.parent)
+            _make_private_file(path)
+            # SQLite gives new -wal/-shm files the database file's mode; leftovers from before may be looser.
+            for sidecar in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if sidecar.exists():
+                    _tighten(sidecar, _PRIVATE_FILE)
+            # isolation_level=None: no implicit BEGINs, transactions are exactly the ones we open.
+            connection = await aiosqlite.connect(path, isolation_level=None)
         try:
             connection.row_factory = sqlite3.Row
             database = cls(connection, path, clock)
-            await database._configure()
+            with storage_faults(path):
+                await database._configure(len(pending))
             await database._migrate(pending)
         except BaseException:
             await connection.close()
@@ -194,25 +342,21 @@ class Database:
             if "no transaction is active" not in str(exc):
                 logger.warning("rollback failed: %s", exc)
 
-    async def _configure(self) -> None:
+    async def _configure(self, known: int) -> None:
+        """Read the schema version first: a database this code must refuse is not written to."""
+        await self._run("PRAGMA busy_timeout=5000")
+        await self._run("PRAGMA foreign_keys=ON")
+        row = await self.fetchone("PRAGMA user_version")
+        self._version = int(row[0]) if row else 0
+        refuse_newer(self._version, known, self._path)
         async with self._conn.execute("PRAGMA journal_mode=WAL") as cursor:
             row = await cursor.fetchone()
         if row is None or str(row[0]).lower() != "wal":
             logger.warning("SQLite refused WAL mode for %s; using %s", self._path, row and row[0])
-        await self._run("PRAGMA foreign_keys=ON")
-        await self._run("PRAGMA busy_timeout=5000")
         await self._run("PRAGMA synchronous=NORMAL")
 
     async def _migrate(self, migrations: list[Migration]) -> None:
-        row = await self.fetchone("PRAGMA user_version")
-        current = int(row[0]) if row else 0
-        self._version = current
-        if current > len(migrations):
-            raise MigrationError(
-                f"{self._path.name} is at schema version {current} but this code only knows "
-                f"{len(migrations)} migrations; refusing to run an older version against it"
-            )
-        for migration in migrations[current:]:
+        for migration in migrations[self._version :]:
             # PRAGMA cannot take parameters; the version is an int parsed from our own file name.
             script = f"BEGIN IMMEDIATE;\n{migration.sql}\n;\nPRAGMA user_version = {migration.version:d};\nCOMMIT;"
             try:
@@ -222,7 +366,7 @@ class Database:
                 await self._rollback()
                 if isinstance(exc, sqlite3.Error):
                     raise MigrationError(
-                        f"migration {migration.name} failed: {exc}; "
+                        f"migration {migration.name} failed: {_remedy(exc, self._path) or exc}; "
                         f"{self._path.name} stays at schema version {migration.version - 1}"
                     ) from exc
                 raise

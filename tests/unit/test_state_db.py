@@ -1,4 +1,5 @@
 import asyncio
+import errno
 import shutil
 import sqlite3
 import stat
@@ -7,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from integrations.resilience.clock import ManualClock
-from state.db import Database, MigrationError, bundled_migrations
+from state.db import (
+    Database,
+    MigrationError,
+    StorageFault,
+    bundled_migrations,
+    check_storage,
+    inspect_database,
+    storage_fault,
+)
 from state.preferences import UserPreferences
 
 MIGRATIONS = Path(str(bundled_migrations()))
@@ -165,14 +174,67 @@ async def test_misnumbered_migrations_are_refused_before_touching_the_database(
     assert not path.exists()
 
 
-async def test_a_database_newer_than_the_code_is_refused(tmp_path, clock):
+async def test_a_database_newer_than_the_code_is_refused_without_a_byte_written(tmp_path, clock):
     path = tmp_path / "bot.db"
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(path) as conn:  # a rollback journal: turning on WAL would rewrite the header
+        conn.execute("CREATE TABLE later (x)")
         conn.execute(f"PRAGMA user_version = {MIGRATION_COUNT + 5}")
+    conn.close()
+    before = path.read_bytes()
 
-    with pytest.raises(MigrationError, match="newer|only knows"):
+    with pytest.raises(MigrationError, match="newer version") as raised:
         await Database.open(path, clock)
-    assert user_version(path) == MIGRATION_COUNT + 5
+    assert isinstance(raised.value, StorageFault)
+    assert path.read_bytes() == before
+    with pytest.raises(MigrationError, match=f"schema version {MIGRATION_COUNT + 5}"):
+        inspect_database(path)
+
+
+async def test_a_damaged_database_file_is_a_storage_fault_and_stays_as_it_was(tmp_path, clock):
+    path = tmp_path / "bot.db"
+    path.write_bytes(b"\x00not sqlite\xff" * 500)
+
+    with pytest.raises(StorageFault, match="is damaged .*restore a backup") as raised:
+        await Database.open(path, clock)
+    assert "\n" not in str(raised.value)
+    assert path.read_bytes() == b"\x00not sqlite\xff" * 500
+    with pytest.raises(StorageFault, match="is damaged"):
+        inspect_database(path)
+
+
+def test_checking_storage_creates_and_leaves_nothing(tmp_path):
+    assert check_storage(tmp_path / "missing" / "bot.db") == 0
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "bot.db").touch()
+    assert check_storage(tmp_path / "bot.db") == 0  # an empty file is an empty database
+    assert [p.name for p in tmp_path.iterdir()] == ["bot.db"]
+
+
+async def test_checking_storage_reads_the_schema_version_of_a_closed_database(tmp_path, clock):
+    database = await Database.open(tmp_path / "bot.db", clock)
+    await database.close()  # merges the write-ahead log, whose pages the header check does not read
+    assert check_storage(tmp_path / "bot.db") == MIGRATION_COUNT
+
+
+@pytest.mark.parametrize(
+    "error, says",
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "/srv/state/bot.db"), "the disk holding /srv/state/bot.db is full"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "/srv/state"), "is full: free some space"),
+        (OSError(errno.EROFS, "Read-only file system", "/srv/state"), "/srv/state is on a read-only file system"),
+        (PermissionError(errno.EACCES, "Permission denied", "/srv/state"), "cannot be written by this user"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/srv/state"), "lies under a file"),
+    ],
+)
+def test_file_system_errors_become_one_line_saying_what_to_do(error, says):
+    fault = storage_fault(error, Path("/srv/state/bot.db"))
+    assert says in str(fault) and "\n" not in str(fault)
+
+
+def test_sqlite_saying_the_disk_is_full_is_a_full_disk():
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorname = "SQLITE_FULL"
+    assert "is full: free some space" in str(storage_fault(error, Path("/srv/state/bot.db")))
 
 
 async def test_concurrent_read_modify_write_transactions_do_not_interleave(db):
