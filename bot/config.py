@@ -12,6 +12,7 @@ read, and problems about them say what is wrong without echoing them.
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from integrations.llm import ModelRef
 
@@ -47,6 +48,7 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 _DIGITS = re.compile(r"[0-9]+")
 _API_HASH = re.compile(r"[0-9a-fA-F]{32}")
 _BOT_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35,}")
+_ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value can carry unmangled
 _TELEGRAM_REQUIRED = ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN")
 _MY_TELEGRAM = "copy it from https://my.telegram.org (API development tools)"
@@ -103,6 +105,29 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class EnvFile:
+    """An env file's settings, and the lines python-dotenv could not read (it would skip them)."""
+
+    values: Mapping[str, str | None]
+    # (line number, the setting the line seems to be about, if its start says)
+    unreadable: tuple[tuple[int, str | None], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> EnvFile:
+        values: dict[str, str | None] = {}
+        unreadable = []
+        # No ${VAR} expansion: a key containing "$" stays intact, and nothing leaks in from
+        # variables the operator did not mean to reference.
+        for binding in parse_stream(io.StringIO(text)):
+            if binding.error:
+                name = _ENV_LINE_NAME.match(binding.original.string)
+                unreadable.append((binding.original.line, name[1] if name else None))
+            elif binding.key is not None:
+                values[binding.key] = binding.value
+        return cls(values, tuple(unreadable))
+
+
 class CredentialSource:
     """Looks settings up in their sources on every call, so a rotated key is seen without a restart.
 
@@ -121,14 +146,12 @@ class CredentialSource:
         self.credentials_dir = credentials_dir
 
     def get(self, name: str) -> str | None:
-        return self.pick(name, self.read_env_file())
+        return self.pick(name, self.read_env_file().values)
 
-    def read_env_file(self) -> Mapping[str, str | None]:
+    def read_env_file(self) -> EnvFile:
         if self.env_file is None or not self.env_file.is_file():
-            return {}
-        # No ${VAR} expansion: a key containing "$" stays intact, and nothing leaks in from
-        # variables the operator did not mean to reference.
-        return dotenv_values(self.env_file, interpolate=False, encoding="utf-8")
+            return EnvFile({})
+        return EnvFile.parse(self.env_file.read_text(encoding="utf-8"))
 
     def pick(self, name: str, file_values: Mapping[str, str | None]) -> str | None:
         """`get`, against env-file values already read (one consistent snapshot for start-up)."""
@@ -350,10 +373,18 @@ class _Reader:
         self.invalid: set[str] = set()
         self.seen: dict[str, str | None] = {}
         try:
-            self.file_values = source.read_env_file()
+            env_file = source.read_env_file()
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"env file {source.env_file}: cannot be read ({_reason(exc)}).")
-            self.file_values = {}
+            env_file = EnvFile({})
+        self.file_values = env_file.values
+        for line, name in env_file.unreadable:
+            about = f" (it seems to set {name})" if name else ""
+            # The line itself is not shown: it may hold a secret.
+            problems.append(
+                f"env file {source.env_file}: line {line}{about} is not NAME=value, so it would be "
+                "ignored; an unclosed quote or a space in the name is the usual cause. Fix or remove it."
+            )
 
     def problem(self, name: str, text: str) -> None:
         self.invalid.add(name)

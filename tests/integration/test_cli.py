@@ -73,3 +73,12 @@ async def test_env_file_option_is_read(tmp_path):
         code, out, err = await run_cli(["--env-file", str(env_file), "console"], clean_env(tmp_path), tmp_path, stdin="hi\n")
     assert code == 0, err
     assert out == "From the env file.\n\n"
+
+
+async def test_an_env_file_line_that_cannot_be_read_stops_start_up_naming_its_line(tmp_path):
+    env_file = tmp_path / "bot.env"
+    env_file.write_text(f"LLM_MODELS=anthropic:claude-test\nANTHROPIC_API_KEY='{KEY}\nLLM_FIRST_TOKEN_TIMEOUT=-3\n")
+    code, out, err = await run_cli(["--env-file", str(env_file), "run"], clean_env(tmp_path), tmp_path)
+    assert code == 2
+    assert "line 2 (it seems to set ANTHROPIC_API_KEY)" in err and "LLM_FIRST_TOKEN_TIMEOUT" in err
+    assert KEY not in err + out and "Traceback" not in err

@@ -475,3 +475,26 @@ def test_env_file_that_is_not_utf8_is_a_problem_without_its_content(tmp_path):
     (tmp_path / ".env").write_bytes(b"OPENAI_API_KEY=sk-\xff\xfeSENTINEL\n")
     problem = only_problem({}, tmp_path)
     assert ".env" in problem and "UTF-8" in problem and "SENTINEL" not in problem
+
+
+def test_env_file_line_dotenv_would_skip_is_a_problem_naming_its_line_not_its_value(tmp_path):
+    (tmp_path / ".env").write_text(
+        "LLM_MAX_TOKENS=10\n"
+        "# a comment\n"
+        f"OPENAI_API_KEY='{SENTINEL_KEY}\n"  # the closing quote is missing
+        "ALLOW_EVERYONE=maybe\n"
+        f"just some words {SENTINEL_TOKEN}\n"
+    )
+    problems = problems_of({}, tmp_path)
+    assert len(problems) == 3, problems
+    first, second = [p for p in problems if "is not NAME=value" in p]
+    assert "line 3 (it seems to set OPENAI_API_KEY)" in first
+    assert "line 5 is not NAME=value" in second
+    assert any(p.startswith("ALLOW_EVERYONE") for p in problems), "listed with the other problems"
+    assert SENTINEL_KEY not in "".join(problems) and SENTINEL_TOKEN not in "".join(problems)
+
+
+def test_credential_source_reads_past_a_bad_env_file_line_when_reloading(tmp_path):
+    (tmp_path / ".env").write_text("oops no equals\nOPENAI_API_KEY=sk-after\n")
+    source = CredentialSource({}, tmp_path / ".env")
+    assert source.get("OPENAI_API_KEY") == "sk-after"
