@@ -2,8 +2,9 @@
 
 systemd passes `NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace) to a `Type=notify`
 service; each datagram sent there is a few `KEY=value` lines (READY=1, STATUS=..., STOPPING=1,
-WATCHDOG=1). With `WatchdogSec=` it also passes `WATCHDOG_USEC`, and restarts the service when the
-pings stop. Outside systemd there is no socket and every call is a no-op.
+WATCHDOG=1, EXTEND_TIMEOUT_USEC=...). With `WatchdogSec=` it also passes `WATCHDOG_USEC`, and
+restarts the service when the pings stop. Outside systemd there is no socket and every call is a
+no-op.
 
 The pings come from a task on the event loop (`heartbeat`), never from a thread: a loop that is
 blocked or starved cannot ping, so systemd restarts the bot instead of leaving it hung.
@@ -59,6 +60,11 @@ class Notifier:
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
+
+    def extend_timeout(self, seconds: float, status: str | None = None) -> bool:
+        """Still starting (or stopping) and making progress: give us `seconds` more than systemd's
+        TimeoutStartSec= (or TimeoutStopSec=) would, counted from now."""
+        return self.notify(f"EXTEND_TIMEOUT_USEC={max(0, round(seconds * 1_000_000))}", *_status_line(status))
 
     def notify(self, *assignments: str) -> bool:
         """Send one datagram; True if it left. A failure is logged once and never raised."""

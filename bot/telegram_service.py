@@ -7,13 +7,17 @@ Telegram client and a manual clock:
     connecting -> READY=1 (logged in, unanswered messages resumed) -> serving
     -> STOPPING=1 -> drain (bot/shutdown.py) -> disconnect; the caller's exit stack closes the rest
 
-All along, a heartbeat task pings systemd's watchdog and keeps STATUS= current.
+While Telegram cannot be reached, the login is tried again with jittered exponential waits on the
+injected clock, each failure one log line and a STATUS= line, for up to `LOGIN_PATIENCE`; then the
+service exits 1 and systemd starts it again. All along, a heartbeat task pings systemd's watchdog
+and keeps STATUS= current.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import random
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -24,9 +28,10 @@ from bot.config import Settings
 from bot.shutdown import drain
 from bot.systemd import Notifier, heartbeat
 from bot.telegram import BotIdentity, TelegramRunner, TelegramTransport, build_client
-from integrations.errors import AuthFailed
-from integrations.resilience.clock import Clock, SystemClock
+from integrations.errors import AuthFailed, Unavailable, UpstreamError
+from integrations.resilience.clock import Clock, SystemClock, wait_for
 from integrations.resilience.governor import FloodGovernor, GovernedTransport
+from integrations.resilience.retry import RetryPolicy, retry_call
 from state.db import storage_faults
 from state.lock import StateLock
 
@@ -35,6 +40,17 @@ log = logging.getLogger(__name__)
 # Exit codes: systemd restarts on 1 (something broke) but not on 2 (RestartPreventExitStatus=2:
 # the settings or credentials need a person, and restarting every few seconds will not help).
 EXIT_OK, EXIT_FAILED, EXIT_NEEDS_OPERATOR = 0, 1, 2
+
+# How long the login is tried before giving up and letting systemd start the bot again (5 s later;
+# fewer than StartLimitBurst=5 such starts fit in StartLimitIntervalSec=5min). systemd's start
+# timeout is extended to match, so it never kills a start in the middle of an attempt.
+LOGIN_PATIENCE = 90.0
+# What the extension adds beyond the patience: time to give up cleanly.
+LOGIN_MARGIN = 15.0
+# Waits of up to 1, 2, 4, ... 30 s (full jitter); a flood wait from Telegram is waited as asked.
+LOGIN_RETRY = RetryPolicy(
+    max_attempts=1_000, max_total=LOGIN_PATIENCE, base=1.0, cap=30.0, retry_after_cap=LOGIN_PATIENCE
+)
 
 
 class TelegramService:
@@ -46,16 +62,21 @@ class TelegramService:
         clock: Clock,
         *,
         grace: float,
+        login_retry: RetryPolicy = LOGIN_RETRY,
+        rng: random.Random | None = None,
     ) -> None:
         self.app = app
         self.runner = runner
         self.notifier = notifier
         self.clock = clock
         self.grace = grace
+        self.login_retry = login_retry
+        self._rng = rng
         self.stop = asyncio.Event()
         self.hurry = asyncio.Event()
         self._phase = "connecting to Telegram"
         self._me: BotIdentity | None = None
+        self._login_deadline = 0.0
 
     def request_stop(self) -> None:
         """First call: stop gracefully. Second call: stop without waiting out the grace."""
@@ -86,7 +107,7 @@ class TelegramService:
     async def _run(self) -> int:
         self.notifier.status(self._phase)
         try:
-            me = await self._first_of(self.runner.start(before_messages=self._resume), self.stop.wait())
+            me = await self._first_of(self._log_in(), self.stop.wait())
         except AuthFailed as error:
             message = (
                 f"Telegram refused to log in: {error}. "
@@ -95,6 +116,12 @@ class TelegramService:
             print(message, file=sys.stderr)
             self.notifier.stopping(message)
             return EXIT_NEEDS_OPERATOR
+        except (UpstreamError, TimeoutError) as error:
+            message = f"could not log in to Telegram ({error}); exiting so that systemd starts the bot again"
+            log.error("%s", message)
+            self.notifier.stopping(message)
+            await self.runner.stop()
+            return EXIT_FAILED
         if not isinstance(me, BotIdentity):
             log.info("stopped while connecting to Telegram")
             await self.runner.stop()
@@ -124,6 +151,32 @@ class TelegramService:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         return EXIT_OK if requested else EXIT_FAILED
+
+    async def _log_in(self) -> BotIdentity:
+        """Log in, trying again while Telegram is unreachable, for `login_retry.max_total` at most
+        (an attempt that hangs counts too); raises the last error, or TimeoutError."""
+        self._login_deadline = self.clock.monotonic() + self.login_retry.max_total
+        return await wait_for(
+            self.clock,
+            retry_call(self._log_in_once, self.login_retry, self.clock, rng=self._rng, on_attempt=self._login_failed),
+            self.login_retry.max_total,
+        )
+
+    async def _log_in_once(self) -> BotIdentity:
+        try:
+            return await self.runner.start(before_messages=self._resume)
+        except (UpstreamError, EOFError) as error:
+            await self.runner.stop()  # the next attempt starts from a clean connection
+            if isinstance(error, EOFError):
+                # Telethon lets asyncio.IncompleteReadError out when Telegram drops the connection
+                # during the handshake: as good as a refused connection.
+                raise Unavailable(f"login failed: {type(error).__name__}: {error}", upstream="telegram") from error
+            raise
+
+    def _login_failed(self, attempt: int, error: UpstreamError, wait: float) -> None:
+        log.warning("Telegram unreachable at start, attempt %d (%s); trying again in %.0f s", attempt, error, wait)
+        self._phase = f"connecting to Telegram: attempt {attempt} failed ({error.message}); next in {wait:.0f} s"
+        self.notifier.extend_timeout(self._login_deadline - self.clock.monotonic() + LOGIN_MARGIN, self._phase)
 
     async def _resume(self) -> None:
         resumed = await self.app.router.resume_pending()

@@ -2,6 +2,7 @@
 notifications on a real socket, and `switchboard check` / `status` as an operator runs them."""
 import asyncio
 import io
+import logging
 import os
 import socket
 import tempfile
@@ -19,7 +20,7 @@ from bot.config import NotionSettings, Secret, TelegramSettings
 from bot.shutdown import FINALISE_SECONDS, drain
 from bot.systemd import Notifier
 from bot.telegram import TelegramRunner, TelegramTransport
-from bot.telegram_service import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK, TelegramService
+from bot.telegram_service import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK, LOGIN_PATIENCE, TelegramService
 from handlers.router import QUEUED_NOTICE
 from integrations.errors import AuthFailed
 from integrations.resilience.clock import ManualClock
@@ -271,17 +272,70 @@ async def test_service_says_ready_once_logged_in_and_stopping_when_asked(tmp_pat
         assert systemd.messages[-1] == "STATUS=stopping: 0 of 0 replies in flight finished"
 
 
+async def service_whose_login_fails(stack, tmp_path, address: str, error: BaseException, times: int = 1):
+    clock = ManualClock()
+    client = FakeTelegramClient(clock)
+    client.fail_next("start", error, times=times)
+    return await build_service(stack, settings_for(tmp_path), clock, address, client), clock, client
+
+
 async def test_login_refused_exits_with_the_status_that_stops_restarts(tmp_path, systemd_socket, capsys):
     address, receiver = systemd_socket
     systemd = Systemd(receiver)
     async with AsyncExitStack() as stack:
-        clock = ManualClock()
-        client = FakeTelegramClient(clock)
-        client.fail_next("start", errors.AccessTokenInvalidError(request=None))
-        service = await build_service(stack, settings_for(tmp_path), clock, address, client)
+        service, clock, _ = await service_whose_login_fails(stack, tmp_path, address, errors.AccessTokenInvalidError(request=None))
         assert await clock.run_until_complete(service.run(), poll=POLL) == EXIT_NEEDS_OPERATOR
     assert not systemd.received("READY=1")
     assert "TELEGRAM_BOT_TOKEN" in capsys.readouterr().err
+
+
+def login_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "bot.telegram_service" and r.levelno >= logging.WARNING]
+
+
+async def test_telegram_unreachable_at_start_is_tried_again_with_one_line_each_time(tmp_path, systemd_socket, caplog):
+    address, receiver = systemd_socket
+    systemd = Systemd(receiver)
+    async with AsyncExitStack() as stack:
+        # What Telethon raises when Telegram drops the connection during the handshake.
+        dropped = asyncio.IncompleteReadError(b"", 8)
+        service, clock, client = await service_whose_login_fails(stack, tmp_path, address, dropped, times=3)
+        started = clock.monotonic()
+        running = asyncio.ensure_future(service.run())
+        await clock.run_until(lambda: systemd.received("READY=1"), poll=POLL)
+        assert client.connected
+        waited = clock.monotonic() - started
+        service.request_stop()
+        assert await clock.run_until_complete(running, poll=POLL) == EXIT_OK
+    warnings = login_warnings(caplog)
+    assert [r.getMessage().split(" (")[0] for r in warnings] == [
+        f"Telegram unreachable at start, attempt {n}" for n in (1, 2, 3)
+    ]
+    assert all("IncompleteReadError" in r.getMessage() and r.exc_info is None for r in warnings)
+    assert 0 < waited <= 1 + 2 + 4, "jittered waits of up to 1, 2 and 4 s on the service's clock"
+    retries = [m.split("\n") for m in systemd.messages if m.startswith("EXTEND_TIMEOUT_USEC=")]
+    assert len(retries) == 3
+    extend, status = retries[0]
+    assert status.startswith("STATUS=connecting to Telegram: attempt 1 failed") and "IncompleteReadError" in status
+    assert LOGIN_PATIENCE * 1e6 < int(extend.split("=")[1]) <= (LOGIN_PATIENCE + 15) * 1e6, "systemd waits out the retries"
+
+
+async def test_telegram_unreachable_for_the_whole_patience_exits_one_so_systemd_starts_again(tmp_path, systemd_socket, caplog):
+    address, receiver = systemd_socket
+    systemd = Systemd(receiver)
+    async with AsyncExitStack() as stack:
+        refused = ConnectionRefusedError(111, "Connection refused")
+        service, clock, _ = await service_whose_login_fails(stack, tmp_path, address, refused, times=10_000)
+        started = clock.monotonic()
+        running = asyncio.ensure_future(service.run())
+        await clock.run_until(lambda: systemd.received("STOPPING=1"), poll=POLL)  # reading keeps the socket's queue short
+        assert await clock.run_until_complete(running, poll=POLL) == EXIT_FAILED
+        assert clock.monotonic() - started <= LOGIN_PATIENCE
+    assert not systemd.received("READY=1")
+    [stopping] = [m for m in systemd.messages if m.startswith("STOPPING=1")]
+    assert "could not log in to Telegram" in stopping and "Connection refused" in stopping
+    assert all(r.exc_info is None for r in login_warnings(caplog))
+    assert login_warnings(caplog)[-1].levelno == logging.ERROR
 
 
 async def test_losing_telegram_for_good_exits_with_a_failure_so_systemd_restarts(tmp_path, systemd_socket):
