@@ -346,13 +346,15 @@ async def add_notes(
         services=services,
         stack=stack,
     )
-    await feature.start()
+    # In the background: a Notion that does not answer must not hold up the start (and READY=1).
+    checking = asyncio.ensure_future(feature.start())
     worker = asyncio.ensure_future(feature.delivery.run())
 
     async def stop_worker() -> None:
+        checking.cancel()
         await feature.delivery.stop()  # lets the attempt in progress finish and record itself
         worker.cancel()  # in case it had not started yet when stop() was asked
-        await asyncio.gather(worker, return_exceptions=True)
+        await asyncio.gather(checking, worker, return_exceptions=True)
 
     stack.push_async_callback(stop_worker)
 

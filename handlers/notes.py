@@ -72,8 +72,15 @@ class NotesFeature:
     delivery: NoteDelivery
 
     async def start(self) -> None:
-        """Look the database up once at start-up, so a setup problem shows in the log right away."""
-        health = await self.check()
+        """Look the database up once after start-up, so a setup problem shows in the log early.
+
+        Meant to run in the background: it may take as long as Notion's retries. /health checks
+        again, live."""
+        try:
+            health = await self.check()
+        except Exception:  # nobody awaits this task: say what broke rather than lose it
+            log.exception("notes: checking the Notion database failed")
+            return
         if health.ok:
             log.info("notes: %s", health.detail)
         else:

@@ -16,7 +16,7 @@ from telethon import errors
 from bot.__main__ import print_status
 from bot.app import build_app
 from bot.check import check_command
-from bot.config import NotionSettings, Secret, TelegramSettings
+from bot.config import LimitSettings, NotionSettings, Secret, TelegramSettings
 from bot.shutdown import FINALISE_SECONDS, drain
 from bot.systemd import Notifier
 from bot.telegram import TelegramRunner, TelegramTransport
@@ -28,7 +28,7 @@ from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from state.outbox import Outbox
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.fakes.notion_server import FakeNotion
+from tests.fakes.notion_server import STALL_RESPONSE, FakeNotion
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.telegram import FakeTelegramClient, new_message_event
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, OPENAI_KEY, USER, settings_for, start_telegram_bot
@@ -348,6 +348,45 @@ async def test_losing_telegram_for_good_exits_with_a_failure_so_systemd_restarts
         await clock.run_until(lambda: client.connected, poll=POLL)
         await client.disconnect()
         assert await clock.run_until_complete(running, poll=POLL) == EXIT_FAILED
+
+
+async def test_a_notion_that_never_answers_holds_up_neither_start_up_nor_ready(tmp_path, systemd_socket, caplog):
+    address, receiver = systemd_socket
+    systemd = Systemd(receiver)
+    token = "ntn_sentinelStartToken0000000000000000000"
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        notion = await stack.enter_async_context(FakeNotion(token=token, clock=clock))
+        notion.script(*[STALL_RESPONSE] * 20, method="GET", path="/v1/databases")
+        settings = settings_for(
+            tmp_path,
+            admin_ids=frozenset({USER}),
+            notion=NotionSettings(Secret(token), notion.database_id.replace("-", ""), notion.base_url),
+            limits=LimitSettings(knowledge_timeout=30.0),
+        )
+        client = FakeTelegramClient(clock)
+        started = clock.monotonic()
+        # No time passes while the app is built: a start that waited on Notion would never end.
+        service = await asyncio.wait_for(build_service(stack, settings, clock, address, client), 30)
+        running = asyncio.ensure_future(service.run())
+        await clock.run_until(lambda: systemd.received("READY=1"), poll=POLL, limit=20)
+        assert clock.monotonic() - started < 30, "READY=1 came before Notion's first attempt timed out"
+        assert notion.requests_to("GET", "/v1/databases"), "the check had begun"
+
+        await clock.run_until(lambda: "unreachable" in notes_log(caplog), poll=POLL)
+        assert "notes: Notion database unreachable" in notes_log(caplog)
+        health = new_message_event(chat_id=USER, sender_id=USER, text="/health", message_id=next(MESSAGE_IDS))
+        await clock.run_until_complete(client.deliver(health), poll=POLL)
+        await clock.run_until_complete(service.app.services.lanes.wait_all_idle(), poll=POLL)
+        [report] = [m.text for m in client.messages(USER)]
+        [notion_line] = [line for line in report.splitlines() if "notion" in line]
+        assert "10 s" in notion_line and token not in report
+        service.request_stop()
+        assert await clock.run_until_complete(running, poll=POLL) == EXIT_OK
+
+
+def notes_log(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "handlers.notes")
 
 
 # --- switchboard check ------------------------------------------------------------------------
