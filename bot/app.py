@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from bot.config import Settings
+from bot.console import HELP as CONSOLE_HELP
 from bot.logs import DeprecationSignals, Redactor, UpstreamLog
 from handlers.admin import admin_commands
 from handlers.limits import UserLimits
@@ -263,7 +264,11 @@ async def build_app(
     stack.callback(checking.cancel)
     add_search(services, settings, database, registry, stack)
     await add_notes(services, settings, database, registry, stack)
-    router = Router(services, basic_commands() + search_commands() + notes_commands() + admin_commands())
+    router = Router(
+        services,
+        basic_commands() + search_commands() + notes_commands() + admin_commands(),
+        help_note=CONSOLE_HELP if transport.name == "console" else "",
+    )
     return App(services, router, database)
 
 

@@ -9,10 +9,17 @@ can be scripted.
 Message ids continue from the ones already stored for the console's chat, so a second session on
 the same state is not taken for a redelivery of the first one's messages; the bot's own messages
 take ids from the same counter, as Telegram numbers both sides of a private chat.
+
+Links print as `title (url)`. A line ending in a backslash goes on on the next line, and a line
+of just three double quotes opens (and another closes) a block sent as one message. With `--jsonl`, each input
+line is a JSON object `{"text": ...}` and each answer one JSON object `{"reply", "model",
+"messages"}` on one line, for scripts (replies contain blank lines, so the plain mode's "reply,
+then a blank line" cannot always be split back).
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 from typing import Awaitable, Callable, TextIO
@@ -23,6 +30,31 @@ from handlers.transport import DraftsUnsupported, IncomingMessage
 
 # The local operator: a fixed private chat that Telegram never uses.
 CONSOLE_USER_ID = 1
+
+CONTINUES = "\\"
+BLOCK = '"""'
+HELP = (
+    "In the console: end a line with \\ to go on on the next line, or put a message between two "
+    'lines of """ to send several lines at once (a long /note, say). Ctrl-C stops a reply, Ctrl-D quits.'
+)
+
+
+def plain_with_links(text: RichText) -> str:
+    """The text as a terminal shows it: each link's address after its words, `title (url)`."""
+    units = text.text.encode("utf-16-le")
+    ends: dict[int, list[str]] = {}
+    for entity in text.entities:
+        if entity.kind == "text_url" and entity.url:
+            ends.setdefault(entity.offset + entity.length, []).append(entity.url)
+    if not ends:
+        return text.text
+    pieces, start = [], 0
+    for end in sorted(ends):
+        pieces.append(units[start * 2 : end * 2].decode("utf-16-le", "replace"))
+        pieces.append("".join(f" ({url})" for url in ends[end]))
+        start = end
+    pieces.append(units[start * 2 :].decode("utf-16-le", "replace"))
+    return "".join(pieces)
 
 
 class ConsoleTransport:
@@ -85,7 +117,7 @@ class ConsoleTransport:
         """Final texts of the messages sent since the last call."""
         new = self._order[self._reported:]
         self._reported = len(self._order)
-        return [self._messages[i].text for i in new]
+        return [plain_with_links(self._messages[i]) for i in new]
 
     def _show_new(self, message_id: int, text: RichText) -> None:
         self._messages[message_id] = text
@@ -125,6 +157,41 @@ class LineReader:
         return await self._queue.get()
 
 
+class Messages:
+    """Whole messages from input lines: a trailing backslash joins the next line, and lines
+    between two lines of three double quotes are one message."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._in_block = False
+
+    @property
+    def open(self) -> bool:
+        return self._in_block or bool(self._lines)
+
+    def feed(self, line: str) -> str | None:
+        """The finished message, once `line` completes one; None while one is being written."""
+        line = line.rstrip("\r\n")
+        if line.strip() == BLOCK:
+            if self._in_block:
+                return self._take()
+            self._in_block = True
+            return None
+        if self._in_block:
+            self._lines.append(line)
+            return None
+        if line.endswith(CONTINUES):
+            self._lines.append(line[: -len(CONTINUES)])
+            return None
+        self._lines.append(line)
+        return self._take()
+
+    def _take(self) -> str:
+        text = "\n".join(self._lines)
+        self._lines, self._in_block = [], False
+        return text
+
+
 class ConsoleSession:
     """One console conversation: lines in, replies out, until the input ends or the user quits."""
 
@@ -138,14 +205,19 @@ class ConsoleSession:
         stdout: TextIO = sys.stdout,
         interactive: bool,
         banner: str = "",
+        jsonl: bool = False,
+        last_model: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._handle = handle
         self._lanes = lanes
         self._transport = transport
         self._stdin = stdin
         self._stdout = stdout
-        self._interactive = interactive
+        self._interactive = interactive and not jsonl
         self._banner = banner
+        self._jsonl = jsonl
+        self._last_model = last_model
+        self._messages = Messages()
         self._quit = asyncio.Event()
 
     def interrupt(self) -> None:
@@ -164,7 +236,7 @@ class ConsoleSession:
         await self._finish_turn(lines)
         while not self._quit.is_set():
             if self._interactive:
-                self._stdout.write("you> ")
+                self._stdout.write("...> " if self._messages.open else "you> ")
                 self._stdout.flush()
             line = await self._next_line(lines)
             if line is None:
@@ -177,8 +249,8 @@ class ConsoleSession:
         return 0
 
     async def _take(self, line: str) -> bool:
-        text = line.rstrip("\r\n")
-        if not text.strip():
+        text = self._read_jsonl(line) if self._jsonl else self._messages.feed(line)
+        if text is None or not text.strip():
             return False
         message_id = self._transport.next_id()
         await self._handle(IncomingMessage(CONSOLE_USER_ID, CONSOLE_USER_ID, message_id, text, True, True, "operator"))
@@ -206,12 +278,34 @@ class ConsoleSession:
             else:
                 typed.cancel()  # a cancelled Queue.get leaves the line in the queue
         replies = self._transport.take_new_replies()
-        if self._interactive:
+        if self._jsonl:
+            if replies:
+                model = await self._last_model() if self._last_model is not None else None
+                self._write_json({"reply": "\n\n".join(replies), "model": model, "messages": replies})
+        elif self._interactive:
             if replies:
                 self._stdout.write("\n\n")
         else:
             for reply in replies:
                 self._stdout.write(reply + "\n\n")
+        self._stdout.flush()
+
+    def _read_jsonl(self, line: str) -> str | None:
+        if not line.strip():
+            return None
+        try:
+            request = json.loads(line)
+        except ValueError as error:
+            self._write_json({"error": f"not a JSON object: {error}"})
+            return None
+        text = request.get("text") if isinstance(request, dict) else None
+        if not isinstance(text, str):
+            self._write_json({"error": 'each line must be a JSON object with a "text" string'})
+            return None
+        return text
+
+    def _write_json(self, value: dict) -> None:
+        self._stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
         self._stdout.flush()
 
     async def _next_line(self, lines: LineReader) -> str | None:

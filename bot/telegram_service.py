@@ -134,10 +134,12 @@ class TelegramService:
 
         serving = asyncio.ensure_future(self.runner.run_until_disconnected())
         stopping = asyncio.ensure_future(self.stop.wait())
+        safety_net = asyncio.ensure_future(self.app.router.keep_resuming())
         try:
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            safety_net.cancel()
         requested = self.stop.is_set()
         if not requested:
             failure = serving.exception() if serving.done() and not serving.cancelled() else None

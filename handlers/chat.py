@@ -3,20 +3,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Awaitable, Callable, TypeVar
 
 from handlers.lanes import USER_CANCEL
 from handlers.reply import open_stream
 from handlers.services import Services
 from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage
-from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDelta
+from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDelta, drop_overlap
 from integrations.errors import UpstreamError
 from integrations.llm import ModelRef
 from state.history import StoredMessage
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 STOPPED_NOTE = "\n\n_(stopped)_"
+CUT_NOTE = "\n\n_(This answer reached its length limit. Send /continue for the rest.)_"
+# What /continue (or a bare "continue") asks the model, as the conversation keeps it.
+CONTINUE_REQUEST = "Continue your previous answer exactly where it stopped, without repeating any of it."
 INTERRUPTED_NOTE = "\n\n_(interrupted: the bot is restarting; I'll answer this again when it is back)_"
 
 
@@ -52,7 +58,11 @@ SOMETHING_WENT_WRONG = (
 
 async def answer(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
     """Take `stored` to the end of its lifecycle, whatever happens: exactly one final reply the
-    user sees (the answer, or one clear error), written down before or together with it."""
+    user sees (the answer, or one clear error), written down before or together with it.
+
+    A user's /cancel stops the generation only: once the answer (or the error) is known, the
+    lane stops taking user cancels, and one asked for a moment earlier is absorbed, so the
+    ending is never cut in half. A shutdown may stop it anywhere; the restart takes it up."""
     stream = open_stream(services, message)
     try:
         if stored.status == "delivering" and stored.reply_text is not None:
@@ -62,7 +72,9 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
         generated = await _generate(services, message, stored, stream)
         if generated is not None:
             shown, words, model = generated
-            await services.history.record_answer(stored, words, model, reply_text=shown)
+            await _despite_user_cancel(
+                services, stored, lambda: services.history.record_answer(stored, words, model, reply_text=shown)
+            )
             await _deliver(services, stream, stored, shown)
     except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
         log.exception("answering message %s in chat %s failed", stored.id, message.chat_id)
@@ -98,10 +110,13 @@ async def _generate(
                 text += takeover_marker(event, text)
                 stream.update(prefix + text)
             elif isinstance(event, Completed):
+                services.lanes.finishing(message.chat_id)
                 model = event.model
+                if event.truncated:
+                    marker += CUT_NOTE
                 if event.marker:
-                    marker = f"\n\n_{event.marker}_"
-                await _record_usage(services, message, event.usage)
+                    marker += f"\n\n_{event.marker}_"
+                await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, event.usage))
     except asyncio.CancelledError:
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
         # is not caught here.
@@ -118,40 +133,69 @@ async def _generate(
         await _deliver(services, stream, stored, final)
         return None
     except AllModelsFailed as error:
+        services.lanes.finishing(message.chat_id)
         log.warning("no model answered in chat %s: %s", message.chat_id, error)
-        await _record_usage(services, message, error.usage)
+        await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, error.usage))
+        final = failure_text(error)
         if error.partial_text:
-            final = failure_text(error)
-            await services.history.record_answer(stored, error.partial_text, "partial", reply_text=final)
+            await _despite_user_cancel(
+                services, stored,
+                lambda: services.history.record_answer(stored, error.partial_text, "partial", reply_text=final),
+            )
             await _deliver(services, stream, stored, final)
         else:
-            await stream.finish(failure_text(error))
-            await services.history.mark_failed(stored, str(error)[:200])
+            await _deliver(services, stream, stored, final, end=lambda: services.history.mark_failed(stored, str(error)[:200]))
         return None
+    if stored.text == CONTINUE_REQUEST:
+        text = await _without_repeat(services, stored, text)
     return prefix + text + marker, text, str(model)
 
 
-async def _deliver(services: Services, stream: ReplyStream, stored: StoredMessage, text: str) -> None:
-    """The final text reaches the user, then the message is answered. A user's /cancel cannot cut
-    this short (the answer is complete); a shutdown leaves it 'delivering', finished after the restart."""
+async def _without_repeat(services: Services, stored: StoredMessage, continuation: str) -> str:
+    """A continuation without the words it repeats from the end of the answer it continues."""
+    previous = await services.history.last_answer(stored.chat_id, before=stored.id)
+    return drop_overlap(previous, continuation).lstrip() if previous else continuation
+
+
+async def _deliver(
+    services: Services,
+    stream: ReplyStream,
+    stored: StoredMessage,
+    text: str,
+    *,
+    end: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """The final text reaches the user, then the message's lifecycle ends (`end`: answered, by
+    default). A shutdown leaves it 'delivering', finished after the restart."""
+    services.lanes.finishing(stored.chat_id)
+    ending = end or (lambda: services.history.mark_delivered(stored))
+
+    async def deliver_and_end() -> None:
+        await stream.finish(text)
+        await ending()
+
+    try:
+        await _despite_user_cancel(services, stored, deliver_and_end)
+    except UpstreamError as error:
+        if error.retryable:
+            # Telegram stayed unreachable through every retry: the answer is kept as
+            # 'delivering', and the next start delivers it without asking the model again.
+            log.warning("reply to message %s in chat %s not delivered yet: %s", stored.id, stored.chat_id, error)
+            return
+        log.warning("reply to message %s in chat %s cannot be delivered: %s", stored.id, stored.chat_id, error)
+        await services.history.mark_undeliverable(stored, str(error)[:200])
+
+
+async def _despite_user_cancel(services: Services, stored: StoredMessage, step: Callable[[], Awaitable[T]]) -> T:
+    """Run `step` to its end even if a user's /cancel lands in it (it is then run again: every
+    step given here can be repeated); a shutdown's cancel goes through."""
     while True:
         try:
-            await stream.finish(text)
-            break
+            return await step()
         except asyncio.CancelledError:
             if services.lanes.cancel_reason(stored.chat_id) != USER_CANCEL:
                 raise
             _uncancel()
-        except UpstreamError as error:
-            if error.retryable:
-                # Telegram stayed unreachable through every retry: the answer is kept as
-                # 'delivering', and the next start delivers it without asking the model again.
-                log.warning("reply to message %s in chat %s not delivered yet: %s", stored.id, stored.chat_id, error)
-                return
-            log.warning("reply to message %s in chat %s cannot be delivered: %s", stored.id, stored.chat_id, error)
-            await services.history.mark_undeliverable(stored, str(error)[:200])
-            return
-    await services.history.mark_delivered(stored)
 
 
 async def _report_failure(services: Services, stream: ReplyStream, stored: StoredMessage, error: Exception) -> None:

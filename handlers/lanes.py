@@ -2,7 +2,8 @@
 
 Jobs of one chat run one after another; chats run side by side. `cancel` stops the running job
 of a chat (the job itself decides how to finish what it showed, and can ask `cancel_reason` why:
-a user's /cancel or a shutdown). Idle lanes are dropped.
+a user's /cancel or a shutdown). A job submitted as not `cancellable` (a short closing note) is
+left alone by a user's /cancel; a shutdown stops it all the same. Idle lanes are dropped.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ SHUTDOWN = "shutdown"
 
 @dataclass
 class _Lane:
-    jobs: deque[Job] = field(default_factory=deque)
+    jobs: deque[tuple[Job, bool]] = field(default_factory=deque)
     worker: asyncio.Task[None] | None = None
     running: asyncio.Task[None] | None = None
+    running_cancellable: bool = True
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str | None = None
 
@@ -44,9 +46,9 @@ class ChatLanes:
     def queued(self) -> int:
         return sum(len(lane.jobs) for lane in self._lanes.values())
 
-    def submit(self, chat_id: int, job: Job) -> None:
+    def submit(self, chat_id: int, job: Job, *, cancellable: bool = True) -> None:
         lane = self._lanes.setdefault(chat_id, _Lane())
-        lane.jobs.append(job)
+        lane.jobs.append((job, cancellable))
         lane.idle.clear()
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.ensure_future(self._work(chat_id, lane))
@@ -55,9 +57,18 @@ class ChatLanes:
         lane = self._lanes.get(chat_id)
         if lane is None or lane.running is None or lane.running.done():
             return False
+        if reason == USER_CANCEL and (not lane.running_cancellable or lane.cancel_reason is not None):
+            return False  # not to be stopped by the user, or already stopping
         lane.cancel_reason = reason
         lane.running.cancel()
         return True
+
+    def finishing(self, chat_id: int) -> None:
+        """The chat's running job has nothing left a user could stop (its answer is known): a
+        /cancel from now on finds nothing to stop. A shutdown still stops it."""
+        lane = self._lanes.get(chat_id)
+        if lane is not None:
+            lane.running_cancellable = False
 
     def cancel_reason(self, chat_id: int) -> str | None:
         """Why the chat's running job was cancelled (USER_CANCEL, SHUTDOWN), or None."""
@@ -94,7 +105,7 @@ class ChatLanes:
     async def _work(self, chat_id: int, lane: _Lane) -> None:
         try:
             while lane.jobs:
-                job = lane.jobs.popleft()
+                job, lane.running_cancellable = lane.jobs.popleft()
                 lane.cancel_reason = None
                 lane.running = asyncio.ensure_future(job())
                 try:

@@ -27,6 +27,14 @@ from state.history import Kind, StoredMessage
 log = logging.getLogger(__name__)
 
 
+def as_continue_request(text: str) -> str:
+    """`/continue` (or a bare "continue") asks the model for the rest of its last answer."""
+    bare = text.strip().rstrip(".!").lower()
+    if bare in ("/continue", "continue") or bare.startswith("/continue@"):
+        return chat.CONTINUE_REQUEST
+    return text
+
+
 def well_formed(text: str) -> str:
     """Text that survives UTF-8 and UTF-16: bytes a terminal could not decode become U+FFFD."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
@@ -59,11 +67,14 @@ STORE_RETRY_DELAYS = (1.0, 4.0)
 STORAGE_ERRORS = (sqlite3.Error, OSError)
 
 class Router:
-    def __init__(self, services: Services, commands: Sequence[Command]) -> None:
+    def __init__(self, services: Services, commands: Sequence[Command], *, help_note: str = "") -> None:
         self._services = services
+        self._help_note = help_note
         builtins = [
             Command("help", "what I can do", self._help),
             Command("cancel", "stop the reply in progress", self._cancel),
+            # Never run: the router turns /continue into a chat question (see as_continue_request).
+            Command("continue", "the rest of an answer that was cut off", self._help),
         ]
         self._commands = {command.name: command for command in [*commands, *builtins]}
         self._last_refusal: dict[int, float] = {}
@@ -81,7 +92,7 @@ class Router:
     async def handle(self, message: IncomingMessage) -> None:
         if not message.addressed_to_bot or (not message.text.strip() and message.attachment is None):
             return
-        message = replace(message, text=well_formed(message.text))
+        message = replace(message, text=as_continue_request(well_formed(message.text)))
         services = self._services
         if not services.access.is_allowed(message.user_id):
             await self._refuse(message)
@@ -122,7 +133,21 @@ class Router:
         else:
             await self._enqueue_answer(message, stored)
 
-    async def resume_pending(self) -> int:
+    async def keep_resuming(self, every: float = 300.0, older_than: float = 120.0) -> None:
+        """A safety net while serving: finish unfinished messages that nobody is working on (a
+        message whose job ended without ending its lifecycle). It should never find any; when it
+        does, it says so, since that is a bug to look into."""
+        while True:
+            await self._services.clock.sleep(every)
+            try:
+                found = await self.resume_pending(older_than=older_than)
+            except STORAGE_ERRORS as error:
+                log.warning("could not look for unfinished messages: %s", error)
+                continue
+            if found:
+                log.warning("found %d unfinished message(s) nobody was working on; finishing them now", found)
+
+    async def resume_pending(self, *, older_than: float | None = None) -> int:
         """Finish what the last run left unfinished: answer, re-deliver or close each message once.
 
         Messages already queued or running here are skipped; a user no longer allowed gets
@@ -134,7 +159,8 @@ class Router:
         settings = services.chat
         resumed = 0
         for stored in await services.history.pending():
-            if stored.id in self._claimed:
+            age = services.clock.now() - datetime.fromisoformat(stored.created_at)
+            if stored.id in self._claimed or (older_than is not None and age.total_seconds() < older_than):
                 continue
             resumed += 1
             message = IncomingMessage(
@@ -152,21 +178,26 @@ class Router:
             if stored.status == "delivering":
                 self._submit(message, stored, None)
                 continue
-            age = services.clock.now() - datetime.fromisoformat(stored.created_at)
             if age.total_seconds() > settings.pending_max_age:
-                self._submit(message, stored, _closing_job(EXPIRED_NOTE.format(age=_describe_age(age.total_seconds())), "expired"))
+                note = EXPIRED_NOTE.format(age=_describe_age(age.total_seconds()))
+                self._submit(message, stored, _closing_job(note, "expired"), cancellable=False)
                 continue
             if stored.attempts >= settings.max_attempts:
                 log.error("giving up on message %s in chat %s after %d attempts", stored.id, stored.chat_id, stored.attempts)
-                self._submit(message, stored, _closing_job(GAVE_UP_NOTE.format(attempts=stored.attempts), "failed"))
+                note = GAVE_UP_NOTE.format(attempts=stored.attempts)
+                self._submit(message, stored, _closing_job(note, "failed"), cancellable=False)
                 continue
             if stored.kind == "media":
-                self._submit(message, stored, self._unsupported)
+                self._submit(message, stored, self._unsupported, cancellable=False)
                 continue
             parsed = parse_command(stored.text) if stored.kind == "command" else None
             command = self._commands.get(parsed.name) if parsed is not None else None
             if stored.kind == "command" and (command is None or parsed is None):
                 await services.history.mark_failed(stored, "unknown command after a restart")
+                continue
+            if command is not None and command.name == "cancel":
+                # What it was to stop ended with the last run.
+                await services.history.mark_delivered(stored)
                 continue
             if (stored.kind == "chat" or (command is not None and command.metered)) and await self._over_limits(message):
                 await services.history.mark_failed(stored, "over the user's limits when resumed")
@@ -181,6 +212,8 @@ class Router:
                 continue
             usage = f" {command.usage}" if command.usage else ""
             lines.append(f"/{command.name}{usage} — {command.description}")
+        if self._help_note:
+            lines += ["", self._help_note]
         return "\n".join(lines)
 
     async def _enqueue_answer(self, message: IncomingMessage, stored: StoredMessage) -> None:
@@ -190,8 +223,11 @@ class Router:
             # Not part of the answer, so not recorded with it (a resumed answer would take it over).
             await reply(self._services, replace(message, trace=None), QUEUED_NOTICE)
 
-    def _submit(self, message: IncomingMessage, stored: StoredMessage, run: Job | None) -> None:
-        """Queue the message's job in its chat's lane; `None` means answering it as a chat message."""
+    def _submit(
+        self, message: IncomingMessage, stored: StoredMessage, run: Job | None, *, cancellable: bool = True
+    ) -> None:
+        """Queue the message's job in its chat's lane; `None` means answering it as a chat message.
+        A job that only shows a short closing note is not `cancellable` by the user."""
         self._claimed.add(stored.id)
 
         async def job() -> None:
@@ -203,7 +239,7 @@ class Router:
             finally:
                 self._claimed.discard(stored.id)
 
-        self._services.lanes.submit(message.chat_id, job)
+        self._services.lanes.submit(message.chat_id, job, cancellable=cancellable)
 
     async def _lifecycle(self, message: IncomingMessage, stored: StoredMessage, run: Job) -> None:
         """Run a command (or a note) for a stored message and end its lifecycle: answered when it
@@ -214,6 +250,7 @@ class Router:
         try:
             await history.begin(stored)
             await run(self._services, message, stored)
+            await history.mark_delivered(stored)
         except asyncio.CancelledError:
             if self._services.lanes.cancel_reason(message.chat_id) != USER_CANCEL:
                 raise  # a shutdown: left unfinished, run again after the restart
@@ -228,8 +265,6 @@ class Router:
                 await history.mark_failed(stored, f"{type(error).__name__}: {error}"[:200])
             except Exception as storage_error:
                 log.error("could not record that message %s failed: %s", stored.id, storage_error)
-        else:
-            await history.mark_delivered(stored)
         finally:
             self._claimed.discard(stored.id)
 

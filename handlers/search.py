@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 from handlers.commands import Command
 from handlers.lanes import USER_CANCEL
+from handlers.chat import CUT_NOTE
 from handlers.reply import open_stream, reply
 from handlers.stream import ReplyStream
 from handlers.services import Services
@@ -63,7 +64,7 @@ NOT_CONFIGURED = (
     "(an API key from https://www.perplexity.ai/settings/api) and restarting the bot."
 )
 STOPPED_NOTE = "\n\n_(stopped)_"
-INTERRUPTED_NOTE = "\n\n_(interrupted: the bot is restarting; please send the search again in a minute)_"
+INTERRUPTED_NOTE = "\n\n_(interrupted: the bot is restarting; I'll run this search again when it is back)_"
 
 _RECENCY_PREFIX = re.compile(rf"({'|'.join(RECENCY_FILTERS)}):(.*)", re.IGNORECASE | re.DOTALL)
 _SITE = re.compile(r"(-?)site:(.+)", re.IGNORECASE)
@@ -241,10 +242,16 @@ async def _answer(
     if recorder is not None and outcome.cached_age is None:
         tokens = Usage(answer.usage.input_tokens, answer.usage.output_tokens)
         await recorder.record(message.user_id, [(ModelRef("perplexity", answer.model), tokens)])
-    if answer.complete and not answer.found_nothing:
+    if (answer.complete or cut_at_length(answer)) and not answer.found_nothing:
+        # A cut answer is kept too, so /continue can have the chat model finish it.
         await services.history.record_exchange(
             message.chat_id, message.user_id, question_text(query), format_answer(answer), f"perplexity:{answer.model}"
         )
+
+
+def cut_at_length(answer: SearchAnswer) -> bool:
+    """Perplexity stopped at the output limit (`incomplete`, reason `max_output_tokens`)."""
+    return not answer.complete and answer.incomplete_reason == "max_output_tokens"
 
 
 def question_text(query: SearchQuery) -> str:
@@ -257,7 +264,9 @@ def question_text(query: SearchQuery) -> str:
 
 def format_outcome(query: SearchQuery, outcome: SearchOutcome) -> str:
     answer = outcome.answer
-    if not answer.complete:
+    if cut_at_length(answer) and not answer.found_nothing:
+        text = format_answer(answer) + CUT_NOTE
+    elif not answer.complete:
         reason = answer.incomplete_reason or "no reason given"
         text = f"⚠️ _The search stopped before the answer was complete ({_escape(reason)}); "
         if answer.found_nothing:

@@ -62,11 +62,17 @@ class ModelTookOver:
     reason: str
 
 
+# Stop reasons that mean the answer was cut at its length limit (OpenAI, Anthropic, Responses API).
+LENGTH_STOPS = frozenset({"length", "max_tokens", "max_output_tokens"})
+
+
 @dataclass(frozen=True)
 class Completed:
     model: ModelRef
     marker: str | None
     usage: tuple[tuple[ModelRef, Usage], ...]
+    # The answer stopped at the token limit, not because it was done.
+    truncated: bool = False
 
 
 ChainEvent = TextDelta | ModelTookOver | Completed
@@ -186,7 +192,7 @@ class ModelChain:
                 previous = model.ref
                 continue
             usage.append((model.ref, opened.result.usage))
-            yield Completed(model.ref, model.marker, tuple(usage))
+            yield Completed(model.ref, model.marker, tuple(usage), opened.result.stop_reason in LENGTH_STOPS)
             return
         raise AllModelsFailed(failures, shown, usage)
 

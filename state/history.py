@@ -227,15 +227,23 @@ class HistoryStore:
             (self._now(), chat_id),
         )
 
-    async def last_answer(self, chat_id: int) -> str | None:
-        """The newest answer in the chat's open conversation."""
+    async def last_answer(self, chat_id: int, *, before: int | None = None) -> str | None:
+        """The newest answer in the chat's open conversation (to a message older than `before`)."""
         row = await self._db.fetchone(
             "SELECT m.content FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-            " WHERE c.chat_id = ? AND c.ended_at IS NULL AND m.role = 'assistant'"
+            " WHERE c.chat_id = ? AND c.ended_at IS NULL AND m.role = 'assistant' AND m.in_reply_to < ?"
             " ORDER BY m.id DESC LIMIT 1",
-            (chat_id,),
+            (chat_id, before if before is not None else 2**62),
         )
         return None if row is None else row["content"]
+
+    async def last_model(self, chat_id: int) -> str | None:
+        """The model of the chat's newest answer (provider:model), if any."""
+        row = await self._db.fetchone(
+            "SELECT model FROM messages WHERE chat_id = ? AND role = 'assistant' ORDER BY id DESC LIMIT 1",
+            (chat_id,),
+        )
+        return None if row is None else row["model"]
 
     async def conversation_count(self, chat_id: int) -> int:
         row = await self._db.fetchone(

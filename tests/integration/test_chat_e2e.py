@@ -179,3 +179,30 @@ async def test_user_sending_too_fast_is_asked_to_slow_down(tmp_path):
         assert bot.texts()[:2] == ["Answer.", "Answer."]
         assert "slow down" in bot.texts()[2].lower() or "too many" in bot.texts()[2].lower()
         assert claude.calls == 2
+
+
+async def test_an_answer_cut_at_the_token_limit_says_so_and_continue_joins_the_rest(tmp_path):
+    first = "Step one: mix the flour and"
+    rest = "mix the flour and the water. Step two: bake."
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY))
+        claude.script(anth.Reply(first, stop_reason="max_tokens"), anth.Reply(rest))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await bot.user_says("How do I bake bread?")
+        assert bot.texts() == [first + "\n\n(This answer reached its length limit. Send /continue for the rest.)"]
+        await bot.user_says("/continue")
+        assert bot.texts()[-1] == "the water. Step two: bake."
+        asked = claude.message_requests[-1].json["messages"]
+        assert asked[-2] == {"role": "assistant", "content": first}
+        assert asked[-1]["content"].startswith("Continue your previous answer")
+
+
+async def test_a_reply_of_just_continue_asks_for_the_rest_like_the_command(tmp_path):
+    async with AsyncExitStack() as stack:
+        openai_fake = await stack.enter_async_context(FakeOpenAI(api_key=OPENAI_KEY))
+        openai_fake.script(oai.Reply("The list: apples,", finish_reason="length"), oai.Reply("pears and plums."))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, openai=openai_fake, models=["openai:gpt-test"]))
+        await bot.user_says("List fruit")
+        assert bot.texts()[0].endswith("Send /continue for the rest.)")
+        await bot.user_says("Continue.")
+        assert bot.texts()[-1] == "pears and plums."

@@ -40,6 +40,15 @@ async def claude_with(stack: AsyncExitStack, *behaviours, default=anth.Reply("Th
     return claude
 
 
+async def stored_then_crashed(settings, text: str, message_id: int):
+    """A run that stored a user's message and died before answering it; returns its (stopped) bot."""
+    async with AsyncExitStack() as crashed_run:
+        bot = await start_telegram_bot(crashed_run, settings)
+        bot.client.known_chats.add(USER)
+        await bot.app.services.history.record_incoming(USER, USER, message_id, text)
+    return bot
+
+
 # --- 1. the console answers in every session, not only the first -----------------------------
 
 
@@ -101,11 +110,7 @@ async def test_a_pending_message_redelivered_by_catch_up_is_answered_once(tmp_pa
     async with AsyncExitStack() as stack:
         claude = await claude_with(stack)
         settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
-        async with AsyncExitStack() as crashed_run:
-            bot = await start_telegram_bot(crashed_run, settings)
-            bot.client.known_chats.add(USER)
-            # Stored, then the process died before answering or acknowledging the update.
-            await bot.app.services.history.record_incoming(USER, USER, 901, "are you there?")
+        bot = await stored_then_crashed(settings, "are you there?", 901)
         bot = await start_telegram_bot(stack, settings, offline_updates=[event("are you there?", message_id=901)])
         await bot.settle()
         assert bot.texts() == ["The answer."]
@@ -205,10 +210,7 @@ async def test_a_resumed_message_is_checked_against_access_again(tmp_path):
     async with AsyncExitStack() as stack:
         claude = await claude_with(stack)
         settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
-        async with AsyncExitStack() as crashed_run:
-            bot = await start_telegram_bot(crashed_run, settings)
-            bot.client.known_chats.add(USER)
-            await bot.app.services.history.record_incoming(USER, USER, 902, "still allowed?")
+        bot = await stored_then_crashed(settings, "still allowed?", 902)
         bot = await start_telegram_bot(stack, replace(settings, allowed_user_ids=frozenset()))
         await bot.settle()
         assert bot.texts() == [] and claude.calls == 0
@@ -219,10 +221,7 @@ async def test_a_message_older_than_the_pending_age_gets_a_note_instead_of_an_an
     async with AsyncExitStack() as stack:
         claude = await claude_with(stack)
         settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
-        async with AsyncExitStack() as crashed_run:
-            bot = await start_telegram_bot(crashed_run, settings)
-            bot.client.known_chats.add(USER)
-            await bot.app.services.history.record_incoming(USER, USER, 903, "what's the weather now?")
+        bot = await stored_then_crashed(settings, "what's the weather now?", 903)
         clock = bot.clock
         await clock.advance(timedelta(hours=3).total_seconds())
         bot = await start_telegram_bot(stack, settings, clock=clock)
@@ -345,3 +344,22 @@ async def test_ctrl_c_in_the_console_stops_the_reply_and_the_next_line_is_answer
     assert stopped.strip() in ("…", "one", "one two", "one two three")
     assert rest == "Next answer.\n\n"
     assert "every model failed" not in out.decode() and "Traceback" not in err.decode()
+
+
+# --- the safety net -------------------------------------------------------------------------------
+
+
+async def test_a_message_nobody_works_on_is_found_and_answered_while_serving(tmp_path, caplog):
+    async with AsyncExitStack() as stack:
+        claude = await claude_with(stack)
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        bot.client.known_chats.add(USER)
+        # A lifecycle bug would leave a message like this: stored, no job, the bot still running.
+        await bot.app.services.history.record_incoming(USER, USER, next(MESSAGE_IDS), "hello?")
+        safety_net = asyncio.ensure_future(bot.app.router.keep_resuming(every=300, older_than=120))
+        await bot.clock.advance(299)
+        assert bot.texts() == []
+        await bot.clock.run_until(lambda: bot.texts() == ["The answer."], poll=POLL)
+        safety_net.cancel()
+        assert "found 1 unfinished message(s) nobody was working on" in caplog.text
+        assert await bot.statuses() == ["answered"]

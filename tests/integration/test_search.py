@@ -182,12 +182,26 @@ async def test_cancelled_run_is_reported(stack, tmp_path):
     assert await s.cached_entries() == 0
 
 
-async def test_truncated_answer_is_marked_incomplete_and_not_cached_or_remembered(stack, tmp_path):
+async def test_an_answer_cut_at_its_length_limit_says_so_and_continue_finishes_it(stack, tmp_path):
     s = await start_search(stack, tmp_path, await fake_with(stack, pplx.incomplete_run("Tokio is the most used runtime and")))
     await s.bot.say("/search rust async")
     [reply] = s.bot.replies()
-    assert reply.startswith("⚠️ The search stopped before the answer was complete (max_output_tokens)")
     assert "Tokio is the most used runtime and" in reply
+    assert reply.endswith("This answer reached its length limit. Send /continue for the rest.)")
+    assert await s.cached_entries() == 0, "a cut answer is never cached"
+    await s.bot.say("/continue")
+    assert s.bot.replies()[-1] == "Sure, more on that."
+    asked = [m.content for m in s.llm.requests[-1].messages]
+    assert asked[0] == "Web search: rust async" and "Tokio is the most used runtime and" in asked[1]
+    assert asked[-1].startswith("Continue your previous answer")
+
+
+async def test_an_answer_cut_for_another_reason_is_marked_incomplete_and_not_remembered(stack, tmp_path):
+    cut = pplx.Answer(text="Tokio is the most used runtime and", status="incomplete", incomplete_reason="content_filter")
+    s = await start_search(stack, tmp_path, await fake_with(stack, cut))
+    await s.bot.say("/search rust async")
+    [reply] = s.bot.replies()
+    assert reply.startswith("⚠️ The search stopped before the answer was complete (content_filter)")
     assert await s.cached_entries() == 0
     assert await s.bot.services.history.last_answer(USER) is None
 
