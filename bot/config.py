@@ -6,11 +6,13 @@ empty value counts as unset, so a variable exported empty (as docker compose doe
 `${VAR}`) does not hide the file's value.
 
 Every problem is collected and reported in one `ConfigError`, so an operator fixes the whole file
-in one pass rather than one restart per typo. Secrets are wrapped in `Secret` as soon as they are
-read, and problems about them say what is wrong without echoing them.
+in one pass rather than one restart per typo. A name that looks like a setting but is none (a typo:
+`OPENAI_APIKEY`) is not a problem but a warning naming the closest setting. Secrets are wrapped in
+`Secret` as soon as they are read, and problems about them say what is wrong without echoing them.
 """
 from __future__ import annotations
 
+import difflib
 import hmac
 import io
 import logging
@@ -56,6 +58,17 @@ _TELEGRAM_HELP = (
     "get the API id and hash at https://my.telegram.org (API development tools) and the bot token "
     "from @BotFather, or unset every TELEGRAM_* setting to run in console mode"
 )
+# A name with one of these prefixes is meant for Switchboard (or the SDKs it drives).
+SETTING_PREFIXES = ("TELEGRAM_", "OPENAI_", "ANTHROPIC_", "NOTION_", "PERPLEXITY_", "LLM_")
+# Read by the OpenAI and Anthropic SDKs themselves, so not unknown although Switchboard never reads them.
+SDK_SETTINGS = frozenset({
+    "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_WEBHOOK_SECRET", "OPENAI_CUSTOM_HEADERS", "OPENAI_LOG",
+    "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_CUSTOM_HEADERS", "ANTHROPIC_WEBHOOK_SIGNING_KEY", "ANTHROPIC_LOG",
+})
+# Without a prefix, a name this close to a setting's is taken for a typo of it (ADMIN_ID, LOGLEVEL);
+# with one, a setting this close is suggested (NOTION_DB_ID: NOTION_DATABASE_ID).
+_TYPO_SIMILARITY = 0.85
+_SUGGESTION_SIMILARITY = 0.75
 
 
 class Secret:
@@ -267,6 +280,8 @@ class Settings:
     credentials: CredentialSource = field(
         default_factory=lambda: CredentialSource({}), compare=False, repr=False
     )
+    # Not problems, but worth a line at start: names that look like settings but are none.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret's raw value, for the log redaction filter."""
@@ -304,6 +319,15 @@ def load_settings(
 
     state_dir = _state_dir(read, cwd)
     telegram_intended, telegram = _telegram(read, state_dir)
+    if not telegram_intended and environ.get("NOTIFY_SOCKET", "").strip():
+        # systemd's Type=notify: a console there reads an empty stdin, exits 0 at once, and is
+        # restarted over and over.
+        problems.append(
+            "TELEGRAM_API_ID, TELEGRAM_API_HASH and TELEGRAM_BOT_TOKEN are not set, but Switchboard runs "
+            "as a systemd service (NOTIFY_SOCKET is set), where the console cannot work: "
+            "get the API id and hash at https://my.telegram.org (API development tools) and the bot "
+            "token from @BotFather, and give them to the service (its env file or credentials)."
+        )
 
     openai_api_key = read.secret("OPENAI_API_KEY")
     anthropic_api_key = read.secret("ANTHROPIC_API_KEY")
@@ -356,6 +380,7 @@ def load_settings(
         llm_prices=_prices(read),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "kv"),
         credentials=source,
+        warnings=read.unknown_names(environ),
     )
     if problems:
         raise ConfigError(problems)
@@ -490,6 +515,22 @@ class _Reader:
         value = self.raw(name)
         return default if value is None else self.cwd / Path(value).expanduser()
 
+    def unknown_names(self, environ: Mapping[str, str]) -> tuple[str, ...]:
+        """A warning for each name in the env file or the environment that looks like a setting
+        but is none, with the closest setting's name. Call it after every setting was read: the
+        settings are the names asked for."""
+        known = [*self.seen, "CREDENTIALS_DIRECTORY"]
+        warnings = []
+        for where, names in ((f"in {self.source.env_file}", self.file_values), ("in the environment", environ)):
+            for name in sorted(set(names) - set(known) - SDK_SETTINGS):
+                closest = difflib.get_close_matches(name, known, n=1, cutoff=_SUGGESTION_SIMILARITY)
+                typo = bool(closest) and difflib.SequenceMatcher(None, name, closest[0]).ratio() >= _TYPO_SIMILARITY
+                if not (name.startswith(SETTING_PREFIXES) or typo):
+                    continue
+                advice = f": did you mean {closest[0]}?" if closest else " (.env.example lists every setting)."
+                warnings.append(f"{name} ({where}) is not a Switchboard setting, so it is ignored{advice}")
+        return tuple(warnings)
+
 
 def _env_file(explicit: Path | None, cwd: Path, problems: list[str]) -> Path | None:
     if explicit is None:
@@ -533,6 +574,8 @@ def _state_dir(read: _Reader, cwd: Path) -> Path:
 def _telegram(read: _Reader, state_dir: Path) -> tuple[bool, TelegramSettings | None]:
     """(whether Telegram mode is intended, its settings if they are all valid)."""
     values = {name: read.raw(name) for name in (*_TELEGRAM_REQUIRED, "TELEGRAM_DC")}
+    # Read even in console mode: every setting is read, so a name never read is not one.
+    session_path = read.path("TELEGRAM_SESSION", state_dir / "switchboard.session")
     if not any(values.values()):
         return False, None
     before = len(read.problems)
@@ -561,7 +604,6 @@ def _telegram(read: _Reader, state_dir: Path) -> tuple[bool, TelegramSettings | 
             "'_' or '-'; the value is not shown); copy it again from @BotFather.",
         )
     dc = _dc_override(read, values["TELEGRAM_DC"])
-    session_path = read.path("TELEGRAM_SESSION", state_dir / "switchboard.session")
 
     if len(read.problems) > before or api_id is None or api_hash is None or bot_token is None:
         return True, None
