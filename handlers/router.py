@@ -39,6 +39,7 @@ def well_formed(text: str) -> str:
     """Text that survives UTF-8 and UTF-16: bytes a terminal could not decode become U+FFFD."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
+ALREADY_FINISHING = "The answer is already complete and on its way; there is nothing left to stop."
 QUEUED_NOTICE = "⏳ Got it. I'll answer this right after the reply in progress (/cancel stops that one)."
 NOT_ACCEPTED = (
     "⚠️ I couldn't store your message (my storage is failing), so I can't answer it now. "
@@ -307,7 +308,11 @@ class Router:
         await reply(services, message, self.help_text(message.user_id))
 
     async def _cancel(self, services: Services, message: IncomingMessage, args: str) -> None:
-        if not services.lanes.cancel(message.chat_id):
+        if services.lanes.cancel(message.chat_id):
+            return
+        if services.lanes.busy(message.chat_id):
+            await reply(services, message, ALREADY_FINISHING)
+        else:
             await reply(services, message, "Nothing to stop: no reply is in progress.")
 
     async def _over_limits(self, message: IncomingMessage) -> bool:

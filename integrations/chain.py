@@ -13,6 +13,7 @@ a lone one at most two.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
@@ -137,6 +138,28 @@ class ModelChain:
     clock: Clock
     timeouts: ChainTimeouts = field(default_factory=ChainTimeouts)
     open_policy: OpenPolicy = _pass_through
+    # Models still starting (the offline model, started in the background so that the bot's own
+    # start does not wait for it): a question that finds no model at all waits for them.
+    starting: "asyncio.Future[Sequence[ChainModel]] | None" = None
+    starting_wait: float = 120.0
+
+    def models_when_started(self, models: "asyncio.Future[Sequence[ChainModel]]") -> None:
+        """Take the chain `models` will give (the same models plus those that started)."""
+        self.starting = models
+
+        def adopt(done: "asyncio.Future[Sequence[ChainModel]]") -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.models = done.result()
+
+        models.add_done_callback(adopt)
+
+    async def _started(self) -> None:
+        if self.models or self.starting is None or self.starting.done():
+            return
+        try:
+            await wait_for(self.clock, asyncio.shield(self.starting), self.starting_wait)
+        except TimeoutError:
+            pass
 
     @property
     def refs(self) -> list[ModelRef]:
@@ -162,6 +185,7 @@ class ModelChain:
         max_tokens: int,
         preferred: ModelRef | None = None,
     ) -> AsyncIterator[ChainEvent]:
+        await self._started()
         failures: list[Failure] = []
         usage: list[tuple[ModelRef, Usage]] = []
         shown = ""

@@ -14,7 +14,7 @@ from telethon import errors
 
 from bot.shutdown import drain
 from handlers.chat import SOMETHING_WENT_WRONG
-from handlers.router import EXPIRED_NOTE, NOT_ACCEPTED, QUEUED_NOTICE
+from handlers.router import ALREADY_FINISHING, EXPIRED_NOTE, NOT_ACCEPTED
 from state.lock import StateLock
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
@@ -259,10 +259,10 @@ async def test_cancel_typed_while_the_final_text_is_being_delivered_still_delive
         await bot.clock.run_until(lambda: claude.calls == 1 and bot.paused(GROUP), poll=POLL)
         await bot.clock.run_until_complete(_until_status(bot, GROUP, "delivering"), poll=POLL)
         assert bot.paused(GROUP), "the final text is waiting out the flood wait"
-        await bot.client.deliver(event("/cancel", chat_id=GROUP))
+        await bot.clock.run_until_complete(bot.client.deliver(event("/cancel", chat_id=GROUP)), poll=POLL)
         await bot.clock.run_until_complete(asking, poll=POLL)
         await bot.settle()
-        assert bot.texts(GROUP) == [STORY]
+        assert bot.texts(GROUP) == [STORY, ALREADY_FINISHING]
         assert await bot.statuses(GROUP) == ["answered", "answered"]
 
 

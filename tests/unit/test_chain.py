@@ -271,3 +271,39 @@ async def test_the_wait_cap_error_names_the_limit_that_refused():
 
     refused = caught.value.failures[0].error
     assert isinstance(refused, WaitTooLong) and refused.upstream == "anthropic tokens"
+
+
+async def _answer_text(chain: ModelChain) -> str:
+    return "".join([e.text async for e in chain.stream(QUESTION, system=None, max_tokens=50) if isinstance(e, TextDelta)])
+
+
+async def test_a_question_that_finds_no_model_yet_waits_for_the_one_still_starting():
+    clock = ManualClock()
+    chain = ModelChain([], clock)
+    starting: asyncio.Future = asyncio.get_running_loop().create_future()
+    chain.models_when_started(starting)
+    asking = asyncio.ensure_future(_answer_text(chain))
+    await clock.advance(3)
+    assert not asking.done(), "the offline model is still loading"
+    starting.set_result([ChainModel(ModelRef("local", "smollm2"), ScriptedProvider("local", default=Script(("Hi!",))))])
+    assert await clock.run_until_complete(asking) == "Hi!"
+    assert chain.refs == [ModelRef("local", "smollm2")]
+
+
+async def test_a_model_that_never_finishes_starting_ends_in_the_no_model_error():
+    clock = ManualClock()
+    chain = ModelChain([], clock, starting_wait=30)
+    chain.models_when_started(asyncio.get_running_loop().create_future())
+    asking = asyncio.ensure_future(_answer_text(chain))
+    await clock.advance(29)
+    assert not asking.done()
+    await clock.advance(1)
+    with pytest.raises(AllModelsFailed):
+        await asking
+
+
+async def test_a_chain_with_models_does_not_wait_for_one_still_starting():
+    clock = ManualClock()
+    chain = chain_of(clock, ScriptedProvider("a", default=Script(("now",))))
+    chain.models_when_started(asyncio.get_running_loop().create_future())
+    assert await clock.run_until_complete(_answer_text(chain)) == "now"
