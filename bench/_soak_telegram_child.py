@@ -1,0 +1,197 @@
+"""The bot process of the crash soak on Telegram: the real app, served as `run_telegram` serves it.
+
+Everything is the product's own (settings from the environment, the state lock, `build_app`,
+`GovernedTransport(TelegramTransport(client))`, `TelegramRunner` resuming unfinished messages
+before new ones, `TelegramService` draining on SIGTERM) except the client: instead of Telethon
+it speaks to the soak's fake Telegram in the bench process over a socket
+(bench/_soak_telegram_server.py), and raises Telethon's own errors where Telegram refuses.
+
+Run by bench/crash_soak.py: forked by bench/_soak_launch.py, which calls `main([PORT])`, or with
+`--cold` as `python bench/_soak_telegram_child.py PORT`; killed with SIGKILL at random moments, or
+stopped with SIGTERM at the end.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import sys
+from contextlib import AsyncExitStack
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from telethon import errors, functions, types  # noqa: E402
+
+from bench._soak_telegram_server import BOT_ID, BOT_USERNAME  # noqa: E402
+from tests.fakes.telegram import new_message_event  # noqa: E402
+
+BOT_TOKEN = "123456:" + "A" * 35
+ME = types.User(id=BOT_ID, bot=True, username=BOT_USERNAME, first_name="Switchboard")
+# What Telegram's refusals become, as Telethon raises them.
+REFUSALS: dict[str, Callable[[], Exception]] = {
+    "MESSAGE_NOT_MODIFIED": lambda: errors.MessageNotModifiedError(request=None),
+    "MESSAGE_ID_INVALID": lambda: errors.MessageIdInvalidError(request=None),
+    "PEER_ID_INVALID": lambda: ValueError("Could not find the input entity for the chat"),
+}
+
+
+class SocketTelegramClient:
+    """The part of Telethon's `TelegramClient` the bot uses, over the soak's socket.
+
+    Like Telethon, it runs each handler of an update as its own task, and it tells Telegram the
+    update was received once they all finished (a killed process never does, so it comes again)."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._writer: asyncio.StreamWriter | None = None
+        self._handlers: list[tuple[Callable[[Any], Any], Any]] = []
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._disconnected = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self, bot_token: str | None = None, **_: Any) -> SocketTelegramClient:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._disconnected.clear()
+        self._keep(self._listen(reader))
+        await self._call("start")
+        return self
+
+    async def get_me(self, input_peer: bool = False) -> types.User:
+        return ME
+
+    def add_event_handler(self, callback: Callable[[Any], Any], event: Any = None) -> None:
+        self._handlers.append((callback, event))
+
+    def remove_event_handler(self, callback: Callable[[Any], Any], event: Any = None) -> int:
+        before = len(self._handlers)
+        self._handlers = [(cb, ev) for cb, ev in self._handlers if not (cb == callback and event in (None, ev))]
+        return before - len(self._handlers)
+
+    async def send_message(self, entity: int, message: str = "", *, reply_to: int | None = None, **_: Any) -> Any:
+        return SimpleNamespace(id=await self._call("send", chat_id=entity, text=message, reply_to=reply_to))
+
+    async def edit_message(self, entity: int, message: int, text: str | None = None, **_: Any) -> None:
+        await self._call("edit", chat_id=entity, message_id=message, text=text or "")
+
+    async def delete_messages(self, entity: int, message_ids: Any, *, revoke: bool = True) -> list[Any]:
+        ids = [message_ids] if isinstance(message_ids, int) else list(message_ids)
+        await self._call("delete", chat_id=entity, ids=ids)
+        return []
+
+    async def __call__(self, request: Any, ordered: bool = False) -> Any:
+        """Typing and the command menu: accepted without a trip (the soak does not count them)."""
+        if not isinstance(request, (functions.messages.SetTypingRequest, functions.bots.SetBotCommandsRequest)):
+            raise NotImplementedError(f"the soak's Telegram does not answer {type(request).__name__}")
+        if not self.is_connected():
+            raise ConnectionError("not connected to Telegram")
+        return True
+
+    async def disconnect(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._disconnected.set()
+
+    async def run_until_disconnected(self) -> None:
+        await self._disconnected.wait()
+
+    def is_connected(self) -> bool:
+        return self._writer is not None and not self._disconnected.is_set()
+
+    async def _call(self, call: str, **arguments: Any) -> Any:
+        if self._writer is None or self._writer.is_closing():
+            raise ConnectionError("not connected to Telegram")
+        request_id = next(self._ids)
+        answer = self._waiting[request_id] = asyncio.get_running_loop().create_future()
+        self._send({"id": request_id, "call": call, **arguments})
+        try:
+            reply = await answer
+        finally:
+            self._waiting.pop(request_id, None)
+        if "error" in reply:
+            raise REFUSALS[reply["error"]]()
+        return reply["result"]
+
+    async def _listen(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if "update" in message:
+                    self._dispatch(message["update"])
+                elif (answer := self._waiting.get(message["id"])) is not None and not answer.done():
+                    answer.set_result(message)
+        finally:
+            self._disconnected.set()
+            for answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_exception(ConnectionError("Telegram closed the connection"))
+
+    def _dispatch(self, update: dict[str, Any]) -> None:
+        event = new_message_event(
+            chat_id=update["chat_id"], sender_id=update["sender_id"], text=update["text"],
+            message_id=update["message_id"], mentioned=True,
+        )  # fmt: skip
+        event.message.date = datetime.fromisoformat(update["date"])
+        handling = [asyncio.ensure_future(callback(event)) for callback, _ in self._handlers]
+        if handling:
+            self._keep(self._acknowledge(update["uid"], handling))
+
+    async def _acknowledge(self, uid: int, handling: list[asyncio.Task[Any]]) -> None:
+        outcomes = await asyncio.gather(*handling, return_exceptions=True)
+        if not any(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes):
+            self._send({"ack": uid})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write((json.dumps(message) + "\n").encode())
+
+    def _keep(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def serve(port: int) -> int:
+    """`bot.telegram_service.run_telegram`, with the socket client in place of Telethon's."""
+    from bot.app import build_app
+    from bot.config import Secret, load_settings
+    from bot.logs import Redactor, configure_logging
+    from bot.systemd import Notifier
+    from bot.telegram import TelegramRunner, TelegramTransport
+    from bot.telegram_service import TelegramService
+    from integrations.resilience.clock import SystemClock
+    from integrations.resilience.governor import FloodGovernor, GovernedTransport
+    from state.lock import StateLock
+
+    settings = load_settings()
+    configure_logging(settings.log_level, Redactor(settings.secret_values()), log_format=settings.log_format)
+    clock = SystemClock()
+    async with AsyncExitStack() as stack:
+        state_lock = stack.enter_context(StateLock(settings.state_dir))
+        client = SocketTelegramClient(port)
+        governor = FloodGovernor(clock)
+        transport = GovernedTransport(TelegramTransport(client), governor)
+        app = await build_app(
+            settings, clock, transport, stack, governor=governor, telegram_connected=client.is_connected, state_lock=state_lock
+        )
+        menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
+        runner = TelegramRunner(client, Secret(BOT_TOKEN), app.router.handle, commands=menu)
+        service = TelegramService(app, runner, Notifier.from_environment({}), clock, grace=settings.limits.shutdown_grace)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, service.request_stop)
+        return await service.run()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not argv[0].isdigit():
+        print("The bot process of bench/crash_soak.py (which starts it); nothing to do on its own.", file=sys.stderr)
+        return 0
+    return asyncio.run(serve(int(argv[0])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
