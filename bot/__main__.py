@@ -137,6 +137,7 @@ async def run_console_mode(
             loop.remove_signal_handler(signal.SIGTERM)
             # Replies still running (quit mid-reply) finish or are left for the next session.
             await drain(app, clock, settings.limits.shutdown_grace)
+            await session.show_new_replies()
         return code
 
 

@@ -246,6 +246,7 @@ class ConsoleSession:
                 break
             if await self._take(line):
                 await self._finish_turn(lines)
+        await self._finish_turn(lines)  # what came meanwhile (a note's link, sent in the background)
         return 0
 
     async def _take(self, line: str) -> bool:
@@ -277,6 +278,10 @@ class ConsoleSession:
                 await self._take(line)
             else:
                 typed.cancel()  # a cancelled Queue.get leaves the line in the queue
+        await self.show_new_replies()
+
+    async def show_new_replies(self) -> None:
+        """Print what the bot sent since the last time (live in a terminal: only the spacing)."""
         replies = self._transport.take_new_replies()
         if self._jsonl:
             if replies:

@@ -32,3 +32,27 @@ async def test_scripted_console_prints_only_finished_replies():
     assert out.getvalue() == ""
     assert transport.take_new_replies() == ["final words"]
     assert transport.take_new_replies() == []
+
+
+async def test_a_message_sent_after_the_last_line_is_still_printed_before_the_console_exits():
+    import asyncio
+
+    from bot.console import CONSOLE_USER_ID, ConsoleSession
+    from handlers.lanes import ChatLanes
+
+    out = io.StringIO()
+    transport = ConsoleTransport(out, live=False)
+    lanes = ChatLanes()
+
+    async def handle(message):
+        await transport.send(CONSOLE_USER_ID, RichText.plain("Your note is queued."))
+
+        async def link_later():  # the notes outbox, delivering in the background
+            await asyncio.sleep(0)
+            await transport.send(CONSOLE_USER_ID, RichText.plain("Saved to Notion: https://notion.so/p1"))
+
+        asyncio.ensure_future(link_later())
+
+    session = ConsoleSession(handle, lanes, transport, stdin=io.StringIO("/note milk\n"), stdout=out, interactive=False)
+    assert await session.run() == 0
+    assert out.getvalue() == "Your note is queued.\n\nSaved to Notion: https://notion.so/p1\n\n"
