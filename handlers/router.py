@@ -67,6 +67,7 @@ STORE_RETRY_DELAYS = (1.0, 4.0)
 # Errors of the storage itself (disk full, database locked or corrupt, file system read-only).
 STORAGE_ERRORS = (sqlite3.Error, OSError)
 
+
 class Router:
     def __init__(self, services: Services, commands: Sequence[Command], *, help_note: str = "") -> None:
         self._services = services
