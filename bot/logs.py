@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePath
+from types import FrameType
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, TextIO, TypeVar
 from urllib.parse import quote, quote_plus
 
@@ -324,14 +325,24 @@ class DeprecationSignals:
             return self.report(error.upstream or "unknown", "model", error.message)
         return False
 
-    def from_warning(self, message: Warning | str, category: type[Warning], filename: str) -> bool:
-        """An SDK's DeprecationWarning (or one raised at our adapter's call into it)."""
+    def from_warning(
+        self, message: Warning | str, category: type[Warning], filename: str, *, raised_in: str | None = None
+    ) -> bool:
+        """An SDK's DeprecationWarning (or one raised at our adapter's call into it).
+
+        `filename` is where the warning points, which `stacklevel` moves up the stack: the
+        anthropic SDK's deprecated-model warning points two frames above its `create`, past our
+        adapter, into whatever drives the adapter's stream. `raised_in`, the file that called
+        `warnings.warn`, names the SDK that issued it, so it is asked first.
+        """
         if not issubclass(category, _DEPRECATION_CATEGORIES):
             return False
-        upstream = _upstream_of(filename)
+        upstream = (_upstream_of(raised_in) if raised_in else None) or _upstream_of(filename)
         if upstream is None:
             return False
-        return self.report(upstream, "warning", f"{category.__name__}: {message}")
+        # One line: the SDKs wrap their advice ("...end-of-life on ...\nPlease migrate..."),
+        # and /status shows each signal as one bullet.
+        return self.report(upstream, "warning", " ".join(f"{category.__name__}: {message}".split()))
 
     @contextmanager
     def capturing_warnings(self) -> Iterator[None]:
@@ -346,11 +357,23 @@ class DeprecationSignals:
             previous = warnings.showwarning
 
             def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-                if not self.from_warning(message, category, filename):
+                if not self.from_warning(message, category, filename, raised_in=_warning_raised_in()):
                     previous(message, category, filename, lineno, file, line)
 
             warnings.showwarning = show
             yield
+
+
+def _warning_raised_in() -> str | None:
+    """The file that called `warnings.warn`, seen from inside `showwarning` (which runs in that call).
+
+    The frames between are the warnings module's own (and this module's `show`); the C
+    implementation of `warn` adds none.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename in (warnings.__file__, __file__):
+        frame = frame.f_back
+    return frame.f_code.co_filename if frame is not None else None
 
 
 def _upstream_of(filename: str) -> str | None:

@@ -35,6 +35,21 @@ async def test_a_configured_model_the_provider_does_not_list_shows_in_status(tmp
         assert "claude-3-opus-retired" in bot.texts()[-1]
 
 
+async def test_the_anthropic_sdks_deprecated_model_warning_shows_in_status(tmp_path):
+    from anthropic._data import DEPRECATED_MODELS  # the SDK's own list, so the test follows its updates
+
+    model = next(iter(DEPRECATED_MODELS))
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(anth.FakeAnthropic(api_key=ANTHROPIC_KEY, models=[model]))
+        settings = settings_for(tmp_path, anthropic=claude, models=[f"anthropic:{model}"], admin_ids=frozenset({USER}))
+        bot = await start_telegram_bot(stack, settings)
+        await bot.user_says("hello")
+        await bot.user_says("/status")
+        status = bot.texts()[-1]
+    assert "none seen" not in status
+    assert f"anthropic: DeprecationWarning: The model '{model}' is deprecated and will reach end-of-life on" in status
+
+
 async def test_deprecation_and_sunset_headers_are_logged_once_and_shown_in_status(tmp_path, caplog):
     from tests.fakes import openai_server as oai
     from tests.integration.telegram_bot import OPENAI_KEY

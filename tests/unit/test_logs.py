@@ -237,3 +237,33 @@ def test_sdk_deprecation_warnings_become_signals_and_others_pass_on():
     assert passed_on == ["unrelated stdlib thing"]
     assert [(s.upstream, s.source) for s in signals.list()] == [("anthropic", "warning"), ("openai", "warning")]
     assert "max_tokens_to_sample" in signals.list()[0].detail
+
+
+def test_an_sdk_warning_that_points_above_our_adapter_is_still_the_sdks_signal():
+    # anthropic warns about a deprecated model with stacklevel=3: past its `create` and our
+    # adapter, into whatever drives the adapter (integrations/chain.py in the bot).
+    sdk: dict[str, object] = {}
+    source = (
+        "import warnings\n"
+        "def create(model):\n"
+        "    warnings.warn(f\"The model '{model}' is deprecated and will reach end-of-life on June 1st.\\n"
+        "Please migrate to a newer model.\", DeprecationWarning, stacklevel=3)\n"
+    )
+    exec(compile(source, "/opt/switchboard/.venv/lib/python3.11/site-packages/anthropic/resources/messages/messages.py", "exec"), sdk)
+
+    def adapter() -> None:
+        sdk["create"]("claude-old")  # type: ignore[operator]
+
+    signals = DeprecationSignals(ManualClock())
+    passed_on = []
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: passed_on.append(str(message))
+        with signals.capturing_warnings():
+            adapter()
+    assert passed_on == []
+    [signal] = signals.list()
+    assert (signal.upstream, signal.source) == ("anthropic", "warning")
+    assert signal.detail == (
+        "DeprecationWarning: The model 'claude-old' is deprecated and will reach end-of-life on June 1st. "
+        "Please migrate to a newer model."
+    )
