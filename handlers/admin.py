@@ -28,6 +28,7 @@ from handlers.status_report import (
 from handlers.transport import IncomingMessage
 from integrations.prices import format_usd
 from state.admin_settings import AdminSettings
+from state.cache import KINDS as CACHE_KINDS
 from state.usage import UsageLine, UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ log = logging.getLogger(__name__)
 USAGE_DAYS = 7
 ECHO_LIMIT = 40
 MAX_BUDGET_USD = 1_000_000.0
-_USER_ID = re.compile(r"[0-9]{1,15}")
+# Telegram: "at most 52 significant bits"; negative ids are groups and channels.
+MAX_USER_ID = 2**52 - 1
+BUDGET_SETTING = escape_markdown("USER_DAILY_BUDGET_USD")
+_NUMBER = re.compile(r"-?[0-9]+")
 _AMOUNT = re.compile(r"\$?([0-9]+(?:\.[0-9]+)?|\.[0-9]+)")
 
 
@@ -45,7 +49,24 @@ def _echo(text: str) -> str:
 
 
 def _parse_user_id(text: str) -> int | None:
-    return int(text) if _USER_ID.fullmatch(text) else None
+    """`text` as a Telegram user id (1 to 2**52 - 1), else None; `_not_a_user_id` says why."""
+    if not _NUMBER.fullmatch(text) or len(text) > 20:
+        return None
+    user_id = int(text)
+    return user_id if 0 < user_id <= MAX_USER_ID else None
+
+
+def _not_a_user_id(text: str) -> str:
+    """Why `text` is not a user id, as the sentence that starts a refusal ("" for no argument)."""
+    if not text:
+        return ""
+    if not _NUMBER.fullmatch(text):
+        return f"{_echo(text)} is not a numeric user id."
+    if text.startswith("-"):
+        return f"{_echo(text)} is the id of a group or channel, not of a user."
+    if int(text.lstrip("0") or "0") == 0:
+        return "0 is not a Telegram user id: they start at 1."
+    return f"{_echo(text)} is too large for a Telegram user id (at most {MAX_USER_ID:,})."
 
 
 def status_sources(services: Services) -> StatusSources:
@@ -92,13 +113,13 @@ async def usage(services: Services, message: IncomingMessage, args: str) -> None
     if args:
         user_id = _parse_user_id(args)
         if user_id is None:
-            await reply(services, message, f"`/usage` takes a numeric user id, not {_echo(args)}. Example: /usage 123456789")
+            await reply(services, message, f"{_not_a_user_id(args)} Example: /usage 123456789")
             return
     today = {(line.user_id, line.model): line for line in await recorder.lines(days=1, user_id=user_id)}
     week = await recorder.lines(days=USAGE_DAYS, user_id=user_id)
     first_day = recorder.today() - timedelta(days=USAGE_DAYS - 1)
     if not week:
-        who = f"User {user_id} has" if user_id is not None else "Nobody has"
+        who = f"User {user_id} has not" if user_id is not None else "Nobody has"
         await reply(services, message, f"{who} used any model since {first_day.isoformat()} (UTC).")
         return
     limits: UserLimits | None = services.extras.get("limits")
@@ -117,8 +138,7 @@ async def usage(services: Services, message: IncomingMessage, args: str) -> None
         today_cost = sum(line.cost_usd for (u, _), line in today.items() if u == uid)
         total = f"Total: today {format_usd(today_cost)}, {USAGE_DAYS} days {format_usd(sum(l.cost_usd for l in mine))}"
         if limits is not None:
-            budget = limits.budget_for(uid)
-            total += f" (daily budget {format_usd(budget)})" if budget is not None else " (no daily budget)"
+            total += f" ({_describe_budget(limits, uid)})"
         lines.append(total)
     if unpriced:
         names = ", ".join(escape_markdown(model) for model in sorted(unpriced))
@@ -187,15 +207,30 @@ async def cache(services: Services, message: IncomingMessage, args: str) -> None
     if store is None:
         await reply(services, message, "No cache is configured.")
         return
-    verb, _, kind = args.partition(" ")
-    kind = kind.strip()
+    verb, _, asked = args.partition(" ")
+    asked = asked.strip()
+    # What the features store, and whatever else the table holds (e.g. from an older version).
+    kinds = sorted(set(CACHE_KINDS) | set((await store.stats()).by_kind))
+    listing = ", ".join(escape_markdown(kind) for kind in kinds)
     if verb.lower() != "clear":
-        await reply(services, message, "Use /cache clear to empty the cache, or /cache clear <kind> (e.g. search) for one kind.")
+        await reply(services, message, f"Use /cache clear to empty the cache, or /cache clear <kind> for one kind ({listing}).")
         return
-    removed = await store.clear(kind or None)
+    kind = next((kind for kind in kinds if kind.lower() == asked.lower()), None) if asked else None
+    if asked and kind is None:
+        await reply(services, message, f"The cache has no kind {_echo(asked)}. Kinds: {listing}; /cache clear empties them all.")
+        return
+    removed = await store.clear(kind)
     log.info("admin %s cleared the cache (%s): %d entries", message.user_id, kind or "all kinds", removed)
-    what = f"{_echo(kind)} entries" if kind else "entries"
+    what = f"{escape_markdown(kind)} entries" if kind else "entries"
     await reply(services, message, f"Removed {removed} cached {what}.")
+
+
+ALLOW_HELP = "Use /allow <user id>, e.g. /allow 123456789 (the user can find their id by writing to me)."
+DENY_HELP = "Use /deny <user id>, e.g. /deny 123456789."
+
+
+def _refusal(args: str, help_text: str) -> str:
+    return f"{_not_a_user_id(args)} {help_text}".strip()
 
 
 def _admin_settings(services: Services) -> AdminSettings | None:
@@ -209,7 +244,7 @@ async def allow(services: Services, message: IncomingMessage, args: str) -> None
         await reply(services, message, "Access cannot be changed at runtime in this bot.")
         return
     if user_id is None:
-        await reply(services, message, "Use /allow <user id>, e.g. /allow 123456789 (the user can find their id by writing to me).")
+        await reply(services, message, _refusal(args, ALLOW_HELP))
         return
     await settings.allow(user_id, by=message.user_id)
     log.info("admin %s allowed user %s", message.user_id, user_id)
@@ -223,7 +258,7 @@ async def deny(services: Services, message: IncomingMessage, args: str) -> None:
         await reply(services, message, "Access cannot be changed at runtime in this bot.")
         return
     if user_id is None:
-        await reply(services, message, "Use /deny <user id>, e.g. /deny 123456789.")
+        await reply(services, message, _refusal(args, DENY_HELP))
         return
     if services.access.is_admin(user_id):
         await reply(services, message, f"User {user_id} is an admin (ADMIN_IDS); remove them there instead.")
@@ -235,8 +270,9 @@ async def deny(services: Services, message: IncomingMessage, args: str) -> None:
 
 BUDGET_HELP = (
     "Use /budget <user id> <USD per day> (e.g. /budget 123456789 2.50), /budget <user id> default "
-    "to go back to the default, or /budget <user id> unlimited."
+    f"to go back to the default ({BUDGET_SETTING}), or /budget <user id> unlimited for no limit."
 )
+ADMIN_EXEMPT = "exempt from budgets as an admin"
 
 
 async def budget(services: Services, message: IncomingMessage, args: str) -> None:
@@ -251,24 +287,32 @@ async def budget(services: Services, message: IncomingMessage, args: str) -> Non
         return
     user_id = _parse_user_id(parts[0])
     if user_id is None or len(parts) > 2:
-        await reply(services, message, BUDGET_HELP)
+        await reply(services, message, _refusal(parts[0] if user_id is None else "", BUDGET_HELP))
         return
     if len(parts) == 1:
-        await reply(services, message, f"User {user_id}: {_describe_budget(limits.budget_for(user_id))}.")
+        await reply(services, message, f"User {user_id}: {_describe_budget(limits, user_id, own=user_id in settings.budgets)}.")
         return
     choice = parts[1].lower()
     if choice == "default":
         await settings.clear_budget(user_id)
+        done = f"User {user_id} is back to the default: {_describe_default(limits)}."
     elif choice == "unlimited":
         await settings.set_budget(user_id, None, by=message.user_id)
+        done = f"User {user_id}: no daily budget for this user, whatever the default ({_describe_default(limits)})."
     else:
         amount = _parse_amount(parts[1])
         if amount is None:
             await reply(services, message, f"{_echo(parts[1])} is not an amount in US dollars. {BUDGET_HELP}")
             return
         await settings.set_budget(user_id, amount, by=message.user_id)
+        done = f"User {user_id}: daily budget {format_usd(amount)}, in place of the default ({_describe_default(limits)})."
     log.info("admin %s set the budget of user %s to %s", message.user_id, user_id, choice)
-    await reply(services, message, f"User {user_id}: {_describe_budget(limits.budget_for(user_id))}.")
+    if limits.exempt(user_id):
+        done += (
+            f" User {user_id} is an admin (ADMIN\\_IDS), and admins are exempt from budgets: "
+            "this applies only once they are no longer one."
+        )
+    await reply(services, message, done)
 
 
 def _parse_amount(text: str) -> float | None:
@@ -279,15 +323,28 @@ def _parse_amount(text: str) -> float | None:
     return amount if amount <= MAX_BUDGET_USD else None
 
 
-def _describe_budget(daily_usd: float | None) -> str:
-    return f"daily budget {format_usd(daily_usd)}" if daily_usd is not None else "no daily budget"
+def _describe_budget(limits: UserLimits, user_id: int, *, own: bool | None = None) -> str:
+    """What limits `user_id` today; with `own`, also whether it is their own budget or the default."""
+    if limits.exempt(user_id):
+        return ADMIN_EXEMPT
+    daily_usd = limits.budget_for(user_id)
+    text = f"daily budget {format_usd(daily_usd)}" if daily_usd is not None else "no daily budget"
+    if own is not None:
+        text += " (their own, set with /budget)" if own else f" (the default, {BUDGET_SETTING})"
+    return text
+
+
+def _describe_default(limits: UserLimits) -> str:
+    default = limits.default_daily_budget
+    if default is None:
+        return f"no daily budget, as {BUDGET_SETTING} is not set"
+    return f"{BUDGET_SETTING} is {format_usd(default)} a day"
 
 
 def _budget_list(settings: AdminSettings, limits: UserLimits) -> str:
-    default = limits.default_daily_budget
-    lines = [f"Default: {_describe_budget(default)} (USER\\_DAILY\\_BUDGET\\_USD)."]
-    for user_id, override in sorted(settings.budgets.items()):
-        lines.append(f"• User {user_id}: {_describe_budget(override.daily_usd)}")
+    lines = [f"Default: {_describe_default(limits)}."]
+    for user_id in sorted(settings.budgets):
+        lines.append(f"• User {user_id}: {_describe_budget(limits, user_id, own=True)}")
     return "\n".join(lines)
 
 

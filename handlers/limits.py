@@ -78,14 +78,21 @@ class UserLimits:
         self.messages_per_minute = messages_per_minute
         self.default_daily_budget = default_daily_budget
 
+    def exempt(self, user_id: int) -> bool:
+        """Admins: neither the message rate nor any budget applies to them."""
+        return self._access.is_admin(user_id)
+
     def budget_for(self, user_id: int) -> float | None:
-        """The user's daily budget in USD (an admin's /budget wins over the default); None: no limit."""
+        """The user's daily budget in USD (an admin's /budget wins over the default); None: no limit.
+
+        Says nothing of exemption: an admin's budget is what would apply were they not one.
+        """
         override = self._settings.budget_override(user_id)
         return override.daily_usd if override is not None else self.default_daily_budget
 
     async def check(self, user_id: int) -> str | None:
         """None: go ahead (the message is counted). Otherwise the message to send instead of calling out."""
-        if self._access.is_admin(user_id):
+        if self.exempt(user_id):
             return None
         budget = self.budget_for(user_id)
         if budget is not None:

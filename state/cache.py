@@ -1,4 +1,4 @@
-"""A small SQLite cache of upstream answers, by kind ("search", "notion_schema") and key.
+"""A small SQLite cache of upstream answers, by kind (one of `KINDS`) and key.
 
 Entries expire after the time-to-live their caller chose; an expired entry is a miss and is
 removed when it is read (and swept when something is stored). The table holds at most
@@ -17,6 +17,10 @@ from integrations.resilience.clock import Clock
 from state.db import Database, iso_timestamp
 
 logger = logging.getLogger(__name__)
+
+# Every kind a feature stores, for /cache to name and check: "search" is the web search's
+# answers (handlers.search.CACHE_KIND). Add a feature's kind here when it starts caching.
+KINDS = ("search",)
 
 
 @dataclass(frozen=True)

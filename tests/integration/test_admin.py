@@ -287,6 +287,14 @@ async def test_usage_shows_tokens_and_cost_per_user_and_model_today_and_over_sev
         assert "numeric user id" in await admin.admin_says("/usage bob")
 
 
+async def test_usage_of_a_user_who_used_nothing_says_they_have_not(tmp_path):
+    async with AsyncExitStack() as stack:
+        admin = await start_admin_bot(stack, tmp_path)
+        await admin.say("hello")
+        assert await admin.admin_says("/usage 12345") == "User 12345 has not used any model since 2026-11-20 (UTC)."
+        assert await admin.admin_says("/usage 0") == "0 is not a Telegram user id: they start at 1. Example: /usage 123456789"
+
+
 async def test_breaker_reset_closes_the_named_breaker_only(tmp_path):
     async with AsyncExitStack() as stack:
         admin = await start_admin_bot(stack, tmp_path)
@@ -317,6 +325,30 @@ async def test_cache_clear_removes_one_kind_or_everything(tmp_path):
         assert (await cache.stats()).entries == 1
         assert "Removed 1 cached entries" in await admin.admin_says("/cache clear")
         assert (await cache.stats()).entries == 0
+
+
+async def test_cache_clear_names_the_kinds_and_refuses_one_that_does_not_exist(tmp_path):
+    async with AsyncExitStack() as stack:
+        admin = await start_admin_bot(stack, tmp_path)
+        cache = SqliteCache(admin.database, admin.clock)
+        admin.services.extras["cache"] = cache
+        await cache.put("search", "q", "1", ttl=300)
+        assert await admin.admin_says("/cache clear bogus") == (
+            "The cache has no kind bogus. Kinds: search; /cache clear empties them all."
+        )
+        assert (await cache.stats()).entries == 1
+        assert await admin.admin_says("/cache") == (
+            "Use /cache clear to empty the cache, or /cache clear <kind> for one kind (search)."
+        )
+        assert await admin.admin_says("/cache clear Search") == "Removed 1 cached search entries."
+        assert await admin.admin_says("/cache clear search") == "Removed 0 cached search entries.", "a known kind, even empty"
+
+
+def test_every_kind_a_feature_caches_is_one_cache_clear_knows():
+    from handlers.search import CACHE_KIND
+    from state.cache import KINDS
+
+    assert CACHE_KIND in KINDS
 
 
 async def test_cache_command_says_so_when_there_is_no_cache(tmp_path):
@@ -355,6 +387,24 @@ async def test_deny_refuses_to_lock_out_an_admin_and_checks_its_argument(tmp_pat
         assert admin.settings.access.granted == set() and admin.settings.access.revoked == set()
 
 
+async def test_allow_refuses_ids_that_cannot_be_telegram_users(tmp_path):
+    async with AsyncExitStack() as stack:
+        admin = await start_admin_bot(stack, tmp_path)
+        help_text = "Use /allow <user id>, e.g. /allow 123456789 (the user can find their id by writing to me)."
+        assert await admin.admin_says("/allow 0") == f"0 is not a Telegram user id: they start at 1. {help_text}"
+        assert await admin.admin_says("/allow -1001234567890") == (
+            f"-1001234567890 is the id of a group or channel, not of a user. {help_text}"
+        )
+        assert await admin.admin_says("/allow 99999999999999999999") == (
+            f"99999999999999999999 is too large for a Telegram user id (at most 4,503,599,627,370,495). {help_text}"
+        )
+        assert await admin.admin_says("/allow") == help_text
+        assert "is the id of a group or channel" in await admin.admin_says("/deny -5")
+        assert "0 is not a Telegram user id" in await admin.admin_says("/budget 0 2")
+        assert admin.settings.access.granted == set() and admin.settings.budgets == {}
+        assert "User 4503599627370495 may now use the bot" in await admin.admin_says("/allow 4503599627370495")
+
+
 async def test_budget_set_by_an_admin_is_enforced_and_survives_a_restart(tmp_path):
     async with AsyncExitStack() as first_run:
         admin = await start_admin_bot(first_run, tmp_path, default_budget=1.0)
@@ -367,12 +417,52 @@ async def test_budget_set_by_an_admin_is_enforced_and_survives_a_restart(tmp_pat
         assert admin.limits.budget_for(USER) == 0.5
         assert "no daily budget" in await admin.admin_says(f"/budget {USER} unlimited")
         assert await admin.limits.check(USER) is None
-        assert "daily budget $1.00" in await admin.admin_says(f"/budget {USER} default")
+        assert "USER_DAILY_BUDGET_USD is $1.00 a day" in await admin.admin_says(f"/budget {USER} default")
         listing = await admin.admin_says("/budget")
-        assert "Default: daily budget $1.00" in listing
+        assert "Default: USER_DAILY_BUDGET_USD is $1.00 a day." in listing
         assert "is not an amount in US dollars" in await admin.admin_says(f"/budget {USER} lots")
         assert "is not an amount" in await admin.admin_says(f"/budget {USER} -3")
         assert admin.limits.budget_for(USER) == 1.0
+
+
+async def test_budget_default_and_unlimited_each_say_what_they_do(tmp_path):
+    async with AsyncExitStack() as stack:
+        admin = await start_admin_bot(stack, tmp_path, default_budget=1.0)
+        assert await admin.admin_says(f"/budget {USER} 0.50") == (
+            "User 1001: daily budget $0.50, in place of the default (USER_DAILY_BUDGET_USD is $1.00 a day)."
+        )
+        assert await admin.admin_says(f"/budget {USER}") == "User 1001: daily budget $0.50 (their own, set with /budget)."
+        assert await admin.admin_says(f"/budget {USER} default") == (
+            "User 1001 is back to the default: USER_DAILY_BUDGET_USD is $1.00 a day."
+        )
+        assert admin.limits.budget_for(USER) == 1.0
+        assert await admin.admin_says(f"/budget {USER}") == "User 1001: daily budget $1.00 (the default, USER_DAILY_BUDGET_USD)."
+        assert await admin.admin_says(f"/budget {USER} unlimited") == (
+            "User 1001: no daily budget for this user, whatever the default (USER_DAILY_BUDGET_USD is $1.00 a day)."
+        )
+        assert admin.limits.budget_for(USER) is None
+
+
+async def test_budget_default_says_when_there_is_no_default(tmp_path):
+    async with AsyncExitStack() as stack:
+        admin = await start_admin_bot(stack, tmp_path)
+        assert await admin.admin_says(f"/budget {USER} default") == (
+            "User 1001 is back to the default: no daily budget, as USER_DAILY_BUDGET_USD is not set."
+        )
+
+
+async def test_a_budget_set_on_an_admin_says_admins_are_exempt(tmp_path):
+    async with AsyncExitStack() as stack:
+        admin = await start_admin_bot(stack, tmp_path, default_budget=1.0)
+        assert await admin.admin_says(f"/budget {ADMIN} 0.10") == (
+            f"User {ADMIN}: daily budget $0.10, in place of the default (USER_DAILY_BUDGET_USD is $1.00 a day). "
+            f"User {ADMIN} is an admin (ADMIN_IDS), and admins are exempt from budgets: "
+            "this applies only once they are no longer one."
+        )
+        assert await admin.admin_says(f"/budget {ADMIN}") == f"User {ADMIN}: exempt from budgets as an admin."
+        await admin.usage.record(ADMIN, [(ModelRef.parse(SONNET), Usage(200_000, 0))])  # $0.60
+        assert await admin.limits.check(ADMIN) is None
+        assert "Total: today $0.60, 7 days $0.60 (exempt from budgets as an admin)" in await admin.admin_says("/usage")
 
 
 async def test_admin_commands_are_listed_in_help_for_admins_only(tmp_path):
