@@ -12,6 +12,7 @@ import asyncio
 import importlib.metadata
 import inspect
 import logging
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -239,6 +240,36 @@ def switchboard_version() -> str:
         return "unknown (not installed as a package)"
 
 
+_PERIODS = {1.0: "a second", 60.0: "a minute", 3600.0: "an hour", 86400.0: "a day"}
+
+
+@dataclass(frozen=True)
+class RateBucket:
+    """A limiter's snapshot in words: `rate` units earned per `per` seconds, up to `burst` banked."""
+
+    rate: float
+    per: float
+    burst: float
+    available: float  # may be fractional (earned continuously) or negative (overdrawn)
+
+    def pace(self, unit: str) -> str:
+        """'3 requests a second', '50 requests a minute', or '1 request every 2.0 s'."""
+        if self.rate <= 0:
+            return f"no {unit}s"
+        if self.per in _PERIODS and self.rate >= 1 and self.rate.is_integer():
+            return f"{_plural(int(self.rate), unit)} {_PERIODS[self.per]}"
+        return f"1 {unit} every {format_seconds(self.per / self.rate)}"
+
+    def state(self) -> str:
+        """'1 left now', or '0 left now, full again in 0.3 s': whole units that could go at once."""
+        left = max(0, math.floor(self.available + 1e-6))  # 0.9999999 after float steps is 1
+        text = f"{left:,} left now"
+        missing = self.burst - self.available
+        if missing > 1e-3 and self.rate > 0:
+            text += f", full again in {format_seconds(missing * self.per / self.rate)}"
+        return text
+
+
 class _Report:
     def __init__(self, sources: StatusSources) -> None:
         self._s = sources
@@ -304,27 +335,28 @@ class _Report:
         if not limiters and not budgets:
             return lines + ["none registered"]
         for name, snap in limiters.items():
-            rate, per = _field(snap, "rate", 0), float(_field(snap, "per", 60.0))
-            line = (
-                f"• {self._text(name)}: {float(_field(snap, 'available', 0)):g} of {float(_field(snap, 'burst', 0)):g} "
-                f"available ({float(rate):g} per {format_seconds(per)}), {_field(snap, 'waiting', 0)} waiting"
-            )
-            paused = float(_field(snap, "paused_for", 0.0))
-            if paused > 0:
-                line += f"; **paused {format_seconds(paused)}** (the upstream asked us to wait)"
-            if _field(snap, "tightened"):
-                line += "; slowed down by the upstream's rate-limit headers"
-            lines.append(line)
+            bucket = RateBucket(*(float(_field(snap, key, 0)) for key in ("rate", "per", "burst", "available")))
+            lines.append(self._limit_line(name, "request", bucket, snap))
         for name, snap in budgets.items():
-            line = (
-                f"• {self._text(name)}: {float(_field(snap, 'available', 0)):,.0f} of "
-                f"{float(_field(snap, 'tokens_per_minute', 0)):,.0f} tokens a minute available, "
-                f"{_field(snap, 'waiting', 0)} waiting"
-            )
-            if _field(snap, "tightened"):
-                line += "; slowed down by the upstream's rate-limit headers"
-            lines.append(line)
+            per_minute = float(_field(snap, "tokens_per_minute", 0))
+            bucket = RateBucket(per_minute, 60.0, per_minute, float(_field(snap, "available", 0)))
+            lines.append(self._limit_line(name, "token", bucket, snap))
         return lines
+
+    def _limit_line(self, name: str, unit: str, bucket: RateBucket, snap: Any) -> str:
+        """'anthropic: 50 requests a minute, 7 left now, full again in 1.2 s', and what holds it back."""
+        line = f"• {self._text(name.removesuffix(f' {unit}s'))}: {bucket.pace(unit)}"
+        paused = float(_field(snap, "paused_for", 0.0))
+        if paused > 0:
+            line += f", **paused {format_seconds(paused)}** (the upstream asked us to wait)"
+        else:
+            line += f", {bucket.state()}"
+        waiting = int(_field(snap, "waiting", 0))
+        if waiting:
+            line += f"; {_plural(waiting, 'call')} waiting"
+        if _field(snap, "tightened"):
+            line += "; slowed down by the upstream's rate-limit headers"
+        return line
 
     async def flood_waits(self) -> list[str]:
         governor = self._resilience().get("governor")

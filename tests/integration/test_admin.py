@@ -23,6 +23,7 @@ from integrations.resilience.clock import ManualClock
 from integrations.resilience.governor import FloodGovernor
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry
+from integrations.resilience.tokens import TokenBudget
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
 from state.usage import ErrorJournal, UsageRecorder
@@ -159,10 +160,35 @@ async def test_status_shows_rate_limiter_pause_cache_outbox_and_replies(tmp_path
         await cache.get("search", "q1")
         await cache.get("search", "q2")
         text = await admin.admin_says("/status")
-        assert "perplexity requests: 50 of 50 available" in text and "paused 12 s" in text
+        assert "perplexity: 50 requests a minute, paused 12 s (the upstream asked us to wait)" in text
         assert "Cache: 2 entries, hit rate 50% (1 hits, 1 misses since start); by kind: notion_schema 1, search 1" in text
         assert "Outbox: 3 notes waiting" in text
         assert "Replies: 0 in progress, 0 queued" in text
+
+
+async def test_status_says_each_rate_limit_as_a_pace_what_is_left_and_when_it_is_full_again(tmp_path):
+    async with AsyncExitStack() as stack:
+        admin = await start_admin_bot(stack, tmp_path)
+        notion = admin.registry.register_limiter(RateLimiter("notion requests", 3, 1.0, admin.clock, burst=1))
+        anthropic = admin.registry.register_limiter(RateLimiter("anthropic requests", 50, 60.0, admin.clock, burst=8))
+        tokens = admin.registry.register_token_budget(TokenBudget("anthropic tokens", 400_000, admin.clock))
+        slow = admin.registry.register_limiter(RateLimiter("archive requests", 1, 120.0, admin.clock))
+        await notion.acquire()
+        queued = asyncio.ensure_future(notion.acquire())
+        for _ in range(3):
+            await anthropic.acquire()
+        await tokens.reserve(100_000)
+        await asyncio.sleep(0)
+        lines = (await admin.admin_says("/status")).splitlines()
+        assert "• notion: 3 requests a second, 0 left now, full again in 0.3 s; 1 call waiting" in lines
+        assert "• anthropic: 50 requests a minute, 5 left now, full again in 3.6 s" in lines
+        assert "• anthropic: 400,000 tokens a minute, 300,000 left now, full again in 15 s" in lines
+        assert "• archive: 1 request every 2 min, 1 left now" in lines
+        await admin.clock.advance(60)
+        await queued
+        lines = (await admin.admin_says("/status")).splitlines()
+        assert "• notion: 3 requests a second, 1 left now" in lines
+        assert "• anthropic: 50 requests a minute, 8 left now" in lines
 
 
 async def test_status_tolerates_missing_cache_and_outbox_and_a_broken_source(tmp_path):
