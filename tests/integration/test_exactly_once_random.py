@@ -446,15 +446,14 @@ def check_exactly_once(world: World) -> None:
     replies = replies_by_message(world)
     for sent in world.sent:
         shown = [text for text in replies.get((sent.chat_id, sent.message_id), []) if text != QUEUED_NOTICE]
-        if sent.text == "/cancel":
-            assert len(shown) <= 1, f"/cancel {sent} answered {shown!r}"
-            continue
-        if NOT_ACCEPTED in shown:
+        refused = NOT_ACCEPTED in shown
+        if refused:
             # Told at once that it could not be stored; Telegram may still hand it out again after
             # a restart (the update was never acknowledged), and then it is answered once.
             shown.remove(NOT_ACCEPTED)
-            assert len(shown) <= 1, f"message {sent} was refused, then answered {len(shown)} times: {shown!r}"
-            if not shown:
+        if sent.text == "/cancel" or refused:
+            assert len(shown) <= 1, f"message {sent} answered {len(shown)} times (refused first: {refused}): {shown!r}"
+            if sent.text == "/cancel" or not shown:
                 continue
         assert len(shown) == 1, f"message {sent} has {len(shown)} replies: {shown!r}"
         [text] = shown
