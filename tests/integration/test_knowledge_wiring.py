@@ -111,8 +111,10 @@ async def test_check_probes_perplexity_without_a_web_search(tmp_path):
     from tests.fakes.perplexity_server import FakePerplexity
 
     key = "pplx-sentinel-check-key-00000000000000000"
-    async with FakePerplexity(api_key=key) as search:
-        settings = settings_for(tmp_path, perplexity=PerplexitySettings(Secret(key), base_url=search.base_url))
+    async with FakePerplexity(api_key=key) as search, anth.FakeAnthropic(api_key=ANTHROPIC_KEY) as claude:
+        # A model too: `check` fails when none could answer.
+        search_settings = PerplexitySettings(Secret(key), base_url=search.base_url)
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE], perplexity=search_settings)
         out = io.StringIO()
         code = await check_command(settings, out)
     assert code == 0, out.getvalue()

@@ -463,21 +463,23 @@ async def test_knowledge_upstreams_are_probed_through_their_hooks_with_a_deadlin
     async def notion_hangs(settings):
         await asyncio.Event().wait()
 
-    settings = settings_for(tmp_path, notion=notion)
-    code, out = await run_check(settings, knowledge={"notion": notion_answers})
-    assert code == 0 and "✓ notion: database 'Notes' with 1 data source (0 ms)" in out
-    code, out = await run_check(settings, knowledge={"notion": notion_refuses})
-    assert code == 1 and "✗ notion: notion: API token is invalid (HTTP 401)" in out
-    code, out = await run_check(settings, knowledge={"notion": notion_hangs}, timeout=10, let_time_pass=True)
-    assert code == 1 and "✗ notion: no answer within 10 s (10000 ms)" in out
-    code, out = await run_check(settings, knowledge={"notion": None})
-    assert code == 0 and "– notion: not probed" in out
+    async with FakeAnthropic(api_key=ANTHROPIC_KEY) as claude:  # a model too: `check` fails when none could answer
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE], notion=notion)
+        code, out = await run_check(settings, knowledge={"notion": notion_answers})
+        assert code == 0 and "✓ notion: database 'Notes' with 1 data source (0 ms)" in out
+        code, out = await run_check(settings, knowledge={"notion": notion_refuses})
+        assert code == 1 and "✗ notion: notion: API token is invalid (HTTP 401)" in out
+        code, out = await run_check(settings, knowledge={"notion": notion_hangs}, timeout=10, let_time_pass=True)
+        assert code == 1 and "✗ notion: no answer within 10 s (10000 ms)" in out
+        code, out = await run_check(settings, knowledge={"notion": None})
+        assert code == 0 and "– notion: not probed" in out
 
 
 async def test_check_retrieves_the_notion_database_and_names_a_refused_token(tmp_path):
     token = "ntn_sentinelCheckToken0000000000000000000"
-    async with FakeNotion(token=token, clock=ManualClock()) as notion:
-        settings = settings_for(tmp_path, notion=NotionSettings(Secret(token), notion.database_id, notion.base_url))
+    async with FakeNotion(token=token, clock=ManualClock()) as notion, FakeAnthropic(api_key=ANTHROPIC_KEY) as claude:
+        notes = NotionSettings(Secret(token), notion.database_id, notion.base_url)
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE], notion=notes)  # and a model that answers
         code, out = await run_check(settings)
         assert code == 0, out
         assert "✓ notion: database 'Notes' reachable, 1 data source (0 ms)" in out

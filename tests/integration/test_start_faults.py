@@ -133,6 +133,8 @@ async def test_a_read_only_file_system_is_refused_even_for_root(tmp_path, tmpfs)
 
 async def test_check_offline_creates_nothing_on_a_fresh_state_dir(tmp_path):
     state = tmp_path / "fresh"
-    code, out, err = await run_cli(["check", "--offline"], clean_env(tmp_path, STATE_DIR=str(state)), tmp_path)
+    # A key, so that some model could answer (not probed: --offline).
+    env = clean_env(tmp_path, STATE_DIR=str(state), ANTHROPIC_API_KEY="sk-ant-sentinel-fresh-000000000000000000")
+    code, out, err = await run_cli(["check", "--offline"], env, tmp_path)
     assert code == 0, out + err
     assert "will be created" in out and not state.exists()

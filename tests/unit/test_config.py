@@ -1,6 +1,7 @@
 """Settings as an operator meets them: what is read from where, and what a mistake looks like."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -498,3 +499,42 @@ def test_credential_source_reads_past_a_bad_env_file_line_when_reloading(tmp_pat
     (tmp_path / ".env").write_text("oops no equals\nOPENAI_API_KEY=sk-after\n")
     source = CredentialSource({}, tmp_path / ".env")
     assert source.get("OPENAI_API_KEY") == "sk-after"
+
+
+# --- names that look like settings but are none -------------------------------------------------
+
+
+def test_a_mistyped_setting_is_a_warning_naming_the_closest_setting(tmp_path):
+    (tmp_path / ".env").write_text(f"OPENAI_APIKEY={SENTINEL_KEY}\nADMIN_ID=42\nCOMPOSE_PROJECT_NAME=bot\n")
+    settings = load_settings({"LLM_MODEL": "anthropic:claude-sonnet-4-6", "PATH": "/usr/bin"}, cwd=tmp_path)
+    assert settings.warnings == (
+        f"ADMIN_ID (in {tmp_path / '.env'}) is not a Switchboard setting, so it is ignored: did you mean ADMIN_IDS?",
+        f"OPENAI_APIKEY (in {tmp_path / '.env'}) is not a Switchboard setting, so it is ignored: did you mean OPENAI_API_KEY?",
+        "LLM_MODEL (in the environment) is not a Switchboard setting, so it is ignored: did you mean LLM_MODELS?",
+    )
+    assert SENTINEL_KEY not in repr(settings.warnings)
+
+
+def test_a_prefixed_name_like_no_setting_is_still_named_and_the_sdks_own_are_not(tmp_path):
+    environ = {"ANTHROPIC_MODEL": "claude", "OPENAI_ORG_ID": "org-1", "ANTHROPIC_LOG": "debug", "TELEGRAM_SESSION": "s"}
+    [warning] = load_settings(environ, cwd=tmp_path).warnings
+    assert warning == "ANTHROPIC_MODEL (in the environment) is not a Switchboard setting, so it is ignored (.env.example lists every setting)."
+
+
+def test_every_setting_in_env_example_is_one_switchboard_reads():
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    # Every line that sets a setting, commented out or not (the file shows most of them commented).
+    names = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", example.read_text(), flags=re.MULTILINE))
+    assert {"TELEGRAM_BOT_TOKEN", "ANTHROPIC_API_KEY", "LLM_MODELS", "NOTION_TOKEN"} <= names
+    # Empty values count as unset, so only the names are judged.
+    assert load_settings({name: "" for name in names}, cwd=Path("/nonexistent")).warnings == ()
+
+
+# --- systemd ------------------------------------------------------------------------------------
+
+
+def test_no_telegram_settings_under_systemd_is_a_problem_naming_the_three(tmp_path):
+    problem = only_problem({"NOTIFY_SOCKET": "/run/systemd/notify", "ANTHROPIC_API_KEY": SENTINEL_KEY}, tmp_path)
+    assert problem.startswith("TELEGRAM_API_ID, TELEGRAM_API_HASH and TELEGRAM_BOT_TOKEN are not set")
+    assert "systemd" in problem and SENTINEL_KEY not in problem
+    assert load_settings(telegram_env(NOTIFY_SOCKET="/run/systemd/notify"), cwd=tmp_path).telegram is not None
