@@ -25,6 +25,7 @@ from state.usage import ErrorJournal, UsageRecorder
 from handlers.access import AccessPolicy
 from handlers.basic import basic_commands
 from handlers.lanes import ChatLanes
+from handlers.operator_alerts import OperatorAlerts
 from handlers.router import Router
 from handlers.services import ChatSettings, Services
 from handlers.stream import StreamPacing
@@ -71,11 +72,21 @@ PROVIDER_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 def build_model_policy(
-    settings: Settings, clock: Clock, registry: ResilienceRegistry, signals: DeprecationSignals
+    settings: Settings,
+    clock: Clock,
+    registry: ResilienceRegistry,
+    signals: DeprecationSignals,
+    alerts: OperatorAlerts | None = None,
 ) -> ModelCallPolicy:
     limits = settings.limits
     retry = RetryPolicy(max_attempts=2, max_total=limits.retry_after_cap + 10.0, retry_after_cap=limits.retry_after_cap)
-    return ModelCallPolicy(clock, registry, retry, observe=attempt_logger(clock), on_error=signals.from_error)
+
+    def on_error(error: UpstreamError) -> None:
+        signals.from_error(error)
+        if alerts is not None:
+            alerts.observe(error)
+
+    return ModelCallPolicy(clock, registry, retry, observe=attempt_logger(clock), on_error=on_error)
 
 
 def attempt_logger(clock: Clock) -> AttemptObserver:
@@ -234,7 +245,12 @@ async def build_app(
         registry.register_governor(governor)
     signals = DeprecationSignals(clock)
     stack.enter_context(signals.capturing_warnings())
-    model_policy = build_model_policy(settings, clock, registry, signals)
+    # A refused key reaches the operator: in the log, in /status, and as a message to the admins at
+    # most once an hour (not in the console, where it would land among the replies; its log shows it).
+    admins = frozenset() if transport.name == "console" else settings.admin_ids
+    alerts = OperatorAlerts(clock, transport.send, admins, PROVIDER_KEYS, redact=redactor)
+    stack.push_async_callback(alerts.aclose)
+    model_policy = build_model_policy(settings, clock, registry, signals, alerts)
     providers = build_providers(settings, clock, model_policy, stack, signals)
     chain = build_chain(settings, clock, providers, model_policy, await start_local_model(settings, clock, stack))
     access = AccessPolicy(
@@ -259,6 +275,7 @@ async def build_app(
         extras={"resilience": registry},
     )
     services.extras["deprecations"] = signals
+    services.extras["operator_alerts"] = alerts
     await add_operations(services, settings, database, stack, redactor, telegram_connected)
     checking = asyncio.ensure_future(warn_about_unlisted_models(chain, signals))
     stack.callback(checking.cancel)

@@ -11,8 +11,9 @@ from handlers.services import Services
 from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage
 from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDelta, drop_overlap
-from integrations.errors import UpstreamError
+from integrations.errors import CircuitOpen, UpstreamError
 from integrations.llm import ModelRef
+from integrations.model_policy import is_account_error
 from state.history import StoredMessage
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,13 @@ def failure_text(error: AllModelsFailed) -> str:
             "No language model is configured, so I cannot answer yet. "
             "The operator can set ANTHROPIC_API_KEY or OPENAI_API_KEY (or enable the offline model)."
         )
+    if not error.partial_text and all(_needs_the_operator(f.error) for f in error.failures):
+        # Waiting cannot help, and which key is refused is the operator's business: they are told
+        # (handlers/operator_alerts.py), naming the setting.
+        return (
+            "Sorry, I can't answer right now: the bot's access to its AI models needs fixing. "
+            "The operator has been told; please try again later."
+        )
     reasons = "; ".join(f"{f.model.model}: {_short_reason(f.error)}" for f in error.failures)
     if error.partial_text:
         return f"{error.partial_text}\n\n⚠️ _The answer was cut off: every model failed ({reasons})._"
@@ -48,6 +56,12 @@ def failure_text(error: AllModelsFailed) -> str:
 
 def _short_reason(error: UpstreamError) -> str:
     return error.message[:80]
+
+
+def _needs_the_operator(error: UpstreamError) -> bool:
+    """A refused key or an account out of credit, or the provider's breaker those opened (named
+    'provider <name>' in bot/app.py; it counts nothing else)."""
+    return is_account_error(error) or (isinstance(error, CircuitOpen) and error.upstream.startswith("provider "))
 
 
 SOMETHING_WENT_WRONG = (

@@ -206,3 +206,43 @@ async def test_a_reply_of_just_continue_asks_for_the_rest_like_the_command(tmp_p
         assert bot.texts()[0].endswith("Send /continue for the rest.)")
         await bot.user_says("Continue.")
         assert bot.texts()[-1] == "pears and plums."
+
+
+async def test_refused_keys_get_the_user_an_apology_and_the_admins_the_setting_to_fix_once_an_hour(tmp_path):
+    admin = 777
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key="sk-ant-the-key-anthropic-expects-00000000"))
+        gpt = await stack.enter_async_context(FakeOpenAI(api_key="sk-the-key-openai-expects-0000000000000"))
+        settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT], admin_ids=frozenset({admin}))
+        bot = await start_telegram_bot(stack, settings)
+        bot.client.known_chats.add(admin)  # the admin has started a chat with the bot
+        alerts = bot.app.services.extras["operator_alerts"]
+
+        async def user_fails(text: str) -> str:
+            await bot.user_says(text)
+            await bot.clock.run_until_complete(alerts.settle())
+            return bot.texts()[-1]
+
+        apology = await user_fails("hello")
+        assert apology == (
+            "Sorry, I can't answer right now: the bot's access to its AI models needs fixing. "
+            "The operator has been told; please try again later."
+        )
+        told = bot.texts(admin)
+        assert len(told) == 2
+        assert any("anthropic refused ANTHROPIC_API_KEY" in text for text in told)
+        assert any("openai refused OPENAI_API_KEY" in text for text in told)
+        await bot.user_says("/status", chat_id=admin, user_id=admin)
+        status = bot.texts(admin)[-1]
+        assert "ANTHROPIC_API_KEY" in status and "OPENAI_API_KEY" in status
+
+        # Still refused (the providers' breakers fail fast now): the same apology, no new message.
+        assert await user_fails("hello?") == apology
+        assert len(bot.texts(admin)) == 3  # the two alerts and the /status report
+        # An hour later, the keys are still wrong: the admins hear of it again.
+        await bot.clock.advance(3600)
+        assert await user_fails("anyone there?") == apology
+        assert len(bot.texts(admin)) == 5
+        everything = "\n".join(bot.texts() + bot.texts(admin))
+        assert ANTHROPIC_KEY not in everything and OPENAI_KEY not in everything
+    assert all(word not in apology for word in ("credential", "authentication", "401", "minute"))

@@ -190,3 +190,22 @@ class FakeOpenAIScripted(oai.FakeOpenAI):
     def __init__(self, script):
         super().__init__(api_key=OPENAI_KEY, default=oai.Reply("unscripted"))
         self.script(*script)
+
+
+async def test_account_faults_on_every_model_get_an_apology_not_a_retry_hint(tmp_path):
+    """Out of credit on one provider, a refused key on the other: waiting cannot help the user."""
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(anth.FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.billing_error()))
+        gpt = await stack.enter_async_context(oai.FakeOpenAI(api_key="sk-not-the-one-the-bot-has-000000000000"))
+        admin = 555
+        settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT], admin_ids=frozenset({admin}))
+        bot = await start_telegram_bot(stack, settings)
+        bot.client.known_chats.add(admin)
+        await bot.user_says("hello")
+        await bot.clock.run_until_complete(bot.app.services.extras["operator_alerts"].settle())
+        [text] = bot.texts()
+        assert text.startswith("Sorry, I can't answer right now") and "minute" not in text
+        assert (claude.calls, gpt.calls) == (1, 1)  # neither fault is worth a retry
+        told = "\n".join(bot.texts(admin))
+        assert "anthropic says the account of ANTHROPIC_API_KEY is out of credit" in told
+        assert "openai refused OPENAI_API_KEY" in told
