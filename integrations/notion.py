@@ -82,6 +82,15 @@ class NotionApi:
     async def retrieve_data_source(self, data_source_id: str) -> dict[str, Any]:
         return await self._call(lambda: self._client.data_sources.retrieve(data_source_id=data_source_id))
 
+    async def update_data_source(self, data_source_id: str, *, properties: Mapping[str, Any]) -> dict[str, Any]:
+        """Change the data source's schema (`{"Name": {"rich_text": {}}}` adds a Text property).
+
+        Needs the integration's "Update content" capability; without it Notion answers 403
+        `restricted_resource`."""
+        return await self._call(
+            lambda: self._client.data_sources.update(data_source_id=data_source_id, properties=properties)
+        )
+
     async def query_data_source(
         self,
         data_source_id: str,

@@ -1,6 +1,8 @@
 """A strict local Notion (API version 2025-09-03): one database with one data source, and its pages.
 
-Endpoints: GET /v1/databases/{id}, GET /v1/data_sources/{id}, POST /v1/data_sources/{id}/query,
+Endpoints: GET /v1/databases/{id}, GET and PATCH /v1/data_sources/{id} (the PATCH changes
+properties only: adds, renames, removes; with `update_content=False`, as for an integration without
+the "Update content" capability, it is 403 `restricted_resource`), POST /v1/data_sources/{id}/query,
 POST /v1/pages, GET /v1/pages/{id}, PATCH and GET /v1/blocks/{id}/children.
 
 Strict as the real API is, so a client bug shows here rather than in production: every request
@@ -29,7 +31,7 @@ import re
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from integrations.resilience.clock import Clock
 from tests.fakes.http_server import FakeUpstream, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
@@ -66,6 +68,12 @@ BLOCK_TYPES = TEXT_BLOCKS | {"divider"}
 ANNOTATIONS = {"bold", "italic", "strikethrough", "underline", "code", "color"}
 RICH_TEXT_FILTERS = {"equals", "does_not_equal", "contains", "does_not_contain", "starts_with", "ends_with", "is_empty", "is_not_empty"}
 QUERY_KEYS = {"filter", "sorts", "start_cursor", "page_size", "archived", "in_trash", "result_type"}
+DATA_SOURCE_UPDATE_KEYS = {"title", "description", "icon", "properties", "in_trash", "archived", "parent"}
+PROPERTY_TYPES = {
+    "title", "rich_text", "number", "select", "multi_select", "status", "date", "people", "files", "checkbox",
+    "url", "email", "phone_number", "formula", "relation", "rollup", "created_time", "created_by",
+    "last_edited_time", "last_edited_by", "unique_id",
+}
 _URL = re.compile(r"(https?://[^\s/$.?#][^\s]*|mailto:\S+)", re.IGNORECASE)
 
 
@@ -241,8 +249,11 @@ class FakeNotion(FakeUpstream):
         properties: dict[str, str] | None = None,
         requests_per_second: int | None = 3,
         rate_limit_retry_after: float = 1,
+        update_content: bool = True,
     ) -> None:
         self.token = token
+        # The integration's "Update content" capability: without it, schema changes are refused.
+        self.update_content = update_content
         self.clock = clock
         self.requests_per_second = requests_per_second
         self.rate_limit_retry_after = rate_limit_retry_after
@@ -372,6 +383,8 @@ class FakeNotion(FakeUpstream):
             return self._database(route[1])
         if method == "GET" and len(route) == 2 and route[0] == "data_sources":
             return self._data_source(route[1])
+        if method == "PATCH" and len(route) == 2 and route[0] == "data_sources":
+            return self._update_data_source(route[1], _json_body(request))
         if method == "POST" and len(route) == 3 and route[0] == "data_sources" and route[2] == "query":
             return self._query(route[1], request)
         if method == "POST" and route == ["pages"]:
@@ -425,6 +438,72 @@ class FakeNotion(FakeUpstream):
             "url": f"https://www.notion.so/{_norm(self.data_source_id)}",
         }
 
+    def _update_data_source(self, data_source_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._require_data_source(data_source_id)
+        if not self.update_content:
+            raise NotionError(403, "restricted_resource", "Insufficient permissions for this endpoint.")
+        unknown = set(body) - DATA_SOURCE_UPDATE_KEYS
+        if unknown:
+            raise invalid(f"body.{sorted(unknown)[0]} should be not present.")
+        if set(body) != {"properties"}:
+            raise invalid("this fake changes only properties.")
+        changes = body["properties"]
+        if not isinstance(changes, dict):
+            raise invalid("body.properties should be an object.")
+        # Checked as a whole first: Notion applies all of a request's changes or none.
+        steps = [self._property_change(name, change) for name, change in changes.items()]
+        for step in steps:
+            step()
+        return self._data_source(data_source_id)
+
+    def _property_change(self, name: str, change: Any) -> Callable[[], None]:
+        """Check one entry of `properties` in a data source update; return what applies it."""
+        existing = self._find_property(name)
+        if change is None:
+            if existing is None:
+                raise invalid(f"Could not find property with name or id: {name}")
+            if existing["type"] == "title":
+                raise invalid("The title property cannot be removed.")
+            return lambda: self._remove_property(existing["name"])
+        if not isinstance(change, dict):
+            raise invalid(f"body.properties.{name} should be an object or `null`.")
+        kinds = set(change) - {"name", "description"}
+        new_name = change.get("name", existing["name"] if existing else name)
+        if not isinstance(new_name, str) or not new_name.strip():
+            raise invalid(f"body.properties.{name}.name should be a non-empty string.")
+        if len(kinds) > 1 or (kinds and next(iter(kinds)) not in PROPERTY_TYPES):
+            raise invalid(f"body.properties.{name} should name one property type, instead was `{sorted(kinds)}`.")
+        kind = next(iter(kinds), None)
+        if kind is not None and not isinstance(change[kind], dict):
+            raise invalid(f"body.properties.{name}.{kind} should be an object.")
+        if new_name != (existing["name"] if existing else None) and new_name in self.properties:
+            raise invalid(f"A property named {new_name} already exists.")
+        if existing is None:
+            if kind is None:
+                raise invalid(f"Could not find property with name or id: {name}")
+            if kind == "title":
+                raise invalid("A data source has exactly one title property.")
+            return lambda: self.add_property(new_name, kind)
+        if kind is not None and kind != existing["type"]:
+            raise invalid(f"this fake does not change property types ({existing['type']} to {kind}).")
+        return lambda: self._rename_property(existing["name"], new_name)
+
+    def _find_property(self, name_or_id: str) -> dict[str, Any] | None:
+        return self.properties.get(name_or_id) or next((p for p in self.properties.values() if p["id"] == name_or_id), None)
+
+    def _remove_property(self, name: str) -> None:
+        del self.properties[name]
+        for page in self.pages:
+            page.properties.pop(name, None)
+
+    def _rename_property(self, old: str, new: str) -> None:
+        if old == new:
+            return
+        self.properties = {(new if n == old else n): p for n, p in self.properties.items()}
+        self.properties[new]["name"] = new
+        for page in self.pages:
+            page.properties = {(new if n == old else n): v for n, v in page.properties.items()}
+
     def _require_data_source(self, data_source_id: str) -> None:
         if _norm(data_source_id) != _norm(self.data_source_id):
             raise _not_found("data_source", data_source_id)
@@ -458,7 +537,7 @@ class FakeNotion(FakeUpstream):
         if not isinstance(query_filter, dict) or "property" not in query_filter:
             raise invalid("body.filter should be a property filter (this fake knows no compound filters).")
         name = query_filter["property"]
-        prop = self.properties.get(name) or next((p for p in self.properties.values() if p["id"] == name), None)
+        prop = self._find_property(name)
         if prop is None:
             raise invalid(f"Could not find property with name or id: {name}")
         kind = prop["type"]
@@ -528,7 +607,7 @@ class FakeNotion(FakeUpstream):
         return self._page_json(self._create_page(values, children))
 
     def _property_value(self, name: str, value: Any) -> dict[str, Any]:
-        prop = self.properties.get(name) or next((p for p in self.properties.values() if p["id"] == name), None)
+        prop = self._find_property(name)
         if prop is None:
             raise invalid(f"{name} is not a property that exists.")
         kind = prop["type"]

@@ -536,3 +536,24 @@ async def test_the_fake_refuses_requests_without_a_notion_version():
         assert answer.status_code == 400
         body = answer.json()
         assert body["object"] == "error" and body["code"] == "missing_version" and body["request_id"]
+
+
+async def test_the_fake_updates_a_data_source_schema_as_notion_does():
+    clock = ManualClock()
+    async with FakeNotion(token=TOKEN, clock=clock, properties={"Name": "title"}, requests_per_second=None) as fake:
+        api = NotionApi(token=TOKEN, base_url=fake.base_url)
+        try:
+            added = await api.update_data_source(fake.data_source_id, properties={"Key": {"rich_text": {}}})
+            assert added["object"] == "data_source" and added["properties"]["Key"]["type"] == "rich_text"
+            again = await api.update_data_source(fake.data_source_id, properties={"Key": {"rich_text": {}}})
+            assert again["properties"] == added["properties"]  # adding what is there changes nothing
+            renamed = await api.update_data_source(fake.data_source_id, properties={"Key": {"name": "Id"}})
+            assert set(renamed["properties"]) == {"Name", "Id"}
+            with pytest.raises(BadRequest, match="title"):
+                await api.update_data_source(fake.data_source_id, properties={"Name": None})
+            fake.update_content = False
+            with pytest.raises(BadRequest) as refused:
+                await api.update_data_source(fake.data_source_id, properties={"Other": {"url": {}}})
+            assert refused.value.status == 403 and set(fake.properties) == {"Name", "Id"}
+        finally:
+            await api.aclose()
