@@ -215,6 +215,16 @@ def build_chain(
     return ModelChain(models, clock, timeouts, open_policy=policy)
 
 
+async def _chain_with_local_model(
+    settings: Settings, clock: Clock, stack: AsyncExitStack, providers: dict[str, ChatProvider], policy: ModelCallPolicy
+) -> list[ChainModel]:
+    """The chain's models once the offline model is up (or without it, if it cannot start)."""
+    local = await start_local_model(settings, clock, stack)
+    if local is not None:
+        log.info("the offline model is ready")
+    return list(build_chain(settings, clock, providers, policy, local).models)
+
+
 async def build_app(
     settings: Settings,
     clock: Clock,
@@ -227,6 +237,7 @@ async def build_app(
     redactor: Redactor | None = None,
     telegram_connected: Callable[[], bool] | None = None,
     state_lock: StateLock | None = None,
+    local_model_in_background: bool = False,
 ) -> App:
     """Everything the bot needs, closed by `stack`. The state directory is locked first (unless
     the caller already holds `state_lock`): a second bot on the same state stops right here."""
@@ -252,7 +263,13 @@ async def build_app(
     stack.push_async_callback(alerts.aclose)
     model_policy = build_model_policy(settings, clock, registry, signals, alerts)
     providers = build_providers(settings, clock, model_policy, stack, signals)
-    chain = build_chain(settings, clock, providers, model_policy, await start_local_model(settings, clock, stack))
+    if local_model_in_background:
+        chain = build_chain(settings, clock, providers, model_policy)
+        starting = asyncio.ensure_future(_chain_with_local_model(settings, clock, stack, providers, model_policy))
+        stack.callback(starting.cancel)
+        chain.models_when_started(starting)
+    else:
+        chain = build_chain(settings, clock, providers, model_policy, await start_local_model(settings, clock, stack))
     access = AccessPolicy(
         admin_ids=settings.admin_ids | extra_admins,
         allowed_user_ids=settings.allowed_user_ids,

@@ -8,9 +8,10 @@ start on), the Telegram session can be kept, and some model can answer at all (a
 offline model). Then, unless `offline`: every configured chat provider answers its model list and
 offers the models in LLM_MODELS (a failure names the URL tried, and the likely fix of a base URL
 that lacks or has one `/v1` too many), and Perplexity and Notion answer a cheap call, each with its
-latency. Nothing printed contains a secret: upstream errors are
-the project's own types, whose messages never carry credentials, and every line still passes
-through the redactor.
+latency. Notion's call reads the notes database's schema and, as the bot does before its first
+note, adds the Text property "Switchboard ID" when it is missing: the one change `check` makes.
+Nothing printed contains a secret: upstream errors are the project's own types, whose messages
+never carry credentials, and every line still passes through the redactor.
 
 `offline` is what `ExecStartPre=` runs: an upstream outage must not keep the bot from starting
 (it falls back and keeps answering), and a unit that fails its pre-start check over and over
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 10.0
 # A knowledge integration may offer `async def probe(settings) -> str`: one cheap call returning a
 # short summary and raising UpstreamError on failure. Looked up by name, so `check` works before
-# and without them; Notion has a built-in one (retrieving the configured database costs nothing);
+# and without them; Notion has a built-in one (reading the notes database's schema costs nothing);
 # Perplexity's asks for a few output tokens without web search (a fraction of a cent).
 KNOWLEDGE_PROBES = {"perplexity": "integrations.perplexity", "notion": "integrations.notion"}
 
@@ -232,17 +233,31 @@ def find_knowledge_probe(name: str) -> KnowledgeProbe | None:
 
 
 async def probe_notion(settings: Any) -> str:
-    """Retrieve the configured database: proves the token, the id and that it is shared with us."""
+    """Read the notes database's schema as the bot does, adding the key property if it is missing.
+
+    Proves the token, the id, that the database is shared with the integration, and that notes can
+    be saved exactly once; a problem `/health` would show (a refused token, no title property, a
+    key property the bot may not add) raises, and is printed with how to fix it."""
     from integrations.notion import NotionApi
+    from integrations.notion_notes import read_schema, with_key_property
+    from integrations.notion_schema import KEY_PROPERTY, SchemaProblem
 
     api = NotionApi(token=settings.token.reveal(), base_url=settings.base_url, timeout=PROBE_TIMEOUT)
     try:
         database = await api.retrieve_database(settings.database_id)
+        schema = await read_schema(api, settings.database_id, database=database)
+        ready = await with_key_property(api, schema) if schema.key_addable else schema
     finally:
         await api.aclose()
+    problem = ready.problem()
+    if problem is not None:
+        raise SchemaProblem(problem, upstream="notion")
     title = "".join(part.get("plain_text", "") for part in database.get("title") or []) or "untitled"
     sources = len(database.get("data_sources") or [])
-    return f"database '{title}' reachable, {sources} data source{'s' if sources != 1 else ''}"
+    notes = [f'added the Text property "{KEY_PROPERTY}", which keeps a note from being saved twice'] if schema.key_addable else []
+    notes += ready.remarks()
+    extra = f"; {'; '.join(notes)}" if notes else ""
+    return f"database '{title}' reachable, {sources} data source{'s' if sources != 1 else ''}{extra}"
 
 
 BUILT_IN_PROBES: dict[str, KnowledgeProbe] = {"notion": probe_notion}

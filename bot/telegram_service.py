@@ -212,7 +212,15 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
         governor = FloodGovernor(clock)
         transport = GovernedTransport(TelegramTransport(client), governor)
         app = await build_app(
-            settings, clock, transport, stack, governor=governor, telegram_connected=client.is_connected, state_lock=state_lock
+            settings,
+            clock,
+            transport,
+            stack,
+            governor=governor,
+            telegram_connected=client.is_connected,
+            state_lock=state_lock,
+            # The offline model starts while the bot logs in: READY=1 does not wait for it.
+            local_model_in_background=True,
         )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)

@@ -12,7 +12,8 @@ One attempt on an outbox entry:
 
 Notion being down, slow or rate limited leaves the entry pending, due again after a backoff
 (Retry-After when Notion gave one). A refusal of the note itself (`BadRequest`, e.g. a
-validation error, or a database without the properties the bot needs) marks it failed. Either
+validation error, or a "database" without a title property) marks it failed. A database
+without the key property (which the bot could not add) still takes the note. Either
 final state is told to the user exactly once: whoever flips `user_told` in SQLite sends it.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Awaitable, Callable, Literal
 from integrations.errors import AuthFailed, BadRequest, RateLimited, UpstreamError
 from integrations.notion_blocks import Block, markdown_to_blocks, request_batches
 from integrations.notion_notes import NotionNotes
-from integrations.notion_schema import NoteContent, SchemaProblem
+from integrations.notion_schema import NoteContent
 from integrations.resilience.clock import Clock
 from state.outbox import Outbox, OutboxEntry
 

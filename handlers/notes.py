@@ -20,10 +20,17 @@ from handlers.note_delivery import NoteDelivery, Notify, Outcome, outcome_text
 from handlers.reply import reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage
-from integrations.errors import UpstreamError
+from integrations.errors import AuthFailed, UpstreamError
 from integrations.notion import NotionApi
 from integrations.notion_notes import NotionNotes
-from integrations.notion_schema import NoteContent, hashtags, title_and_body, without_hashtags
+from integrations.notion_schema import (
+    NoteContent,
+    NoteSchema,
+    hashtags,
+    title_and_body,
+    without_citations,
+    without_hashtags,
+)
 from integrations.resilience.clock import Clock
 from integrations.resilience.compose import Upstream
 from state.db import Database
@@ -37,11 +44,12 @@ DEFAULT_LIST = 10
 MAX_LIST = 200
 SETUP_HINT = (
     "Notes are not set up yet. To save notes to Notion:\n"
-    "1. Create an internal integration at https://www.notion.so/my-integrations and put its token in NOTION_TOKEN.\n"
+    "1. Create an internal integration at https://www.notion.so/my-integrations with the Read, Update and "
+    "Insert content capabilities, and put its token in NOTION_TOKEN.\n"
     "2. In Notion, open the database for notes, choose ••• → Connections and add the integration.\n"
-    '3. Give the database a Text property named "Switchboard ID" (and, if you like, a Multi-select '
-    '"Tags" and a URL property "Source").\n'
-    "4. Put the database's id (the 32 characters in its URL) in NOTION_DATABASE_ID and restart the bot."
+    "3. Put the database's id (the 32 characters in its URL) in NOTION_DATABASE_ID and restart the bot.\n"
+    'Any database works: the bot adds the Text property "Switchboard ID" it needs, and fills a Multi-select '
+    '"Tags" and a URL property "Source" if the database has them.'
 )
 NOTE_USAGE = (
     "Usage: /note <text>\n"
@@ -87,16 +95,19 @@ class NotesFeature:
             log.warning("notes: %s", health.detail)
 
     async def check(self) -> NotesHealth:
-        """Fetch the schema afresh (a health check) and say whether notes can be saved."""
+        """Fetch the schema afresh (a health check, which also adds the key property if it is
+        missing) and say whether notes can be saved, each exactly once."""
         try:
             schema = await self.notion.schema(refresh=True)
+        except AuthFailed as error:
+            return NotesHealth(False, error.message)
         except UpstreamError as error:
             return NotesHealth(False, f"Notion database unreachable: {error}")
-        problems = schema.problems()
-        if problems:
-            return NotesHealth(False, "The Notion database cannot take notes yet: " + "; ".join(problems))
-        optional = schema.optional_missing()
-        extra = f" (optional, not present: {', '.join(optional)})" if optional else ""
+        problem = schema.problem()
+        if problem is not None:
+            return NotesHealth(False, problem)
+        remarks = schema.remarks()
+        extra = f" ({'; '.join(remarks)})" if remarks else ""
         return NotesHealth(True, f"Notion database ready, data source {schema.data_source_id}{extra}")
 
     async def depth(self) -> int:
@@ -136,7 +147,7 @@ async def save(services: Services, message: IncomingMessage, args: str) -> None:
         await reply(services, message, SAVE_NOTHING)
         return
     wanted_title = without_hashtags(args).strip()
-    title = title_and_body(wanted_title or answer)[0]
+    title = title_and_body(wanted_title or without_citations(answer))[0]
     sources = numbered_sources(answer)
     source = sources[0] if sources else telegram_link(message.chat_id, message.message_id)
     content = NoteContent(title, answer.strip(), hashtags(args), source)
@@ -156,15 +167,18 @@ async def list_notes(services: Services, message: IncomingMessage, args: str) ->
     try:
         schema = await feature.notion.schema()
         notes = await feature.notion.recent(schema, limit)
+    except AuthFailed:
+        await reply(services, message, "I couldn't list your notes: Notion refused the bot's token, so the operator needs to check NOTION_TOKEN.")
+        return
     except UpstreamError as error:
         await reply(services, message, f"I couldn't list your notes: {error.message}. Please try again later.")
         return
     if not notes:
-        await reply(services, message, "There are no notes in the Notion database yet. Save one with /note <text>.")
-        return
-    lines = [f"The {len(notes)} most recent notes, newest first:" if len(notes) > 1 else "The most recent note:"]
-    lines += [f"{number}. {escape_markdown(item.title)} — {item.url}" for number, item in enumerate(notes, 1)]
-    await reply(services, message, "\n".join(lines))
+        lines = ["There are no notes in the Notion database yet. Save one with /note <text>."]
+    else:
+        lines = [f"The {len(notes)} most recent notes, newest first:" if len(notes) > 1 else "The most recent note:"]
+        lines += [f"{number}. {escape_markdown(item.title)} — {item.url}" for number, item in enumerate(notes, 1)]
+    await reply(services, message, "\n".join(lines + _schema_warning(schema)))
 
 
 def chat_notifier(services: Services) -> Notify:
@@ -267,6 +281,11 @@ def _repeat_text(entry: OutboxEntry) -> str:
     if entry.status == "failed":
         return outcome_text(Outcome("failed", entry))
     return "That note is already queued. I'll send the link once it's saved."
+
+
+def _schema_warning(schema: NoteSchema) -> list[str]:
+    problem = schema.problem()
+    return [] if problem is None else ["", f"⚠️ {escape_markdown(problem)}."]
 
 
 def _feature(services: Services) -> NotesFeature | None:

@@ -1,11 +1,19 @@
 """The notes database in Notion, through the resilience layer: its schema, and pages in it.
 
+Reading the schema also prepares the database: when it lacks the key property (a Text property
+"Switchboard ID"), it is added (PATCH /v1/data_sources/{id}, which needs the integration's
+"Update content" capability). If Notion refuses, notes are still saved, without a key: a note
+whose answer from Notion was lost may then be saved twice, and the schema says so.
+
 Every request goes through the shared Notion `Upstream` (breaker, retry, the ~3 requests per
 second limiter). Creating a page and appending blocks are not idempotent: when the retry loop
 repeats one after a failure that may have come after Notion acted (a lost answer, a timeout, a
 5xx), the repeat first looks at what is there. A page with the note's key is used instead of
 creating another; blocks already appended are not appended again. Such a look is a request of
 its own, so it takes a limiter token of its own. A refusal (429, 4xx) is repeated as it is.
+
+A refused token opens the breaker at once, so the calls after it fail fast with `CircuitOpen`;
+until some call gets through, those report the refused token again rather than an outage.
 """
 from __future__ import annotations
 
@@ -16,15 +24,16 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 from notion_client.helpers import async_iterate_paginated_api
 
-from integrations.errors import MalformedResponse, Unavailable, UpstreamError
+from integrations.errors import AuthFailed, BadRequest, CircuitOpen, MalformedResponse, Unavailable, UpstreamError
 from integrations.notion import NotionApi
-from integrations.notion_schema import NoteSchema, data_source_id, schema_from
+from integrations.notion_schema import KEY_PROPERTY, NoteSchema, data_source_id, schema_from
 from integrations.resilience.compose import Upstream
 from state.schema_cache import SchemaCache
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Call = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 PAGE_SIZE = 100
 NEWEST_FIRST = [{"timestamp": "created_time", "direction": "descending"}]
@@ -49,25 +58,35 @@ class NotionNotes:
         self._upstream = upstream
         self.database_id = database_id
         self._cache = cache
+        # The last call's refused token, while no call has got through since.
+        self._refused: AuthFailed | None = None
 
     async def schema(self, *, refresh: bool = False) -> NoteSchema:
-        """The database's schema, from the cache while it is fresh (unless `refresh`)."""
-        if not refresh:
-            cached = await self._cache.get(self.database_id)
-            if cached is not None:
-                try:
-                    return NoteSchema.from_json(cached)
-                except (KeyError, TypeError, ValueError):
-                    logger.warning("ignoring an unreadable cached Notion schema")
-        database = await self._call(lambda: self._api.retrieve_database(self.database_id))
-        source_id = data_source_id(database)
-        source = await self._call(lambda: self._api.retrieve_data_source(source_id))
-        schema = schema_from(self.database_id, {**source, "id": source.get("id", source_id)})
+        """The database's schema, from the cache while it is fresh (unless `refresh`), with the key
+        property added when it was missing and Notion lets us."""
+        schema = None if refresh else await self._cached_schema()
+        fetched = schema is None
+        if schema is None:
+            schema = await read_schema(self._api, self.database_id, self._call)
+        if schema.key_addable:
+            schema = await with_key_property(self._api, schema, self._call)
+        elif not fetched:
+            return schema
         await self._cache.put(self.database_id, schema.to_json())
         return schema
 
     async def forget_schema(self) -> None:
         await self._cache.forget(self.database_id)
+
+    async def _cached_schema(self) -> NoteSchema | None:
+        cached = await self._cache.get(self.database_id)
+        if cached is None:
+            return None
+        try:
+            return NoteSchema.from_json(cached)
+        except (KeyError, TypeError, ValueError):
+            logger.warning("ignoring an unreadable cached Notion schema")
+            return None
 
     async def find(self, schema: NoteSchema, key: str) -> PageRef | None:
         """The page holding `key`, if there is one."""
@@ -86,13 +105,16 @@ class NotionNotes:
 
         With `look_first` (an earlier attempt may have created it), and on a retry after a
         failure that may have happened after Notion acted (a lost answer, a timeout, a 5xx), the
-        page is looked up by its key before anything is created.
+        page is looked up by its key before anything is created. A database without the key
+        property cannot be looked in: the page is created again, and may then be there twice.
         """
         unsure = look_first
 
         async def attempt() -> tuple[PageRef, bool]:
             nonlocal unsure
-            if unsure:
+            if unsure and schema.key_property is None:
+                logger.warning("note %s: no key property to find an earlier page by; it may be saved twice", key)
+            elif unsure:
                 found = await self._find(schema, key)
                 if found is not None:
                     logger.info("page for note %s already exists; not creating another", key)
@@ -110,7 +132,7 @@ class NotionNotes:
                 raise
             return _page_ref(page), True
 
-        return await self._upstream.call(attempt, "pages.create")
+        return await self._through(attempt, "pages.create")
 
     async def append(self, page_id: str, children: list[dict[str, Any]], *, blocks_before: int) -> None:
         """Append `children` to a page that had `blocks_before` top-level blocks before them."""
@@ -131,7 +153,7 @@ class NotionNotes:
                 unsure = _maybe_applied(error)
                 raise
 
-        await self._upstream.call(attempt, "blocks.children.append")
+        await self._through(attempt, "blocks.children.append")
 
     async def count_children(self, page_id: str) -> int:
         """How many top-level blocks the page has."""
@@ -194,7 +216,68 @@ class NotionNotes:
             await limiter.acquire(max_pause=self._upstream.retry.retry_after_cap)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        return await self._upstream.call(fn)
+        return await self._through(fn, "call")
+
+    async def _through(self, fn: Callable[[], Awaitable[T]], operation: str) -> T:
+        """One call through the upstream's policies; a breaker opened by a refused token says so."""
+        try:
+            result = await self._upstream.call(fn, operation)
+        except AuthFailed as refused:
+            self._refused = refused
+            raise
+        except CircuitOpen:
+            if self._refused is not None:
+                raise AuthFailed(
+                    self._refused.message, upstream=self._refused.upstream, status=self._refused.status
+                ) from None
+            raise
+        except UpstreamError:
+            self._refused = None
+            raise
+        self._refused = None
+        return result
+
+
+async def _direct(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
+
+
+async def read_schema(
+    api: NotionApi, database_id: str, call: Call = _direct, *, database: Mapping[str, Any] | None = None
+) -> NoteSchema:
+    """The schema of the database's first data source (`database`: its object, if already retrieved).
+
+    `call` runs each request (through the resilience layer, in the bot)."""
+    if database is None:
+        database = await call(lambda: api.retrieve_database(database_id))
+    source_id = data_source_id(database)
+    source = await call(lambda: api.retrieve_data_source(source_id))
+    return schema_from(database_id, {**source, "id": source.get("id", source_id)})
+
+
+async def with_key_property(api: NotionApi, schema: NoteSchema, call: Call = _direct) -> NoteSchema:
+    """`schema` after adding the key property to the data source; if Notion refuses, `schema`
+    saying why (notes are then saved without a key).
+
+    Adding a property that is already there with the same type changes nothing, so a retry after
+    a lost answer is harmless."""
+    change = {KEY_PROPERTY: {"rich_text": {}}}
+    try:
+        source = await call(lambda: api.update_data_source(schema.data_source_id, properties=change))
+    except BadRequest as refused:
+        reason = (
+            'Notion answered 403 restricted_resource: the integration lacks the "Update content" capability'
+            if refused.status == 403
+            else f"Notion answered: {refused.message}"
+        )
+        logger.warning("could not add the %r property to the Notion database: %s", KEY_PROPERTY, reason)
+        return schema.with_key_refused(reason)
+    logger.info("added the Text property %r to the Notion database, to mark each note", KEY_PROPERTY)
+    if isinstance(source.get("properties"), dict):
+        updated = schema_from(schema.database_id, {**source, "id": schema.data_source_id})
+        if updated.key_property is not None:
+            return updated
+    return NoteSchema(schema.database_id, schema.data_source_id, {**schema.properties, KEY_PROPERTY: "rich_text"})
 
 
 def _maybe_applied(error: UpstreamError) -> bool:

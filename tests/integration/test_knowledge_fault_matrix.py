@@ -60,6 +60,10 @@ NOTE = "/note Call the plumber #home\nAbout the kitchen tap"
 SAVED = "Saved to Notion: {url}"
 QUEUED_SLOW_DOWN = "Notion asked me to slow down, so your note is queued. I'll send the link once it's saved."
 QUEUED_UNREACHABLE = "Notion is unreachable right now, so your note is queued. I'll send the link once it's saved."
+QUEUED_TOKEN_REFUSED = (
+    "Notion refused the bot's token, so your note is queued until the operator fixes NOTION_TOKEN. "
+    "I'll send the link once it's saved."
+)
 
 
 
@@ -322,3 +326,25 @@ async def test_note_stall_on_an_append_that_landed_does_not_append_the_blocks_tw
         [page] = k.notion.pages
         paragraphs = [b for b in page.children if b.get("type") == "paragraph"]
         assert len(paragraphs) == 150, f"{len(paragraphs)} paragraphs: an append that landed was sent again"
+
+
+async def test_a_refused_token_is_named_in_every_answer_even_once_the_breaker_is_open(tmp_path):
+    async with AsyncExitStack() as stack:
+        k = await start_knowledge_bot(stack, tmp_path)
+        k.notion.token = "secret_revoked-in-notion"
+        await k.time_passes(5)  # the look at the database after start-up is refused too: the breaker opens
+
+        await k.bot.user_says(NOTE)
+        await k.bot.user_says("/note Second thought")
+        await k.bot.user_says("/notes")
+
+        assert k.bot.texts() == [
+            QUEUED_TOKEN_REFUSED,
+            QUEUED_TOKEN_REFUSED,
+            "I couldn't list your notes: Notion refused the bot's token, so the operator needs to check NOTION_TOKEN.",
+        ]
+        k.notion.token = NOTION_TOKEN  # the operator fixes it
+        await k.clock.run_until(lambda: len(k.notion.pages) == 2, limit=2000)
+        await k.time_passes(5)
+        assert sorted(k.notion.title_of(p) for p in k.notion.pages) == ["Call the plumber #home", "Second thought"]
+        assert sum(text.startswith("Saved to Notion: ") for text in k.bot.texts()) == 2

@@ -141,3 +141,103 @@ async def test_a_fresh_search_is_recorded_in_usage_and_a_cached_one_is_not(tmp_p
         assert "perplexity/sonar" in line.model
         assert line.requests == 1 and line.input_tokens > 0
         assert line.cost_usd > 0 and line.unpriced == 0
+
+
+# --- Notion on first contact: what /health and `switchboard check` say ---------------------------
+
+ORDINARY = {"Name": "title", "Tags": "multi_select"}
+
+
+async def run_notion_check(tmp_path, notion: FakeNotion, token: str = NOTION_TOKEN) -> tuple[int, str]:
+    import io
+
+    from bot.check import check_command
+
+    async with anth.FakeAnthropic(api_key=ANTHROPIC_KEY) as claude:  # a model that answers: only Notion is in question
+        settings = settings_for(
+            tmp_path, anthropic=claude, models=[CLAUDE],
+            notion=NotionSettings(Secret(token), notion.database_id, notion.base_url),
+        )
+        out = io.StringIO()
+        code = await check_command(settings, out, clock=ManualClock())
+    return code, out.getvalue()
+
+
+def notion_line(out: str) -> str:
+    [line] = [line for line in out.splitlines() if line[2:].startswith("notion:")]
+    return line
+
+
+async def test_check_adds_the_key_property_to_an_ordinary_database_and_names_optional_gaps(tmp_path):
+    clock = ManualClock()
+    async with FakeNotion(token=NOTION_TOKEN, clock=clock, properties={"Name": "title", "Tags": "select"}) as notion:
+        code, out = await run_notion_check(tmp_path, notion)
+        assert notion.properties["Switchboard ID"]["type"] == "rich_text"
+        await clock.advance(1)  # clear of Notion's rate window
+        code_again, out_again = await run_notion_check(tmp_path, notion)
+    assert code == 0, out
+    line = notion_line(out)
+    assert line.startswith("✓ notion: database 'Notes' reachable, 1 data source; added the Text property \"Switchboard ID\"")
+    assert '"Tags" is of type Select, so #hashtags are not saved in it' in line and "Multi-select" in line
+    assert 'no URL property "Source"' in line
+    assert code_again == 0 and "added" not in notion_line(out_again)
+
+
+async def test_check_fails_when_the_key_property_cannot_be_added_and_says_how_to_fix_it(tmp_path):
+    async with FakeNotion(token=NOTION_TOKEN, clock=ManualClock(), properties=dict(ORDINARY), update_content=False) as notion:
+        code, out = await run_notion_check(tmp_path, notion)
+    assert code == 1, out
+    line = notion_line(out)
+    assert line.startswith("✗ notion: notion: Notes are saved, but one whose answer from Notion is lost")
+    assert "may be saved twice" in line and '"Update content"' in line and "restricted_resource" in line
+    assert "Switchboard ID" not in notion.properties
+
+
+async def test_check_names_notion_token_when_notion_refuses_it(tmp_path):
+    async with FakeNotion(token=NOTION_TOKEN, clock=ManualClock()) as notion:
+        code, out = await run_notion_check(tmp_path, notion, token="secret_revoked-notion-token-00000000000")
+    assert code == 1
+    assert "check NOTION_TOKEN" in notion_line(out) and "unreachable" not in out
+    assert "secret_revoked" not in out
+
+
+async def test_health_says_notes_may_be_saved_twice_when_the_key_cannot_be_added_and_notes_still_save(tmp_path):
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        notion = await stack.enter_async_context(
+            FakeNotion(token=NOTION_TOKEN, clock=clock, properties=dict(ORDINARY), update_content=False)
+        )
+        settings = settings_for(
+            tmp_path, admin_ids=frozenset({USER}),
+            notion=NotionSettings(Secret(NOTION_TOKEN), notion.database_id.replace("-", ""), notion.base_url),
+        )
+        bot = await start_telegram_bot(stack, settings, clock)
+        await bot.user_says("/note Saved on first contact")
+        await bot.user_says("/health")
+        [page] = notion.pages
+        saved, report = bot.texts()[-2:]
+        assert saved == f"Saved to Notion: {page.url}"
+        [line] = [line for line in report.splitlines() if "notion" in line]
+        assert "may be saved twice" in line and "Update content" in line and "my-integrations" in line
+
+        notion.update_content = True  # the owner ticks the capability
+        await bot.user_says("/health")
+        [line] = [line for line in bot.texts()[-1].splitlines() if "notion" in line]
+        assert "✅" in line and notion.properties["Switchboard ID"]["type"] == "rich_text"
+
+
+async def test_health_names_notion_token_when_notion_refuses_it(tmp_path):
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        notion = await stack.enter_async_context(FakeNotion(token=NOTION_TOKEN, clock=clock))
+        settings = settings_for(
+            tmp_path, admin_ids=frozenset({USER}),
+            notion=NotionSettings(Secret(NOTION_TOKEN), notion.database_id.replace("-", ""), notion.base_url),
+        )
+        bot = await start_telegram_bot(stack, settings, clock)
+        notion.token = "secret_revoked-in-notion"
+        await bot.user_says("/health")
+        await bot.user_says("/health")  # the breaker is open now: still the token, not an outage
+        for report in bot.texts()[-2:]:
+            [line] = [line for line in report.splitlines() if "notion" in line]
+            assert "check NOTION" in line and "unreachable" not in line

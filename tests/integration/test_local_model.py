@@ -310,3 +310,22 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 async def until_gone(pid: int) -> None:
     while alive(pid):
         await asyncio.sleep(0.05)
+
+
+async def test_in_the_service_the_offline_model_starts_in_the_background_and_answers_once_up(tmp_path):
+    from bot.app import build_app
+    from integrations.resilience.clock import SystemClock
+    from tests.fakes.transport import RecordingTransport
+    from tests.integration.telegram_bot import settings_for
+
+    settings = replace(settings_for(tmp_path, llm_local="auto", allowed_user_ids=frozenset({USER})))
+    clock = SystemClock()
+    transport = RecordingTransport(clock)
+    async with AsyncExitStack() as stack:
+        app = await asyncio.wait_for(build_app(settings, clock, transport, stack, local_model_in_background=True), GUARD)
+        assert app.services.chain.refs == [], "the bot is built (and can log in) before the model is up"
+        await app.router.handle(IncomingMessage(USER, USER, 1, "Say hello.", True, True, "u"))
+        await asyncio.wait_for(app.services.lanes.wait_all_idle(), GUARD * 2)
+        [reply] = transport.texts(USER)
+        assert LOCAL_MARKER in reply and not reply.startswith("No language model")
+        assert [str(ref) for ref in app.services.chain.refs] == ["local:smollm2"]

@@ -256,26 +256,71 @@ async def test_bursts_over_three_requests_a_second_are_refused_and_the_bot_waits
         assert notes.replies() == [f"Saved to Notion: {page.url}"]
 
 
-async def test_database_without_the_key_property_gets_a_message_naming_it_and_how_to_add_it(tmp_path):
+ORDINARY = {"Name": "title", "Tags": "multi_select"}  # a database as the Notion app makes it, plus tags
+
+
+async def test_the_first_note_in_an_ordinary_database_adds_the_key_property_and_is_saved_once(tmp_path):
     async with AsyncExitStack() as stack:
         clock = ManualClock()
-        fake = await fake_notion(stack, clock, properties={"Title": "title", "Tags": "multi_select"})
+        fake = await fake_notion(stack, clock, properties=dict(ORDINARY))
+        notes = await start_notes_bot(stack, tmp_path, clock, fake)
+        fake.script(LOSE_RESPONSE, method="POST", path="/v1/pages")  # and the first create's answer is lost
+
+        await notes.say("/note First contact #hello")
+
+        [patch] = fake.requests_to("PATCH", "/v1/data_sources/")
+        assert patch.json == {"properties": {"Switchboard ID": {"rich_text": {}}}}
+        assert fake.properties["Switchboard ID"]["type"] == "rich_text"
+        [page] = fake.pages  # found by its key after the lost answer, not created twice
+        assert page.properties["Switchboard ID"]["rich_text"][0]["plain_text"].startswith(f"{USER}:")
+        assert notes.replies() == [f"Saved to Notion: {page.url}"]
+        health = await clock.run_until_complete(notes.notes.check())
+        assert health.ok, health.detail
+        assert len(fake.requests_to("PATCH", "/v1/data_sources/")) == 1  # added once, not at every look
+
+
+async def test_without_the_update_content_capability_notes_are_still_saved_and_the_fix_is_named(tmp_path):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        fake = await fake_notion(stack, clock, properties=dict(ORDINARY), update_content=False)
         notes = await start_notes_bot(stack, tmp_path, clock, fake)
 
-        await notes.say("/note Something")
+        await notes.say("/notes")
+        [empty] = notes.replies()
+        assert empty.startswith("There are no notes in the Notion database yet.")
+        assert "may be saved twice" in empty and '"Update content"' in empty and "Switchboard ID" in empty
+        await notes.say("/note Saved anyway")
 
-        assert fake.pages == []
-        [answer] = notes.replies()
-        assert '"Switchboard ID"' in answer and "Text" in answer and "Couldn't save" in answer
-        health = await clock.run_until_complete(notes.notes.check())
-        assert not health.ok and "Switchboard ID" in health.detail
-        assert await notes.deliver_due() == 0
-        assert len(notes.replies()) == 1
-
-        fake.add_property("Switchboard ID", "rich_text")  # the owner follows the advice
-        await notes.say("/note Something else")
+        assert (403, "restricted_resource", "Insufficient permissions for this endpoint.") in fake.refusals
         [page] = fake.pages
+        assert fake.title_of(page) == "Saved anyway" and "Switchboard ID" not in page.properties
         assert notes.replies()[-1] == f"Saved to Notion: {page.url}"
+        health = await clock.run_until_complete(notes.notes.check())
+        assert not health.ok
+        assert "may be saved twice" in health.detail and "my-integrations" in health.detail
+
+        fake.update_content = True  # the owner ticks the capability; the next look adds the property
+        health = await clock.run_until_complete(notes.notes.check())
+        assert health.ok, health.detail
+        await notes.say("/note Now with a key")
+        assert fake.title_of(fake.pages[-1]) == "Now with a key"
+        assert fake.pages[-1].properties["Switchboard ID"]["rich_text"]
+
+
+async def test_a_switchboard_id_property_of_another_type_is_left_alone_and_notes_are_saved(tmp_path):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        fake = await fake_notion(stack, clock, properties={"Name": "title", "Switchboard ID": "number"})
+        notes = await start_notes_bot(stack, tmp_path, clock, fake)
+
+        await notes.say("/note Still saved")
+
+        assert fake.requests_to("PATCH", "/v1/data_sources/") == []
+        assert fake.properties["Switchboard ID"]["type"] == "number"
+        [page] = fake.pages
+        assert notes.replies() == [f"Saved to Notion: {page.url}"]
+        health = await clock.run_until_complete(notes.notes.check())
+        assert not health.ok and "of type Number, not Text" in health.detail and "Type → Text" in health.detail
 
 
 async def test_a_delivery_cut_short_after_an_append_landed_resumes_without_duplicating_blocks(tmp_path):
@@ -362,7 +407,7 @@ async def test_save_stores_the_last_answer_with_its_sources(tmp_path):
         await notes.say("/save #food")
 
         [page] = fake.pages
-        assert fake.title_of(page) == "Oat milk is made from oats and water [1][2]."
+        assert fake.title_of(page) == "Oat milk is made from oats and water."  # no citation markers
         assert page.properties["Source"]["url"] == "https://example.com/oat"
         assert [o["name"] for o in page.properties["Tags"]["multi_select"]] == ["food"]
         links = [
