@@ -141,8 +141,13 @@ class NoteDelivery:
         Also tells users about notes that ended while nobody could tell them (say, a crash).
         """
         for entry in await self._outbox.untold():
-            if entry.id not in self._claimed:
+            if entry.id in self._claimed:
+                continue
+            self._claimed.add(entry.id)
+            try:
                 await self._announce(_as_found(entry), None)
+            finally:
+                self._claimed.discard(entry.id)
         delivered = 0
         for entry in await self._outbox.due(include_later=include_later):
             if self._stopping:
@@ -250,7 +255,10 @@ class NoteDelivery:
             if announce is not None:
                 await announce(outcome)
             return
-        if not await self._outbox.claim_telling(outcome.entry.id):
+        # Told at least once: marked only after the notice went out (the caller holds the entry,
+        # so nobody else in this process tells it meanwhile). A notice that could not be sent, or a
+        # crash before the mark, means it is sent again later, never that the user hears nothing.
+        if await self._outbox.was_told(outcome.entry.id):
             return
         try:
             if announce is not None:
@@ -258,7 +266,9 @@ class NoteDelivery:
             else:
                 await self._notify(outcome.entry, outcome_text(outcome))
         except Exception:
-            logger.exception("could not tell chat %s about note %s", outcome.entry.chat_id, outcome.entry.id)
+            logger.exception("could not tell chat %s about note %s; trying again later", outcome.entry.chat_id, outcome.entry.id)
+            return
+        await self._outbox.mark_told(outcome.entry.id)
 
     async def _idle(self) -> None:
         next_due = await self._outbox.next_due_at()

@@ -3,8 +3,9 @@
 An entry is 'pending' until it is 'delivered' (its page exists with all its content) or 'failed'
 (Notion refused it for good). A pending entry carries its delivery progress (the page once it
 exists, how many top-level blocks are on it), so a delivery cut short by a crash resumes where it
-stopped. `user_told` records whether the user heard how it ended; `claim_telling` flips it, so
-however many tasks race to tell, the user is told once.
+stopped. `user_told` records whether the user heard how it ended; `mark_told` sets it once the
+notice is out (the delivery worker lets one task at a time tell about an entry), so a notice that
+could not be sent is sent again later: the user is told at least once.
 """
 from __future__ import annotations
 
@@ -160,13 +161,15 @@ class Outbox:
             (error[:_ERROR_LIMIT], due, self._now(), entry_id),
         )
 
-    async def claim_telling(self, entry_id: int) -> bool:
-        """Mark the user as told; True only for the one caller that changed it, who must tell them."""
-        changed = await self._db.execute_rowcount(
-            "UPDATE note_outbox SET user_told = 1, updated_at = ? WHERE id = ? AND user_told = 0",
-            (self._now(), entry_id),
+    async def was_told(self, entry_id: int) -> bool:
+        row = await self._db.fetchone("SELECT user_told FROM note_outbox WHERE id = ?", (entry_id,))
+        return row is not None and bool(row["user_told"])
+
+    async def mark_told(self, entry_id: int) -> None:
+        """The user has been told how the note ended."""
+        await self._db.execute(
+            "UPDATE note_outbox SET user_told = 1, updated_at = ? WHERE id = ?", (self._now(), entry_id)
         )
-        return changed == 1
 
     async def prune(self, keep: timedelta) -> int:
         """Forget notes that ended and were told more than `keep` ago; returns how many."""

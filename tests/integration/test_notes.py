@@ -602,3 +602,25 @@ async def test_the_fake_updates_a_data_source_schema_as_notion_does():
             assert refused.value.status == 403 and set(fake.properties) == {"Name", "Id"}
         finally:
             await api.aclose()
+
+
+async def test_a_link_that_could_not_be_sent_is_sent_at_the_next_round(tmp_path):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        fake = await fake_notion(stack, clock)
+        notes = await start_notes_bot(stack, tmp_path, clock, fake)
+        fake.down = unavailable(503)
+        await notes.say("/note Call the plumber")
+        [queued] = notes.replies()
+        fake.down = None
+        await clock.advance(60)
+        # Telegram refuses the notice this time, through all its retries (the user hears nothing yet)...
+        for _ in range(notes.bot.services.pacing.final_attempts):
+            notes.bot.transport.fail_next("send", Unavailable("telegram is down", upstream="telegram"))
+        assert await notes.deliver_due() == 1
+        assert notes.replies() == [queued]
+        # ...and the next round tells them, once.
+        await notes.deliver_due()
+        await notes.deliver_due()
+        [page] = fake.pages
+        assert notes.replies() == [queued, f"Saved to Notion: {page.url}"]
