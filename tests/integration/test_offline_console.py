@@ -18,6 +18,11 @@ async def test_console_with_no_keys_answers_from_the_offline_model(tmp_path):
     assert LOCAL_MARKER in out
     assert "Your model: `local:smollm2`" in out or "Your model: local:smollm2" in out
     assert "Traceback" not in err
+    state_files = [path for path in (tmp_path / "state").iterdir() if path.is_file()]
+    assert "local-model.log" in [path.name for path in state_files]
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in state_files} == {
+        path.name: "0o600" for path in state_files
+    }, "every file in the state directory is private, the offline model's log included"
 
 
 async def test_llm_local_off_leaves_no_model_and_says_how_to_configure_one(tmp_path):
