@@ -499,3 +499,11 @@ async def test_cached_answer_survives_json_round_trip_exactly(stack, tmp_path):
     [row] = await s.bot.database.fetchall("SELECT kind, key, value FROM cache_entries")
     assert row["kind"] == "search" and json.loads(row["key"])["q"] == "rust async"
     assert str(USER) not in row["key"], "the cache key holds nothing about who asked"
+
+
+async def test_a_search_question_longer_than_a_chat_message_is_refused_before_any_call(stack, tmp_path):
+    s = await start_search(stack, tmp_path, await fake_with(stack))
+    await s.bot.say("/search " + "rust async " * 10_000)
+    [reply] = s.bot.replies()
+    assert "the limit is 16,000" in reply
+    assert s.fake.calls == 0
