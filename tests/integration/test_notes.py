@@ -118,18 +118,22 @@ async def test_long_note_is_split_across_valid_requests_and_the_page_holds_all_o
         assert notes.replies() == [f"Saved to Notion: {page.url}"]
 
 
+async def note_queued_while_notion_is_down(stack: AsyncExitStack, tmp_path) -> tuple[NotesBot, FakeNotion, ManualClock, str]:
+    """A note sent while Notion answers 503: queued, and the user told so."""
+    clock = ManualClock()
+    fake = await fake_notion(stack, clock)
+    notes = await start_notes_bot(stack, tmp_path, clock, fake)
+    fake.down = unavailable(503)
+    await notes.say("/note Call the plumber")
+    assert fake.pages == []
+    [queued] = notes.replies()
+    assert "queued" in queued
+    return notes, fake, clock, queued
+
+
 async def test_notion_down_then_back_queues_the_note_and_tells_the_user_once_when_saved(tmp_path):
     async with AsyncExitStack() as stack:
-        clock = ManualClock()
-        fake = await fake_notion(stack, clock)
-        notes = await start_notes_bot(stack, tmp_path, clock, fake)
-        fake.down = unavailable(503)
-
-        await notes.say("/note Call the plumber")
-
-        assert fake.pages == []
-        [queued] = notes.replies()
-        assert "queued" in queued
+        notes, fake, clock, queued = await note_queued_while_notion_is_down(stack, tmp_path)
         assert await notes.notes.depth() == 1
 
         await clock.advance(5)
@@ -606,12 +610,7 @@ async def test_the_fake_updates_a_data_source_schema_as_notion_does():
 
 async def test_a_link_that_could_not_be_sent_is_sent_at_the_next_round(tmp_path):
     async with AsyncExitStack() as stack:
-        clock = ManualClock()
-        fake = await fake_notion(stack, clock)
-        notes = await start_notes_bot(stack, tmp_path, clock, fake)
-        fake.down = unavailable(503)
-        await notes.say("/note Call the plumber")
-        [queued] = notes.replies()
+        notes, fake, clock, queued = await note_queued_while_notion_is_down(stack, tmp_path)
         fake.down = None
         await clock.advance(60)
         # Telegram refuses the notice this time, through all its retries (the user hears nothing yet)...
