@@ -27,7 +27,6 @@ from state.db import Database, iso_timestamp
 Status = Literal["pending", "answering", "delivering", "answered", "failed", "undeliverable", "expired"]
 Kind = Literal["chat", "command", "media"]
 
-UNFINISHED: tuple[Status, ...] = ("pending", "answering", "delivering")
 
 _MESSAGE_COLUMNS = (
     "m.id, m.chat_id, m.user_id, m.telegram_message_id, m.content, m.status, m.created_at,"
@@ -215,10 +214,6 @@ class HistoryStore:
             " WHERE m.status IN ('pending', 'answering', 'delivering') ORDER BY m.id"
         )
         return [StoredMessage.from_row(row) for row in rows]
-
-    async def get(self, message_id: int) -> StoredMessage | None:
-        row = await self._db.fetchone(f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?", (message_id,))
-        return None if row is None else StoredMessage.from_row(row)
 
     async def reset(self, chat_id: int) -> None:
         """End the chat's conversation; its rows stay, the next message starts a new one."""
