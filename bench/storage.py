@@ -99,7 +99,7 @@ def timed_sync(call: Callable[[], object], count: int) -> list[float]:
 def report(label: str, samples: list[float], *, tail: float = 0.99) -> None:
     print(
         f"  {label:46} median {statistics.median(samples) * 1000:8.3f} ms  "
-        f"p{round(tail * 100)} {percentile(samples, tail) * 1000:8.3f} ms"
+        f"p{round(tail * 100)} {percentile(samples, tail) * 1000:8.3f} ms  max {max(samples) * 1000:8.3f} ms"
     )
 
 

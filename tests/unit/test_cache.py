@@ -74,6 +74,35 @@ async def test_storing_beyond_the_bound_evicts_the_oldest(cache, clock):
     assert (await cache.stats()).entries == 3
 
 
+async def test_eviction_keeps_exactly_the_newest_entries_across_gaps_in_ids(db, clock):
+    cache = SqliteCache(db, clock, max_entries=5)
+    for round_ in range(4):
+        for key in "abcdefgh":
+            await cache.put("search", key, json.dumps([round_, key]), ttl=300)
+        await cache.put("search", "short", "1", ttl=1)  # expires, and is swept by a later put
+        await clock.advance(2)
+    await cache.put("search", "last", '"last"', ttl=300)
+    rows = await db.fetchall("SELECT key FROM cache_entries ORDER BY id")
+    assert [row["key"] for row in rows] == ["e", "f", "g", "h", "last"]
+
+
+async def test_a_cache_over_its_bound_is_trimmed_at_the_next_put(db, clock):
+    """E.g. the bound was lowered between runs: the next put evicts all the oldest surplus."""
+    roomy = SqliteCache(db, clock, max_entries=100)
+    for n in range(10):
+        await roomy.put("search", f"k{n}", "1", ttl=300)
+    await SqliteCache(db, clock, max_entries=3).put("search", "new", "1", ttl=300)
+    rows = await db.fetchall("SELECT key FROM cache_entries ORDER BY id")
+    assert [row["key"] for row in rows] == ["k8", "k9", "new"]
+
+
+async def test_a_cache_below_its_bound_evicts_nothing(db, clock):
+    cache = SqliteCache(db, clock, max_entries=10)
+    for n in range(10):
+        await cache.put("search", f"k{n}", "1", ttl=300)
+    assert (await cache.stats()).entries == 10
+
+
 async def test_refreshing_an_entry_makes_it_the_newest(cache):
     for key in ("a", "b", "c"):
         await cache.put("search", key, "1", ttl=300)
