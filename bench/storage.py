@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from integrations.resilience.clock import SystemClock  # noqa: E402
 from state.cache import SqliteCache  # noqa: E402
 from state.db import Database, iso_timestamp  # noqa: E402
-from state.history import HistoryStore  # noqa: E402
+from state.history import CONTEXT_QUERY, HistoryStore  # noqa: E402
 
 CHAT, USER = 100, 42
 VALUE = '{"text": "' + "x" * 1000 + '"}'
@@ -155,12 +155,14 @@ async def bench_history(directory: Path, rows: int, loads: int) -> None:
 
         await timed(load, 2)
         samples = await timed(load, loads)
+        plan = [row["detail"] for row in await database.fetchall(f"EXPLAIN QUERY PLAN {CONTEXT_QUERY}", {"id": 1})]
     finally:
         await database.close()
     with plain_connection(path) as connection:
         connection.execute(PLAIN_HISTORY, (1,)).fetchall()
         plain = timed_sync(lambda: connection.execute(PLAIN_HISTORY, (1,)).fetchall(), loads)
     print(f"history load of one conversation of {rows:,} rows ({loads} loads, {len(context):,} messages each)")
+    print(f"  query plan: {'; '.join(plan)}")
     report("HistoryStore.context_for", samples, tail=0.9)
     report("baseline: SELECT the same rows, plain sqlite3", plain, tail=0.9)
 

@@ -33,6 +33,17 @@ _MESSAGE_COLUMNS = (
     " m.kind, m.is_private, m.attempts, m.shown_ids, m.reply_text"
 )
 
+# The conversation of message :id as context, each answer after its question. The index
+# messages_in_context_order (migration 0006) holds exactly this order, so no sort is needed.
+CONTEXT_QUERY = (
+    "SELECT role, content FROM messages"
+    " WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = :id)"
+    "   AND ((role = 'user' AND kind = 'chat' AND (id = :id OR (id < :id AND status IN"
+    "         ('answered', 'failed', 'delivering', 'undeliverable'))))"
+    "        OR (role = 'assistant' AND in_reply_to < :id))"
+    " ORDER BY COALESCE(in_reply_to, id), id"
+)
+
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -158,16 +169,8 @@ class HistoryStore:
         Earlier user messages count once they were answered or failed; messages still pending
         (or newer than `incoming`) belong to other turns.
         """
-        rows = await self._db.fetchall(
-            "SELECT role, content FROM messages"
-            " WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = :id)"
-            "   AND ((role = 'user' AND kind = 'chat' AND (id = :id OR (id < :id AND status IN"
-            "         ('answered', 'failed', 'delivering', 'undeliverable'))))"
-            "        OR (role = 'assistant' AND in_reply_to < :id))"
-            " ORDER BY COALESCE(in_reply_to, id), id",
-            {"id": incoming.id},
-        )
-        return [ChatMessage(role=row["role"], content=row["content"]) for row in rows]
+        rows = await self._db.fetchall(CONTEXT_QUERY, {"id": incoming.id})
+        return [ChatMessage(role, content) for role, content in rows]
 
     async def record_answer(
         self, incoming: StoredMessage, text: str, model: str, *, reply_text: str | None = None
