@@ -5,7 +5,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bot.config import Settings
 from bot.console import HELP as CONSOLE_HELP
@@ -14,7 +14,6 @@ from handlers.admin import admin_commands
 from handlers.limits import UserLimits
 from handlers.notes import build_notes, notes_commands
 from handlers.search import SearchConfig, SearchService, search_commands
-from integrations.perplexity import PerplexitySearch
 from state.cache import SqliteCache
 from handlers.status_report import HealthProbe, RecentErrors, StatusContext
 from integrations.errors import Unavailable, UpstreamError
@@ -30,7 +29,6 @@ from handlers.router import Router
 from handlers.services import ChatSettings, Services
 from handlers.stream import StreamPacing
 from handlers.transport import Transport
-from integrations.anthropic import AnthropicChat
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
 from integrations.llm import ChatProvider, ModelRef
 from integrations.local_model import (
@@ -43,7 +41,6 @@ from integrations.local_model import (
     install_hint,
     local_model_available,
 )
-from integrations.openai import OpenAIChat
 from integrations.model_policy import ModelCallPolicy, ProviderGuard
 from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import Clock
@@ -55,6 +52,13 @@ from state.db import Database
 from state.history import HistoryStore
 from state.lock import StateLock
 from state.preferences import UserPreferences
+
+if TYPE_CHECKING:
+    from integrations.perplexity import PerplexitySearch
+
+# The SDK adapters (integrations.anthropic, .openai, .perplexity) are imported where their
+# clients are built: the SDKs take ~0.8 s to import, which a provider that is not configured
+# should not cost at start-up (tests/integration/test_lazy_sdk_imports.py).
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +146,15 @@ def build_providers(
     # name -> (adapter, key, base URL, requests/min, tokens/min)
     specs: dict[str, tuple[type, str, str | None, float, int]] = {}
     if "anthropic" in wanted and settings.anthropic_api_key:
+        from integrations.anthropic import AnthropicChat
+
         specs["anthropic"] = (
             AnthropicChat, settings.anthropic_api_key.reveal(), settings.anthropic_base_url,
             limits.anthropic_requests_per_minute, limits.anthropic_tokens_per_minute,
         )
     if "openai" in wanted:
+        from integrations.openai import OpenAIChat
+
         # An OpenAI-compatible server may need no key; the SDK insists on one.
         key = settings.openai_api_key.reveal() if settings.openai_api_key else "not-needed"
         specs["openai"] = (
@@ -185,6 +193,8 @@ async def start_local_model(settings: Settings, clock: Clock, stack: AsyncExitSt
         log.warning("offline model unavailable: %s", error)
         return None
     stack.push_async_callback(server.stop)
+    from integrations.openai import OpenAIChat
+
     provider = OpenAIChat(api_key="local", base_url=base_url, name=LOCAL_PROVIDER)
     stack.push_async_callback(provider.aclose)  # unwinds before the server stops
     return ChainModel(
@@ -322,6 +332,8 @@ def add_search(
     client: PerplexitySearch | None = None
     upstream: Upstream | None = None
     if settings.perplexity is not None:
+        from integrations.perplexity import PerplexitySearch
+
         p = settings.perplexity
         key = p.api_key.reveal()
         client = PerplexitySearch(api_key=key, base_url=p.base_url, model=p.model, preset=p.preset)

@@ -18,9 +18,8 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal, Mapping
 
-import openai
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from integrations.errors import (
@@ -39,6 +38,12 @@ from integrations.http_errors import (
     retry_after_seconds,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    import openai
+
+# The openai SDK (~0.2-0.4 s to import) is imported by the code that uses it, not here:
+# handlers.search imports this module for its types even when search is not configured.
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +172,8 @@ class PerplexitySearch:
         self.instructions = instructions
         self._api_key = api_key
         self._now = now
+        import openai
+
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
@@ -196,6 +203,8 @@ class PerplexitySearch:
         extra: dict[str, Any] = {"preset": self.preset} if self.preset else {}
         if not self.preset:
             arguments["model"] = self.model
+        import openai
+
         try:
             response = await self._client.responses.with_raw_response.create(extra_body=extra, **arguments)
         except openai.OpenAIError as err:
@@ -244,6 +253,8 @@ class PerplexitySearch:
         return arguments, extra
 
     async def stream(self, query: SearchQuery) -> AsyncIterator[SearchEvent]:
+        import openai
+
         arguments, extra = self.request(query)
         try:
             events = await self._client.responses.create(stream=True, extra_body=extra, **arguments)
@@ -270,6 +281,8 @@ class PerplexitySearch:
         yield run.answer()
 
     def _translate(self, err: openai.OpenAIError, *, request_id: str | None) -> UpstreamError:
+        import openai
+
         where: dict[str, Any] = {"upstream": self.name, "request_id": request_id}
         if isinstance(err, openai.APITimeoutError):
             return Unavailable("timed out", **where)
@@ -563,6 +576,8 @@ def _root_cause_name(err: BaseException) -> str:
 
 def _cause(err: openai.OpenAIError) -> BaseException | None:
     """Keep the SDK error as the cause, except a refused credential whose text may echo the key."""
+    import openai
+
     if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return None
     return err
