@@ -79,7 +79,9 @@ class ConsoleTransport:
         self._next_id += 1
         return message_id
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+    async def send(
+        self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False, key: int | None = None
+    ) -> int:
         message_id = self.next_id()
         self._show_new(message_id, text)
         return message_id

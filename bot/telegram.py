@@ -139,9 +139,13 @@ class TelegramTransport:
         self._client = client
         self._drafts_refused = False
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+    async def send(
+        self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False, key: int | None = None
+    ) -> int:
         entities = to_telethon_entities(text.entities)
         with self._translated("send"):
+            if key is not None:
+                return await self._send_keyed(chat_id, text.text, entities, reply_to, key)
             message = await self._client.send_message(
                 chat_id,
                 text.text,
@@ -151,6 +155,31 @@ class TelegramTransport:
                 parse_mode=None,
             )
         return message.id
+
+    async def _send_keyed(
+        self, chat_id: int, text: str, entities: list[types.TypeMessageEntity], reply_to: int | None, key: int
+    ) -> int:
+        """`messages.sendMessage` with our own `random_id` (Telethon's `send_message` always draws a
+        fresh one). Telegram keeps used random ids for good and answers a repeat with the message
+        it made the first time; while that first call is still being processed it answers
+        RANDOM_ID_DUPLICATE (a 500, retried like any other)."""
+        peer = await self._client.get_input_entity(chat_id)
+        request = functions.messages.SendMessageRequest(
+            peer=peer,
+            message=text,
+            entities=entities or None,
+            no_webpage=True,
+            reply_to=types.InputReplyToMessage(reply_to) if reply_to is not None else None,
+            random_id=key,
+        )
+        result = await self._client(request)
+        message_id = sent_message_id(result, key)
+        if message_id is None:
+            message = self._client._get_response_message(request, result, peer)
+            if message is None:
+                raise Unavailable("send: Telegram's answer names no message", upstream=UPSTREAM)
+            message_id = message.id
+        return message_id
 
     async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
         entities = to_telethon_entities(text.entities)
@@ -209,6 +238,17 @@ class TelegramTransport:
         constructor = getattr(getattr(error, "request", None), "CONSTRUCTOR_ID", None)
         if isinstance(waited, dict) and constructor is not None:
             waited.pop(constructor, None)
+
+
+def sent_message_id(result: Any, random_id: int) -> int | None:
+    """The id of the message a `messages.sendMessage` made, from its answer: a private chat's
+    short answer carries it, a group's `Updates` map our random id to it (`updateMessageID`)."""
+    if isinstance(result, types.UpdateShortSentMessage):
+        return result.id
+    for update in getattr(result, "updates", None) or ():
+        if isinstance(update, types.UpdateMessageID) and update.random_id == random_id:
+            return update.id
+    return None
 
 
 def session_file_for(session_path: Path) -> Path:

@@ -2,24 +2,64 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable, Sequence
 
 from handlers.services import Services
 from handlers.stream import ReplyStream
-from handlers.transport import IncomingMessage
+from handlers.transport import IncomingMessage, send_key
+
+# The reply-stream number of a notice sent outside the message's stored lifecycle (streams of a
+# stored message count up from 0).
+NOTICE_STREAM = -1
 
 
 def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:
     """A reply to `message`. Once the message is stored, every message the reply sends is recorded
     with it, and the first reply after a restart takes over what an earlier attempt showed."""
     trace = message.trace
-    on_sent = None
-    if trace is not None:
-        stored_id = trace.stored_id
+    if trace is None:
+        return _stream(services, message)
+    stored_id = trace.stored_id
 
-        async def on_sent(message_id: int) -> None:
-            # Shielded: a cancel (a /cancel, a shutdown) landing here must not lose the record of a
-            # message the user already sees, or the answer after the restart would not replace it.
-            await asyncio.shield(services.history.record_shown(stored_id, [message_id]))
+    async def on_sent(message_id: int) -> None:
+        # Shielded: a cancel (a /cancel, a shutdown) landing here must not lose the record of a
+        # message the user already sees, or the answer after the restart would not replace it.
+        await asyncio.shield(services.history.record_shown(stored_id, [message_id]))
+
+    return _stream(
+        services,
+        message,
+        earlier_ids=trace.take_earlier(),
+        on_sent=on_sent,
+        stream=trace.next_stream(),
+        resumed=trace.resumed,
+    )
+
+
+async def reply(services: Services, message: IncomingMessage, markdown: str) -> list[int]:
+    return await open_stream(services, message).finish(markdown)
+
+
+async def notify_once(services: Services, message: IncomingMessage, markdown: str) -> list[int]:
+    """A notice about `message` that the chat shows once however often it is sent: Telegram may
+    hand out the same message again, and each time it cannot be stored it gets this notice."""
+    return await _stream(services, message, stream=NOTICE_STREAM).finish(markdown)
+
+
+def _stream(
+    services: Services,
+    message: IncomingMessage,
+    *,
+    earlier_ids: Sequence[int] = (),
+    on_sent: Callable[[int], Awaitable[None]] | None = None,
+    stream: int | None = None,
+    resumed: bool = False,
+) -> ReplyStream:
+    key_of_part = None
+    if stream is not None:
+
+        def key_of_part(part: int) -> int:
+            return send_key(message.chat_id, message.message_id, stream, part)
 
     return ReplyStream(
         services.transport,
@@ -28,10 +68,8 @@ def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:
         reply_to=None if message.is_private else message.message_id,
         use_drafts=message.is_private,
         pacing=services.pacing,
-        earlier_ids=trace.take_earlier() if trace is not None else (),
+        earlier_ids=earlier_ids,
         on_sent=on_sent,
+        send_key=key_of_part,
+        resumed=resumed,
     )
-
-
-async def reply(services: Services, message: IncomingMessage, markdown: str) -> list[int]:
-    return await open_stream(services, message).finish(markdown)

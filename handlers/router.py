@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, Literal, Sequence
 from handlers import chat
 from handlers.commands import Command, parse_command
 from handlers.lanes import USER_CANCEL
-from handlers.reply import reply
+from handlers.reply import notify_once, reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage, ReplyTrace
 from state.history import Kind, StoredMessage
@@ -171,7 +171,7 @@ class Router:
                 message_id=stored.telegram_message_id or 0,
                 text=stored.text,
                 is_private=stored.is_private,
-                trace=ReplyTrace(stored.id, list(stored.shown_ids)),
+                trace=ReplyTrace(stored.id, list(stored.shown_ids), resumed=True),
             )
             if not services.access.is_allowed(stored.user_id):
                 log.info("not resuming message %s: user %s is no longer allowed", stored.id, stored.user_id)
@@ -295,7 +295,7 @@ class Router:
                     await self._services.clock.sleep(delay)
                     continue
                 log.error("could not store message %s in chat %s: %s", message.message_id, message.chat_id, error)
-                await reply(self._services, message, NOT_ACCEPTED)
+                await notify_once(self._services, message, NOT_ACCEPTED)
                 return None
             if stored is None:
                 log.info("message %s in chat %s was already handled", message.message_id, message.chat_id)

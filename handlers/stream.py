@@ -10,6 +10,12 @@ A stream may take over messages an earlier attempt showed (`earlier_ids`, after 
 edits them instead of sending new ones, and deletes those the final text no longer needs, so no
 stale partial reply is left beside the answer. `on_sent` hears of every message it sends, so the
 caller can record them. `close` stops its background work whatever happened.
+
+Sends carry idempotency keys (`send_key`, by part) when the caller has them: a process killed
+after Telegram took a send but before `on_sent` recorded it leaves no second copy, because the
+attempt after the restart repeats the keyed send and Telegram answers with the message it made
+then. Such a message may show the earlier attempt's text, so a `resumed` stream sets the text it
+wants on every message it sends.
 """
 from __future__ import annotations
 
@@ -53,6 +59,8 @@ class ReplyStream:
         draft_id: int | None = None,
         earlier_ids: Sequence[int] = (),
         on_sent: Callable[[int], Awaitable[None]] | None = None,
+        send_key: Callable[[int], int] | None = None,
+        resumed: bool = False,
     ) -> None:
         self._transport = transport
         self._clock = clock
@@ -71,6 +79,8 @@ class ReplyStream:
         # None: a message taken over from an earlier attempt, whose text is not known here.
         self._shown_parts: list[RichText | None] = [None] * len(self._message_ids)
         self._on_sent = on_sent
+        self._send_key = send_key
+        self._resumed = resumed
         self._last_call_at: float | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._typing_task: asyncio.Task[None] | None = None
@@ -195,15 +205,19 @@ class ReplyStream:
 
     async def _send(self, part: RichText, *, preview: bool = False) -> None:
         reply_to = self._reply_to if not self._message_ids else None
+        key = self._send_key(len(self._message_ids)) if self._send_key is not None else None
+        shown = part
         try:
-            message_id = await self._transport.send(self._chat_id, part, reply_to=reply_to, preview=preview)
+            message_id = await self._transport.send(self._chat_id, part, reply_to=reply_to, preview=preview, key=key)
         except BadRequest:
             # Telegram refused the formatting: the words matter more than the styling.
-            message_id = await self._transport.send(
-                self._chat_id, RichText.plain(part.text), reply_to=reply_to, preview=preview
-            )
+            shown = RichText.plain(part.text)
+            message_id = await self._transport.send(self._chat_id, shown, reply_to=reply_to, preview=preview, key=key)
+        known: RichText | None = part
+        if key is not None and self._resumed:
+            message_id, known = await self._made_current(message_id, shown, preview=preview)
         self._message_ids.append(message_id)
-        self._shown_parts.append(part)
+        self._shown_parts.append(known)
         if self._on_sent is not None:
             await self._on_sent(message_id)
 
@@ -221,6 +235,19 @@ class ReplyStream:
             message_id = await self._send_instead(part, preview=preview)
             self._message_ids[index] = message_id
         self._shown_parts[index] = part
+
+    async def _made_current(self, message_id: int, part: RichText, *, preview: bool) -> tuple[int, RichText | None]:
+        """A keyed send of a resumed reply may have returned the earlier attempt's message: give it
+        this text (unchanged text costs nothing), or, if that message is gone, send a new one.
+        Returns the message and the text it is known to show (None: not known, the final text
+        must be set again)."""
+        try:
+            await self._transport.edit(self._chat_id, message_id, part, preview=preview)
+            return message_id, part
+        except PreviewDeferred:
+            return message_id, None
+        except BadRequest:
+            return await self._transport.send(self._chat_id, part, preview=preview), part
 
     async def _send_instead(self, part: RichText, *, preview: bool) -> int:
         message_id = await self._transport.send(self._chat_id, part, preview=preview)

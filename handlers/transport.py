@@ -6,6 +6,7 @@ wait becomes `RateLimited` with `retry_after`, so the flood governor can underst
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Awaitable, Callable, Protocol, Sequence
@@ -17,14 +18,41 @@ from integrations.errors import BadRequest
 @dataclass
 class ReplyTrace:
     """Where a stored message's reply is shown: every message the bot sends for it is recorded
-    under `stored_id`, and a reply resumed after a restart takes over the `earlier` ones (once)."""
+    under `stored_id`, and a reply resumed after a restart takes over the `earlier` ones (once).
+
+    `resumed` says an earlier attempt may have sent messages that were never recorded (the
+    process died between Telegram accepting a send and the record): sends are then keyed so that
+    Telegram shows the earlier message instead of a second one (see `send_key`)."""
 
     stored_id: int
     earlier: list[int] = field(default_factory=list)
+    resumed: bool = False
+    _streams_opened: int = 0
 
     def take_earlier(self) -> list[int]:
         taken, self.earlier = self.earlier, []
         return taken
+
+    def next_stream(self) -> int:
+        """The ordinal of the next reply stream for this message: 0, 1, … in the order they open,
+        the same in every attempt that takes the same path."""
+        ordinal = self._streams_opened
+        self._streams_opened += 1
+        return ordinal
+
+
+def send_key(chat_id: int, message_id: int, stream: int, part: int) -> int:
+    """The idempotency key of one message the bot sends in answer to one user message.
+
+    Telegram remembers the `random_id` of every send for good and answers a repeated one with the
+    message it already made, so a send repeated after a crash cannot show twice. The key depends
+    only on what never changes for that reply (the chat, the user's message id, which is never
+    reused in a chat, the reply stream and the part), never on our own database, which a restore
+    or a fresh state directory could renumber. A non-zero signed 64-bit number, as Telegram takes.
+    """
+    digest = hashlib.blake2b(f"switchboard-reply:{chat_id}:{message_id}:{stream}:{part}".encode(), digest_size=8)
+    key = int.from_bytes(digest.digest(), "big", signed=True)
+    return key or 1
 
 
 @dataclass(frozen=True)
@@ -55,9 +83,13 @@ MessageHandler = Callable[[IncomingMessage], Awaitable[None]]
 class Transport(Protocol):
     name: str
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+    async def send(
+        self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False, key: int | None = None
+    ) -> int:
         """Send a message and return its id. A `preview` (part of a streaming reply that newer text
-        will replace) may be deferred by a busy transport with `PreviewDeferred`; nothing else may."""
+        will replace) may be deferred by a busy transport with `PreviewDeferred`; nothing else may.
+        A send with a `key` that was sent before returns the message it made then (which may show
+        older text) instead of making another; a transport without such memory ignores the key."""
         ...
 
     async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:

@@ -371,9 +371,11 @@ class GovernedTransport:
         self._inner = inner
         self._governor = governor
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+    async def send(
+        self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False, key: int | None = None
+    ) -> int:
         return await self._governor.run(
-            chat_id, chat_id > 0, lambda: self._inner.send(chat_id, text, reply_to=reply_to), "send", preview=preview
+            chat_id, chat_id > 0, lambda: self._inner.send(chat_id, text, reply_to=reply_to, key=key), "send", preview=preview
         )
 
     async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:

@@ -133,6 +133,7 @@ class FakeTelegramClient:
         self.violations: list[Violation] = []
         self._messages: dict[int, list[SentMessage]] = defaultdict(list)
         self._by_id: dict[int, SentMessage] = {}
+        self._by_random_id: dict[tuple[int, int], SentMessage] = {}
         self._drafts: dict[int, list[DraftUpdate]] = defaultdict(list)
         self._typing: dict[int, list[float]] = defaultdict(list)
         self._faults: dict[str, deque[tuple[int | None, BaseException]]] = defaultdict(deque)
@@ -295,16 +296,68 @@ class FakeTelegramClient:
     ) -> SentMessage:
         chat_id = _chat_id(entity)
         self._check_peer(chat_id)
+        # Telethon draws a fresh random_id for every send_message.
         request = functions.messages.SendMessageRequest(peer=chat_id, message=message)
-        self._take_fault("send", chat_id)
         entities = self._entities(parse_mode, formatting_entities)
-        self._check_text(message, entities, request, "send", chat_id)
+        return self._send(request, chat_id, entities, reply_to, link_preview)
+
+    async def get_input_entity(self, peer: Any) -> types.TypeInputPeer:
+        chat_id = _chat_id(peer)
+        self._check_peer(chat_id)
+        real_id, kind = utils.resolve_id(chat_id)
+        if kind is types.PeerUser:
+            return types.InputPeerUser(real_id, 0)
+        if kind is types.PeerChat:
+            return types.InputPeerChat(real_id)
+        return types.InputPeerChannel(real_id, 0)
+
+    def _send_request(self, request: functions.messages.SendMessageRequest) -> Any:
+        """`messages.sendMessage` as Telegram answers it: a private chat gets the short answer, a
+        group the `Updates` with `updateMessageID` and the new message."""
+        chat_id = _chat_id(request.peer)
+        reply_to = request.reply_to.reply_to_msg_id if request.reply_to is not None else None
+        sent = self._send(request, chat_id, tuple(request.entities or ()), reply_to, not request.no_webpage)
+        date = self.clock.now()
+        if chat_id > 0:
+            return types.UpdateShortSentMessage(out=True, id=sent.id, pts=sent.id, pts_count=1, date=date)
+        peer = utils.get_peer(chat_id)
+        message = types.Message(id=sent.id, peer_id=peer, date=date, message=sent.text, out=True)
+        new_message = (
+            types.UpdateNewChannelMessage(message, pts=sent.id, pts_count=1)
+            if isinstance(peer, types.PeerChannel)
+            else types.UpdateNewMessage(message, pts=sent.id, pts_count=1)
+        )
+        return types.Updates(
+            updates=[types.UpdateMessageID(sent.id, request.random_id), new_message],
+            users=[],
+            chats=[],
+            date=date,
+            seq=0,
+        )
+
+    def _send(
+        self,
+        request: functions.messages.SendMessageRequest,
+        chat_id: int,
+        entities: tuple[Any, ...],
+        reply_to: int | None,
+        link_preview: bool,
+    ) -> SentMessage:
+        # Telegram keeps every random_id it has seen for good and answers a repeat with the
+        # message the first call made (even one deleted since), sending nothing new.
+        earlier = self._by_random_id.get((chat_id, request.random_id))
+        if earlier is not None:
+            self._record("send", chat_id, "repeat")
+            return earlier
+        self._take_fault("send", chat_id)
+        self._check_text(request.message, entities, request, "send", chat_id)
         self._check_pace("send", chat_id, request)
         now = self.clock.monotonic()
-        sent = SentMessage(self._next_id, chat_id, message, entities, reply_to, now, link_preview)
+        sent = SentMessage(self._next_id, chat_id, request.message, entities, reply_to, now, link_preview)
         self._next_id += 1
         self._messages[chat_id].append(sent)
         self._by_id[sent.id] = sent
+        self._by_random_id[(chat_id, request.random_id)] = sent
         self._land("send", chat_id)
         return sent
 
@@ -342,6 +395,8 @@ class FakeTelegramClient:
     async def __call__(self, request: Any, ordered: bool = False) -> Any:
         if isinstance(request, functions.messages.SetTypingRequest):
             return self._set_typing(request)
+        if isinstance(request, functions.messages.SendMessageRequest):
+            return self._send_request(request)
         if isinstance(request, functions.bots.SetBotCommandsRequest):
             self._take_fault("commands", None)
             self.commands = list(request.commands)
@@ -480,6 +535,8 @@ def new_message_event(
 def _chat_id(peer: Any) -> int:
     if isinstance(peer, int) and not isinstance(peer, bool):
         return peer
+    if isinstance(peer, (types.InputPeerUser, types.InputPeerChat, types.InputPeerChannel)):
+        return utils.get_peer_id(peer)
     raise TypeError(f"the fake addresses chats by their id, not {type(peer).__name__}")
 
 

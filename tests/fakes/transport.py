@@ -27,6 +27,8 @@ class RecordingTransport:
     messages: dict[int, dict[int, RichText]] = field(default_factory=dict)
     failures: dict[str, list[Exception]] = field(default_factory=dict)
     _next_id: int = 100
+    # Like Telegram's random_id: a keyed send repeated returns the message the first one made.
+    _keyed: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def fail_next(self, kind: str, error: Exception) -> None:
         self.failures.setdefault(kind, []).append(error)
@@ -36,12 +38,18 @@ class RecordingTransport:
         if queue:
             raise queue.pop(0)
 
-    async def send(self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False) -> int:
+    async def send(
+        self, chat_id: int, text: RichText, *, reply_to: int | None = None, preview: bool = False, key: int | None = None
+    ) -> int:
+        if key is not None and (chat_id, key) in self._keyed:
+            return self._keyed[(chat_id, key)]
         self._maybe_fail("send")
         _check(text)
         self._next_id += 1
         self.messages.setdefault(chat_id, {})[self._next_id] = text
         self.calls.append(Call("send", chat_id, self.clock.monotonic(), text, self._next_id))
+        if key is not None:
+            self._keyed[(chat_id, key)] = self._next_id
         return self._next_id
 
     async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:

@@ -293,6 +293,34 @@ async def test_the_answer_after_a_crash_replaces_the_partial_reply_instead_of_ad
         assert bot.texts(GROUP) == ["Once upon a time, the end."]
 
 
+@pytest.mark.parametrize("chat_id", [USER, GROUP])
+async def test_killed_after_telegram_took_the_answer_but_before_it_was_recorded_the_chat_shows_it_once(
+    tmp_path, chat_id
+):
+    async with AsyncExitStack() as stack:
+        claude = await claude_with(stack, default=anth.Reply("The answer."))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        crashed_run = AsyncExitStack()
+        bot = await start_telegram_bot(crashed_run, settings)
+        never = asyncio.Event()
+
+        async def dies_before_recording(*_args) -> None:
+            await never.wait()
+
+        bot.app.services.history.record_shown = dies_before_recording
+        await bot.client.deliver(event("hello?", chat_id=chat_id, mentioned=True))
+        # In a group the first preview is the message sent; in a private chat, the answer.
+        await bot.clock.run_until(lambda: len(bot.texts(chat_id)) == 1, poll=POLL)
+        client, clock = bot.client, bot.clock
+        await crashed_run.aclose()  # SIGKILL: the record of the sent message never happened
+
+        bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
+        await bot.settle()
+
+        assert bot.texts(chat_id) == ["The answer."]
+        assert await bot.statuses(chat_id) == ["answered"]
+
+
 # --- 10. media the bot cannot read yet ----------------------------------------------------------
 
 
@@ -360,6 +388,7 @@ async def test_a_message_nobody_works_on_is_found_and_answered_while_serving(tmp
         await bot.clock.advance(299)
         assert bot.texts() == []
         await bot.clock.run_until(lambda: bot.texts() == ["The answer."], poll=POLL)
+        await bot.settle()
         safety_net.cancel()
         assert "found 1 unfinished message(s) nobody was working on" in caplog.text
         assert await bot.statuses() == ["answered"]

@@ -11,7 +11,9 @@ database raise `Killed`, its lock is dropped), and Telegram hands out again ever
 handler had not finished, as catch-up after a restart does.
 
 For every message a user sent, in the end, the chat shows exactly one reply to it that is final
-(the whole answer, a stopped answer, or one clear error) and no stale partial reply to it.
+(the whole answer, a stopped answer, or one clear error) and no stale partial reply to it. In
+private chats, where replies quote nothing, no answer shows twice and the number of final
+replies matches the messages sent.
 """
 from __future__ import annotations
 
@@ -28,13 +30,13 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-import bot.app as composition_root
+import integrations.openai
 from bot.app import App, build_app
 from bot.config import Secret
 from bot.shutdown import drain
 from bot.telegram import TelegramRunner, TelegramTransport
 from handlers.chat import SOMETHING_WENT_WRONG
-from handlers.router import NOT_ACCEPTED, QUEUED_NOTICE
+from handlers.router import ALREADY_FINISHING, NOT_ACCEPTED, QUEUED_NOTICE
 from integrations.errors import Unavailable
 from integrations.llm import ChatRequest, StreamResult, Usage
 from integrations.resilience.clock import ManualClock
@@ -45,6 +47,9 @@ from tests.integration.telegram_bot import settings_for
 
 GROUPS = (-1001000000001, -1001000000002, -1001000000003)
 USERS = (501, 502, 503, 504)
+# Private chats (the chat id is the user's): previews are drafts, the answer is sent at the end.
+PRIVATE_CHATS = (501, 502)
+CHATS = GROUPS + PRIVATE_CHATS
 MODELS = ("openai:m1", "openai:m2")
 # More seeds for a longer hunt: EXACTLY_ONCE_SEEDS=500 make test
 SEEDS = range(int(os.environ.get("EXACTLY_ONCE_SEEDS", "40")))
@@ -58,6 +63,7 @@ FINAL_OPENINGS = (
     "I was offline when you sent this",
     "Sorry, I tried to answer this",
     "Nothing to stop",
+    ALREADY_FINISHING,
 )
 
 
@@ -205,6 +211,8 @@ class World:
         self.rng = random.Random(seed)
         self.clock = ManualClock()
         self.telegram = FakeTelegramClient(self.clock)
+        # Calls take time, so a kill can land between Telegram taking a send and the bot hearing of it.
+        self.telegram.add_latency(0.02, 0.4, seed=seed)
         self.models = ModelWorld(self.clock, random.Random(seed * 7919 + 1))
         self.settings = settings_for(
             state_dir,
@@ -216,12 +224,13 @@ class World:
             llm_total_timeout=300.0,
         )
         self.settings = _with_fast_limits(self.settings)
-        monkeypatch.setattr(composition_root, "OpenAIChat", lambda **kwargs: FakeModels(self.models, **kwargs))
+        # The composition root imports the adapter when it builds it, so this is the one it finds.
+        monkeypatch.setattr(integrations.openai, "OpenAIChat", lambda **kwargs: FakeModels(self.models, **kwargs))
         self.bot: Incarnation | None = None
         self.sent: list[Sent] = []
         self.accepted_ids: set[tuple[int, int]] = set()
         self.log: list[str] = []
-        self._ids = {chat_id: 1 for chat_id in GROUPS}
+        self._ids = {chat_id: 1 for chat_id in CHATS}
         self._tokens = 0
 
     # --- the bot process ---
@@ -271,7 +280,7 @@ class World:
         self._ids[chat_id] += 1
         self.sent.append(Sent(chat_id, message_id, text))
         update = new_message_event(
-            chat_id=chat_id, sender_id=self.rng.choice(USERS), text=text, message_id=message_id, mentioned=True
+            chat_id=chat_id, sender_id=_sender(chat_id, self.rng), text=text, message_id=message_id, mentioned=True
         )
         if self.bot is None:
             self.telegram.arrive_while_offline(update)
@@ -284,7 +293,8 @@ class World:
             return
         sent = self.rng.choice(self.sent)
         update = new_message_event(
-            chat_id=sent.chat_id, sender_id=USERS[0], text=sent.text, message_id=sent.message_id, mentioned=True
+            chat_id=sent.chat_id, sender_id=_sender(sent.chat_id, self.rng), text=sent.text,
+            message_id=sent.message_id, mentioned=True,
         )
         if self.bot is None:
             self.telegram.arrive_while_offline(update)
@@ -323,9 +333,11 @@ class World:
 
     async def dump(self) -> None:
         """What the database and the chats hold, for a failing seed."""
-        for chat_id in GROUPS:
+        for chat_id in CHATS:
             for message in self.telegram.messages(chat_id):
                 print(f"chat {chat_id} bot message {message.id} -> {message.reply_to}: {message.text!r}")
+                for edit in message.edits:
+                    print(f"    edited at {edit.at:.1f}: {edit.text!r}")
         if self.bot is not None:
             rows = await self.bot.app.database.fetchall(
                 "SELECT chat_id, telegram_message_id, kind, status, attempts, shown_ids, outcome, content"
@@ -419,6 +431,10 @@ def _unfinished(task: asyncio.Task[Any]) -> bool:
     return not task.done() or (not task.cancelled() and isinstance(task.exception(), Killed))
 
 
+def _sender(chat_id: int, rng: random.Random) -> int:
+    return chat_id if chat_id > 0 else rng.choice(USERS)
+
+
 def _with_fast_limits(settings: Any) -> Any:
     from dataclasses import replace
 
@@ -444,7 +460,11 @@ def is_final(text: str) -> bool:
 
 def check_exactly_once(world: World) -> None:
     replies = replies_by_message(world)
+    for chat_id in PRIVATE_CHATS:
+        check_private_chat(world, chat_id)
     for sent in world.sent:
+        if sent.chat_id not in GROUPS:
+            continue
         shown = [text for text in replies.get((sent.chat_id, sent.message_id), []) if text != QUEUED_NOTICE]
         refused = NOT_ACCEPTED in shown
         if refused:
@@ -461,6 +481,26 @@ def check_exactly_once(world: World) -> None:
         token = sent.text.split()[0]
         if text.startswith("answer") or text.endswith("done."):
             assert f"answer {token}" in text, f"message {sent} got another message's answer: {text!r}"
+
+
+def check_private_chat(world: World, chat_id: int) -> None:
+    """Replies in a private chat quote nothing, so they are counted: every one is final, no
+    question is answered twice, and there are as many as the messages that want one."""
+    texts = [message.text for message in world.telegram.messages(chat_id) if message.text != QUEUED_NOTICE]
+    refused = texts.count(NOT_ACCEPTED)
+    finals = [text for text in texts if text != NOT_ACCEPTED]
+    for text in finals:
+        assert is_final(text), f"private chat {chat_id} was left with a partial reply: {text!r}"
+    answered = [found for text in finals for found in re.findall(r"\banswer (q\d+)\b", text)]
+    twice = sorted({token for token in answered if answered.count(token) > 1})
+    assert not twice, f"private chat {chat_id} shows the answers to {twice} more than once: {finals!r}"
+    sent = [message for message in world.sent if message.chat_id == chat_id]
+    cancels = sum(message.text == "/cancel" for message in sent)
+    wanting = len(sent) - cancels
+    assert wanting - refused <= len(finals) <= wanting + cancels, (
+        f"private chat {chat_id}: {len(sent)} messages ({cancels} /cancel, {refused} refused) "
+        f"but {len(finals)} final replies: {finals!r}"
+    )
 
 
 # --- the test ----------------------------------------------------------------------------------
@@ -485,14 +525,14 @@ async def _run_history(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             )[0]
             world.log.append(f"{world.clock.monotonic():.1f}: {action}")
             if action == "send":
-                world.user_sends(rng.choice(GROUPS))
+                world.user_sends(rng.choice(CHATS))
             elif action == "burst":
                 for _ in range(rng.randint(2, 5)):
-                    world.user_sends(rng.choice(GROUPS))
+                    world.user_sends(rng.choice(CHATS))
             elif action == "redeliver":
                 world.redeliver_some_message()
             elif action == "cancel":
-                world.user_sends(rng.choice(GROUPS), "/cancel")
+                world.user_sends(rng.choice(CHATS), "/cancel")
             elif action == "wait":
                 await world.run_for(rng.choice([0.5, 1.0, 2.5, 7.0, 30.0]))
             elif action == "storage":
@@ -501,7 +541,7 @@ async def _run_history(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 if world.bot is not None:
                     await (world.stop_gracefully() if action == "restart" else world.kill())
                 if action == "down-send":
-                    world.user_sends(rng.choice(GROUPS))
+                    world.user_sends(rng.choice(CHATS))
                 await world.run_for(rng.choice([0.0, 5.0, 120.0]))
                 await world.start()
         await world.settle_everything()

@@ -145,3 +145,45 @@ async def test_pending_updates_collapse_to_latest_while_a_call_is_blocked():
     assert shown[-1] == "v39"
     assert len(shown) <= 3
     await stream.finish("v39")
+
+
+def part_keys(part: int) -> int:
+    return 1000 + part
+
+
+async def test_a_resumed_reply_whose_send_telegram_already_took_shows_one_message_with_the_new_text():
+    """Killed after Telegram took the first attempt's sends but before they were recorded: the
+    resumed reply repeats the keyed sends, gets those messages back and sets its own text."""
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    first = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=plain, send_key=part_keys)
+    await first.finish("An answer that was cut off")
+
+    resumed = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=plain, send_key=part_keys, resumed=True)
+    ids = await resumed.finish("The whole answer, generated again.")
+
+    assert ids == first.message_ids
+    assert transport.texts(-CHAT) == ["The whole answer, generated again."]
+
+
+async def test_a_resumed_reply_sends_anew_when_the_message_its_key_names_was_deleted():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    first = ReplyStream(transport, clock, CHAT, use_drafts=True, render=plain, send_key=part_keys)
+    [gone] = await first.finish("Old answer")
+    del transport.messages[CHAT][gone]  # the user deleted it
+
+    resumed = ReplyStream(transport, clock, CHAT, use_drafts=True, render=plain, send_key=part_keys, resumed=True)
+    [shown] = await resumed.finish("New answer")
+
+    assert shown != gone
+    assert transport.texts(CHAT) == ["New answer"]
+
+
+async def test_a_first_attempt_does_not_pay_an_edit_for_each_keyed_send():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, CHAT, use_drafts=True, render=plain, send_key=part_keys)
+    await stream.finish("x" * 5000)
+
+    assert transport.kinds(CHAT) == ["send", "send"]

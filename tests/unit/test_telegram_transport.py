@@ -528,3 +528,57 @@ async def test_a_flood_wait_in_one_chat_does_not_make_telethon_refuse_other_chat
     peers = [request.peer for request in sender.requests]
     assert peers == [types.InputPeerChat(111), types.InputPeerChat(222)]
     assert all(isinstance(r, functions.messages.SetTypingRequest) for r in sender.requests)
+
+
+# --- keyed sends (Telegram's random_id) -----------------------------------------------------------
+
+
+async def test_a_keyed_send_repeated_shows_one_message_and_returns_its_id(client, transport) -> None:
+    for chat_id in (USER, GROUP):
+        first = await transport.send(chat_id, RichText.plain("The answer."), key=77)
+        again = await transport.send(chat_id, RichText.plain("The answer, regenerated."), key=77)
+
+        assert again == first
+        assert [message.text for message in client.messages(chat_id)] == ["The answer."]
+
+
+async def test_a_keyed_send_carries_the_key_and_reads_the_id_from_a_short_or_a_full_answer(real_client) -> None:
+    def answer(request):
+        if isinstance(request.peer, types.InputPeerChat):
+            message = types.Message(id=41, peer_id=types.PeerChat(111), date=None, message=request.message, out=True)
+            return types.Updates(
+                updates=[types.UpdateMessageID(41, request.random_id), types.UpdateNewMessage(message, 1, 1)],
+                users=[], chats=[], date=None, seq=0,
+            )
+        return types.UpdateShortSentMessage(out=True, id=9, pts=1, pts_count=1, date=None)
+
+    sender = ScriptedSender(answer)
+    real_client._sender = sender
+    real_client.session.process_entities(types.contacts.ResolvedPeer(
+        peer=types.PeerUser(USER), chats=[], users=[types.User(id=USER, access_hash=5, first_name="Ada")]
+    ))
+    transport = TelegramTransport(real_client)
+
+    in_group = await transport.send(-111, RichText.plain("hi all"), reply_to=3, key=-1234)
+    in_private = await transport.send(USER, RichText.plain("hi"), key=5678)
+
+    assert (in_group, in_private) == (41, 9)
+    group_request, private_request = sender.requests
+    assert isinstance(group_request, functions.messages.SendMessageRequest)
+    assert (group_request.random_id, group_request.reply_to.reply_to_msg_id) == (-1234, 3)
+    assert (private_request.random_id, private_request.peer) == (5678, types.InputPeerUser(USER, 5))
+    assert group_request.no_webpage and private_request.no_webpage
+
+
+async def test_telegram_still_processing_a_repeated_key_is_a_retryable_failure(real_client) -> None:
+    real_client._sender = ScriptedSender(
+        lambda request: errors.RandomIdDuplicateError(request=request)
+        if hasattr(errors, "RandomIdDuplicateError")
+        else errors.ServerError(request, "RANDOM_ID_DUPLICATE", 500)
+    )
+    real_client._request_retries = 1
+
+    with pytest.raises(Unavailable) as raised:
+        await TelegramTransport(real_client).send(-111, RichText.plain("hi"), key=1)
+
+    assert raised.value.retryable
