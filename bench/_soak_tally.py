@@ -125,6 +125,24 @@ def replies_by_token(texts: Iterable[str]) -> dict[str, list[str]]:
     return replies
 
 
+def count_unquoted(
+    tally: Tally, questions: Iterable[str], texts: Iterable[str], statuses: Mapping[str, str]
+) -> list[str]:
+    """Count questions whose replies quote nothing (the console, a private chat): an answer names
+    its question; an error note names none and is given to a question the database says ended
+    with one. Returns the error notes left over (printed for no question)."""
+    texts = list(texts)
+    by_token = replies_by_token(texts)
+    error_notes = [text for text in texts if kind_of(text) == "error"]
+    for token in questions:
+        replies = by_token.get(token, [])
+        answered = any(kind_of(reply) in FINAL for reply in replies)
+        if error_notes and not answered and statuses.get(f"{token} please") in ("failed", "expired"):
+            replies.append(error_notes.pop())
+        tally.count_question(token, replies)
+    return error_notes
+
+
 ROWS: Mapping[str, str] = {
     "runs ended by SIGKILL (then one to finish)": "runs",
     "wall time, s": "seconds",

@@ -60,6 +60,7 @@ class SoakTelegram:
         self._chats: dict[int, dict[int, Posted]] = defaultdict(dict)
         self._ids: dict[int, Iterator[int]] = defaultdict(lambda: itertools.count(1))
         self._unacknowledged: dict[int, dict[str, Any]] = {}
+        self._by_random_id: dict[tuple[int, int], Posted] = {}
         self._handed_out: Counter[int] = Counter()
         self._uids = itertools.count(1)
         self._bot: asyncio.StreamWriter | None = None
@@ -179,7 +180,14 @@ class SoakTelegram:
         if chat_id not in self._chats:
             raise Refused("PEER_ID_INVALID")
         if request["call"] == "send":
-            return self._post(chat_id, request["text"], by_bot=True, reply_to=request.get("reply_to")).id
+            # Telegram answers a repeated random_id with the message the first send made.
+            key = (chat_id, request.get("random_id"))
+            if key[1] is not None and key in self._by_random_id:
+                return self._by_random_id[key].id
+            posted = self._post(chat_id, request["text"], by_bot=True, reply_to=request.get("reply_to"))
+            if key[1] is not None:
+                self._by_random_id[key] = posted
+            return posted.id
         if request["call"] == "edit":
             target = self._chats[chat_id].get(request["message_id"])
             if target is None or not target.by_bot or target.deleted:

@@ -52,7 +52,7 @@ from bench._soak_launch import BotProcess, Launcher  # noqa: E402
 from bench._soak_models import API_KEY as MODEL_KEY  # noqa: E402
 from bench._soak_models import MODEL, TOKEN, TokenAnswers  # noqa: E402
 from bench._soak_state import StateProbe  # noqa: E402
-from bench._soak_tally import FINAL, Tally, kind_of, replies_by_token, report  # noqa: E402
+from bench._soak_tally import Tally, count_unquoted, report  # noqa: E402
 from bench._soak_telegram_server import SoakTelegram  # noqa: E402
 from handlers.router import QUEUED_NOTICE  # noqa: E402
 from integrations.resilience.clock import SystemClock  # noqa: E402
@@ -62,6 +62,9 @@ PYTHON = sys.executable
 NOTION_TOKEN = "secret_soak-notion-token-000000000000000000000"
 GROUPS = tuple(-1001000000001 - index for index in range(12))
 USERS = (501, 502, 503, 504)
+# Private chats (the chat id is the user's): replies quote nothing, previews are drafts.
+PRIVATE_CHATS = USERS[:2]
+CHATS = GROUPS + PRIVATE_CHATS
 NOTE_SHARE = 0.2  # of the messages users send
 BATCH = (1, 3)  # new console lines per run
 BACKLOG = 3  # no new console lines while this many wait to be written again
@@ -248,16 +251,7 @@ class ConsoleSoak(Soak):
         printed = self.output.decode("utf-8", "replace")
         (self.home / "output.txt").write_text(printed)
         blocks = [block.strip() for block in printed.split("\n\n") if block.strip()]
-        by_token = replies_by_token(blocks)
-        # Error notes name no question: give each to a question the database says ended with one.
-        error_notes = [block for block in blocks if kind_of(block) == "error"]
-        statuses = self.state.statuses()
-        for token in self.user.questions:
-            replies = by_token.get(token, [])
-            answered = any(kind_of(reply) in FINAL for reply in replies)
-            if error_notes and not answered and statuses.get(f"{token} please") in ("failed", "expired"):
-                replies.append(error_notes.pop())
-            self.tally.count_question(token, replies)
+        error_notes = count_unquoted(self.tally, self.user.questions, blocks, self.state.statuses())
         self.tally.count_notes(self.user.notes, self.notion, blocks)
         self.tally.remarks.append(f"lines written again after a kill (not stored yet): {self._rewritten}")
         if error_notes:
@@ -314,20 +308,34 @@ class TelegramSoak(Soak):
     def count(self) -> None:
         (self.home / "chats.txt").write_text(self.telegram.transcript())
         replies: dict[tuple[int, int], list[str]] = {}
+        private: dict[int, list[str]] = {chat_id: [] for chat_id in PRIVATE_CHATS}
         orphans = 0
         notices = 0
         for message in self.telegram.bot_messages():
-            if message.reply_to is None:
-                orphans += 1
-            elif message.text == QUEUED_NOTICE:
+            if message.text == QUEUED_NOTICE:
                 notices += 1
+            elif message.chat_id in private:
+                private[message.chat_id].append(message.text)
+            elif message.reply_to is None:
+                orphans += 1
             else:
                 replies.setdefault((message.chat_id, message.reply_to), []).append(message.text)
+        questions_in: dict[int, list[str]] = {chat_id: [] for chat_id in PRIVATE_CHATS}
         for chat_id, message_id, text in self.sent:
             token = TOKEN.search(text)
             assert token is not None
-            if token.group(0) in self.user.questions:
+            if token.group(0) not in self.user.questions:
+                continue
+            if chat_id in private:
+                questions_in[chat_id].append(token.group(0))
+            else:
                 self.tally.count_question(token.group(0), replies.get((chat_id, message_id), []))
+        statuses = self.state.statuses()
+        for chat_id, texts in private.items():
+            # Replies in a private chat quote nothing: an answer is known by the question it names.
+            error_notes = count_unquoted(self.tally, questions_in[chat_id], texts, statuses)
+            if error_notes:
+                self.tally.problems.append(f"{len(error_notes)} error notes in private chat {chat_id} for no question")
         self.tally.count_notes(self.user.notes, self.notion, [m.text for m in self.telegram.bot_messages()])
         self.tally.remarks.append(f"updates handed out again after a kill: {self.telegram.handed_out_again}")
         self.tally.remarks.append(f"'answer right after the reply in progress' notices: {notices}")
@@ -341,9 +349,10 @@ class TelegramSoak(Soak):
     async def _users_write(self) -> None:
         while True:
             await asyncio.sleep(self.rng.uniform(*MESSAGE_GAP))
-            chat_id = self.rng.choice(GROUPS)
+            chat_id = self.rng.choice(CHATS)
             text = self.user.next_text()
-            posted = self.telegram.user_sends(chat_id, self.rng.choice(USERS), text)
+            sender = chat_id if chat_id in PRIVATE_CHATS else self.rng.choice(USERS)
+            posted = self.telegram.user_sends(chat_id, sender, text)
             self.sent.append((chat_id, posted.id, text))
 
 
