@@ -156,11 +156,8 @@ async def print_status(settings: Settings, stdout=None) -> int:
     if not database.exists():
         print(f"No database at {database}: the bot has not run with this STATE_DIR yet.", file=sys.stderr)
         return 1
-    try:
-        from handlers.status_report import status_from_database
-    except ImportError:
-        print("This version of Switchboard has no status report yet.", file=sys.stderr)
-        return 1
+    from bot.status import status_from_database
+
     print(await status_from_database(database, SystemClock()), file=stdout)
     return 0
 

@@ -4,32 +4,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable
 
-from bot.config import Settings
+from bot.config import NotionSettings, Settings
 from bot.console import HELP as CONSOLE_HELP
 from bot.logs import DeprecationSignals, Redactor, UpstreamLog
-from handlers.admin import admin_commands
-from handlers.limits import UserLimits
-from handlers.notes import build_notes, notes_commands
-from handlers.search import SearchConfig, SearchService, search_commands
-from state.cache import SqliteCache
-from handlers.status_report import HealthProbe, RecentErrors, StatusContext
-from integrations.errors import Unavailable, UpstreamError
-from integrations.resilience.compose import AttemptObserver, Upstream
-from integrations.prices import PriceTable
-from state.admin_settings import AdminSettings
-from state.usage import ErrorJournal, UsageRecorder
+from bot.recent_errors_handler import RecentErrorsHandler
 from handlers.access import AccessPolicy
+from handlers.admin import admin_commands
 from handlers.basic import basic_commands
+from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
+from handlers.limits import UserLimits
+from handlers.note_delivery import NoteDelivery, Notify
+from handlers.notes import NotesFeature, chat_notifier, notes_commands
 from handlers.operator_alerts import OperatorAlerts
+from handlers.recent_errors import RecentErrors
 from handlers.router import Router
-from handlers.services import ChatSettings, Services
+from handlers.search import SearchConfig, SearchService, search_commands
+from handlers.services import ChatSettings, Features, Services
+from handlers.status_report import StatusContext
 from handlers.stream import StreamPacing
 from handlers.transport import Transport
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
+from integrations.errors import UpstreamError
 from integrations.llm import ChatProvider, ModelRef
 from integrations.local_model import (
     LOCAL_ALIAS,
@@ -42,19 +41,25 @@ from integrations.local_model import (
     local_model_available,
 )
 from integrations.model_policy import ModelCallPolicy, ProviderGuard
+from integrations.notion import NotionApi
+from integrations.notion_notes import NotionNotes
+from integrations.prices import PriceTable
 from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import Clock
+from integrations.resilience.compose import AttemptObserver, Upstream
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry, Snapshotting
 from integrations.resilience.retry import RetryPolicy
 from integrations.resilience.tokens import TokenBudget
+from state.admin_settings import AdminSettings
+from state.cache import SqliteCache
 from state.db import Database
 from state.history import HistoryStore
 from state.lock import StateLock
+from state.outbox import Outbox
 from state.preferences import UserPreferences
-
-if TYPE_CHECKING:
-    from integrations.perplexity import PerplexitySearch
+from state.schema_cache import SchemaCache
+from state.usage import ErrorJournal, UsageRecorder
 
 # The SDK adapters (integrations.anthropic, .openai, .perplexity) are imported where their
 # clients are built: the SDKs take ~0.8 s to import, which a provider that is not configured
@@ -70,6 +75,10 @@ class App:
     services: Services
     router: Router
     database: Database
+    # Read by no handler: what the log and /status are told about upstreams going away, and the
+    # messages to the operator (tests wait for those to be sent).
+    deprecations: DeprecationSignals
+    operator_alerts: OperatorAlerts
 
 
 PROVIDER_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
@@ -285,13 +294,17 @@ async def build_app(
         allowed_user_ids=settings.allowed_user_ids,
         allow_everyone=settings.allow_everyone,
     )
-    services = Services(
+    operations = await build_operations(settings, clock, database, access, stack, redactor, signals, telegram_connected)
+    checking = asyncio.ensure_future(warn_about_unlisted_models(chain, signals))
+    stack.callback(checking.cancel)
+    core = Services(
         clock=clock,
         transport=transport,
         history=HistoryStore(database, clock),
         preferences=UserPreferences(database),
         chain=chain,
         access=access,
+        limits=operations.limits,
         lanes=ChatLanes(),
         chat=ChatSettings(
             system_prompt=settings.system_prompt,
@@ -299,21 +312,32 @@ async def build_app(
             pending_max_age=settings.limits.pending_max_age,
         ),
         pacing=pacing,
-        extras={"resilience": registry},
     )
-    services.extras["deprecations"] = signals
-    services.extras["operator_alerts"] = alerts
-    await add_operations(services, settings, database, stack, redactor, telegram_connected)
-    checking = asyncio.ensure_future(warn_about_unlisted_models(chain, signals))
-    stack.callback(checking.cancel)
-    add_search(services, settings, database, registry, stack)
-    await add_notes(services, settings, database, registry, stack)
+    cache = SqliteCache(database, clock, max_entries=settings.limits.cache_max_entries)
+    search = build_search(settings, clock, cache, registry, stack)
+    # The delivery worker only sends messages: the core services (without features) are all it needs.
+    notes = start_notes(settings, clock, database, registry, stack, chat_notifier(core))
+    probes: list[HealthProbe] = []
+    if search is not None:
+        probes.append(HealthProbe("perplexity", search.client.probe))
+    if notes is not None:
+        probes.append(HealthProbe("notion", notes.probe))
+    features = Features(
+        search=search,
+        notes=notes,
+        cache=cache,
+        usage=operations.usage,
+        admin_settings=operations.admin_settings,
+        resilience=registry,
+        status=operations.status,
+    )
+    services = replace(core, features=features, health_probes=tuple(probes))
     router = Router(
         services,
         basic_commands() + search_commands() + notes_commands() + admin_commands(),
         help_note=CONSOLE_HELP if transport.name == "console" else "",
     )
-    return App(services, router, database)
+    return App(services, router, database, deprecations=signals, operator_alerts=alerts)
 
 
 def knowledge_retry(settings: Settings) -> RetryPolicy:
@@ -322,60 +346,55 @@ def knowledge_retry(settings: Settings) -> RetryPolicy:
     return RetryPolicy(max_attempts=3, max_total=settings.limits.knowledge_timeout + cap + 10.0, retry_after_cap=cap)
 
 
-def add_search(
-    services: Services, settings: Settings, database: Database, registry: ResilienceRegistry, stack: AsyncExitStack
-) -> None:
-    """/search through Perplexity behind its own breaker, limiter and retry, with the SQLite cache."""
-    clock = services.clock
-    cache = SqliteCache(database, clock, max_entries=settings.limits.cache_max_entries)
-    services.extras["cache"] = cache
-    client: PerplexitySearch | None = None
-    upstream: Upstream | None = None
-    if settings.perplexity is not None:
-        from integrations.perplexity import PerplexitySearch
+def build_search(
+    settings: Settings, clock: Clock, cache: SqliteCache, registry: ResilienceRegistry, stack: AsyncExitStack
+) -> SearchService | None:
+    """/search through Perplexity behind its own breaker, limiter and retry, with the SQLite cache;
+    None when Perplexity is not configured."""
+    if settings.perplexity is None:
+        return None
+    from integrations.perplexity import PerplexitySearch
 
-        p = settings.perplexity
-        key = p.api_key.reveal()
-        client = PerplexitySearch(api_key=key, base_url=p.base_url, model=p.model, preset=p.preset)
-        stack.push_async_callback(client.aclose)
-        credential = ProviderGuard(
-            "perplexity",
-            breaker=registry.breaker("perplexity"),
-            limiter=RateLimiter("perplexity requests", p.requests_per_minute, 60.0, clock, burst=1),
-            budget=TokenBudget("perplexity tokens", 10**9, clock),
-            reload_credential=lambda: settings.credentials.get("PERPLEXITY_API_KEY"),
-            apply_credential=client.set_api_key,
-            current_credential=key,
-        )
-        upstream = registry.register_upstream(
-            Upstream(
-                "perplexity",
-                clock,
-                breaker=credential.breaker,
-                limiter=credential.limiter,
-                retry=knowledge_retry(settings),
-                attempt_timeout=settings.limits.knowledge_timeout,
-                on_auth_failed=credential.reload_after_auth_failure,
-                observe=attempt_logger(clock),
-            )
-        )
-
-        async def probe() -> None:
-            await client.probe()
-
-        services.extras["health"].append(HealthProbe("perplexity", probe))
-    services.extras["search"] = SearchService(
-        client, cache, upstream, SearchConfig(cache_ttl=settings.limits.search_cache_ttl)
+    p = settings.perplexity
+    key = p.api_key.reveal()
+    client = PerplexitySearch(api_key=key, base_url=p.base_url, model=p.model, preset=p.preset)
+    stack.push_async_callback(client.aclose)
+    credential = ProviderGuard(
+        "perplexity",
+        breaker=registry.breaker("perplexity"),
+        limiter=RateLimiter("perplexity requests", p.requests_per_minute, 60.0, clock, burst=1),
+        budget=TokenBudget("perplexity tokens", 10**9, clock),
+        reload_credential=lambda: settings.credentials.get("PERPLEXITY_API_KEY"),
+        apply_credential=client.set_api_key,
+        current_credential=key,
     )
+    upstream = registry.register_upstream(
+        Upstream(
+            "perplexity",
+            clock,
+            breaker=credential.breaker,
+            limiter=credential.limiter,
+            retry=knowledge_retry(settings),
+            attempt_timeout=settings.limits.knowledge_timeout,
+            on_auth_failed=credential.reload_after_auth_failure,
+            observe=attempt_logger(clock),
+        )
+    )
+    return SearchService(client, cache, upstream, SearchConfig(cache_ttl=settings.limits.search_cache_ttl))
 
 
-async def add_notes(
-    services: Services, settings: Settings, database: Database, registry: ResilienceRegistry, stack: AsyncExitStack
-) -> None:
-    """/note, /save, /notes through the durable outbox and its delivery worker (when Notion is configured)."""
+def start_notes(
+    settings: Settings,
+    clock: Clock,
+    database: Database,
+    registry: ResilienceRegistry,
+    stack: AsyncExitStack,
+    notify: Notify,
+) -> NotesFeature | None:
+    """/note, /save, /notes through the durable outbox, its delivery worker running in the
+    background (stopped by `stack`); None when Notion is not configured."""
     if settings.notion is None:
-        return
-    clock = services.clock
+        return None
     upstream = registry.register_upstream(
         Upstream(
             "notion",
@@ -390,11 +409,11 @@ async def add_notes(
     )
     feature = build_notes(
         settings.notion,
+        upstream,
         schema_ttl=settings.limits.schema_cache_ttl,
         clock=clock,
         database=database,
-        upstream=upstream,
-        services=services,
+        notify=notify,
         stack=stack,
     )
     # In the background: a Notion that does not answer must not hold up the start (and READY=1).
@@ -408,51 +427,69 @@ async def add_notes(
         await asyncio.gather(checking, worker, return_exceptions=True)
 
     stack.push_async_callback(stop_worker)
-
-    async def probe() -> None:
-        health = await feature.check()
-        if not health.ok:
-            raise Unavailable(health.detail, upstream="notion")
-
-    services.extras.update(outbox=feature.outbox, notes_worker=feature.delivery)
-    services.extras["health"].append(HealthProbe("notion", probe))
+    return feature
 
 
-async def add_operations(
-    services: Services,
-    settings: Settings,
+def build_notes(
+    settings: NotionSettings,
+    upstream: Upstream,
+    *,
+    schema_ttl: float,
+    clock: Clock,
     database: Database,
+    notify: Notify,
+    stack: AsyncExitStack,
+) -> NotesFeature:
+    """The notes feature: outbox, Notion behind `upstream`, and the delivery worker (not running yet)."""
+    api = NotionApi(token=settings.token.reveal(), base_url=settings.base_url)
+    stack.push_async_callback(api.aclose)
+    notion = NotionNotes(api, upstream, settings.database_id, SchemaCache(database, clock, schema_ttl))
+    outbox = Outbox(database, clock)
+    return NotesFeature(outbox, notion, NoteDelivery(outbox, notion, clock, notify))
+
+
+@dataclass(frozen=True)
+class Operations:
+    """What running the bot for others takes: usage and budgets, admin settings, /status facts."""
+
+    usage: UsageRecorder
+    admin_settings: AdminSettings
+    limits: UserLimits
+    status: StatusContext
+
+
+async def build_operations(
+    settings: Settings,
+    clock: Clock,
+    database: Database,
+    access: AccessPolicy,
     stack: AsyncExitStack,
     redactor: Redactor,
+    signals: DeprecationSignals,
     telegram_connected: Callable[[], bool] | None,
-) -> None:
+) -> Operations:
     """Usage and budgets, persisted admin settings, the recent-errors journal and /status facts."""
-    clock = services.clock
     usage = UsageRecorder(database, clock, PriceTable(overrides=settings.llm_prices))
-    admin_settings = await AdminSettings.load(database, services.access)
+    admin_settings = await AdminSettings.load(database, access)
     errors = RecentErrors(clock, redactor, journal=ErrorJournal(database))
-    handler = errors.handler()
+    handler = RecentErrorsHandler(errors)
     logging.getLogger().addHandler(handler)
     stack.callback(logging.getLogger().removeHandler, handler)
     # Pushed after the database's close, so it runs before it.
     stack.push_async_callback(errors.save)
-    services.extras.update(
+    limits = UserLimits(
+        access=access,
         usage=usage,
-        admin_settings=admin_settings,
-        limits=UserLimits(
-            access=services.access,
-            usage=usage,
-            settings=admin_settings,
-            clock=clock,
-            messages_per_minute=settings.limits.user_messages_per_minute,
-            default_daily_budget=settings.limits.user_daily_budget_usd,
-        ),
-        status=StatusContext(
-            started_at=clock.monotonic(),
-            telegram_connected=telegram_connected,
-            deprecations=lambda: [signal.describe() for signal in services.extras["deprecations"].list()],
-            errors=errors,
-            redactor=redactor,
-        ),
-        health=[],
+        settings=admin_settings,
+        clock=clock,
+        messages_per_minute=settings.limits.user_messages_per_minute,
+        default_daily_budget=settings.limits.user_daily_budget_usd,
     )
+    status = StatusContext(
+        started_at=clock.monotonic(),
+        telegram_connected=telegram_connected,
+        deprecations=lambda: [signal.describe() for signal in signals.list()],
+        errors=errors,
+        redactor=redactor,
+    )
+    return Operations(usage, admin_settings, limits, status)

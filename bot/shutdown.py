@@ -95,10 +95,10 @@ async def _idle_within(app: App, clock: Clock, seconds: float, hurry: asyncio.Ev
 
 
 async def _stop_outbox(app: App) -> None:
-    worker = app.services.extras.get("notes_worker")  # handlers.note_delivery.NoteDelivery
-    if worker is None:
+    notes = app.services.features.notes
+    if notes is None:
         return
     try:
-        await worker.stop()
+        await notes.delivery.stop()
     except Exception:
         log.exception("stopping the notes outbox worker failed; unsent notes stay queued")

@@ -91,9 +91,9 @@ class TelegramService:
         parts = [self._phase, f"{lanes.in_flight()} replies in flight"]
         if lanes.queued():
             parts.append(f"{lanes.queued()} queued")
-        outbox = self.app.services.extras.get("outbox")  # state.outbox.Outbox, with the notes feature
-        if outbox is not None:
-            parts.append(f"outbox {await outbox.depth()}")
+        notes = self.app.services.features.notes
+        if notes is not None:
+            parts.append(f"outbox {await notes.outbox.depth()}")
         return "; ".join(parts)
 
     async def run(self) -> int:

@@ -13,23 +13,17 @@ from datetime import timedelta
 
 from bot.logs import Redactor
 from handlers.commands import Command
+from handlers.health import chat_probes, format_health, run_probes
 from handlers.limits import UserLimits
 from handlers.reply import reply
 from handlers.services import Services
-from handlers.status_report import (
-    StatusContext,
-    StatusSources,
-    build_status,
-    chat_probes,
-    escape_markdown,
-    format_health,
-    run_probes,
-)
+from handlers.status_report import StatusSources, build_status, escape_markdown
 from handlers.transport import IncomingMessage
 from integrations.prices import format_usd
 from state.admin_settings import AdminSettings
 from state.cache import KINDS as CACHE_KINDS
-from state.usage import UsageLine, UsageRecorder
+from integrations.resilience.registry import ResilienceRegistry
+from state.usage import UsageLine
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +65,28 @@ def _not_a_user_id(text: str) -> str:
 
 def status_sources(services: Services) -> StatusSources:
     """The live report's sources, from what the composition root put into `services`."""
-    extras = services.extras
-    context: StatusContext | None = extras.get("status")
-    limits: UserLimits | None = extras.get("limits")
+    features, context, limits = services.features, services.features.status, _budget_policy(services)
     return StatusSources(
         clock=services.clock,
         running=True,
         started_at=context.started_at if context else None,
         telegram_connected=context.telegram_connected if context else None,
-        resilience=extras.get("resilience"),
+        resilience=features.resilience,
         lanes=services.lanes,
-        cache=extras.get("cache"),
-        outbox=extras.get("outbox"),
-        usage=extras.get("usage"),
-        settings=extras.get("admin_settings"),
+        cache=features.cache,
+        outbox=features.notes.outbox if features.notes else None,
+        usage=features.usage,
+        settings=features.admin_settings,
         default_budget=limits.default_daily_budget if limits else None,
         errors=context.errors if context else None,
-        deprecations=context.deprecations if context else (),
+        deprecations=context.deprecations if context else lambda: (),
         redactor=context.redactor if context else Redactor(),
     )
+
+
+def _budget_policy(services: Services) -> UserLimits | None:
+    """The limits when they include budgets (with usage recorded), else None (handlers.limits.NoLimits)."""
+    return services.limits if isinstance(services.limits, UserLimits) else None
 
 
 async def status(services: Services, message: IncomingMessage, args: str) -> None:
@@ -97,15 +94,14 @@ async def status(services: Services, message: IncomingMessage, args: str) -> Non
 
 
 async def health(services: Services, message: IncomingMessage, args: str) -> None:
-    probes = chat_probes(services.chain.models) + list(services.extras.get("health", ()))
+    probes = chat_probes(services.chain.models) + list(services.health_probes)
     results = await run_probes(probes, services.clock)
-    context: StatusContext | None = services.extras.get("status")
-    redactor = context.redactor if context else Redactor()
-    await reply(services, message, format_health(results, redactor))
+    context = services.features.status
+    await reply(services, message, format_health(results, context.redactor if context else Redactor()))
 
 
 async def usage(services: Services, message: IncomingMessage, args: str) -> None:
-    recorder: UsageRecorder | None = services.extras.get("usage")
+    recorder = services.features.usage
     if recorder is None:
         await reply(services, message, "Usage is not being recorded in this bot.")
         return
@@ -122,7 +118,7 @@ async def usage(services: Services, message: IncomingMessage, args: str) -> None
         who = f"User {user_id} has not" if user_id is not None else "Nobody has"
         await reply(services, message, f"{who} used any model since {first_day.isoformat()} (UTC).")
         return
-    limits: UserLimits | None = services.extras.get("limits")
+    limits = _budget_policy(services)
     lines = [f"**Usage** today ({recorder.today().isoformat()} UTC) and over {USAGE_DAYS} days (since {first_day.isoformat()})"]
     unpriced: set[str] = set()
     for uid in sorted({line.user_id for line in week}):
@@ -156,7 +152,7 @@ BREAKER_HELP = "Use /breaker to list the breakers, /breaker reset <name> to clos
 
 
 async def breaker(services: Services, message: IncomingMessage, args: str) -> None:
-    registry = services.extras.get("resilience")
+    registry = services.features.resilience
     if registry is None:
         await reply(services, message, "No circuit breakers are registered.")
         return
@@ -188,7 +184,7 @@ async def breaker(services: Services, message: IncomingMessage, args: str) -> No
     await reply(services, message, f"Closed the circuit breaker `{matches[0]}`: calls go through again.")
 
 
-def _breaker_list(registry) -> str:
+def _breaker_list(registry: ResilienceRegistry) -> str:
     breakers = registry.snapshot().get("breakers") or {}
     if not breakers:
         return "No circuit breakers are registered."
@@ -203,7 +199,7 @@ def _breaker_list(registry) -> str:
 
 
 async def cache(services: Services, message: IncomingMessage, args: str) -> None:
-    store = services.extras.get("cache")
+    store = services.features.cache
     if store is None:
         await reply(services, message, "No cache is configured.")
         return
@@ -233,12 +229,8 @@ def _refusal(args: str, help_text: str) -> str:
     return f"{_not_a_user_id(args)} {help_text}".strip()
 
 
-def _admin_settings(services: Services) -> AdminSettings | None:
-    return services.extras.get("admin_settings")
-
-
 async def allow(services: Services, message: IncomingMessage, args: str) -> None:
-    settings = _admin_settings(services)
+    settings = services.features.admin_settings
     user_id = _parse_user_id(args)
     if settings is None:
         await reply(services, message, "Access cannot be changed at runtime in this bot.")
@@ -252,7 +244,7 @@ async def allow(services: Services, message: IncomingMessage, args: str) -> None
 
 
 async def deny(services: Services, message: IncomingMessage, args: str) -> None:
-    settings = _admin_settings(services)
+    settings = services.features.admin_settings
     user_id = _parse_user_id(args)
     if settings is None:
         await reply(services, message, "Access cannot be changed at runtime in this bot.")
@@ -276,8 +268,8 @@ ADMIN_EXEMPT = "exempt from budgets as an admin"
 
 
 async def budget(services: Services, message: IncomingMessage, args: str) -> None:
-    settings = _admin_settings(services)
-    limits: UserLimits | None = services.extras.get("limits")
+    settings = services.features.admin_settings
+    limits = _budget_policy(services)
     if settings is None or limits is None:
         await reply(services, message, "Budgets are not enabled in this bot.")
         return

@@ -237,6 +237,6 @@ def _uncancel() -> None:
 
 
 async def _record_usage(services: Services, message: IncomingMessage, usage) -> None:
-    recorder = services.extras.get("usage")
+    recorder = services.features.usage
     if recorder is not None:
         await recorder.record(message.user_id, usage)

@@ -4,12 +4,16 @@ The rate is a sliding window on the injected clock: at most N accepted messages 
 refused messages do not count, so a user who waits as told always gets through. The budget is
 checked before the call from what was already spent today (UTC); one answer may overshoot it,
 the next is refused. Admins are exempt from both.
+
+Every bot has a `Limits` policy (`Services.limits`): `UserLimits` where usage is recorded, or
+`NoLimits`, which lets every message through, where nothing could be limited.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
 
 from handlers.access import AccessPolicy
 from integrations.prices import format_usd
@@ -57,6 +61,19 @@ class MessageRate:
 def _forget_before(times: deque[float], cutoff: float) -> None:
     while times and times[0] <= cutoff:
         times.popleft()
+
+
+class Limits(Protocol):
+    async def check(self, user_id: int) -> str | None:
+        """None: go ahead (the message is counted). Otherwise the message to send instead of calling out."""
+        ...
+
+
+class NoLimits:
+    """No message rate and no budget: for a bot that records no usage (handler tests, tools)."""
+
+    async def check(self, user_id: int) -> str | None:
+        return None
 
 
 class UserLimits:

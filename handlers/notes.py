@@ -10,18 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
 
-from bot.config import NotionSettings
 from handlers.commands import Command
 from handlers.note_delivery import NoteDelivery, Notify, Outcome, outcome_text
 from handlers.reply import reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage
-from integrations.errors import AuthFailed, UpstreamError
-from integrations.notion import NotionApi
+from integrations.errors import AuthFailed, Unavailable, UpstreamError
 from integrations.notion_notes import NotionNotes
 from integrations.notion_schema import (
     NoteContent,
@@ -31,15 +27,10 @@ from integrations.notion_schema import (
     without_citations,
     without_hashtags,
 )
-from integrations.resilience.clock import Clock
-from integrations.resilience.compose import Upstream
-from state.db import Database
 from state.outbox import Outbox, OutboxEntry
-from state.schema_cache import SchemaCache
 
 log = logging.getLogger(__name__)
 
-EXTRA_NAME = "notes"
 DEFAULT_LIST = 10
 MAX_LIST = 200
 SETUP_HINT = (
@@ -71,9 +62,9 @@ class NotesHealth:
     detail: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class NotesFeature:
-    """What the commands and the composition root need; found at `services.extras["notes"]`."""
+    """What the commands and the composition root need (built in bot/app.py): `services.features.notes`."""
 
     outbox: Outbox
     notion: NotionNotes
@@ -110,6 +101,12 @@ class NotesFeature:
         extra = f" ({'; '.join(remarks)})" if remarks else ""
         return NotesHealth(True, f"Notion database ready, data source {schema.data_source_id}{extra}")
 
+    async def probe(self) -> None:
+        """/health's probe: the check, raising when notes cannot be saved (each exactly once)."""
+        health = await self.check()
+        if not health.ok:
+            raise Unavailable(health.detail, upstream="notion")
+
     async def depth(self) -> int:
         return await self.outbox.depth()
 
@@ -124,7 +121,7 @@ def notes_commands() -> list[Command]:
 
 
 async def note(services: Services, message: IncomingMessage, args: str) -> None:
-    feature = _feature(services)
+    feature = services.features.notes
     if feature is None:
         await reply(services, message, SETUP_HINT)
         return
@@ -138,7 +135,7 @@ async def note(services: Services, message: IncomingMessage, args: str) -> None:
 
 
 async def save(services: Services, message: IncomingMessage, args: str) -> None:
-    feature = _feature(services)
+    feature = services.features.notes
     if feature is None:
         await reply(services, message, SETUP_HINT)
         return
@@ -155,7 +152,7 @@ async def save(services: Services, message: IncomingMessage, args: str) -> None:
 
 
 async def list_notes(services: Services, message: IncomingMessage, args: str) -> None:
-    feature = _feature(services)
+    feature = services.features.notes
     if feature is None:
         await reply(services, message, SETUP_HINT)
         return
@@ -195,26 +192,6 @@ def chat_notifier(services: Services) -> Notify:
         await reply(services, origin, text)
 
     return notify
-
-
-def build_notes(
-    settings: NotionSettings,
-    *,
-    schema_ttl: float,
-    clock: Clock,
-    database: Database,
-    upstream: Upstream,
-    services: Services,
-    stack: AsyncExitStack,
-) -> NotesFeature:
-    """Wire the notes feature and register it in `services.extras`; the caller runs `delivery.run()`."""
-    api = NotionApi(token=settings.token.reveal(), base_url=settings.base_url)
-    stack.push_async_callback(api.aclose)
-    notion = NotionNotes(api, upstream, settings.database_id, SchemaCache(database, clock, schema_ttl))
-    outbox = Outbox(database, clock)
-    feature = NotesFeature(outbox, notion, NoteDelivery(outbox, notion, clock, chat_notifier(services)))
-    services.extras[EXTRA_NAME] = feature
-    return feature
 
 
 def telegram_link(chat_id: int, message_id: int) -> str | None:
@@ -286,11 +263,6 @@ def _repeat_text(entry: OutboxEntry) -> str:
 def _schema_warning(schema: NoteSchema) -> list[str]:
     problem = schema.problem()
     return [] if problem is None else ["", f"⚠️ {escape_markdown(problem)}."]
-
-
-def _feature(services: Services) -> NotesFeature | None:
-    feature: Any = services.extras.get(EXTRA_NAME)
-    return feature if isinstance(feature, NotesFeature) else None
 
 
 def _first_url(text: str) -> str | None:

@@ -318,8 +318,7 @@ class Router:
 
     async def _over_limits(self, message: IncomingMessage) -> bool:
         """Daily budget and message rate, checked before any upstream call."""
-        limits = self._services.extras.get("limits")
-        refusal = await limits.check(message.user_id) if limits is not None else None
+        refusal = await self._services.limits.check(message.user_id)
         if refusal is not None:
             await reply(self._services, message, refusal)
         return refusal is not None

@@ -132,7 +132,7 @@ class SearchService:
 
     def __init__(
         self,
-        client: PerplexitySearch | None,
+        client: PerplexitySearch,
         cache: SqliteCache,
         upstream: Upstream | None,
         config: SearchConfig = SearchConfig(),
@@ -142,17 +142,11 @@ class SearchService:
         self.upstream = upstream
         self.config = config
 
-    @property
-    def configured(self) -> bool:
-        return self.client is not None
-
     def parse(self, text: str) -> SearchQuery | None:
         return parse_search_query(text, bot_username=self.config.bot_username, max_chars=self.config.max_query_chars)
 
     async def search(self, query: SearchQuery, on_text: Callable[[str], None] = lambda text: None) -> SearchOutcome:
         """The answer; `on_text` sees the text written so far (from scratch again if a retry starts over)."""
-        if self.client is None:
-            raise RuntimeError("search is not configured")
         key = self.client.cache_key(query)
         hit = await self.cache.get(CACHE_KIND, key)
         if hit is not None:
@@ -170,7 +164,6 @@ class SearchService:
         return SearchOutcome(answer)
 
     async def _fetch(self, query: SearchQuery, on_text: Callable[[str], None]) -> SearchAnswer:
-        assert self.client is not None
         text = ""
         async for event in self.client.stream(query):
             if isinstance(event, TextDelta):
@@ -188,8 +181,8 @@ SEARCH_BROKE = (
 
 
 async def search(services: Services, message: IncomingMessage, args: str) -> None:
-    service: SearchService | None = services.extras.get("search")
-    if service is None or not service.configured:
+    service = services.features.search
+    if service is None:
         await reply(services, message, NOT_CONFIGURED)
         return
     query = service.parse(args)
@@ -238,7 +231,7 @@ async def _answer(
         return
     await stream.finish(format_outcome(query, outcome))
     answer = outcome.answer
-    recorder = services.extras.get("usage")
+    recorder = services.features.usage
     if recorder is not None and outcome.cached_age is None:
         tokens = Usage(answer.usage.input_tokens, answer.usage.output_tokens)
         await recorder.record(message.user_id, [(ModelRef("perplexity", answer.model), tokens)])

@@ -2,16 +2,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from handlers.access import AccessPolicy
+from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
+from handlers.limits import Limits
 from handlers.stream import StreamPacing
 from handlers.transport import Transport
 from integrations.chain import ModelChain
 from integrations.resilience.clock import Clock
 from state.history import HistoryStore
 from state.preferences import UserPreferences
+
+if TYPE_CHECKING:  # these modules import this one for `Services`
+    from handlers.notes import NotesFeature
+    from handlers.search import SearchService
+    from handlers.status_report import StatusContext
+    from integrations.resilience.registry import ResilienceRegistry
+    from state.admin_settings import AdminSettings
+    from state.cache import SqliteCache
+    from state.usage import UsageRecorder
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,19 @@ class ChatSettings:
 
 
 @dataclass(frozen=True)
+class Features:
+    """The optional features: each is None when it is off (not configured, or not built here)."""
+
+    search: SearchService | None = None  # /search: Perplexity behind its policies, with the cache
+    notes: NotesFeature | None = None  # /note, /save, /notes: Notion through the outbox
+    cache: SqliteCache | None = None  # what /cache clears and /status counts
+    usage: UsageRecorder | None = None  # tokens and cost per user and model: /usage
+    admin_settings: AdminSettings | None = None  # /allow, /deny, /budget, kept in the database
+    resilience: ResilienceRegistry | None = None  # breakers and limiters by name: /status, /breaker
+    status: StatusContext | None = None  # what only the composition root knows: /status, /health
+
+
+@dataclass(frozen=True)
 class Services:
     clock: Clock
     transport: Transport
@@ -34,8 +58,11 @@ class Services:
     preferences: UserPreferences
     chain: ModelChain
     access: AccessPolicy
+    # Message rate and daily budget, checked before any upstream call (handlers.limits.NoLimits: none).
+    limits: Limits
     lanes: ChatLanes
     chat: ChatSettings
     pacing: StreamPacing = field(default_factory=StreamPacing)
-    # Feature services added by later layers (search, notes, usage, status) by name.
-    extras: dict[str, Any] = field(default_factory=dict)
+    features: Features = field(default_factory=Features)
+    # /health probes these (search, notes) besides the chain's chat providers, which it reads live.
+    health_probes: tuple[HealthProbe, ...] = ()

@@ -1,4 +1,4 @@
-"""What an operator reads in /status, /health and `switchboard status`.
+"""The operator's status report: /status, and `switchboard status` from the shell (bot/status.py).
 
 `build_status` assembles the report from whatever sources it is given: a running bot hands over
 its live parts (breakers, limiters, flood waits, replies in flight, Telegram), the shell hands over
@@ -8,35 +8,31 @@ is redacted and escaped before it goes into the Markdown.
 """
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
-import inspect
 import logging
 import math
 import re
-from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from bot.logs import Redactor
 from handlers.access import AccessPolicy
 from handlers.lanes import ChatLanes
-from handlers.render import render_markdown
-from integrations.errors import UpstreamError
+from handlers.recent_errors import ERROR_TEXT_LIMIT, RecentErrors, describe_error
 from integrations.prices import PriceTable, format_usd
-from integrations.resilience.clock import Clock, SystemClock, wait_for
+from integrations.resilience.clock import Clock, SystemClock
 from integrations.resilience.registry import Snapshotting
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
-from state.db import Database, iso_timestamp
-from state.usage import ErrorEntry, ErrorJournal, UsageRecorder
+from state.db import Database
+from state.usage import ErrorJournal, UsageRecorder
+
+if TYPE_CHECKING:
+    from integrations.resilience.governor import GovernorSnapshot
 
 log = logging.getLogger(__name__)
 
 RECENT_ERRORS_SHOWN = 5
-ERROR_TEXT_LIMIT = 300
-HEALTH_TIMEOUT = 10.0
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()#+\-.!<>|~{}=])")
 
 
@@ -45,94 +41,13 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-class RecentErrors:
-    """The last upstream errors, redacted when they arrive, for /status.
-
-    Fed by `add` (the composition root) or by the logging handler from `handler()`. `save` copies
-    the buffer to the database so the shell's `switchboard status` sees it with the bot down;
-    /status saves on every run and the composition root saves at shutdown.
-    """
-
-    def __init__(
-        self,
-        clock: Clock,
-        redactor: Redactor | None = None,
-        *,
-        capacity: int = 20,
-        journal: ErrorJournal | None = None,
-    ) -> None:
-        self._clock = clock
-        self._redactor = redactor or Redactor()
-        self._entries: deque[ErrorEntry] = deque(maxlen=capacity)
-        self._journal = journal
-        self._unsaved = False
-
-    def add(self, source: str, message: str) -> None:
-        text = self._redactor(" ".join(message.split()))[:ERROR_TEXT_LIMIT]
-        self._entries.append(ErrorEntry(iso_timestamp(self._clock.now()), self._redactor(source), text))
-        self._unsaved = True
-
-    def add_error(self, error: BaseException, source: str = "") -> None:
-        self.add(source or getattr(error, "upstream", "") or "bot", describe_error(error))
-
-    def entries(self) -> list[ErrorEntry]:
-        return list(self._entries)
-
-    def handler(
-        self,
-        level: int = logging.WARNING,
-        prefixes: Sequence[str] = ("integrations", "handlers", "bot", "switchboard"),
-        exclude: Sequence[str] = ("switchboard.deprecation",),
-    ) -> logging.Handler:
-        """A logging handler that records warnings and errors of the bot's own loggers.
-
-        Deprecation signals are left out: /status lists them in their own section.
-        """
-        return _RecentErrorsHandler(self, level, tuple(prefixes), tuple(exclude))
-
-    async def save(self) -> None:
-        if self._journal is None or not self._unsaved:
-            return
-        self._unsaved = False
-        await self._journal.replace(self.entries())
+class OutboxDepth(Protocol):
+    async def depth(self) -> int: ...
 
 
-class _RecentErrorsHandler(logging.Handler):
-    def __init__(self, errors: RecentErrors, level: int, prefixes: tuple[str, ...], exclude: tuple[str, ...]) -> None:
-        super().__init__(level)
-        self._errors = errors
-        self._prefixes = prefixes
-        self._exclude = exclude
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith(self._prefixes) or record.name.startswith(self._exclude):
-            return
-        try:
-            # Structured records (bot.logs.UpstreamLog) carry their facts in `fields`.
-            fields = dict(getattr(record, "fields", None) or {})
-            source = str(fields.pop("upstream", "") or record.name)
-            text = record.getMessage()
-            if fields:
-                text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
-            if record.exc_info and record.exc_info[1] is not None:
-                text += f" ({describe_error(record.exc_info[1])})"
-            self._errors.add(source, text)
-        except Exception:
-            self.handleError(record)
-
-
-def describe_error(error: BaseException) -> str:
-    """An error as the project states it; foreign exceptions by type only (their text may hold secrets)."""
-    if isinstance(error, UpstreamError):
-        return str(error)
-    if isinstance(error, TimeoutError):
-        return str(error) or "timed out"
-    return f"failed ({type(error).__name__})"
-
-
-@dataclass
+@dataclass(frozen=True)
 class StatusContext:
-    """What only the composition root knows, kept at `services.extras["status"]`."""
+    """What only the composition root knows about the running bot: `services.features.status`."""
 
     started_at: float
     telegram_connected: Callable[[], bool] | None = None
@@ -153,13 +68,13 @@ class StatusSources:
     telegram_connected: Callable[[], bool] | None = None
     resilience: Snapshotting | None = None
     lanes: ChatLanes | None = None
-    cache: Any = None  # state.cache.SqliteCache: stats() -> CacheStats, clear(kind) -> int
-    outbox: Any = None  # state.outbox.Outbox: depth() -> int
+    cache: SqliteCache | None = None
+    outbox: OutboxDepth | None = None  # the notes outbox (state.outbox.Outbox)
     usage: UsageRecorder | None = None
     settings: AdminSettings | None = None
     default_budget: float | None = None
     errors: RecentErrors | None = None
-    deprecations: Callable[[], Sequence[str]] | Sequence[str] = ()
+    deprecations: Callable[[], Sequence[str]] = lambda: ()
     redactor: Redactor = field(default_factory=Redactor)
 
 
@@ -177,40 +92,6 @@ async def build_status(sources: StatusSources) -> str:
             log.warning("status section %s failed: %s", section.__name__, describe_error(error))
             lines.append(f"_{section.__name__.replace('_', ' ')}: unavailable ({type(error).__name__})_")
     return "\n".join(lines)
-
-
-async def status_from_database(db_path: Path, clock: Clock) -> str:
-    """The report `switchboard status` prints from the shell, as plain text: what the database knows."""
-    if not db_path.is_file():
-        # Opening would create an empty database, and report on that.
-        return f"No database at {db_path}: the bot has not run with this state directory yet."
-    database = await Database.open(db_path, clock)
-    try:
-        cache = SqliteCache(database, clock)
-        outbox = _database_outbox(database, clock)
-        report = await build_status(StatusSources(clock=clock, database=database, running=False, cache=cache, outbox=outbox))
-    finally:
-        await database.close()
-    return render_markdown(report).text
-
-
-def _database_outbox(database: Database, clock: Clock) -> Any:
-    """The notes outbox as the database holds it, if this build has the notes feature."""
-    try:
-        from state.outbox import Outbox
-    except ImportError:
-        return None
-    return Outbox(database, clock)
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-def _field(item: Any, name: str, default: Any = None) -> Any:
-    if isinstance(item, Mapping):
-        return item.get(name, default)
-    return getattr(item, name, default)
 
 
 def format_seconds(seconds: float) -> str:
@@ -304,97 +185,89 @@ class _Report:
         return lines
 
     async def breakers(self) -> list[str]:
-        breakers = self._resilience().get("breakers") or {}
+        breakers: Mapping[str, Mapping[str, Any]] = self._resilience().get("breakers") or {}
         lines = ["", "**Circuit breakers**"]
         if not breakers:
             return lines + ["none registered"]
         for name, snap in breakers.items():
-            state = str(_field(snap, "state", "unknown"))
-            failures = _field(snap, "failures_in_window", 0)
-            window = _field(snap, "window", 0)
+            state = str(snap["state"])
             line = f"• {self._text(name)}: **{state.replace('_', '-')}**"
             if state == "open":
-                line += f", retries in {format_seconds(float(_field(snap, 'retry_in', 0.0)))}"
-                opened = _field(snap, "opened_at")
-                if opened:
-                    line += f" (opened {escape_markdown(str(opened)[11:19])} UTC)"
+                line += f", retries in {format_seconds(float(snap['retry_in']))}"
+                if snap["opened_at"]:
+                    line += f" (opened {escape_markdown(str(snap['opened_at'])[11:19])} UTC)"
             elif state == "half_open":
                 line += ", letting one probe through"
-            line += f"; {_plural(int(failures), 'recent failure')} (last {format_seconds(float(window))})"
-            last_error = _field(snap, "last_error")
-            if last_error and state != "closed":
-                line += f"; last error: {self._text(str(last_error)[:ERROR_TEXT_LIMIT])}"
+            line += f"; {_plural(int(snap['failures_in_window']), 'recent failure')} (last {format_seconds(float(snap['window']))})"
+            if snap["last_error"] and state != "closed":
+                line += f"; last error: {self._text(str(snap['last_error'])[:ERROR_TEXT_LIMIT])}"
             lines.append(line)
         return lines
 
     async def limiters(self) -> list[str]:
         snapshot = self._resilience()
-        limiters = snapshot.get("limiters") or {}
-        budgets = snapshot.get("token_budgets") or {}
+        limiters: Mapping[str, Mapping[str, Any]] = snapshot.get("limiters") or {}
+        budgets: Mapping[str, Mapping[str, Any]] = snapshot.get("token_budgets") or {}
         lines = ["", "**Rate limits**"]
         if not limiters and not budgets:
             return lines + ["none registered"]
         for name, snap in limiters.items():
-            bucket = RateBucket(*(float(_field(snap, key, 0)) for key in ("rate", "per", "burst", "available")))
+            bucket = RateBucket(*(float(snap[key]) for key in ("rate", "per", "burst", "available")))
             lines.append(self._limit_line(name, "request", bucket, snap))
         for name, snap in budgets.items():
-            per_minute = float(_field(snap, "tokens_per_minute", 0))
-            bucket = RateBucket(per_minute, 60.0, per_minute, float(_field(snap, "available", 0)))
+            per_minute = float(snap["tokens_per_minute"])
+            bucket = RateBucket(per_minute, 60.0, per_minute, float(snap["available"]))
             lines.append(self._limit_line(name, "token", bucket, snap))
         return lines
 
-    def _limit_line(self, name: str, unit: str, bucket: RateBucket, snap: Any) -> str:
+    def _limit_line(self, name: str, unit: str, bucket: RateBucket, snap: Mapping[str, Any]) -> str:
         """'anthropic: 50 requests a minute, 7 left now, full again in 1.2 s', and what holds it back."""
         line = f"• {self._text(name.removesuffix(f' {unit}s'))}: {bucket.pace(unit)}"
-        paused = float(_field(snap, "paused_for", 0.0))
+        paused = float(snap.get("paused_for", 0.0))  # token budgets are never paused
         if paused > 0:
             line += f", **paused {format_seconds(paused)}** (the upstream asked us to wait)"
         else:
             line += f", {bucket.state()}"
-        waiting = int(_field(snap, "waiting", 0))
+        waiting = int(snap["waiting"])
         if waiting:
             line += f"; {_plural(waiting, 'call')} waiting"
-        if _field(snap, "tightened"):
+        if snap["tightened"]:
             line += "; slowed down by the upstream's rate-limit headers"
         return line
 
     async def flood_waits(self) -> list[str]:
-        governor = self._resilience().get("governor")
+        governor: GovernorSnapshot | None = self._resilience().get("governor")
         lines = ["", "**Telegram flood waits**"]
         if governor is None:
             return lines + ["no flood governor (console or test transport)"]
-        chats = _field(governor, "chats", {}) or {}
-        paused = [(chat_id, pace) for chat_id, pace in chats.items() if float(_field(pace, "paused_for", 0.0)) > 0]
-        for chat_id, pace in sorted(paused, key=lambda item: -float(_field(item[1], "paused_for", 0.0))):
+        paused = [(chat_id, pace) for chat_id, pace in governor.chats.items() if pace.paused_for > 0]
+        for chat_id, pace in sorted(paused, key=lambda item: -item[1].paused_for):
             lines.append(
-                f"• chat {self._text(chat_id)}: paused, {format_seconds(float(_field(pace, 'paused_for', 0.0)))} left "
-                f"({_field(pace, 'waiting', 0)} calls waiting)"
+                f"• chat {self._text(chat_id)}: paused, {format_seconds(pace.paused_for)} left "
+                f"({pace.waiting} calls waiting)"
             )
         if not paused:
             lines.append("none active")
         lines.append(
-            f"{_plural(int(_field(governor, 'calls', 0)), 'Telegram call')} and "
-            f"{_plural(int(_field(governor, 'flood_waits', 0)), 'flood wait')} since start"
+            f"{_plural(governor.calls, 'Telegram call')} and {_plural(governor.flood_waits, 'flood wait')} since start"
         )
         return lines
 
     async def cache(self) -> list[str]:
         if self._s.cache is None:
             return ["", "**Cache**: not configured"]
-        stats = await _maybe_await(self._s.cache.stats())
-        hits, misses = int(_field(stats, "hits", 0)), int(_field(stats, "misses", 0))
+        stats = await self._s.cache.stats()
+        hits, misses = stats.hits, stats.misses
         if not self._s.running:
             rate = "hit rate counted only while the bot runs"
         elif hits + misses:
             rate = f"hit rate {hits / (hits + misses):.0%} ({hits} hits, {misses} misses since start)"
         else:
             rate = "no lookups since start"
-        line = f"**Cache**: {_plural(int(_field(stats, 'entries', 0)), 'entry', 'entries')}, {rate}"
-        by_kind = _field(stats, "by_kind", {}) or {}
-        if by_kind:
+        line = f"**Cache**: {_plural(stats.entries, 'entry', 'entries')}, {rate}"
+        if stats.by_kind:
             kinds = ", ".join(
-                f"{self._text(kind)} {self._text(_field(kind_stats, 'entries', kind_stats))}"
-                for kind, kind_stats in sorted(by_kind.items())
+                f"{self._text(kind)} {self._text(kind_stats.entries)}" for kind, kind_stats in sorted(stats.by_kind.items())
             )
             line += f"; by kind: {kinds}"
         return ["", line]
@@ -402,7 +275,7 @@ class _Report:
     async def outbox(self) -> list[str]:
         if self._s.outbox is None:
             return ["", "**Outbox**: not configured"]
-        depth = int(await _maybe_await(self._s.outbox.depth()))
+        depth = await self._s.outbox.depth()
         return ["", f"**Outbox**: {_plural(depth, 'note')} waiting to be saved" if depth else "**Outbox**: empty"]
 
     async def usage(self) -> list[str]:
@@ -461,68 +334,7 @@ class _Report:
         return lines
 
     async def deprecations(self) -> list[str]:
-        signals = self._s.deprecations
-        found = list(signals() if callable(signals) else signals)
+        found = list(self._s.deprecations())
         if not found:
             return [] if not self._s.running else ["", "**Deprecations**: none seen"]
         return ["", "**Deprecations**"] + [f"• {self._text(signal)}" for signal in found]
-
-
-@dataclass(frozen=True)
-class HealthProbe:
-    """A cheap live call to one upstream (list the models, read one schema); raises on trouble."""
-
-    name: str
-    probe: Callable[[], Awaitable[object]]
-
-
-@dataclass(frozen=True)
-class HealthResult:
-    name: str
-    latency: float
-    error: str | None = None
-
-
-async def run_probes(probes: Sequence[HealthProbe], clock: Clock, timeout: float = HEALTH_TIMEOUT) -> list[HealthResult]:
-    """Every probe at once, each within `timeout` on the injected clock; results in probe order."""
-
-    async def run(health: HealthProbe) -> HealthResult:
-        started = clock.monotonic()
-        try:
-            await wait_for(clock, health.probe(), timeout)
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError:
-            return HealthResult(health.name, clock.monotonic() - started, f"no answer within {timeout:g} s")
-        except Exception as error:
-            return HealthResult(health.name, clock.monotonic() - started, describe_error(error))
-        return HealthResult(health.name, clock.monotonic() - started)
-
-    return list(await asyncio.gather(*(run(probe) for probe in probes)))
-
-
-def format_health(results: Sequence[HealthResult], redactor: Redactor) -> str:
-    if not results:
-        return "No upstream is configured, so there is nothing to probe."
-    lines = ["**Health** (each upstream probed live)"]
-    for result in results:
-        name = escape_markdown(redactor(result.name))
-        latency = f"{result.latency * 1000:.0f} ms"
-        if result.error is None:
-            lines.append(f"• {name}: ✅ answered in {latency}")
-        else:
-            lines.append(f"• {name}: ❌ {escape_markdown(redactor(result.error))} (after {latency})")
-    return "\n".join(lines)
-
-
-def chat_probes(models: Sequence[Any]) -> list[HealthProbe]:
-    """One probe per chat provider of the chain (`list_models`, the cheapest authenticated call)."""
-    probes: list[HealthProbe] = []
-    seen: set[int] = set()
-    for model in models:
-        provider = model.provider
-        if id(provider) in seen or not hasattr(provider, "list_models"):
-            continue
-        seen.add(id(provider))
-        probes.append(HealthProbe(str(getattr(provider, "name", model.ref.provider)), provider.list_models))
-    return probes

@@ -10,6 +10,7 @@ from typing import Sequence
 from handlers.access import AccessPolicy
 from handlers.basic import basic_commands
 from handlers.lanes import ChatLanes
+from handlers.limits import NoLimits
 from handlers.router import Router
 from handlers.services import ChatSettings, Services
 from handlers.transport import IncomingMessage
@@ -69,6 +70,7 @@ async def start_bot(
         preferences=UserPreferences(database),
         chain=chain,
         access=AccessPolicy(admin_ids=frozenset({ADMIN}), allowed_user_ids=allowed),
+        limits=NoLimits(),
         lanes=ChatLanes(),
         chat=ChatSettings(system_prompt="be brief"),
     )

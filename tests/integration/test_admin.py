@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,7 +12,12 @@ from handlers.admin import admin_commands
 from handlers.basic import basic_commands
 from handlers.limits import UserLimits
 from handlers.router import Router
-from handlers.status_report import HealthProbe, RecentErrors, StatusContext, status_from_database
+from bot.status import status_from_database
+from handlers.health import HealthProbe
+from handlers.notes import NotesFeature
+from handlers.recent_errors import RecentErrors
+from handlers.services import Features
+from handlers.status_report import StatusContext
 from handlers.transport import IncomingMessage
 from integrations.errors import AuthFailed, RateLimited
 from integrations.llm import ChatProvider, ModelRef, Usage
@@ -44,6 +49,11 @@ class FakeOutbox:
         return self._depth
 
 
+def notes_with(outbox: Any) -> NotesFeature:
+    """The notes feature as far as /status sees it: its outbox (nothing is delivered)."""
+    return NotesFeature(outbox, notion=None, delivery=None)  # type: ignore[arg-type]
+
+
 @dataclass
 class AdminBot:
     bot: Bot
@@ -55,6 +65,11 @@ class AdminBot:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.bot, name)
+
+    def use(self, **features: Any) -> None:
+        """Turn features on (e.g. `cache=...`), as the composition root would have built them."""
+        self.bot.services = replace(self.bot.services, features=replace(self.bot.services.features, **features))
+        self.bot.router = Router(self.bot.services, basic_commands() + admin_commands())
 
     async def admin_says(self, text: str) -> str:
         """An admin command, answered without letting the clock run; returns the reply."""
@@ -74,7 +89,8 @@ async def start_admin_bot(
     default_budget: float | None = None,
     messages_per_minute: int = 10,
     secrets: Sequence[str] = (SECRET,),
-    extras: dict[str, Any] | None = None,
+    features: dict[str, Any] | None = None,
+    health_probes: Sequence[HealthProbe] = (),
     **options: Any,
 ) -> AdminBot:
     """The harness bot plus everything issue 5 adds, wired as the composition root should."""
@@ -93,15 +109,19 @@ async def start_admin_bot(
     )
     redactor = Redactor(secrets)
     errors = RecentErrors(clock, redactor, journal=ErrorJournal(database))
-    services.extras.update(
-        resilience=registry,
-        usage=usage,
-        admin_settings=settings,
+    bot.services = replace(
+        services,
         limits=limits,
-        status=StatusContext(started_at=clock.monotonic(), telegram_connected=lambda: True, errors=errors, redactor=redactor),
-        **(extras or {}),
+        features=Features(
+            resilience=registry,
+            usage=usage,
+            admin_settings=settings,
+            status=StatusContext(started_at=clock.monotonic(), telegram_connected=lambda: True, errors=errors, redactor=redactor),
+            **(features or {}),
+        ),
+        health_probes=tuple(health_probes),
     )
-    bot.router = Router(services, basic_commands() + admin_commands())
+    bot.router = Router(bot.services, basic_commands() + admin_commands())
     return AdminBot(bot, registry, usage, settings, limits, errors)
 
 
@@ -150,11 +170,11 @@ async def test_status_shows_an_active_flood_wait_with_its_remaining_seconds(tmp_
 
 async def test_status_shows_rate_limiter_pause_cache_outbox_and_replies(tmp_path):
     async with AsyncExitStack() as stack:
-        admin = await start_admin_bot(stack, tmp_path, extras={"outbox": FakeOutbox(3)})
+        admin = await start_admin_bot(stack, tmp_path, features={"notes": notes_with(FakeOutbox(3))})
         limiter = admin.registry.register_limiter(RateLimiter("perplexity requests", 50, 60.0, admin.clock))
         limiter.pause(12)
         cache = SqliteCache(admin.database, admin.clock)
-        admin.services.extras["cache"] = cache
+        admin.use(cache=cache)
         await cache.put("search", "q1", '"a"', ttl=300)
         await cache.put("notion_schema", "db", '"s"', ttl=300)
         await cache.get("search", "q1")
@@ -197,7 +217,7 @@ async def test_status_tolerates_missing_cache_and_outbox_and_a_broken_source(tmp
             raise RuntimeError(SECRET)
 
     async with AsyncExitStack() as stack:
-        admin = await start_admin_bot(stack, tmp_path, extras={"outbox": BrokenOutbox()})
+        admin = await start_admin_bot(stack, tmp_path, features={"notes": notes_with(BrokenOutbox())})
         text = await admin.admin_says("/status")
         assert "Cache: not configured" in text
         assert "outbox: unavailable (RuntimeError)" in text
@@ -228,7 +248,7 @@ async def test_status_and_health_never_show_secrets(tmp_path):
 
     probes = [HealthProbe("perplexity", leaky_probe), HealthProbe("notion", foreign_probe)]
     async with AsyncExitStack() as stack:
-        admin = await start_admin_bot(stack, tmp_path, extras={"health": probes})
+        admin = await start_admin_bot(stack, tmp_path, health_probes=probes)
         breaker = admin.registry.register_breaker(CircuitBreaker("provider anthropic", admin.clock))
         breaker.force_open(f"credential {SECRET} refused")
         admin.errors.add("anthropic", f"401 for x-api-key: {SECRET}")
@@ -260,7 +280,7 @@ async def test_health_probes_every_upstream_at_once_each_within_its_timeout(tmp_
 
     probes = [HealthProbe("search", quick), HealthProbe("notes", hung), HealthProbe("other", also_hung)]
     async with AsyncExitStack() as stack:
-        admin = await start_admin_bot(stack, tmp_path, extras={"health": probes})
+        admin = await start_admin_bot(stack, tmp_path, health_probes=probes)
         started = admin.clock.monotonic()
         await admin.say("/health", chat_id=ADMIN, user_id=ADMIN)
         [text] = admin.replies(ADMIN)
@@ -343,7 +363,7 @@ async def test_cache_clear_removes_one_kind_or_everything(tmp_path):
     async with AsyncExitStack() as stack:
         admin = await start_admin_bot(stack, tmp_path)
         cache = SqliteCache(admin.database, admin.clock)
-        admin.services.extras["cache"] = cache
+        admin.use(cache=cache)
         for key in ("a", "b"):
             await cache.put("search", key, "1", ttl=300)
         await cache.put("notion_schema", "db", "1", ttl=300)
@@ -357,7 +377,7 @@ async def test_cache_clear_names_the_kinds_and_refuses_one_that_does_not_exist(t
     async with AsyncExitStack() as stack:
         admin = await start_admin_bot(stack, tmp_path)
         cache = SqliteCache(admin.database, admin.clock)
-        admin.services.extras["cache"] = cache
+        admin.use(cache=cache)
         await cache.put("search", "q", "1", ttl=300)
         assert await admin.admin_says("/cache clear bogus") == (
             "The cache has no kind bogus. Kinds: search; /cache clear empties them all."

@@ -216,7 +216,7 @@ async def test_refused_keys_get_the_user_an_apology_and_the_admins_the_setting_t
         settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT], admin_ids=frozenset({admin}))
         bot = await start_telegram_bot(stack, settings)
         bot.client.known_chats.add(admin)  # the admin has started a chat with the bot
-        alerts = bot.app.services.extras["operator_alerts"]
+        alerts = bot.app.operator_alerts
 
         async def user_fails(text: str) -> str:
             await bot.user_says(text)

@@ -137,7 +137,7 @@ async def test_a_storage_fault_while_answering_ends_in_one_clear_message_and_sto
     async with AsyncExitStack() as stack:
         claude = await claude_with(stack)
         bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
-        usage = bot.app.services.extras["usage"]
+        usage = bot.app.services.features.usage
 
         async def broken_record(*args, **kwargs):
             raise sqlite3.OperationalError("database or disk is full")

@@ -160,7 +160,7 @@ async def test_open_breaker_fails_fast_so_fallback_starts_without_calling(tmp_pa
         await bot.user_says("hello again")
         assert claude.calls == calls_when_open
         assert bot.texts()[-1] == "GPT answers."
-        breakers = bot.app.services.extras["resilience"].snapshot()["breakers"]
+        breakers = bot.app.services.features.resilience.snapshot()["breakers"]
         assert breakers["model anthropic:claude-test"]["state"] == "open"
         assert breakers["provider openai"]["state"] == "closed"
 
@@ -202,7 +202,7 @@ async def test_account_faults_on_every_model_get_an_apology_not_a_retry_hint(tmp
         bot = await start_telegram_bot(stack, settings)
         bot.client.known_chats.add(admin)
         await bot.user_says("hello")
-        await bot.clock.run_until_complete(bot.app.services.extras["operator_alerts"].settle())
+        await bot.clock.run_until_complete(bot.app.operator_alerts.settle())
         [text] = bot.texts()
         assert text.startswith("Sorry, I can't answer right now") and "minute" not in text
         assert (claude.calls, gpt.calls) == (1, 1)  # neither fault is worth a retry

@@ -263,7 +263,7 @@ async def test_note_fault(tmp_path, caplog, case):
         assert k.notion.page_lines(page) == ["About the kitchen tap"]
         assert k.bot.texts() == [reply.format(url=page.url) for reply in case.replies]
         assert (len(k.creates()), len(k.lookups())) == (case.creates, case.lookups)
-        assert await k.bot.app.services.extras["outbox"].depth() == 0
+        assert await k.bot.app.services.features.notes.outbox.depth() == 0
         if case.retry_after is not None:
             queued = len(case.replies) > 1  # past the cap: no wait in the first pass, the worker waits
             assert retry_waits(caplog) == ([] if queued else [f"{case.retry_after:.2f}"])

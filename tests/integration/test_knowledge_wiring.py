@@ -28,7 +28,7 @@ async def test_note_and_save_reach_notion_through_the_shared_layer(tmp_path):
         assert len(notion.pages) == 2
         replies = bot.texts()
         assert sum("notion" in r.lower() for r in replies) >= 2
-        registry = bot.app.services.extras["resilience"].snapshot()
+        registry = bot.app.services.features.resilience.snapshot()
         assert "notion" in registry["breakers"] and "notion requests" in registry["limiters"]
         assert NOTION_TOKEN not in "\n".join(replies)
 
@@ -137,7 +137,7 @@ async def test_a_fresh_search_is_recorded_in_usage_and_a_cached_one_is_not(tmp_p
         bot = await start_telegram_bot(stack, settings)
         await bot.user_says("/search tokio runtime")
         await bot.user_says("/search tokio runtime")
-        [line] = await bot.app.services.extras["usage"].lines(1, user_id=USER)
+        [line] = await bot.app.services.features.usage.lines(1, user_id=USER)
         assert "perplexity/sonar" in line.model
         assert line.requests == 1 and line.input_tokens > 0
         assert line.cost_usd > 0 and line.unpriced == 0

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bot.app import build_notes
 from bot.config import NotionSettings, Secret
 from handlers.basic import basic_commands
-from handlers.notes import NotesFeature, build_notes, notes_commands, numbered_sources
+from handlers.notes import NotesFeature, chat_notifier, notes_commands, numbered_sources
 from handlers.router import Router
+from handlers.services import Features
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable
 from integrations.notion import NotionApi
 from integrations.notion_schema import hashtags
@@ -62,8 +64,15 @@ async def start_notes_bot(
     )
     settings = NotionSettings(Secret(TOKEN), fake.database_id.replace("-", ""), fake.base_url)
     notes = build_notes(
-        settings, schema_ttl=3600, clock=clock, database=bot.database, upstream=upstream, services=bot.services, stack=stack
+        settings,
+        upstream,
+        schema_ttl=3600,
+        clock=clock,
+        database=bot.database,
+        notify=chat_notifier(bot.services),
+        stack=stack,
     )
+    bot.services = replace(bot.services, features=Features(notes=notes))
     bot.router = Router(bot.services, [*basic_commands(), *notes_commands()])
     return NotesBot(bot, notes, limiter)
 

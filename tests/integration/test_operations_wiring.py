@@ -30,7 +30,7 @@ async def test_a_configured_model_the_provider_does_not_list_shows_in_status(tmp
         )
         bot = await start_telegram_bot(stack, settings)
         await bot.settle()
-        await bot.clock.run_until(lambda: bool(bot.app.services.extras["deprecations"].list()))
+        await bot.clock.run_until(lambda: bool(bot.app.deprecations.list()))
         await bot.user_says("/status")
         assert "claude-3-opus-retired" in bot.texts()[-1]
 

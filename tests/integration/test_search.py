@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import openai
@@ -14,6 +14,7 @@ import pytest
 from handlers.basic import basic_commands
 from handlers.router import Router
 from handlers.search import SearchConfig, SearchService, search_commands
+from handlers.services import Features
 from integrations.errors import AuthFailed, BadRequest, MalformedResponse, RateLimited, Unavailable
 from integrations.perplexity import PerplexitySearch, SearchAnswer, SearchQuery, SearchRunFailed, TextDelta
 from integrations.resilience.clock import ManualClock
@@ -84,7 +85,7 @@ async def start_search(
     stack.push_async_callback(client.aclose)
     cache = SqliteCache(bot.database, clock, max_entries=100)
     service = SearchService(client, cache, upstream, SearchConfig(cache_ttl=300, bot_username="switchbot"))
-    bot.services.extras["search"] = service
+    bot.services = replace(bot.services, features=Features(search=service))
     bot.router = Router(bot.services, [*basic_commands(), *search_commands()])
     return Search(fake, clock, service, upstream, bot, llm)
 

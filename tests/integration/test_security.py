@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handlers.render import render_markdown
-from handlers.status_report import HealthProbe
+from handlers.health import HealthProbe
 from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import ManualClock
 from state.cache import SqliteCache
@@ -37,18 +37,18 @@ async def guarded_bot(stack: AsyncExitStack, tmp_path: Path, provider: ScriptedP
     """A bot with something for every admin command to change: an open breaker, a cache, a probe."""
     probe = CountingProbe()
     admin = await start_admin_bot(
-        stack, tmp_path, [("anthropic:claude-sonnet-4-6", provider)], extras={"health": [HealthProbe("search", probe)]}
+        stack, tmp_path, [("anthropic:claude-sonnet-4-6", provider)], health_probes=[HealthProbe("search", probe)]
     )
     admin.registry.register_breaker(CircuitBreaker("provider anthropic", admin.clock)).force_open("down")
     cache = SqliteCache(admin.database, admin.clock)
-    admin.services.extras["cache"] = cache
+    admin.use(cache=cache)
     await cache.put("search", "q", '"answer"', ttl=3600)
     return admin, probe
 
 
 async def state_of(admin: AdminBot, probe: CountingProbe) -> tuple:
     access = admin.services.access
-    cache_entries = (await admin.services.extras["cache"].stats()).entries
+    cache_entries = (await admin.services.features.cache.stats()).entries
     budgets = await admin.database.fetchall("SELECT user_id, daily_usd FROM user_budgets")
     grants = await admin.database.fetchall("SELECT user_id, access FROM user_access")
     breaker = admin.registry.snapshot()["breakers"]["provider anthropic"]["state"]

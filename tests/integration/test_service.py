@@ -14,13 +14,14 @@ import pytest
 from telethon import errors
 
 from bot.__main__ import print_status
-from bot.app import build_app
+from bot.app import App, build_app
 from bot.check import check_command
 from bot.config import LimitSettings, NotionSettings, Secret, TelegramSettings
 from bot.shutdown import FINALISE_SECONDS, drain
 from bot.systemd import Notifier
 from bot.telegram import TelegramRunner, TelegramTransport
 from bot.telegram_service import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK, LOGIN_PATIENCE, TelegramService
+from handlers.notes import NotesFeature
 from handlers.router import QUEUED_NOTICE
 from integrations.errors import AuthFailed
 from integrations.resilience.clock import ManualClock
@@ -188,15 +189,21 @@ class OutboxWorker:
         self.replies_running_at_stop = self.lanes.in_flight()
 
 
+def with_notes(app: App, outbox: Outbox | None, worker: OutboxWorker) -> App:
+    """`app` with a notes feature made of `outbox` and `worker` (nothing reaches Notion)."""
+    notes = NotesFeature(outbox, notion=None, delivery=worker)  # type: ignore[arg-type]
+    return replace(app, services=replace(app.services, features=replace(app.services.features, notes=notes)))
+
+
 async def test_the_outbox_worker_stops_only_after_every_reply_has_ended(tmp_path):
     async with AsyncExitStack() as stack:
         claude, settings = await stalled_reply(stack, tmp_path)
         bot = await start_telegram_bot(stack, settings)
         worker = OutboxWorker(bot.app.services.lanes)
-        bot.app.services.extras["notes_worker"] = worker
+        app = with_notes(bot.app, None, worker)
         await send(bot, "tell me a story")
         await reply_stalls(bot, claude)
-        await bot.clock.run_until_complete(drain(bot.app, bot.clock, grace=20), poll=POLL)
+        await bot.clock.run_until_complete(drain(app, bot.clock, grace=20), poll=POLL)
         assert worker.replies_running_at_stop == 0
 
 
@@ -251,7 +258,7 @@ async def test_service_says_ready_once_logged_in_and_stopping_when_asked(tmp_pat
         client = FakeTelegramClient(clock)
         service = await build_service(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]), clock, address, client)
         outbox = Outbox(service.app.database, clock)
-        service.app.services.extras["outbox"] = outbox
+        service.app = with_notes(service.app, outbox, OutboxWorker(service.app.services.lanes))
         await outbox.add("note-1", USER, USER, {"title": "t", "body": "b"})
         running = asyncio.ensure_future(service.run())
         await clock.run_until(lambda: systemd.received("READY=1"), poll=POLL)

@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import pytest
 
 from bot.logs import Redactor
+from bot.recent_errors_handler import RecentErrorsHandler
 from handlers.access import AccessPolicy
 from handlers.limits import MessageRate, UserLimits
-from handlers.status_report import RecentErrors
+from handlers.recent_errors import RecentErrors
 from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable, format_usd
 from integrations.resilience.clock import ManualClock
@@ -225,7 +226,7 @@ async def test_recent_errors_are_redacted_kept_in_order_and_saved_for_the_shell(
 
 async def test_recent_errors_take_warnings_from_the_bots_loggers_only(clock):
     errors = RecentErrors(clock, Redactor())
-    handler = errors.handler()
+    handler = RecentErrorsHandler(errors)
     ours, theirs = logging.getLogger("integrations.resilience.breaker"), logging.getLogger("somelib")
     for logger in (ours, theirs):
         logger.addHandler(handler)
@@ -243,7 +244,7 @@ async def test_recent_errors_take_warnings_from_the_bots_loggers_only(clock):
 
 async def test_recent_errors_keep_the_facts_of_structured_upstream_records(clock):
     errors = RecentErrors(clock, Redactor())
-    handler = errors.handler()
+    handler = RecentErrorsHandler(errors)
     upstream_log, deprecations = logging.getLogger("switchboard.upstream"), logging.getLogger("switchboard.deprecation")
     for logger in (upstream_log, deprecations):
         logger.addHandler(handler)

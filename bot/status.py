@@ -1,0 +1,27 @@
+"""`switchboard status`: the status report from the database alone, whether the bot runs or not."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from handlers.render import render_markdown
+from handlers.status_report import StatusSources, build_status
+from integrations.resilience.clock import Clock
+from state.cache import SqliteCache
+from state.db import Database
+from state.outbox import Outbox
+
+
+async def status_from_database(db_path: Path, clock: Clock) -> str:
+    """The report as plain text: what the database knows (nothing live: this process runs no bot)."""
+    if not db_path.is_file():
+        # Opening would create an empty database, and report on that.
+        return f"No database at {db_path}: the bot has not run with this state directory yet."
+    database = await Database.open(db_path, clock)
+    try:
+        sources = StatusSources(
+            clock=clock, database=database, running=False, cache=SqliteCache(database, clock), outbox=Outbox(database, clock)
+        )
+        report = await build_status(sources)
+    finally:
+        await database.close()
+    return render_markdown(report).text
