@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from handlers.render import render_markdown, split_rich_text  # noqa: E402
+from handlers.render import render_markdown  # noqa: E402
+from handlers.split import split_rich_text  # noqa: E402
 
 TYPICAL = (
     "## Step\n\nEdit the **config** and set `timeout` as [documented](https://example.com).\n\n"

@@ -1,48 +1,38 @@
-"""An LLM's Markdown as Telegram text plus entities, and long replies split into sendable parts.
+"""An LLM's Markdown as Telegram text plus entities, rendered whole or as it grows.
 
 `render_markdown` tokenizes with markdown-it (CommonMark, plus strikethrough and tables) and writes
-plain text while recording entities in UTF-16 code units. It is called on every growing prefix of
-a streaming reply, so half-written Markdown must come out readable: CommonMark already runs an
-unclosed fence to the end of the document and leaves an unclosed `**` as literal asterisks.
-Rendering may simplify formatting but never drops words: blocks nested past markdown-it's nesting
-limit come out as plain paragraphs instead of being skipped.
+plain text while recording entities in UTF-16 code units. Half-written Markdown must come out
+readable, as a streaming reply shows every prefix: CommonMark already runs an unclosed fence to
+the end of the document and leaves an unclosed `**` as literal asterisks. Rendering may simplify
+formatting but never drops words: blocks nested past markdown-it's nesting limit come out as
+plain paragraphs instead of being skipped.
 
-`split_rich_text` cuts a `RichText` into parts Telegram accepts (at most `limit` UTF-16 code units
-and 100 entities each), at the most natural seam available and never inside an entity that could
-have fitted whole into one part.
+`MarkdownStream` renders the successive versions of one growing reply exactly as
+`render_markdown` would, but parses and renders each completed top-level block once: a top-level
+block is parsed the same whatever came before it, and one that a later block follows on a
+complete line cannot change as text is appended. Only the rest is rendered again. Splitting into
+sendable parts is `handlers/split.py`.
 """
 from __future__ import annotations
 
 import bisect
 import functools
-import itertools
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_block import StateBlock
 from markdown_it.token import Token
 
-from handlers.richtext import Entity, EntityKind, RichText, utf16_len
+from handlers.richtext import SPLITTABLE, VERBATIM, Entity, EntityKind, RichText, entity_order, utf16_len
 
 logger = logging.getLogger(__name__)
-
-TELEGRAM_TEXT_LIMIT = 4096
-TELEGRAM_ENTITY_LIMIT = 100
 
 _LINK_SCHEMES = ("http://", "https://", "tg://", "mailto:")
 _HORIZONTAL_RULE = "———"
 _NESTED_INDENT = "  "
-# Telegram lets these contain, and be contained by, anything except pre and code.
-_SPLITTABLE: frozenset[EntityKind] = frozenset({"bold", "italic", "underline", "strike", "spoiler"})
-_VERBATIM: frozenset[EntityKind] = frozenset({"code", "pre"})
-# Of two entities over the same range, the one that may contain the other sorts first.
-_NESTING_RANK: dict[str, int] = {"blockquote": 0, "text_url": 1, "pre": 3, "code": 3}
-
-
-def _entity_order(entity: Entity) -> tuple[int, int, int]:
-    return (entity.offset, -entity.length, _NESTING_RANK.get(entity.kind, 2))
+_NESTS_ONCE: frozenset[EntityKind] = SPLITTABLE | {"blockquote", "text_url"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,6 +96,86 @@ def render_markdown(markdown: str) -> RichText:
         return RichText.plain(markdown)
 
 
+class MarkdownStream:
+    """The successive versions of one growing Markdown text, each rendered as `render_markdown` would.
+
+    What is kept between versions: the Markdown of the completed top-level blocks (whole lines),
+    the writer's state after them, and their entities, normalized. A block is completed once a
+    later top-level block starts on a complete line that is followed by another complete line:
+    no text appended can then move that start (the furthest any block rule looks ahead is a
+    table's delimiter row, the line after its start). A top-level block is tokenized the same
+    whatever precedes it, so each version parses only the text after the completed blocks; its
+    entities, which never cross a block, are normalized alone. Link reference definitions are the
+    exception, as they change links anywhere: a version with one is rendered whole. A version that
+    does not extend the kept Markdown starts over.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def render(self, markdown: str) -> RichText:
+        try:
+            return self._render(markdown)
+        except Exception:
+            self._reset()
+            return render_markdown(markdown)
+
+    def _reset(self) -> None:
+        self._source = ""  # the completed blocks' Markdown, newlines normalized as markdown-it does
+        self._text = ""  # their text, not yet stripped
+        self._writer = _Writer()  # where the completed blocks left off (it keeps no text itself)
+        self._document = _Container(tight=False)
+        self._raw_entities: list[Entity] = []
+        self._entities: tuple[Entity, ...] = ()  # normalized
+
+    def _render(self, markdown: str) -> RichText:
+        source = _NULLS.sub("\ufffd", _NEWLINES.sub("\n", markdown))
+        if not source.startswith(self._source):
+            self._reset()
+        rest = source[len(self._source) :]
+        env: dict[str, object] = {}
+        tokens = _parser().parse(rest, env)
+        if env.get("references"):
+            return render_markdown(markdown)
+        completed, line = _completed_blocks(tokens, rest.count("\n"))
+        if completed:
+            self._complete(tokens[:completed], rest, line)
+            tokens = tokens[completed:]
+        writer = self._writer.continued()
+        _render_blocks(writer, tokens, _Container(tight=False, has_child=self._document.has_child))
+        text = (self._text + "".join(writer.chunks)).rstrip()
+        length = utf16_len(text)
+        if length < self._writer.pos:  # nothing visible after the completed blocks' trailing space
+            return RichText(text, _normalized(self._raw_entities + writer.entities, length))
+        return RichText(text, self._entities + _normalized(writer.entities, length))
+
+    def _complete(self, tokens: list[Token], rest: str, line: int) -> None:
+        """Render `tokens`, the completed blocks in `rest`'s first `line` lines, once for good."""
+        _render_blocks(self._writer, tokens, self._document)
+        self._text += "".join(self._writer.chunks)
+        self._raw_entities += self._writer.entities
+        self._entities += _normalized(self._writer.entities, self._writer.pos)
+        self._writer.chunks, self._writer.entities = [], []
+        end = 0
+        for _ in range(line):
+            end = rest.index("\n", end) + 1
+        self._source += rest[:end]
+
+
+_NEWLINES = re.compile(r"\r\n?|\n")  # as markdown-it's own normalize step
+_NULLS = re.compile(r"\0")
+
+
+def _completed_blocks(tokens: list[Token], complete_lines: int) -> tuple[int, int]:
+    """How many leading tokens make up completed top-level blocks, and the line after them (see
+    `MarkdownStream`); (0, 0) for none."""
+    for index in range(len(tokens) - 1, 0, -1):
+        token = tokens[index]
+        if token.level == 0 and token.nesting >= 0 and token.map and token.map[0] + 1 < complete_lines:
+            return index, token.map[0]
+    return 0, 0
+
+
 @dataclass(eq=False)
 class _Mark:
     """Where an entity starts; fixed when its first content is written, so empty ones vanish."""
@@ -160,6 +230,11 @@ class _Writer:
         text = "".join(self.chunks).rstrip()
         return RichText(text, _normalized(self.entities, utf16_len(text)))
 
+    def continued(self) -> "_Writer":
+        """A writer for what follows this one's text, between top-level blocks: it writes only the
+        new text and records only the new entities."""
+        return _Writer(pos=self.pos, _at_line_start=self._at_line_start, _pending_newlines=self._pending_newlines)
+
     def _begin_content(self, indent: bool) -> None:
         if self._pending_newlines:
             self._append("\n" * self._pending_newlines)
@@ -199,10 +274,10 @@ class _List:
     next_number: int | None  # None for a bulleted list
 
 
-def _render_blocks(writer: _Writer, tokens: list[Token]) -> None:
+def _render_blocks(writer: _Writer, tokens: list[Token], document: _Container | None = None) -> None:
     # A walk over markdown-it's flat token stream; building its syntax tree first costs a third
     # of the render time, and this runs on every streamed prefix.
-    containers = [_Container(tight=False)]
+    containers = [document or _Container(tight=False)]
     lists: list[_List] = []
     marks: list[_Mark] = []
     index = 0
@@ -366,42 +441,53 @@ def _normalized(entities: list[Entity], text_length: int) -> tuple[Entity, ...]:
     """
     clipped = []
     for entity in entities:
-        end = min(entity.offset + entity.length, text_length)
-        if end > entity.offset >= 0:
-            clipped.append(replace(entity, length=end - entity.offset))
-    clipped.sort(key=_entity_order)
+        end = entity.offset + entity.length
+        if end > text_length:
+            if text_length > entity.offset >= 0:
+                clipped.append(_resized(entity, entity.offset, text_length))
+        elif entity.length > 0 and entity.offset >= 0:
+            clipped.append(entity)
+    clipped.sort(key=entity_order)
 
     kept: list[Entity] = []
     ancestors: list[Entity] = []
     for entity in clipped:
         while ancestors and _end(ancestors[-1]) <= entity.offset:
             ancestors.pop()
-        if ancestors and _end(ancestors[-1]) < _end(entity):
-            entity = replace(entity, length=_end(ancestors[-1]) - entity.offset)
-        if _forbidden_inside(entity, ancestors):
-            continue
+        if ancestors:
+            if _end(ancestors[-1]) < _end(entity):
+                entity = _resized(entity, entity.offset, _end(ancestors[-1]))
+            if _forbidden_inside(entity, ancestors):
+                continue
         kept.append(entity)
         ancestors.append(entity)
 
-    verbatim = [entity for entity in kept if entity.kind in _VERBATIM]  # sorted and disjoint
-    verbatim_starts = [entity.offset for entity in verbatim]
-    result: list[Entity] = []
-    for entity in kept:
-        if entity.kind in _SPLITTABLE:
-            result.extend(_cut_around(entity, verbatim, bisect.bisect_left(verbatim_starts, entity.offset)))
-        else:
-            result.append(entity)
-    result.sort(key=_entity_order)
-    return tuple(result)
+    verbatim = [entity for entity in kept if entity.kind in VERBATIM]  # sorted and disjoint
+    if verbatim:
+        verbatim_starts = [entity.offset for entity in verbatim]
+        result: list[Entity] = []
+        for entity in kept:
+            if entity.kind in SPLITTABLE:
+                result.extend(_cut_around(entity, verbatim, bisect.bisect_left(verbatim_starts, entity.offset)))
+            else:
+                result.append(entity)
+        kept = result
+    kept.sort(key=entity_order)
+    return tuple(kept)
+
+
+def _resized(entity: Entity, start: int, end: int) -> Entity:
+    # Not dataclasses.replace: that costs several times a plain construction, once per entity.
+    return Entity(entity.kind, start, end - start, entity.url, entity.language)
 
 
 def _forbidden_inside(entity: Entity, ancestors: list[Entity]) -> bool:
     for ancestor in ancestors:
-        if ancestor.kind in _VERBATIM:
+        if ancestor.kind in VERBATIM:
             return True
-        if ancestor.kind == entity.kind and entity.kind in _SPLITTABLE | {"blockquote", "text_url"}:
+        if ancestor.kind == entity.kind and entity.kind in _NESTS_ONCE:
             return True
-        if ancestor.kind == "text_url" and entity.kind in _VERBATIM:
+        if ancestor.kind == "text_url" and entity.kind in VERBATIM:
             return True
     return False
 
@@ -417,174 +503,12 @@ def _cut_around(entity: Entity, verbatim: list[Entity], first: int) -> list[Enti
         if hole.offset >= end:
             break
         if hole.offset > cursor:
-            pieces.append(replace(entity, offset=cursor, length=hole.offset - cursor))
+            pieces.append(_resized(entity, cursor, hole.offset))
         cursor = max(cursor, _end(hole))
     if end > cursor:
-        pieces.append(replace(entity, offset=cursor, length=end - cursor))
+        pieces.append(_resized(entity, cursor, end))
     return pieces
 
 
 def _end(entity: Entity) -> int:
     return entity.offset + entity.length
-
-
-# --- Splitting -------------------------------------------------------------------------------
-
-# Seams in order of preference; in each pattern, group 1 starts where a part may end.
-_SEAMS = (
-    re.compile(r"(\n)[ \t]*\n"),
-    re.compile(r"(\n)"),
-    re.compile(r"[.!?…][\"'”’»)\]]*(\s)"),
-    re.compile(r"(\s)"),
-)
-
-
-def split_rich_text(text: RichText, limit: int = TELEGRAM_TEXT_LIMIT) -> list[RichText]:
-    """Split into parts of at most `limit` UTF-16 code units and 100 entities each.
-
-    Parts end at a blank line if one is in reach, else a newline, a sentence end, a space, and
-    only then anywhere. No part ends inside an entity that could fit whole into one part; an
-    entity longer than that is cut and each part carries a copy over its piece, so a long code
-    block stays a code block, in its language, in the next message. Whitespace at the seams is
-    dropped; a text that is only whitespace gives no parts.
-    """
-    if not text.text.strip():
-        return []
-    if utf16_len(text.text) <= limit and len(text.entities) <= TELEGRAM_ENTITY_LIMIT:
-        return [text]
-    return _Splitter(text, max(limit, 2)).parts()
-
-
-class _Splitter:
-    """Works in code point indices, so a surrogate pair is never cut, and measures in UTF-16."""
-
-    def __init__(self, text: RichText, limit: int) -> None:
-        self.text = text.text
-        self.limit = limit
-        # units[i]: the UTF-16 offset of code point i.
-        if utf16_len(self.text) == len(self.text):
-            self.units = list(range(len(self.text) + 1))
-        else:
-            self.units = [0, *itertools.accumulate(2 if ord(char) > 0xFFFF else 1 for char in self.text)]
-        self.spans = sorted(
-            (span for span in (self._to_span(entity) for entity in text.entities) if span.end > span.start),
-            key=lambda span: span.start,
-        )
-        self.span_starts = [span.start for span in self.spans]
-        # A cut strictly inside an entity that fits whole into one part would break it needlessly.
-        self.blocked = self._covered([span for span in self.spans if self._width(span) <= limit], inner=True)
-        self.verbatim = self._covered([span for span in self.spans if span.entity.kind in _VERBATIM], inner=False)
-        # Spans that began before the current part and reach into it, and the first that did not begin yet.
-        self.open_spans: list[_Span] = []
-        self.next_span = 0
-
-    def parts(self) -> list[RichText]:
-        parts = []
-        start = self._skip_seam(0)
-        while start < len(self.text):
-            self._advance_to(start)
-            end = self._cut(start)
-            stop = end
-            while stop > start and self.text[stop - 1].isspace():
-                stop -= 1
-            if stop > start:
-                parts.append(self._part(start, stop))
-            start = self._skip_seam(end)
-        return parts
-
-    def _to_span(self, entity: Entity) -> _Span:
-        start = bisect.bisect_left(self.units, max(entity.offset, 0))
-        end = bisect.bisect_left(self.units, entity.offset + entity.length)
-        return _Span(start, min(end, len(self.text)), entity)
-
-    def _width(self, span: _Span) -> int:
-        return self.units[span.end] - self.units[span.start]
-
-    def _covered(self, spans: list[_Span], *, inner: bool) -> list[bool]:
-        """For each position, whether one of `spans` covers it (only strictly inside, if `inner`)."""
-        depth = [0] * (len(self.text) + 1)
-        for span in spans:
-            depth[span.start + 1 if inner else span.start] += 1
-            depth[span.end] -= 1
-        return [running > 0 for running in itertools.accumulate(depth)]
-
-    def _advance_to(self, start: int) -> None:
-        while self.next_span < len(self.spans) and self.spans[self.next_span].start < start:
-            self.open_spans.append(self.spans[self.next_span])
-            self.next_span += 1
-        self.open_spans = [span for span in self.open_spans if span.end > start]
-
-    def _cut(self, start: int) -> int:
-        """Where the part beginning at `start` ends (exclusive)."""
-        reach = bisect.bisect_right(self.units, self.units[start] + self.limit) - 1
-        reach = max(min(reach, self._entity_reach(start)), start + 1)
-        if reach >= len(self.text):
-            return len(self.text)
-        window = self.text[start : reach + 1]  # one char more: a seam right at the reach counts
-        halfway = start + (reach - start) // 2
-        for earliest in (halfway, start + 1):
-            for seam in _SEAMS:
-                cut = self._last_seam(seam, window, start, earliest, reach, respect_entities=True)
-                if cut is not None:
-                    return cut
-        for cut in range(reach, start, -1):
-            if not self.blocked[cut]:
-                return cut
-        # Only the entity limit can get here: the entity that would have fitted must be cut too.
-        for seam in _SEAMS:
-            cut = self._last_seam(seam, window, start, start + 1, reach, respect_entities=False)
-            if cut is not None:
-                return cut
-        return reach
-
-    def _last_seam(
-        self, seam: re.Pattern[str], window: str, start: int, earliest: int, reach: int, *, respect_entities: bool
-    ) -> int | None:
-        best = None
-        for match in seam.finditer(window):
-            cut = start + match.start(1)
-            if cut > reach:
-                break
-            if cut >= earliest and not (respect_entities and self.blocked[cut]):
-                best = cut
-        return best
-
-    def _entity_reach(self, start: int) -> int:
-        """The furthest end that keeps the part beginning at `start` within Telegram's entity limit."""
-        room = TELEGRAM_ENTITY_LIMIT - len(self.open_spans)
-        if room < 0:
-            return start + 1
-        if self.next_span + room >= len(self.spans):
-            return len(self.text)
-        return self.span_starts[self.next_span + room]
-
-    def _skip_seam(self, position: int) -> int:
-        while position < len(self.text) and self.text[position].isspace():
-            # A code line's leading spaces are its indentation, not seam whitespace.
-            at_line_start = position == 0 or self.text[position - 1] == "\n"
-            if self.verbatim[position] and self.text[position] not in "\r\n" and at_line_start:
-                break
-            position += 1
-        return position
-
-    def _part(self, start: int, stop: int) -> RichText:
-        base = self.units[start]
-        entities = []
-        for span in itertools.chain(self.open_spans, itertools.islice(self.spans, self.next_span, None)):
-            if span.start >= stop:
-                break
-            piece_start, piece_end = max(span.start, start), min(span.end, stop)
-            if piece_end > piece_start:
-                offset, end = self.units[piece_start] - base, self.units[piece_end] - base
-                entities.append(Entity(span.entity.kind, offset, end - offset, span.entity.url, span.entity.language))
-        entities.sort(key=_entity_order)
-        return RichText(self.text[start:stop], tuple(entities[:TELEGRAM_ENTITY_LIMIT]))
-
-
-@dataclass(frozen=True)
-class _Span:
-    """An entity in code point indices of the text being split."""
-
-    start: int
-    end: int
-    entity: Entity

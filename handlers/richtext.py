@@ -10,6 +10,13 @@ from typing import Literal
 
 EntityKind = Literal["bold", "italic", "underline", "strike", "code", "pre", "text_url", "blockquote", "spoiler"]
 
+# Telegram lets these contain, and be contained by, anything except pre and code.
+SPLITTABLE: frozenset[EntityKind] = frozenset({"bold", "italic", "underline", "strike", "spoiler"})
+# Nothing may go inside these.
+VERBATIM: frozenset[EntityKind] = frozenset({"code", "pre"})
+# Of two entities over the same range, the one that may contain the other sorts first.
+_NESTING_RANK: dict[str, int] = {"blockquote": 0, "text_url": 1, "pre": 3, "code": 3}
+
 
 @dataclass(frozen=True)
 class Entity:
@@ -30,5 +37,12 @@ class RichText:
         return cls(text, ())
 
 
+def entity_order(entity: Entity) -> tuple[int, int, int]:
+    """Sorts entities by start, outer ones before those they contain."""
+    return (entity.offset, -entity.length, _NESTING_RANK.get(entity.kind, 2))
+
+
 def utf16_len(text: str) -> int:
+    if text.isascii():  # O(1): CPython knows it
+        return len(text)
     return len(text.encode("utf-16-le")) // 2

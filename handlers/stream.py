@@ -25,7 +25,8 @@ import random
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
-from handlers.render import render_markdown, split_rich_text
+from handlers.render import render_markdown
+from handlers.split import split_rich_text
 from handlers.richtext import RichText
 from handlers.transport import DraftsUnsupported, Transport
 from integrations.errors import BadRequest, PreviewDeferred, RateLimited, UpstreamError

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from handlers import render
-from handlers.render import render_markdown, split_rich_text
+from handlers.render import render_markdown
+from handlers.split import split_rich_text
 from handlers.richtext import Entity, RichText, utf16_len
 
 VERBATIM = {"pre", "code"}
