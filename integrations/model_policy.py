@@ -88,9 +88,9 @@ class ProviderGuard:
     def observe_limits(self, hint: LimitHint) -> None:
         """The provider's headers show how much is left: never send more than that."""
         if hint.requests_remaining is not None and hint.requests_reset_s is not None:
-            self.limiter.tighten(hint.requests_remaining, hint.requests_reset_s)
+            self.limiter.tighten(hint.requests_remaining, hint.requests_reset_s, hint.requests_limit)
         if hint.tokens_remaining is not None and hint.tokens_reset_s is not None:
-            self.budget.tighten(hint.tokens_remaining, hint.tokens_reset_s)
+            self.budget.tighten(hint.tokens_remaining, hint.tokens_reset_s, hint.tokens_limit)
 
     async def reload_after_auth_failure(self) -> bool:
         """A 401: read the key again from its source; retry once only if it changed."""

@@ -15,29 +15,43 @@ next grant back rather than letting it catch up).
 
 Waiting: callers queue in arrival order; only the head of the queue sleeps, once, on the injected
 clock, for exactly the time its request needs. A cancelled waiter leaves the queue without taking
-capacity. `tighten` (from an upstream's rate-limit headers) and `pause` (from a Retry-After) add
-limits on top; they wake the head so it recomputes its wait. A caller that passes `max_pause`
-gets `RateLimited` instead of sitting out a longer pause, even if it was already queued. A caller
-that passes `max_wait` gets `WaitTooLong` at once when its turn is predicted to come later than
-that (from the queue ahead of it and the limits as they stand), and at the latest when `max_wait`
-has passed, however the limits changed meanwhile.
+capacity. `tighten` (from an upstream's rate-limit headers, see `upstream_window.py`) and `pause`
+(from a Retry-After) add limits on top; they wake the head so it recomputes its wait. A caller
+that passes `max_pause` gets `RateLimited` instead of sitting out a longer pause, even if it was
+already queued. A caller that passes `max_wait` gets `WaitTooLong` at once when its turn is
+predicted to come later than that (from the queue ahead of it and the limits as they stand), and
+at the latest when `max_wait` has passed, however the limits changed meanwhile.
+
+Which grant a report answers: each grant is remembered in the granting task's context (a context
+variable, inherited by the tasks it starts), where the adapter reads the response's headers. A
+report is therefore charged with every unit granted after its own request, and one older than
+the report in force is recognised as such. A report read outside any such task counts from now.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Sequence
 
 from integrations.errors import RateLimited
 from integrations.resilience.clock import Clock, wait_for
+from integrations.resilience.upstream_window import UpstreamWindow
 
 logger = logging.getLogger(__name__)
 
 # Float arithmetic on timestamps can leave a wait of 1e-13 s after an exact wake-up; without
 # this the head would sleep a second time for nothing.
 _EPSILON = 1e-9
+
+# Per limiter (by a key of its own, never reused), the grant count right after this task's last
+# grant: the ticket of the report its response will carry.
+_TICKETS: ContextVar[dict[int, float]] = ContextVar("rate limiter tickets", default={})
+_KEYS = itertools.count()
 
 
 class WaitTooLong(RateLimited):
@@ -64,11 +78,11 @@ class RateLimiter:
         self._interval = per / rate
         self._tat = clock.monotonic()
         self._paused_until = float("-inf")
-        # Tightened by upstream headers: until `_tight_until`, units are also spaced
-        # `_tight_interval` apart, starting no earlier than `_tight_next`.
-        self._tight_until = float("-inf")
-        self._tight_interval = 0.0
-        self._tight_next = float("-inf")
+        # What the upstream's headers say is left until its reset.
+        self._window = UpstreamWindow()
+        self._last_grant = float("-inf")
+        self._granted = 0.0  # units granted so far (and positive charges): tickets count these
+        self._key = next(_KEYS)
         self._waiters: deque[_Turn] = deque()
         self._timer: asyncio.Future[None] | None = None
 
@@ -90,7 +104,7 @@ class RateLimiter:
         deadline = None
         if max_wait is not None:
             deadline = now + max_wait
-            self._refuse_long_wait(deadline, now, self._delay(cost, now, self._cost_ahead(None)))
+            self._refuse_long_wait(deadline, now, self._delay(cost, now, self._costs_ahead(None)))
         await self._wait_in_line(cost, max_pause, deadline)
 
     async def __aenter__(self) -> None:
@@ -112,33 +126,31 @@ class RateLimiter:
         """
         now = self._clock.monotonic()
         self._tat = max(self._tat, now) + cost * self._interval
-        if now < self._tight_until:
-            self._tight_next = max(self._tight_next, now) + cost * self._tight_interval
+        if cost > 0:
+            # The upstream counts what was used, not what we guessed: a refund does not give
+            # back what its headers said was left (its next report will).
+            self._window.take(cost, now)
+            self._granted += cost
         self._wake_head()
 
-    def tighten(self, remaining: int, reset_after: float) -> None:
-        """The upstream says only `remaining` units are left for the next `reset_after` seconds.
+    def tighten(self, remaining: int, reset_after: float, limit: int | None = None) -> None:
+        """The upstream says only `remaining` units (of `limit`) are left for the next `reset_after` seconds.
 
-        If that is less than we would send in that time, space units evenly so that at most
-        `remaining` go before the reset; after it the configured rate applies again. The latest
-        headers win: a report with more room lifts an earlier tightening.
+        Units granted after the request this report answers are taken off. What is left goes
+        without waiting until its last tenth, which is spread over the time to the reset; with
+        nothing left, everyone waits for the reset. After it the configured rate alone applies.
+        A newer report replaces an older one, more room or less; a report older than the one in
+        force is ignored.
         """
         now = self._clock.monotonic()
-        would_send = self._available(now) + reset_after / self._interval
-        if remaining >= would_send:
-            if now < self._tight_until:
-                self._tight_until = float("-inf")
-                self._wake_head()
+        ticket = _TICKETS.get().get(self._key, self._granted)
+        was_binding = self._window.binds(now)
+        if not self._window.report(
+            remaining, reset_after, now, ticket=ticket, in_flight=self._granted - ticket, limit=limit
+        ):
             return
-        was_tight = now < self._tight_until
-        self._tight_until = now + reset_after
-        if remaining > 0:
-            self._tight_interval = reset_after / remaining
-            self._tight_next = max(self._tight_next, now) if was_tight else now
-        else:
-            self._tight_interval = reset_after
-            self._tight_next = self._tight_until
-        logger.info("%s: upstream allows %s more in %.1f s; slowing down", self.name, remaining, reset_after)
+        if self._window.binds(now) and not was_binding:
+            logger.info("%s: upstream allows %s more in %.1f s; slowing down", self.name, remaining, reset_after)
         self._wake_head()
 
     def pause(self, seconds: float) -> None:
@@ -165,29 +177,26 @@ class RateLimiter:
             "available": round(self._available(now), 3),
             "waiting": len(self._waiters),
             "paused_for": round(max(0.0, self._paused_until - now), 3),
-            "tightened": now < self._tight_until,
+            "tightened": self._window.binds(now),
         }
 
     def _available(self, now: float) -> float:
         """Units that could go right now (negative after an overdraw)."""
         return self.burst - max(0.0, self._tat - now) / self._interval
 
-    def _delay(self, cost: float, now: float, ahead: float = 0.0) -> float:
-        """Seconds until `cost` units may go, once `ahead` units queued before them have gone."""
+    def _delay(self, cost: float, now: float, ahead: Sequence[float] = ()) -> float:
+        """Seconds until `cost` units may go, once the units queued before them (`ahead`) have gone."""
         fits = min(cost, self.burst)
-        delay = max(self._tat, now) + (ahead + fits - self.burst) * self._interval - now
+        delay = max(self._tat, now) + (sum(ahead) + fits - self.burst) * self._interval - now
         delay = max(delay, self._paused_until - now)
-        if now < self._tight_until:
-            start = max(self._tight_next, now) + ahead * self._tight_interval
-            if start + cost * self._tight_interval > self._tight_until + _EPSILON:
-                start = self._tight_until
-            delay = max(delay, start - now)
-        return delay
+        return max(delay, self._window.ready_at(cost, now, self._last_grant, ahead) - now)
 
     def _take(self, cost: float, now: float) -> None:
         self._tat = max(self._tat, now) + cost * self._interval
-        if now < self._tight_until:
-            self._tight_next = max(self._tight_next, now) + cost * self._tight_interval
+        self._window.take(cost, now)
+        self._last_grant = now
+        self._granted += cost
+        _TICKETS.set({**_TICKETS.get(), self._key: self._granted})
 
     def _refuse_long_pause(self, max_pause: float | None, now: float) -> None:
         if max_pause is not None and self._paused_until - now > max_pause:
@@ -205,13 +214,13 @@ class RateLimiter:
     def _too_long(self, delay: float) -> WaitTooLong:
         return WaitTooLong(f"would wait {delay:.1f} s for capacity, longer than allowed", upstream=self.name, retry_after=delay)
 
-    def _cost_ahead(self, turn: "_Turn | None") -> float:
-        """Units queued before `turn` (before a newcomer when None)."""
-        ahead = 0.0
+    def _costs_ahead(self, turn: "_Turn | None") -> list[float]:
+        """The costs queued before `turn` (before a newcomer when None), in order."""
+        ahead = []
         for other in self._waiters:
             if other is turn:
                 break
-            ahead += other.cost
+            ahead.append(other.cost)
         return ahead
 
     async def _wait_in_line(self, cost: float, max_pause: float | None, deadline: float | None) -> None:
@@ -240,7 +249,7 @@ class RateLimiter:
             await wait_for(self._clock, turn.future, deadline - self._clock.monotonic())
         except TimeoutError:
             now = self._clock.monotonic()
-            raise self._too_long(self._delay(turn.cost, now, self._cost_ahead(turn))) from None
+            raise self._too_long(self._delay(turn.cost, now, self._costs_ahead(turn))) from None
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep on the clock; `_wake_head` cuts it short when the limits change."""

@@ -39,9 +39,9 @@ class TokenBudget:
         await self._bucket.acquire(max(0, estimate), max_wait=max_wait)
         return Reservation(self, max(0, estimate))
 
-    def tighten(self, remaining: int, reset_after: float) -> None:
-        """Headers say only `remaining` tokens are left until the reset: spend no more before it."""
-        self._bucket.tighten(remaining, reset_after)
+    def tighten(self, remaining: int, reset_after: float, limit: int | None = None) -> None:
+        """Headers say only `remaining` tokens (of `limit`) are left until the reset: spend no more before it."""
+        self._bucket.tighten(remaining, reset_after, limit)
 
     def snapshot(self) -> dict[str, object]:
         bucket = self._bucket.snapshot()

@@ -7,7 +7,7 @@ import pytest
 
 from integrations.errors import RateLimited
 from integrations.resilience.clock import ManualClock
-from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
 from integrations.resilience.tokens import TokenBudget
 
 
@@ -159,21 +159,47 @@ async def test_cancelled_middle_waiter_leaves_its_place_to_the_next() -> None:
     assert limiter.snapshot()["waiting"] == 0
 
 
-async def test_tighten_spreads_the_remaining_requests_until_the_reset_then_restores_the_rate() -> None:
+async def test_tighten_with_plenty_left_lets_back_to_back_requests_through_at_once() -> None:
+    # A proxy says "49 of 50 left, resets in 60 s" after our first request; the limiter is the
+    # default openai one (500 a minute, burst 83), so only the headers can slow it down.
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=500, per=60.0, clock=clock, burst=83)
+    await limiter.acquire()
+    limiter.tighten(remaining=49, reset_after=60.0, limit=50)
+
+    times = await grant_times(clock, limiter, until=60.0)
+
+    # 44 at once; the last tenth of the limit (5) each waits its share of the time to the reset.
+    assert times[:44] == [0.0] * 44
+    assert times[44:] == pytest.approx([10.0, 20.0, 30.0, 40.0, 50.0])
+
+
+async def test_tighten_with_two_left_spaces_them_until_the_reset_then_restores_the_rate() -> None:
     clock = ManualClock()
     limiter = RateLimiter("api", rate=10, per=1.0, clock=clock)
-    limiter.tighten(remaining=2, reset_after=10.0)
+    await limiter.acquire()
+    limiter.tighten(remaining=2, reset_after=10.0, limit=20)
     assert limiter.snapshot()["tightened"] is True
 
     times = await grant_times(clock, limiter, until=11.0)
 
-    assert [t for t in times if t < 10.0] == [0.0, 5.0]
+    assert [t for t in times if t < 10.0] == pytest.approx([10 / 3, 20 / 3])
     # After the reset: a full bucket again, then 10 per second.
     assert len([t for t in times if 10.0 <= t < 11.0]) == 10 + 9
     assert limiter.snapshot()["tightened"] is False
 
 
-async def test_tighten_is_ignored_when_the_upstream_allows_more_than_we_send() -> None:
+async def test_tighten_without_the_limit_keeps_the_last_unit_for_later_in_the_window() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=10, per=1.0, clock=clock)
+    limiter.tighten(remaining=2, reset_after=10.0)
+
+    times = await grant_times(clock, limiter, until=10.0)
+
+    assert times == [0.0, 5.0]
+
+
+async def test_tighten_is_not_shown_while_the_upstream_allows_more_than_we_send() -> None:
     clock = ManualClock()
     limiter = RateLimiter("api", rate=1, per=1.0, clock=clock, burst=1)
 
@@ -191,6 +217,127 @@ async def test_tighten_with_nothing_remaining_holds_everyone_until_the_reset() -
     await clock.run_until_complete(limiter.acquire())
 
     assert clock.monotonic() - t0 == pytest.approx(4.0)
+
+
+async def test_concurrent_callers_never_pass_on_the_same_remaining_count() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=100, per=1.0, clock=clock)
+    t0 = clock.monotonic()
+    limiter.tighten(remaining=3, reset_after=60.0, limit=10)
+    granted: list[float] = []
+
+    async def take() -> None:
+        await limiter.acquire()
+        granted.append(clock.monotonic() - t0)
+
+    callers = [await start(clock, take()) for _ in range(10)]
+    await clock.advance(59.9)
+    assert len(granted) == 3
+    await clock.advance(0.1)
+    await asyncio.gather(*callers)
+
+    assert granted[3:] == [60.0] * 7
+
+
+async def test_a_report_is_charged_with_what_was_granted_after_its_request() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=100, per=1.0, clock=clock)
+    answered = asyncio.Event()
+
+    async def request_then_read_headers() -> None:
+        await limiter.acquire()
+        await answered.wait()
+        # Counted when our request reached the upstream: 3 left, before the 3 sent meanwhile.
+        limiter.tighten(remaining=3, reset_after=60.0, limit=10)
+
+    first = await start(clock, request_then_read_headers())
+    for _ in range(3):
+        await limiter.acquire()
+    answered.set()
+    await first
+    t0 = clock.monotonic()
+
+    await clock.run_until_complete(limiter.acquire())
+
+    assert clock.monotonic() - t0 == pytest.approx(60.0)
+
+
+async def test_a_report_read_outside_a_granting_task_counts_from_when_it_is_read() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=100, per=1.0, clock=clock)
+    for _ in range(3):
+        await start(clock, limiter.acquire())
+    limiter.tighten(remaining=3, reset_after=60.0, limit=10)
+    t0 = clock.monotonic()
+
+    await clock.run_until_complete(limiter.acquire())
+
+    assert clock.monotonic() == t0
+
+
+async def granted_request(clock: ManualClock, limiter: RateLimiter, remaining: int) -> tuple[asyncio.Task, asyncio.Event]:
+    """A request that has gone; setting the event reads its response, which reports `remaining`."""
+    answered = asyncio.Event()
+
+    async def request() -> None:
+        await limiter.acquire()
+        await answered.wait()
+        limiter.tighten(remaining=remaining, reset_after=60.0, limit=50)
+
+    return await start(clock, request()), answered
+
+
+async def read(*responses: tuple[asyncio.Task, asyncio.Event]) -> None:
+    for task, answered in responses:
+        answered.set()
+        await task
+
+
+async def back_to_back_grants(clock: ManualClock, limiter: RateLimiter, count: int) -> list[float]:
+    t0 = clock.monotonic()
+    times = []
+    for _ in range(count):
+        await clock.run_until_complete(limiter.acquire())
+        times.append(clock.monotonic() - t0)
+    return times
+
+
+async def test_a_late_response_from_an_older_request_does_not_loosen_the_limit() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=100, per=1.0, clock=clock)
+    older = await granted_request(clock, limiter, remaining=40)
+    newer = await granted_request(clock, limiter, remaining=7)
+
+    await read(newer, older)
+
+    # 7 left, the last 5 paced: two at once, then one every 60 / 6 s.
+    assert await back_to_back_grants(clock, limiter, 3) == pytest.approx([0.0, 0.0, 10.0])
+
+
+async def test_a_newer_report_replaces_an_older_one_even_with_more_room() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=100, per=1.0, clock=clock)
+    older = await granted_request(clock, limiter, remaining=0)
+    newer = await granted_request(clock, limiter, remaining=20)
+
+    await read(older)
+    assert limiter.snapshot()["tightened"] is True
+    await read(newer)
+
+    assert limiter.snapshot()["tightened"] is False
+    assert await back_to_back_grants(clock, limiter, 3) == [0.0, 0.0, 0.0]
+
+
+async def test_a_caller_that_would_wait_longer_than_its_share_allows_fails_fast() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter("api", rate=100, per=1.0, clock=clock)
+    await limiter.acquire()
+    limiter.tighten(remaining=1, reset_after=60.0, limit=50)
+
+    with pytest.raises(WaitTooLong) as raised:
+        await limiter.acquire(max_wait=5.0)
+
+    assert raised.value.retry_after == pytest.approx(30.0)
 
 
 async def test_pause_holds_every_caller_including_one_already_waiting() -> None:
@@ -339,5 +486,35 @@ async def test_tightened_token_budget_spends_no_more_than_remaining_before_the_r
     await clock.run_until_complete(budget.reserve(40))
     assert clock.monotonic() == t0
     await clock.run_until_complete(budget.reserve(40))
+
+    assert clock.monotonic() - t0 == pytest.approx(60.0)
+
+
+async def test_tightened_token_budget_goes_at_once_then_paces_its_last_tenth() -> None:
+    clock = ManualClock()
+    budget = TokenBudget("openai", tokens_per_minute=1_000_000, clock=clock)
+    await budget.reserve(1_000)
+    budget.tighten(remaining=30_000, reset_after=60.0, limit=30_000)
+    t0 = clock.monotonic()
+    times = []
+
+    for _ in range(4):
+        await clock.run_until_complete(budget.reserve(10_000))
+        times.append(clock.monotonic() - t0)
+
+    # 30,000 left: two go at once; the third would leave less than the 3,000 reserve, so it waits
+    # its share (10,000 of the 20,000 then in play) of the time to the reset; the fourth, the reset.
+    assert times == pytest.approx([0.0, 0.0, 30.0, 60.0])
+
+
+async def test_usage_above_the_estimate_counts_against_what_the_headers_said_is_left() -> None:
+    clock = ManualClock()
+    budget = TokenBudget("openai", tokens_per_minute=1_000_000, clock=clock)
+    budget.tighten(remaining=5_000, reset_after=60.0, limit=100_000)
+    reservation = await budget.reserve(1_000)
+    reservation.settle(4_500)
+    t0 = clock.monotonic()
+
+    await clock.run_until_complete(budget.reserve(1_000))
 
     assert clock.monotonic() - t0 == pytest.approx(60.0)
