@@ -10,6 +10,7 @@ import logging
 import math
 import re
 from datetime import timedelta
+from typing import Any, cast
 
 from bot.logs import Redactor
 from handlers.commands import Command
@@ -156,7 +157,7 @@ async def breaker(services: Services, message: IncomingMessage, args: str) -> No
     if registry is None:
         await reply(services, message, "No circuit breakers are registered.")
         return
-    names = list((registry.snapshot().get("breakers") or {}).keys())
+    names = list(_breakers(registry))
     verb, _, target = args.partition(" ")
     target = target.strip()
     if not args or verb.lower() == "list":
@@ -184,16 +185,21 @@ async def breaker(services: Services, message: IncomingMessage, args: str) -> No
     await reply(services, message, f"Closed the circuit breaker `{matches[0]}`: calls go through again.")
 
 
+def _breakers(registry: ResilienceRegistry) -> dict[str, dict[str, Any]]:
+    """Each breaker's snapshot by name (as `CircuitBreaker.snapshot` gives it)."""
+    return cast("dict[str, dict[str, Any]]", registry.snapshot()["breakers"])
+
+
 def _breaker_list(registry: ResilienceRegistry) -> str:
-    breakers = registry.snapshot().get("breakers") or {}
+    breakers = _breakers(registry)
     if not breakers:
         return "No circuit breakers are registered."
     lines = ["**Circuit breakers**"]
     for name, snap in breakers.items():
-        state = str(snap.get("state", "unknown")).replace("_", "-")
+        state = str(snap["state"]).replace("_", "-")
         line = f"• `{name}`: {state}"
         if state == "open":
-            line += f", retries in {math.ceil(float(snap.get('retry_in', 0.0)))} s"
+            line += f", retries in {math.ceil(float(snap['retry_in']))} s"
         lines.append(line)
     return "\n".join(lines)
 
