@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import anthropic
 import anyio
@@ -26,63 +26,26 @@ from integrations.errors import (
     Unavailable,
     UpstreamError,
 )
-from integrations.http_errors import LimitHint, anthropic_limit_hint, error_class_for_status, rate_limit_wait, utc_now
+from integrations.http_errors import LimitHint, anthropic_limit_hint, error_class_for_status
 from integrations.llm import ChatMessage, ChatRequest, StreamResult
+from integrations.provider import ChatSdkAdapter, Sdk
 
 logger = logging.getLogger(__name__)
 
 _CONTEXT_PHRASES = ("prompt is too long", "context window", "too many tokens")
-_MESSAGE_LIMIT = 300
-# The SDK reads the body of a stream without wrapping transport failures in its own types.
-_TRANSPORT_ERRORS = (httpx2.TransportError, anyio.EndOfStream, anyio.BrokenResourceError, OSError)
+ANTHROPIC_SDK = Sdk(
+    client=anthropic.AsyncAnthropic,
+    timeout=anthropic.Timeout,
+    error=anthropic.AnthropicError,
+    refusals=(anthropic.AuthenticationError, anthropic.PermissionDeniedError),
+    # The SDK reads the body of a stream without wrapping transport failures in its own types.
+    transport_errors=(httpx2.TransportError, anyio.EndOfStream, anyio.BrokenResourceError, OSError),
+)
 
 
-class AnthropicChat:
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        name: str = "anthropic",
-        connect_timeout: float = 10.0,
-        read_timeout: float = 120.0,
-        on_limits: Callable[[LimitHint], None] | None = None,
-        on_headers: Callable[[Mapping[str, str]], None] | None = None,
-        now: Callable[[], datetime] = utc_now,
-    ) -> None:
-        self.name = name
-        self._api_key = api_key
-        self._on_limits = on_limits
-        # Sees every response's headers (Deprecation / Sunset signals).
-        self._on_headers = on_headers
-        self._now = now
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=base_url,
-            max_retries=0,
-            timeout=anthropic.Timeout(read_timeout, connect=connect_timeout),
-        )
-
-    def __repr__(self) -> str:
-        return f"AnthropicChat(name={self.name!r}, base_url={str(self._client.base_url)!r})"
-
-    def set_api_key(self, api_key: str) -> None:
-        """Use a rotated key from the next request on; the SDK reads it for every request."""
-        self._api_key = api_key
-        self._client.api_key = api_key
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    async def list_models(self) -> list[str]:
-        try:
-            return [model.id async for model in self._client.models.list()]
-        except anthropic.AnthropicError as err:
-            raise self._translate(err, request_id=None) from _cause(err)
-        except _TRANSPORT_ERRORS as err:
-            raise Unavailable(f"connection failed ({type(err).__name__})", upstream=self.name) from err
-        except ValueError as err:
-            raise MalformedResponse("the model list is not valid JSON", upstream=self.name) from err
+class AnthropicChat(ChatSdkAdapter):
+    default_name = "anthropic"
+    sdk = ANTHROPIC_SDK
 
     async def stream(self, request: ChatRequest, result: StreamResult) -> AsyncIterator[str]:
         messages = alternating_turns(request.messages)
@@ -94,28 +57,18 @@ class AnthropicChat:
                 model=request.model, max_tokens=request.max_tokens, messages=messages, stream=True, **options
             )
         except anthropic.AnthropicError as err:
-            raise self._translate(err, request_id=None) from _cause(err)
+            raise self._translate(err, request_id=None) from self._cause(err)
         result.request_id = events.response.headers.get("request-id")
         self._report_limits(events.response.headers)
         finished = False
         try:
-            async for event in events:
-                if event.type == "message_stop":
-                    finished = True
-                text = self._take(event, result)
-                if text:
-                    yield text
-        except anthropic.AnthropicError as err:
-            raise self._translate(err, request_id=result.request_id) from _cause(err)
-        except _TRANSPORT_ERRORS as err:
-            raise Unavailable(
-                f"the stream broke off ({type(err).__name__})", upstream=self.name, request_id=result.request_id
-            ) from err
-        except ValueError as err:
-            # json.JSONDecodeError and UnicodeDecodeError: an event that is not the documented JSON.
-            raise MalformedResponse(
-                f"unreadable stream event ({type(err).__name__})", upstream=self.name, request_id=result.request_id
-            ) from err
+            with self._reading(result.request_id, "stream event"):
+                async for event in events:
+                    if event.type == "message_stop":
+                        finished = True
+                    text = self._take_from(_take, event, result, f"{event.type} event")
+                    if text:
+                        yield text
         finally:
             await events.close()
         if not finished:
@@ -123,29 +76,8 @@ class AnthropicChat:
                 "the stream ended before message_stop", upstream=self.name, request_id=result.request_id
             )
 
-    def _take(self, event: RawMessageStreamEvent, result: StreamResult) -> str:
-        try:
-            return _take(event, result)
-        except (AttributeError, TypeError) as err:
-            # The SDK builds events leniently, so a documented field that is missing shows up here.
-            raise MalformedResponse(
-                f"{event.type} event lacks a documented field", upstream=self.name, request_id=result.request_id
-            ) from err
-
-    def _report_limits(self, headers: Mapping[str, str]) -> None:
-        if self._on_headers is not None:
-            try:
-                self._on_headers(headers)
-            except Exception:  # an observer must never break a reply
-                logger.exception("%s: on_headers callback failed", self.name)
-        hint = anthropic_limit_hint(headers, self._now())
-        if hint is None or self._on_limits is None:
-            return
-        try:
-            self._on_limits(hint)
-        except Exception:
-            # A broken observer must not fail the call it was only watching.
-            logger.exception("%s: on_limits callback failed", self.name)
+    def _limit_hint(self, headers: Mapping[str, str], now: datetime) -> LimitHint | None:
+        return anthropic_limit_hint(headers, now)
 
     def _translate(self, err: anthropic.AnthropicError, *, request_id: str | None) -> UpstreamError:
         where = {"upstream": self.name, "request_id": request_id}
@@ -174,10 +106,7 @@ class AnthropicChat:
         if kind in ("authentication_error", "permission_error") or status in (401, 403):
             return AuthFailed(f"credential refused ({kind or 'no detail'})", **where)
         if kind == "rate_limit_error" or status == 429:
-            wait = None
-            if status is not None:
-                now = self._now()
-                wait = rate_limit_wait(headers, now, anthropic_limit_hint(headers, now))
+            wait = self.rate_limit_wait(headers) if status is not None else None
             return RateLimited(self._describe(err), **where, retry_after=wait)
         if kind == "billing_error":
             return QuotaExhausted(self._describe(err), **where)
@@ -193,11 +122,7 @@ class AnthropicChat:
         return error_class_for_status(status or 200)(self._describe(err), **where)
 
     def _describe(self, err: anthropic.APIStatusError) -> str:
-        label = err.type or "error"
-        message = err.api_message or ""
-        if self._api_key:
-            message = message.replace(self._api_key, "[redacted]")
-        return f"{label}: {message[:_MESSAGE_LIMIT]}" if message else label
+        return self._error_text(err.type or "error", err.api_message or "")
 
 
 def alternating_turns(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -249,10 +174,3 @@ def _body_request_id(err: anthropic.APIStatusError) -> str | None:
     body = err.body
     value = body.get("request_id") if isinstance(body, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _cause(err: anthropic.AnthropicError) -> BaseException | None:
-    """Keep the SDK error as the cause, except a refused credential (no reason to carry its text)."""
-    if isinstance(err, (anthropic.AuthenticationError, anthropic.PermissionDeniedError)):
-        return None
-    return err

@@ -1,9 +1,10 @@
 """What an upstream's HTTP answer says about waiting, budgets and failure.
 
 Shared by every adapter: how long the upstream asked us to wait (`retry-after-ms`, `retry-after`
-as seconds or an HTTP date), how much of its rate budget is left (`x-ratelimit-*` with Go-style
-durations, `anthropic-ratelimit-*` with RFC 3339 reset times), and which project error a status
-code means when the body says nothing more specific.
+as seconds or an HTTP date, or a budget's reset as seconds, a Go-style duration or a Unix time),
+how much of its rate budget is left (`x-ratelimit-*` with Go-style durations,
+`anthropic-ratelimit-*` with RFC 3339 reset times), and which project error a status code means
+when the body says nothing more specific.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m":
 
 # Statuses that mean "this attempt did not get through" rather than "this request is wrong".
 _TRANSIENT_4XX = {408, 409, 425}
+# A reset this large is a Unix time, not a number of seconds.
+_EPOCH_THRESHOLD = 1_000_000_000
 
 
 def utc_now() -> datetime:
@@ -129,9 +132,33 @@ def anthropic_limit_hint(headers: Mapping[str, str], now: datetime) -> LimitHint
     return LimitHint(*requests, *tokens)
 
 
-def rate_limit_wait(headers: Mapping[str, str], now: datetime, hint: LimitHint | None) -> float | None:
-    """The wait to report with a 429: what the upstream asked for, else when the exhausted budget refills."""
+def reset_seconds(value: str | None, now: datetime) -> float | None:
+    """A budget's reset (`x-ratelimit-reset`) as seconds from now: seconds, a Go-style duration, or a Unix time."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return _duration(text)
+    if not math.isfinite(number) or number < 0:
+        return None
+    if number >= _EPOCH_THRESHOLD:
+        return max(0.0, number - now.timestamp())
+    return number
+
+
+def rate_limit_wait(
+    headers: Mapping[str, str], now: datetime, hint: LimitHint | None, *, reset_header: str | None = None
+) -> float | None:
+    """The wait to report with a 429: what the upstream asked for, else when the exhausted budget refills.
+
+    `reset_header` names a header holding the reset of the whole budget (Perplexity's
+    `x-ratelimit-reset`), read after Retry-After and before `hint`.
+    """
     asked = retry_after_seconds(headers, now)
+    if asked is None and reset_header is not None:
+        asked = reset_seconds(_lower(headers).get(reset_header.lower()), now)
     if asked is not None:
         return asked
     return hint.exhausted_reset_s() if hint is not None else None

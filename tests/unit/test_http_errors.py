@@ -13,6 +13,7 @@ from integrations.http_errors import (
     openai_limit_hint,
     parse_duration,
     rate_limit_wait,
+    reset_seconds,
     retry_after_seconds,
 )
 
@@ -145,6 +146,33 @@ def test_rate_limit_wait_prefers_what_the_upstream_asked_for():
     assert rate_limit_wait({"retry-after": "2"}, NOW, hint) == 2.0
     assert rate_limit_wait({}, NOW, hint) == 30.0
     assert rate_limit_wait({}, NOW, None) is None
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        ("60", 60.0),
+        (" 1.5 ", 1.5),
+        ("1m30s", 90.0),
+        (str(int(NOW.timestamp()) + 42), 42.0),
+        (str(int(NOW.timestamp()) - 5), 0.0),
+        ("-3", None),
+        ("nan", None),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_reset_seconds_reads_seconds_durations_and_unix_times(value, seconds):
+    assert reset_seconds(value, NOW) == seconds
+
+
+def test_rate_limit_wait_reads_a_named_reset_header_after_retry_after_and_before_the_hint():
+    hint = LimitHint(requests_remaining=0, requests_reset_s=30.0)
+    headers = {"X-RateLimit-Reset": "12"}
+    assert rate_limit_wait(headers, NOW, hint) == 30.0
+    assert rate_limit_wait(headers, NOW, hint, reset_header="x-ratelimit-reset") == 12.0
+    assert rate_limit_wait({**headers, "Retry-After": "2"}, NOW, hint, reset_header="x-ratelimit-reset") == 2.0
+    assert rate_limit_wait({}, NOW, hint, reset_header="x-ratelimit-reset") == 30.0
 
 
 @pytest.mark.parametrize(
