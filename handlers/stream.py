@@ -25,10 +25,10 @@ import random
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
-from handlers.render import render_markdown
-from handlers.split import split_rich_text
+from handlers.render import MarkdownStream, render_markdown
 from handlers.richtext import RichText
-from handlers.transport import DraftsUnsupported, Transport
+from handlers.split import SplitSoFar, split_rich_text
+from handlers.transport import DraftsUnsupported, PreviewGate, Transport
 from integrations.errors import BadRequest, PreviewDeferred, RateLimited, UpstreamError
 from integrations.resilience.clock import Clock
 
@@ -70,6 +70,12 @@ class ReplyStream:
         self._use_drafts = use_drafts
         self._pacing = pacing
         self._render = render
+        # A preview renders only what changed since the last one and splits only its last part
+        # again (the final text is rendered and split whole), and none is rendered at all while
+        # the transport says it would not take it (`takes_preview`, if it has one).
+        self._render_preview = MarkdownStream().render if render is render_markdown else render
+        self._preview_parts = SplitSoFar(TELEGRAM_TEXT_LIMIT)
+        self._takes_preview = transport.takes_preview if isinstance(transport, PreviewGate) else None
         self._draft_id = draft_id or random.SystemRandom().getrandbits(62) + 1
         self._latest = ""
         self._shown = ""
@@ -85,6 +91,10 @@ class ReplyStream:
         self._last_call_at: float | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._typing_task: asyncio.Task[None] | None = None
+        # Whether each background task is only waiting (for text, its pace, the next typing
+        # action): stopping it then loses nothing, so it is cancelled instead of awaited.
+        self._pump_waiting = False
+        self._typing_waiting = False
 
     @property
     def message_ids(self) -> list[int]:
@@ -99,7 +109,9 @@ class ReplyStream:
         if not text.strip():
             return
         self._latest = text
-        self._first_text.set()
+        if not self._first_text.is_set():
+            self._first_text.set()
+            self._stop_if_waiting(self._typing_task, self._typing_waiting)
         self._changed.set()
 
     async def finish(self, text: str) -> list[int]:
@@ -108,6 +120,7 @@ class ReplyStream:
         Calling it again after it was interrupted delivers only what had not landed yet."""
         self._closed.set()
         self._first_text.set()
+        self._changed.set()
         await self._stop_background()
         parts = split_rich_text(self._render(text.strip()), TELEGRAM_TEXT_LIMIT) or [RichText.plain("…")]
         for index, part in enumerate(parts):
@@ -130,9 +143,16 @@ class ReplyStream:
 
     async def _stop_background(self) -> None:
         """Wait for the call in flight (so the final edit cannot be overtaken by a stale preview)."""
+        self._stop_if_waiting(self._typing_task, self._typing_waiting)
+        self._stop_if_waiting(self._pump_task, self._pump_waiting)
         for task in (self._typing_task, self._pump_task):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
+
+    @staticmethod
+    def _stop_if_waiting(task: asyncio.Task[None] | None, waiting: bool) -> None:
+        if task is not None and waiting:
+            task.cancel()
 
     async def _delete_unneeded(self, needed: int) -> None:
         """Messages of an earlier, longer attempt that the final text does not use."""
@@ -147,28 +167,43 @@ class ReplyStream:
         del self._shown_parts[needed:]
 
     async def _keep_typing(self) -> None:
+        # The first text, `finish` and `close` cancel it while it waits: no task per wait.
         while not self._first_text.is_set():
             try:
                 await self._transport.typing(self._chat_id)
             except UpstreamError as error:
                 log.debug("typing indicator failed: %s", error)
-            await _first_of(self._clock.sleep(self._pacing.typing_interval), self._first_text.wait())
+            if self._first_text.is_set():
+                return
+            self._typing_waiting = True
+            try:
+                await self._clock.sleep(self._pacing.typing_interval)
+            finally:
+                self._typing_waiting = False
 
     async def _pump(self) -> None:
+        # `finish` wakes it (`_changed`), or cancels it while it waits for its pace.
         while not self._closed.is_set():
-            await _first_of(self._changed.wait(), self._closed.wait())
-            self._changed.clear()
-            await self._wait_for_pace()
+            self._pump_waiting = True
+            try:
+                await self._changed.wait()
+                self._changed.clear()
+                await self._wait_for_pace()
+            finally:
+                self._pump_waiting = False
             if self._closed.is_set():
                 return
             text = self._latest
             if text == self._shown:
                 continue
             try:
-                await self._show_preview(text)
-                self._shown = text
+                if self._takes_preview is None or self._takes_preview(self._chat_id):
+                    await self._show_preview(text)
+                    self._shown = text
+                # Else the transport is keeping capacity for final texts (or the chat is paused):
+                # nothing is rendered, and newer text goes next turn.
             except PreviewDeferred:
-                pass  # the transport is keeping capacity for final texts; newer text goes next turn
+                pass  # the same, said by the transport after the preview was rendered
             except UpstreamError as error:
                 # A lost preview is harmless: the next update or the final text replaces it.
                 log.info("preview update failed in chat %s: %s", self._chat_id, error)
@@ -181,14 +216,15 @@ class ReplyStream:
         interval = self._pacing.draft_interval if self._use_drafts else self._pacing.edit_interval
         remaining = self._last_call_at + interval - self._clock.monotonic()
         if remaining > 0:
-            await _first_of(self._clock.sleep(remaining), self._closed.wait())
+            await self._clock.sleep(remaining)
 
     async def _show_preview(self, text: str) -> None:
-        rendered = self._render(text)
+        parts = self._preview_parts.parts(self._render_preview(text))
+        if not parts:
+            return  # Markdown that shows no text (an empty heading): nothing to preview yet
         if self._use_drafts:
-            preview = split_rich_text(rendered, TELEGRAM_TEXT_LIMIT)
             try:
-                await self._transport.draft(self._chat_id, self._draft_id, preview[-1])
+                await self._transport.draft(self._chat_id, self._draft_id, parts[-1])
                 return
             except DraftsUnsupported:
                 log.info("drafts unavailable in chat %s; streaming by edits", self._chat_id)
@@ -196,7 +232,6 @@ class ReplyStream:
             except BadRequest as error:
                 log.info("draft refused in chat %s (%s); streaming by edits", self._chat_id, error)
                 self._use_drafts = False
-        parts = split_rich_text(rendered, TELEGRAM_TEXT_LIMIT)
         for index, part in enumerate(parts):
             if index < len(self._message_ids):
                 if self._shown_parts[index] != part:
@@ -272,12 +307,3 @@ class ReplyStream:
                 await self._clock.sleep(delay)
                 delay *= 2
 
-
-async def _first_of(*awaitables) -> None:
-    """Wait until the first awaitable completes; cancel the rest."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Protocol, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence, runtime_checkable
 
 from handlers.richtext import RichText
 from integrations.errors import BadRequest
@@ -104,4 +104,14 @@ class Transport(Protocol):
 
     async def delete(self, chat_id: int, message_ids: Sequence[int]) -> None:
         """Remove the bot's own messages (a stale partial reply); best effort, may raise UpstreamError."""
+        ...
+
+
+@runtime_checkable
+class PreviewGate(Protocol):
+    """Optional for a Transport: a reply stream asks it before rendering a preview."""
+
+    def takes_preview(self, chat_id: int) -> bool:
+        """Whether a preview for this chat would be taken now rather than deferred or held (a
+        cheap check; no call is made). A transport without this method takes every preview."""
         ...

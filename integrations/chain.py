@@ -21,7 +21,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeV
 from integrations.context_window import estimate_tokens, trim_to_budget
 from integrations.errors import ContextTooLong, MalformedResponse, Unavailable, UpstreamError
 from integrations.llm import ChatMessage, ChatProvider, ChatRequest, ModelRef, StreamResult, Usage
-from integrations.resilience.clock import Clock, wait_for
+from integrations.resilience.clock import Clock, Watchdog, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +264,12 @@ class ModelChain:
         return OpenedStream(stream, str(first), result)
 
     async def _continue(self, opened: OpenedStream, model: ChainModel, shown: str, deadline: float) -> AsyncIterator[str]:
-        """Yield the model's text, dropping what repeats `shown`, with idle and total timeouts."""
+        """Yield the model's text, dropping what repeats `shown`, with idle and total timeouts.
+
+        One watchdog times every chunk's wait: `wait_for` would start two tasks per chunk."""
         pending = opened.first
         deduplicated = not shown
+        watchdog = Watchdog(self.clock)
         try:
             while True:
                 if deduplicated and pending:
@@ -276,7 +279,8 @@ class ModelChain:
                 if timeout <= 0:
                     raise Unavailable(f"answer exceeded {self.timeouts.total:g} s", upstream=str(model.ref))
                 try:
-                    chunk = await wait_for(self.clock, _next_chunk(opened.stream), timeout)
+                    with watchdog.limit(timeout):
+                        chunk = await _next_chunk(opened.stream)
                 except TimeoutError:
                     raise Unavailable(f"stream stalled for {timeout:g} s", upstream=str(model.ref)) from None
                 if chunk is _END:
@@ -290,6 +294,7 @@ class ModelChain:
             if pending:
                 yield pending
         finally:
+            watchdog.close()
             await _close(opened.stream)
             opened.finish()
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Awaitable, Callable, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -149,3 +151,79 @@ async def wait_for(clock: Clock, awaitable: Awaitable[T], timeout: float | None)
     except (asyncio.CancelledError, Exception):
         pass
     raise TimeoutError(f"no answer within {timeout:g} s")
+
+
+class Watchdog:
+    """Timeouts for one task's series of waits (a stream read chunk by chunk), on one timer for all.
+
+    `wait_for` starts two tasks per wait, which for a stream is two per chunk. A watchdog starts
+    one timer task for its whole life: `with watchdog.limit(seconds): await ...` only moves its
+    deadline, and if the deadline passes while the block waits, the waiting task is cancelled
+    there and the block raises TimeoutError instead, as `asyncio.timeout` does. The timer sleeps
+    until the deadline it knows of and, if the waits since moved it later, sleeps on; between
+    waits it waits for the next one. A deadline earlier than the one it sleeps for restarts it.
+    `close()` stops it.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._seconds = 0.0
+        self._deadline = math.inf
+        self._task: asyncio.Task[Any] | None = None  # the task inside `limit`
+        self._cancelling = 0
+        self._armed = False  # a block is waiting and has not been cancelled yet
+        self._fired = False
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_until = math.inf
+        self._next_wait: asyncio.Future[None] | None = None  # the idle timer waits on it
+
+    def limit(self, seconds: float) -> "Watchdog":
+        """Time the `with` block: TimeoutError if it is still waiting `seconds` from now."""
+        self._seconds = seconds
+        self._deadline = self._clock.monotonic() + seconds
+        return self
+
+    def __enter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "a watchdog times a task"
+        self._task, self._cancelling = task, task.cancelling()
+        self._armed, self._fired = True, False
+        if self._next_wait is not None:
+            if not self._next_wait.done():
+                self._next_wait.set_result(None)
+        elif self._timer is None or self._deadline < self._timer_until:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_until = self._deadline
+            self._timer = asyncio.ensure_future(self._watch())
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._armed = False
+        if self._fired and self._task is not None:
+            self._fired = False
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError(f"no answer within {self._seconds:g} s")
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._next_wait = None
+
+    async def _watch(self) -> None:
+        while True:
+            if not self._armed:
+                self._timer_until = math.inf
+                self._next_wait = asyncio.get_running_loop().create_future()
+                await self._next_wait
+                self._next_wait = None
+                continue
+            delay = self._deadline - self._clock.monotonic()
+            if delay > 0:
+                self._timer_until = self._deadline
+                await self._clock.sleep(delay)
+                continue
+            assert self._task is not None
+            self._armed, self._fired = False, True
+            self._task.cancel()

@@ -228,6 +228,18 @@ class FloodGovernor:
         finally:
             scope.users -= 1
 
+    def takes_preview(self, chat_id: int) -> bool:
+        """Whether a preview in this chat would go out now rather than be deferred or held by a
+        pause: a cheap check, no call is made, so a caller can skip rendering one that would not
+        be taken. A no counts as a deferred preview."""
+        scope = self._chats.get(chat_id)
+        if self._has_headroom(scope.window if scope is not None else None) and not (
+            scope is not None and self._is_paused(scope)
+        ):
+            return True
+        self._previews_deferred += 1
+        return False
+
     def snapshot(self) -> GovernorSnapshot:
         self._prune()
         now = self._clock.monotonic()
@@ -393,6 +405,9 @@ class GovernedTransport:
 
     async def typing(self, chat_id: int) -> None:
         await self._governor.run(chat_id, chat_id > 0, lambda: self._inner.typing(chat_id), "typing")
+
+    def takes_preview(self, chat_id: int) -> bool:
+        return self._governor.takes_preview(chat_id)
 
     async def delete(self, chat_id: int, message_ids: Sequence[int]) -> None:
         await self._governor.run(chat_id, chat_id > 0, lambda: self._inner.delete(chat_id, message_ids), "edit")

@@ -5,6 +5,7 @@ from handlers.stream import ReplyStream, StreamPacing
 from integrations.errors import BadRequest, RateLimited
 from integrations.resilience.clock import ManualClock
 from tests.fakes.transport import RecordingTransport
+from tests.unit.test_watchdog import CountingTasks
 
 CHAT = 42
 
@@ -187,3 +188,79 @@ async def test_a_first_attempt_does_not_pay_an_edit_for_each_keyed_send():
     await stream.finish("x" * 5000)
 
     assert transport.kinds(CHAT) == ["send", "send"]
+
+
+class GatedTransport(RecordingTransport):
+    """A transport that says, before each preview, whether it would take it."""
+
+    takes = True
+
+    def takes_preview(self, chat_id: int) -> bool:
+        return self.takes
+
+
+async def test_no_preview_is_rendered_while_the_transport_would_not_take_it():
+    clock = ManualClock()
+    transport = GatedTransport(clock)
+    rendered: list[str] = []
+
+    def render(text: str) -> RichText:
+        rendered.append(text)
+        return plain(text)
+
+    stream = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=render)
+    stream.start()
+    transport.takes = False
+    text = await stream_words(clock, stream, [f"w{i} " for i in range(10)], gap=0.5)
+    assert rendered == [] and "send" not in transport.kinds(-CHAT)
+    transport.takes = True
+    stream.update(text + "more")
+    await clock.advance(1.0)
+    assert rendered == [text + "more"]
+    await stream.finish(text + "more")
+    assert transport.texts(-CHAT) == [(text + "more").strip()]
+
+
+async def test_the_final_text_does_not_wait_for_the_preview_pace():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, -CHAT, use_drafts=False, render=plain, pacing=StreamPacing(edit_interval=30))
+    stream.start()
+    stream.update("first")
+    await clock.advance(0.1)
+    stream.update("first second")
+    await clock.advance(0.1)
+    started = clock.monotonic()
+    await stream.finish("first second third")
+    assert clock.monotonic() == started
+    assert transport.texts(-CHAT) == ["first second third"]
+
+
+async def test_streaming_starts_no_task_per_update():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    with CountingTasks() as tasks:
+        stream = ReplyStream(transport, clock, CHAT, use_drafts=True)
+        stream.start()
+        text = await stream_words(clock, stream, [f"**w{i}** " for i in range(200)], gap=0.05)
+        await stream.finish(text)
+    assert tasks.created == 2  # the typing indicator and the preview pump, for the whole reply
+    assert len([kind for kind in transport.kinds(CHAT) if kind == "draft"]) >= 9
+
+
+async def test_a_long_reply_previews_as_drafts_of_its_last_part():
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, CHAT, use_drafts=True)
+    stream.start()
+    paragraph = ("word " * 150).strip()
+    text = ""
+    for index in range(12):
+        text += f"{paragraph} {index}\n\n"
+        stream.update(text)
+        await clock.advance(1.0)
+    drafts = [call.text.text for call in transport.calls if call.kind == "draft"]
+    assert all(len(draft) <= 4096 for draft in drafts)
+    assert drafts[-1].endswith("word 11")
+    await stream.finish(text)
+    assert " ".join(transport.texts(CHAT)).split() == text.split()
