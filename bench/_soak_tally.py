@@ -126,14 +126,22 @@ def replies_by_token(texts: Iterable[str]) -> dict[str, list[str]]:
 
 
 def count_unquoted(
-    tally: Tally, questions: Iterable[str], texts: Iterable[str], statuses: Mapping[str, str]
+    tally: Tally,
+    questions: Iterable[str],
+    texts: Iterable[str],
+    statuses: Mapping[str, str],
+    commands: Iterable[str] = (),
 ) -> list[str]:
     """Count questions whose replies quote nothing (the console, a private chat): an answer names
-    its question; an error note names none and is given to a question the database says ended
-    with one. Returns the error notes left over (printed for no question)."""
+    its question; an error note names none and is given to a question, or a command (a /note
+    given up), the database says ended with one. Returns the error notes left over (shown for
+    no message)."""
     texts = list(texts)
     by_token = replies_by_token(texts)
     error_notes = [text for text in texts if kind_of(text) == "error"]
+    for command in commands:
+        if error_notes and statuses.get(command) in ("failed", "expired"):
+            error_notes.pop()
     for token in questions:
         replies = by_token.get(token, [])
         answered = any(kind_of(reply) in FINAL for reply in replies)

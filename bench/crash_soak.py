@@ -251,7 +251,8 @@ class ConsoleSoak(Soak):
         printed = self.output.decode("utf-8", "replace")
         (self.home / "output.txt").write_text(printed)
         blocks = [block.strip() for block in printed.split("\n\n") if block.strip()]
-        error_notes = count_unquoted(self.tally, self.user.questions, blocks, self.state.statuses())
+        commands = [f"/note {token} remember this" for token in self.user.notes]
+        error_notes = count_unquoted(self.tally, self.user.questions, blocks, self.state.statuses(), commands)
         self.tally.count_notes(self.user.notes, self.notion, blocks)
         self.tally.remarks.append(f"lines written again after a kill (not stored yet): {self._rewritten}")
         if error_notes:
@@ -321,19 +322,22 @@ class TelegramSoak(Soak):
             else:
                 replies.setdefault((message.chat_id, message.reply_to), []).append(message.text)
         questions_in: dict[int, list[str]] = {chat_id: [] for chat_id in PRIVATE_CHATS}
+        commands_in: dict[int, list[str]] = {chat_id: [] for chat_id in PRIVATE_CHATS}
         for chat_id, message_id, text in self.sent:
             token = TOKEN.search(text)
             assert token is not None
-            if token.group(0) not in self.user.questions:
+            if chat_id in private and token.group(0) not in self.user.questions:
+                commands_in[chat_id].append(text)
+            elif token.group(0) not in self.user.questions:
                 continue
-            if chat_id in private:
+            elif chat_id in private:
                 questions_in[chat_id].append(token.group(0))
             else:
                 self.tally.count_question(token.group(0), replies.get((chat_id, message_id), []))
         statuses = self.state.statuses()
         for chat_id, texts in private.items():
             # Replies in a private chat quote nothing: an answer is known by the question it names.
-            error_notes = count_unquoted(self.tally, questions_in[chat_id], texts, statuses)
+            error_notes = count_unquoted(self.tally, questions_in[chat_id], texts, statuses, commands_in[chat_id])
             if error_notes:
                 self.tally.problems.append(f"{len(error_notes)} error notes in private chat {chat_id} for no question")
         self.tally.count_notes(self.user.notes, self.notion, [m.text for m in self.telegram.bot_messages()])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from handlers.commands import Command
 from handlers.note_delivery import NoteDelivery, Notify, Outcome, outcome_text
-from handlers.reply import reply
+from handlers.reply import NOTE_OUTCOME_STREAM, notify_once, reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage
 from integrations.errors import AuthFailed, Unavailable, UpstreamError
@@ -178,6 +178,14 @@ async def list_notes(services: Services, message: IncomingMessage, args: str) ->
     await reply(services, message, "\n".join(lines + _schema_warning(schema)))
 
 
+async def tell_outcome(services: Services, origin: IncomingMessage, text: str) -> None:
+    """Tell the user how their note ended (saved, with its link, or given up). Whoever tells it (the
+    /note reply, the command resumed after a restart, the delivery worker) sends it under one key,
+    so the chat shows it once: marking the note told can only follow the message, and a crash in
+    between makes the next teller repeat a send Telegram has already made."""
+    await notify_once(services, origin, text, stream=NOTE_OUTCOME_STREAM)
+
+
 def chat_notifier(services: Services) -> Notify:
     """How the delivery worker tells a user about their note: a reply in the note's chat."""
 
@@ -189,7 +197,7 @@ def chat_notifier(services: Services) -> Notify:
             text="",
             is_private=entry.chat_id > 0,
         )
-        await reply(services, origin, text)
+        await tell_outcome(services, origin, text)
 
     return notify
 
@@ -241,11 +249,20 @@ async def _save_note(
         message_id=message.message_id,
     )
     if not created:
-        await reply(services, message, _repeat_text(entry))
+        if entry.status in ("delivered", "failed"):
+            # The note's outcome, told once: the delivery worker may be telling it right now, or
+            # may have told it before a crash, under the same key (see `tell_outcome`).
+            await tell_outcome(services, message, _repeat_text(entry))
+            await feature.outbox.mark_told(entry.id)
+        else:
+            await reply(services, message, _repeat_text(entry))
         return
 
     async def announce(outcome: Outcome) -> None:
-        await reply(services, message, outcome_text(outcome))
+        if outcome.status == "queued":
+            await reply(services, message, outcome_text(outcome))
+        else:
+            await tell_outcome(services, message, outcome_text(outcome))
 
     outcome = await feature.delivery.deliver(entry.id, announce=announce)
     if outcome is None:

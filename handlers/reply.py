@@ -8,9 +8,10 @@ from handlers.services import Services
 from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage, send_key
 
-# The reply-stream number of a notice sent outside the message's stored lifecycle (streams of a
-# stored message count up from 0).
-NOTICE_STREAM = -1
+# Reply-stream numbers of notices sent outside the message's stored lifecycle (streams of a
+# stored message count up from 0): one for "could not store", one for a note's outcome.
+NOT_STORED_STREAM = -1
+NOTE_OUTCOME_STREAM = -2
 
 
 def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:
@@ -40,10 +41,11 @@ async def reply(services: Services, message: IncomingMessage, markdown: str) -> 
     return await open_stream(services, message).finish(markdown)
 
 
-async def notify_once(services: Services, message: IncomingMessage, markdown: str) -> list[int]:
-    """A notice about `message` that the chat shows once however often it is sent: Telegram may
-    hand out the same message again, and each time it cannot be stored it gets this notice."""
-    return await _stream(services, message, stream=NOTICE_STREAM).finish(markdown)
+async def notify_once(services: Services, message: IncomingMessage, markdown: str, *, stream: int) -> list[int]:
+    """A notice about `message` that the chat shows once however often it is sent (Telegram may
+    hand out a message again; a notice may be sent again after a crash). Each kind of notice
+    has its own `stream` number, so one never stands in for another."""
+    return await _stream(services, message, stream=stream).finish(markdown)
 
 
 def _stream(
@@ -56,7 +58,7 @@ def _stream(
     resumed: bool = False,
 ) -> ReplyStream:
     key_of_part = None
-    if stream is not None:
+    if stream is not None and message.message_id > 0:
 
         def key_of_part(part: int) -> int:
             return send_key(message.chat_id, message.message_id, stream, part)

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, Literal, Sequence
 from handlers import chat
 from handlers.commands import Command, parse_command
 from handlers.lanes import USER_CANCEL
-from handlers.reply import notify_once, reply
+from handlers.reply import NOT_STORED_STREAM, notify_once, reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage, ReplyTrace
 from state.history import Kind, StoredMessage
@@ -295,7 +295,7 @@ class Router:
                     await self._services.clock.sleep(delay)
                     continue
                 log.error("could not store message %s in chat %s: %s", message.message_id, message.chat_id, error)
-                await notify_once(self._services, message, NOT_ACCEPTED)
+                await notify_once(self._services, message, NOT_ACCEPTED, stream=NOT_STORED_STREAM)
                 return None
             if stored is None:
                 log.info("message %s in chat %s was already handled", message.message_id, message.chat_id)

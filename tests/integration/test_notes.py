@@ -632,3 +632,25 @@ async def test_a_link_that_could_not_be_sent_is_sent_at_the_next_round(tmp_path)
         await notes.deliver_due()
         [page] = fake.pages
         assert notes.replies() == [queued, f"Saved to Notion: {page.url}"]
+
+
+async def test_a_link_sent_just_before_a_crash_is_not_sent_again(tmp_path):
+    async with AsyncExitStack() as stack:
+        notes, fake, clock, queued = await note_queued_while_notion_is_down(stack, tmp_path)
+        fake.down = None
+        await clock.advance(60)
+        outbox = notes.notes.outbox
+        mark_told = outbox.mark_told
+
+        async def lost_in_the_crash(entry_id: int) -> None:
+            """The process died after the link went out, before the note was marked told."""
+
+        outbox.mark_told = lost_in_the_crash  # type: ignore[method-assign]
+        assert await notes.deliver_due() == 1
+        outbox.mark_told = mark_told  # type: ignore[method-assign]
+        await notes.deliver_due()  # the next round (or the next start) tells it again...
+        await notes.deliver_due()
+
+        [page] = fake.pages
+        assert notes.replies() == [queued, f"Saved to Notion: {page.url}"]  # ...and the chat shows it once
+        assert await outbox.untold() == []
