@@ -27,6 +27,7 @@ from handlers.services import ChatSettings, Features, Services
 from handlers.status_report import StatusContext
 from handlers.stream import StreamPacing
 from handlers.transport import Transport
+from handlers.usage import usage_commands
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
 from integrations.errors import UpstreamError
 from integrations.llm import ChatProvider, ModelRef
@@ -334,7 +335,7 @@ async def build_app(
     services = replace(core, features=features, health_probes=tuple(probes))
     router = Router(
         services,
-        basic_commands() + search_commands() + notes_commands() + admin_commands(),
+        basic_commands() + search_commands() + notes_commands() + usage_commands() + admin_commands(),
         help_note=CONSOLE_HELP if transport.name == "console" else "",
     )
     return App(services, router, database, deprecations=signals, operator_alerts=alerts)
@@ -484,6 +485,7 @@ async def build_operations(
         clock=clock,
         messages_per_minute=settings.limits.user_messages_per_minute,
         default_daily_budget=settings.limits.user_daily_budget_usd,
+        default_monthly_budget=settings.limits.user_monthly_budget_usd,
     )
     status = StatusContext(
         started_at=clock.monotonic(),

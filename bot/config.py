@@ -238,6 +238,8 @@ class LimitSettings:
     user_messages_per_minute: int = 10
     # None: no daily budget unless an admin sets one with /budget.
     user_daily_budget_usd: float | None = None
+    # None: no monthly budget unless an admin sets one with /budget <id> <usd> month.
+    user_monthly_budget_usd: float | None = None
     search_cache_ttl: float = 300.0
     schema_cache_ttl: float = 3600.0
     cache_max_entries: int = 2000
@@ -704,7 +706,7 @@ def _notion(read: _Reader) -> NotionSettings | None:
 
 def _limits(read: _Reader) -> LimitSettings:
     default = LimitSettings()
-    budget = read.parsed("USER_DAILY_BUDGET_USD", None, _positive_float, "a positive amount of US dollars")
+    budget = lambda name: read.parsed(name, None, _positive_float, "a positive amount of US dollars")
     number = lambda name, value: read.parsed(name, value, _positive_float, "a positive number")
     return LimitSettings(
         anthropic_requests_per_minute=number("ANTHROPIC_REQUESTS_PER_MINUTE", default.anthropic_requests_per_minute),
@@ -716,7 +718,8 @@ def _limits(read: _Reader) -> LimitSettings:
         breaker_window=read.seconds("BREAKER_WINDOW", default.breaker_window),
         breaker_cooldown=read.seconds("BREAKER_COOLDOWN", default.breaker_cooldown),
         user_messages_per_minute=read.count("USER_MESSAGES_PER_MINUTE", default.user_messages_per_minute),
-        user_daily_budget_usd=budget,
+        user_daily_budget_usd=budget("USER_DAILY_BUDGET_USD"),
+        user_monthly_budget_usd=budget("USER_MONTHLY_BUDGET_USD"),
         search_cache_ttl=read.seconds("SEARCH_CACHE_TTL", default.search_cache_ttl),
         schema_cache_ttl=read.seconds("NOTION_SCHEMA_TTL", default.schema_cache_ttl),
         cache_max_entries=read.count("CACHE_MAX_ENTRIES", default.cache_max_entries),

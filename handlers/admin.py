@@ -1,6 +1,7 @@
 """The operator's commands, for ADMIN_IDS only: status, health, usage, breakers, cache, access, budgets.
 
-The router answers anybody else as if these commands did not exist. Changes made here
+The router answers anybody else as if these commands did not exist; /usage itself is everyone's
+(handlers.usage), and reaches `usage_report` here only for an admin. Changes made here
 (/allow, /deny, /budget) are written to the database before they take effect, so they survive a
 restart. Arguments are echoed back shortened and escaped: they are typed by a person, not trusted.
 """
@@ -15,7 +16,7 @@ from typing import Any, cast
 from bot.logs import Redactor
 from handlers.commands import Command
 from handlers.health import chat_probes, format_health, run_probes
-from handlers.limits import UserLimits
+from handlers.limits import ADJECTIVE, UserLimits
 from handlers.reply import reply
 from handlers.services import Services
 from handlers.status_report import StatusSources, build_status, escape_markdown
@@ -24,6 +25,7 @@ from integrations.prices import format_usd
 from state.admin_settings import AdminSettings
 from state.cache import KINDS as CACHE_KINDS
 from integrations.resilience.registry import ResilienceRegistry
+from state.periods import PERIODS, Period
 from state.usage import UsageLine
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,12 @@ ECHO_LIMIT = 40
 MAX_BUDGET_USD = 1_000_000.0
 # Telegram: "at most 52 significant bits"; negative ids are groups and channels.
 MAX_USER_ID = 2**52 - 1
-BUDGET_SETTING = escape_markdown("USER_DAILY_BUDGET_USD")
+BUDGET_SETTINGS: dict[Period, str] = {
+    "day": escape_markdown("USER_DAILY_BUDGET_USD"),
+    "month": escape_markdown("USER_MONTHLY_BUDGET_USD"),
+}
+# What /budget takes after the amount; without one, the budget is the daily one.
+PERIOD_WORDS: dict[str, Period] = {"day": "day", "daily": "day", "month": "month", "monthly": "month"}
 _NUMBER = re.compile(r"-?[0-9]+")
 _AMOUNT = re.compile(r"\$?([0-9]+(?:\.[0-9]+)?|\.[0-9]+)")
 
@@ -78,7 +85,8 @@ def status_sources(services: Services) -> StatusSources:
         outbox=features.notes.outbox if features.notes else None,
         usage=features.usage,
         settings=features.admin_settings,
-        default_budget=limits.default_daily_budget if limits else None,
+        default_budget=limits.default_budget("day") if limits else None,
+        default_monthly_budget=limits.default_budget("month") if limits else None,
         errors=context.errors if context else None,
         deprecations=context.deprecations if context else lambda: (),
         redactor=context.redactor if context else Redactor(),
@@ -101,10 +109,11 @@ async def health(services: Services, message: IncomingMessage, args: str) -> Non
     await reply(services, message, format_health(results, context.redactor if context else Redactor()))
 
 
-async def usage(services: Services, message: IncomingMessage, args: str) -> None:
+async def usage_report(services: Services, message: IncomingMessage, args: str) -> None:
+    """Everyone's usage (no `args`) or one user's, per model, today and over `USAGE_DAYS` days."""
     recorder = services.features.usage
     if recorder is None:
-        await reply(services, message, "Usage is not being recorded in this bot.")
+        await reply(services, message, NO_USAGE)
         return
     user_id = None
     if args:
@@ -141,6 +150,9 @@ async def usage(services: Services, message: IncomingMessage, args: str) -> None
         names = ", ".join(escape_markdown(model) for model in sorted(unpriced))
         lines += ["", f"⚠️ No price is known for {names}: their cost is counted as $0. Set LLM\\_PRICES to price them."]
     await reply(services, message, "\n".join(lines))
+
+
+NO_USAGE = "Usage is not being recorded in this bot."
 
 
 def _amounts(line: UsageLine | None) -> str:
@@ -267,8 +279,9 @@ async def deny(services: Services, message: IncomingMessage, args: str) -> None:
 
 
 BUDGET_HELP = (
-    "Use /budget <user id> <USD per day> (e.g. /budget 123456789 2.50), /budget <user id> default "
-    f"to go back to the default ({BUDGET_SETTING}), or /budget <user id> unlimited for no limit."
+    "Use /budget <user id> <USD> for a daily budget (e.g. /budget 123456789 2.50), /budget <user id> <USD> month "
+    "for a monthly one (e.g. /budget 123456789 20 month); default in place of the amount goes back to the default "
+    f"({BUDGET_SETTINGS['day']}, {BUDGET_SETTINGS['month']}), unlimited lifts the limit."
 )
 ADMIN_EXEMPT = "exempt from budgets as an admin"
 
@@ -284,27 +297,36 @@ async def budget(services: Services, message: IncomingMessage, args: str) -> Non
         await reply(services, message, _budget_list(settings, limits) + "\n\n" + BUDGET_HELP)
         return
     user_id = _parse_user_id(parts[0])
-    if user_id is None or len(parts) > 2:
+    if user_id is None or len(parts) > 3:
         await reply(services, message, _refusal(parts[0] if user_id is None else "", BUDGET_HELP))
         return
     if len(parts) == 1:
-        await reply(services, message, f"User {user_id}: {_describe_budget(limits, user_id, own=user_id in settings.budgets)}.")
+        await reply(services, message, f"User {user_id}: {_describe_budget(limits, user_id, sources=True)}.")
         return
     choice = parts[1].lower()
+    if choice in PERIOD_WORDS:
+        example = f"/budget {user_id} 20 {PERIOD_WORDS[choice]}"
+        await reply(services, message, f"Say the amount before the period, e.g. {example}. {BUDGET_HELP}")
+        return
+    period = PERIOD_WORDS.get(parts[2].lower()) if len(parts) == 3 else "day"
+    if period is None:
+        await reply(services, message, f"{_echo(parts[2])} is not a period: say day or month. {BUDGET_HELP}")
+        return
+    adjective, default = ADJECTIVE[period], _describe_default(limits, period)
     if choice == "default":
-        await settings.clear_budget(user_id)
-        done = f"User {user_id} is back to the default: {_describe_default(limits)}."
+        await settings.clear_budget(user_id, period)
+        done = f"User {user_id} is back to the default: {default}."
     elif choice == "unlimited":
-        await settings.set_budget(user_id, None, by=message.user_id)
-        done = f"User {user_id}: no daily budget for this user, whatever the default ({_describe_default(limits)})."
+        await settings.set_budget(user_id, None, period=period, by=message.user_id)
+        done = f"User {user_id}: no {adjective} budget for this user, whatever the default ({default})."
     else:
         amount = _parse_amount(parts[1])
         if amount is None:
             await reply(services, message, f"{_echo(parts[1])} is not an amount in US dollars. {BUDGET_HELP}")
             return
-        await settings.set_budget(user_id, amount, by=message.user_id)
-        done = f"User {user_id}: daily budget {format_usd(amount)}, in place of the default ({_describe_default(limits)})."
-    log.info("admin %s set the budget of user %s to %s", message.user_id, user_id, choice)
+        await settings.set_budget(user_id, amount, period=period, by=message.user_id)
+        done = f"User {user_id}: {adjective} budget {format_usd(amount)}, in place of the default ({default})."
+    log.info("admin %s set the %s budget of user %s to %s", message.user_id, adjective, user_id, choice)
     if limits.exempt(user_id):
         done += (
             f" User {user_id} is an admin (ADMIN\\_IDS), and admins are exempt from budgets: "
@@ -321,28 +343,34 @@ def _parse_amount(text: str) -> float | None:
     return amount if amount <= MAX_BUDGET_USD else None
 
 
-def _describe_budget(limits: UserLimits, user_id: int, *, own: bool | None = None) -> str:
-    """What limits `user_id` today; with `own`, also whether it is their own budget or the default."""
+def _describe_budget(limits: UserLimits, user_id: int, *, sources: bool = False) -> str:
+    """What limits `user_id`, a day and a month; with `sources`, also whether each is their own or the default."""
     if limits.exempt(user_id):
         return ADMIN_EXEMPT
-    daily_usd = limits.budget_for(user_id)
-    text = f"daily budget {format_usd(daily_usd)}" if daily_usd is not None else "no daily budget"
-    if own is not None:
-        text += " (their own, set with /budget)" if own else f" (the default, {BUDGET_SETTING})"
-    return text
+    parts = []
+    for period in PERIODS:
+        usd = limits.budget_for(user_id, period)
+        text = f"{ADJECTIVE[period]} budget {format_usd(usd)}" if usd is not None else f"no {ADJECTIVE[period]} budget"
+        if sources and limits.has_own_budget(user_id, period):
+            text += " (their own, set with /budget)"
+        elif sources:
+            unset = limits.default_budget(period) is None
+            text += f" ({BUDGET_SETTINGS[period]} is not set)" if unset else f" (the default, {BUDGET_SETTINGS[period]})"
+        parts.append(text)
+    return "; ".join(parts)
 
 
-def _describe_default(limits: UserLimits) -> str:
-    default = limits.default_daily_budget
+def _describe_default(limits: UserLimits, period: Period) -> str:
+    default, setting = limits.default_budget(period), BUDGET_SETTINGS[period]
     if default is None:
-        return f"no daily budget, as {BUDGET_SETTING} is not set"
-    return f"{BUDGET_SETTING} is {format_usd(default)} a day"
+        return f"no {ADJECTIVE[period]} budget, as {setting} is not set"
+    return f"{setting} is {format_usd(default)} a {period}"
 
 
 def _budget_list(settings: AdminSettings, limits: UserLimits) -> str:
-    lines = [f"Default: {_describe_default(limits)}."]
+    lines = [f"Default: {'; '.join(_describe_default(limits, period) for period in PERIODS)}."]
     for user_id in sorted(settings.budgets):
-        lines.append(f"• User {user_id}: {_describe_budget(limits, user_id, own=True)}")
+        lines.append(f"• User {user_id}: {_describe_budget(limits, user_id, sources=True)}")
     return "\n".join(lines)
 
 
@@ -350,10 +378,12 @@ def admin_commands() -> list[Command]:
     return [
         Command("status", "how the bot and its upstreams are doing", status, admin_only=True),
         Command("health", "probe every upstream now", health, admin_only=True, queued=True),
-        Command("usage", "tokens and cost per user and model", usage, admin_only=True, usage="[user id]"),
         Command("breaker", "list circuit breakers or close one", breaker, admin_only=True, usage="reset <name|all>"),
         Command("cache", "empty the cache", cache, admin_only=True, usage="clear [kind]"),
         Command("allow", "let a user use the bot", allow, admin_only=True, usage="<user id>"),
         Command("deny", "stop a user from using the bot", deny, admin_only=True, usage="<user id>"),
-        Command("budget", "show or set a user's daily budget", budget, admin_only=True, usage="<user id> <USD|default|unlimited>"),
+        Command(
+            "budget", "show or set a user's daily or monthly budget", budget, admin_only=True,
+            usage="<user id> <USD|default|unlimited> [month]",
+        ),
     ]

@@ -73,6 +73,7 @@ class StatusSources:
     usage: UsageRecorder | None = None
     settings: AdminSettings | None = None
     default_budget: float | None = None
+    default_monthly_budget: float | None = None
     errors: RecentErrors | None = None
     deprecations: Callable[[], Sequence[str]] = lambda: ()
     redactor: Redactor = field(default_factory=Redactor)
@@ -305,8 +306,9 @@ class _Report:
         settings = self._s.settings
         if settings is None and self._s.database is not None:
             settings = await AdminSettings.load(self._s.database, AccessPolicy())
-        budget = self._s.default_budget
-        default = f"default budget {format_usd(budget)} a day" if budget is not None else "no default budget"
+        paces = [(self._s.default_budget, "a day"), (self._s.default_monthly_budget, "a month")]
+        amounts = [f"{format_usd(usd)} {per}" for usd, per in paces if usd is not None]
+        default = f"default budget {' and '.join(amounts)}" if amounts else "no default budget"
         if settings is None:
             return ["", f"**Settings**: {default}"]
         overrides = len(settings.budgets)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from state.db import Database
+from state.periods import Period
 
 ALLOWED = "allowed"
 DENIED = "denied"
@@ -18,9 +19,9 @@ DENIED = "denied"
 
 @dataclass(frozen=True)
 class BudgetOverride:
-    """A per-user daily budget set by /budget; `daily_usd` None means no limit."""
+    """A user's own budget for one period, set by /budget; `usd` None means no limit."""
 
-    daily_usd: float | None
+    usd: float | None
 
 
 class AccessGrants(Protocol):
@@ -35,7 +36,8 @@ class AdminSettings:
     db: Database
     # The access policy's own sets: one truth, changed here after each write.
     access: AccessGrants
-    budgets: dict[int, BudgetOverride] = field(default_factory=dict)
+    # Each user's own budgets by period; a period left out follows its default.
+    budgets: dict[int, dict[Period, BudgetOverride]] = field(default_factory=dict)
 
     @classmethod
     async def load(cls, db: Database, access: AccessGrants) -> AdminSettings:
@@ -45,8 +47,8 @@ class AdminSettings:
         access.revoked.clear()
         for row in await db.fetchall("SELECT user_id, access FROM user_access"):
             (access.granted if row["access"] == ALLOWED else access.revoked).add(row["user_id"])
-        for row in await db.fetchall("SELECT user_id, daily_usd FROM user_budgets"):
-            settings.budgets[row["user_id"]] = BudgetOverride(row["daily_usd"])
+        for row in await db.fetchall("SELECT user_id, period, usd FROM user_budgets"):
+            settings.budgets.setdefault(row["user_id"], {})[row["period"]] = BudgetOverride(row["usd"])
         return settings
 
     @property
@@ -67,25 +69,28 @@ class AdminSettings:
         self.access.granted.discard(user_id)
         self.access.revoked.add(user_id)
 
-    def budget_override(self, user_id: int) -> BudgetOverride | None:
-        return self.budgets.get(user_id)
+    def budget_override(self, user_id: int, period: Period = "day") -> BudgetOverride | None:
+        return self.budgets.get(user_id, {}).get(period)
 
-    async def set_budget(self, user_id: int, daily_usd: float | None, *, by: int) -> None:
-        """Set the user's own daily budget (None: unlimited)."""
-        if daily_usd is not None and not (math.isfinite(daily_usd) and daily_usd >= 0):
+    async def set_budget(self, user_id: int, usd: float | None, *, period: Period = "day", by: int) -> None:
+        """Set the user's own budget for `period` (None: unlimited)."""
+        if usd is not None and not (math.isfinite(usd) and usd >= 0):
             raise ValueError("a budget is a non-negative amount of US dollars")
         await self.db.execute(
-            "INSERT INTO user_budgets (user_id, daily_usd, changed_by, changed_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (user_id) DO UPDATE SET daily_usd = excluded.daily_usd,"
+            "INSERT INTO user_budgets (user_id, period, usd, changed_by, changed_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (user_id, period) DO UPDATE SET usd = excluded.usd,"
             " changed_by = excluded.changed_by, changed_at = excluded.changed_at",
-            (user_id, daily_usd, by, self.db.timestamp()),
+            (user_id, period, usd, by, self.db.timestamp()),
         )
-        self.budgets[user_id] = BudgetOverride(daily_usd)
+        self.budgets.setdefault(user_id, {})[period] = BudgetOverride(usd)
 
-    async def clear_budget(self, user_id: int) -> None:
-        """Back to the configured default budget."""
-        await self.db.execute("DELETE FROM user_budgets WHERE user_id = ?", (user_id,))
-        self.budgets.pop(user_id, None)
+    async def clear_budget(self, user_id: int, period: Period = "day") -> None:
+        """Back to the configured default budget for `period`."""
+        await self.db.execute("DELETE FROM user_budgets WHERE user_id = ? AND period = ?", (user_id, period))
+        own = self.budgets.get(user_id, {})
+        own.pop(period, None)
+        if not own:
+            self.budgets.pop(user_id, None)
 
     async def _set_access(self, user_id: int, access: str, by: int) -> None:
         await self.db.execute(

@@ -1,7 +1,8 @@
 """The operator's record: tokens and dollars per user, model and UTC day, and the last upstream errors.
 
 Cost is worked out when usage is recorded, with the prices of that moment, so a later price change
-does not rewrite what was spent. Days are UTC dates: daily budgets reset at 00:00 UTC.
+does not rewrite what was spent. Days are UTC dates: daily budgets reset at 00:00 UTC, monthly
+ones on the first of the month at 00:00 UTC.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable
 from integrations.resilience.clock import Clock
 from state.db import Database
+from state.periods import period_start
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,38 @@ class UsageLine:
     cost_usd: float
     # Requests to a model without a known price; their cost is counted as 0.
     unpriced: int
+
+
+@dataclass(frozen=True)
+class Spending:
+    """What one user used over one span: answers, tokens and dollars."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class UserSpending:
+    """One user's spending today and this month (UTC), for their budgets and their own /usage."""
+
+    today: Spending
+    month: Spending
+
+
+# One range scan of usage_daily_by_user (user_id, day) gives both spans: the month so far, and
+# the rows of today within it.
+_SPENDING_QUERY = (
+    "SELECT"
+    " COALESCE(SUM(requests), 0) AS month_requests, COALESCE(SUM(input_tokens), 0) AS month_input,"
+    " COALESCE(SUM(output_tokens), 0) AS month_output, COALESCE(SUM(cost_usd), 0) AS month_cost,"
+    " COALESCE(SUM(requests) FILTER (WHERE day = :today), 0) AS today_requests,"
+    " COALESCE(SUM(input_tokens) FILTER (WHERE day = :today), 0) AS today_input,"
+    " COALESCE(SUM(output_tokens) FILTER (WHERE day = :today), 0) AS today_output,"
+    " COALESCE(SUM(cost_usd) FILTER (WHERE day = :today), 0) AS today_cost"
+    " FROM usage_daily WHERE user_id = :user_id AND day BETWEEN :first AND :today"
+)
 
 
 class UsageRecorder:
@@ -64,12 +98,17 @@ class UsageRecorder:
                     row,
                 )
 
-    async def spent_today(self, user_id: int) -> float:
-        row = await self._db.fetchone(
-            "SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM usage_daily WHERE user_id = ? AND day = ?",
-            (user_id, self.today().isoformat()),
+    async def spending(self, user_id: int) -> UserSpending:
+        """What `user_id` used today and this month so far (UTC)."""
+        today = self.today()
+        params = {"user_id": user_id, "today": today.isoformat(), "first": period_start(today, "month").isoformat()}
+        row = await self._db.fetchone(_SPENDING_QUERY, params)
+        if row is None:
+            return UserSpending(Spending(), Spending())
+        return UserSpending(
+            today=Spending(row["today_requests"], row["today_input"], row["today_output"], float(row["today_cost"])),
+            month=Spending(row["month_requests"], row["month_input"], row["month_output"], float(row["month_cost"])),
         )
-        return float(row["spent"]) if row else 0.0
 
     async def lines(self, days: int, user_id: int | None = None) -> list[UsageLine]:
         """Totals per user and model over the last `days` UTC days, today included."""

@@ -19,6 +19,7 @@ from handlers.recent_errors import RecentErrors
 from handlers.services import Features
 from handlers.status_report import StatusContext
 from handlers.transport import IncomingMessage
+from handlers.usage import usage_commands
 from integrations.errors import AuthFailed, RateLimited
 from integrations.llm import ChatProvider, ModelRef, Usage
 from integrations.openai import OpenAIChat
@@ -39,6 +40,10 @@ from tests.harness import ADMIN, MESSAGE_IDS, USER, Bot, start_bot
 SONNET = "anthropic:claude-sonnet-4-6"
 SECRET = "sk-ant-sentinel-secret-0000000000000000"
 STRANGER = 555
+
+
+def COMMANDS() -> list:
+    return basic_commands() + usage_commands() + admin_commands()
 
 
 class FakeOutbox:
@@ -69,7 +74,7 @@ class AdminBot:
     def use(self, **features: Any) -> None:
         """Turn features on (e.g. `cache=...`), as the composition root would have built them."""
         self.bot.services = replace(self.bot.services, features=replace(self.bot.services.features, **features))
-        self.bot.router = Router(self.bot.services, basic_commands() + admin_commands())
+        self.bot.router = Router(self.bot.services, COMMANDS())
 
     async def admin_says(self, text: str) -> str:
         """An admin command, answered without letting the clock run; returns the reply."""
@@ -87,6 +92,7 @@ async def start_admin_bot(
     providers: Sequence[tuple[str, ChatProvider]] = (),
     *,
     default_budget: float | None = None,
+    monthly_budget: float | None = None,
     messages_per_minute: int = 10,
     secrets: Sequence[str] = (SECRET,),
     features: dict[str, Any] | None = None,
@@ -106,6 +112,7 @@ async def start_admin_bot(
         clock=clock,
         messages_per_minute=messages_per_minute,
         default_daily_budget=default_budget,
+        default_monthly_budget=monthly_budget,
     )
     redactor = Redactor(secrets)
     errors = RecentErrors(clock, redactor, journal=ErrorJournal(database))
@@ -121,7 +128,7 @@ async def start_admin_bot(
         ),
         health_probes=tuple(health_probes),
     )
-    bot.router = Router(bot.services, basic_commands() + admin_commands())
+    bot.router = Router(bot.services, COMMANDS())
     return AdminBot(bot, registry, usage, settings, limits, errors)
 
 
@@ -319,17 +326,17 @@ async def test_usage_shows_tokens_and_cost_per_user_and_model_today_and_over_sev
         await admin.clock.advance(86_400)
         await admin.say("second")
         await admin.usage.record(2002, [(ModelRef.parse("openai:gpt-5-mini"), Usage(1_000_000, 0))])
-        text = await admin.admin_says("/usage")
+        text = await admin.admin_says("/usage all")
         assert "User 1001" in text and "User 2002" in text
         assert (
             "anthropic:claude-sonnet-4-6: today 1,000,000 in + 100,000 out tokens, $4.50; "
             "7 days 2,000,000 in + 200,000 out tokens, $9.00"
         ) in text
-        assert "Total: today $4.50, 7 days $9.00 (daily budget $5.00)" in text
+        assert "Total: today $4.50, 7 days $9.00 (daily budget $5.00; no monthly budget)" in text
         only = await admin.admin_says(f"/usage {USER}")
         assert "User 1001" in only and "2002" not in only
         await admin.clock.advance(7 * 86_400)
-        assert "Nobody has used any model since" in await admin.admin_says("/usage")
+        assert "Nobody has used any model since" in await admin.admin_says("/usage ALL")
         assert "numeric user id" in await admin.admin_says("/usage bob")
 
 
@@ -465,7 +472,7 @@ async def test_budget_set_by_an_admin_is_enforced_and_survives_a_restart(tmp_pat
         assert await admin.limits.check(USER) is None
         assert "USER_DAILY_BUDGET_USD is $1.00 a day" in await admin.admin_says(f"/budget {USER} default")
         listing = await admin.admin_says("/budget")
-        assert "Default: USER_DAILY_BUDGET_USD is $1.00 a day." in listing
+        assert "Default: USER_DAILY_BUDGET_USD is $1.00 a day; no monthly budget, as USER_MONTHLY_BUDGET_USD is not set." in listing
         assert "is not an amount in US dollars" in await admin.admin_says(f"/budget {USER} lots")
         assert "is not an amount" in await admin.admin_says(f"/budget {USER} -3")
         assert admin.limits.budget_for(USER) == 1.0
@@ -477,12 +484,17 @@ async def test_budget_default_and_unlimited_each_say_what_they_do(tmp_path):
         assert await admin.admin_says(f"/budget {USER} 0.50") == (
             "User 1001: daily budget $0.50, in place of the default (USER_DAILY_BUDGET_USD is $1.00 a day)."
         )
-        assert await admin.admin_says(f"/budget {USER}") == "User 1001: daily budget $0.50 (their own, set with /budget)."
+        assert await admin.admin_says(f"/budget {USER}") == (
+            "User 1001: daily budget $0.50 (their own, set with /budget); no monthly budget (USER_MONTHLY_BUDGET_USD is not set)."
+        )
         assert await admin.admin_says(f"/budget {USER} default") == (
             "User 1001 is back to the default: USER_DAILY_BUDGET_USD is $1.00 a day."
         )
         assert admin.limits.budget_for(USER) == 1.0
-        assert await admin.admin_says(f"/budget {USER}") == "User 1001: daily budget $1.00 (the default, USER_DAILY_BUDGET_USD)."
+        assert await admin.admin_says(f"/budget {USER}") == (
+            "User 1001: daily budget $1.00 (the default, USER_DAILY_BUDGET_USD); "
+            "no monthly budget (USER_MONTHLY_BUDGET_USD is not set)."
+        )
         assert await admin.admin_says(f"/budget {USER} unlimited") == (
             "User 1001: no daily budget for this user, whatever the default (USER_DAILY_BUDGET_USD is $1.00 a day)."
         )
@@ -508,7 +520,8 @@ async def test_a_budget_set_on_an_admin_says_admins_are_exempt(tmp_path):
         assert await admin.admin_says(f"/budget {ADMIN}") == f"User {ADMIN}: exempt from budgets as an admin."
         await admin.usage.record(ADMIN, [(ModelRef.parse(SONNET), Usage(200_000, 0))])  # $0.60
         assert await admin.limits.check(ADMIN) is None
-        assert "Total: today $0.60, 7 days $0.60 (exempt from budgets as an admin)" in await admin.admin_says("/usage")
+        assert "Total: today $0.60, 7 days $0.60 (exempt from budgets as an admin)" in await admin.admin_says("/usage all")
+        assert "As an admin you have no budgets." in await admin.admin_says("/usage")
 
 
 async def test_admin_commands_are_listed_in_help_for_admins_only(tmp_path):
@@ -517,9 +530,10 @@ async def test_admin_commands_are_listed_in_help_for_admins_only(tmp_path):
         admin_help = await admin.admin_says("/help")
         await admin.say("/help")
         [user_help] = admin.replies()
-        for name in ("status", "health", "usage", "breaker", "cache", "allow", "deny", "budget"):
+        for name in ("status", "health", "breaker", "cache", "allow", "deny", "budget"):
             assert f"/{name}" in admin_help
             assert f"/{name}" not in user_help
+        assert "/usage — your tokens, cost and budget left" in user_help, "everyone's"
 
 
 async def test_status_from_the_database_alone_shows_usage_settings_and_saved_errors(tmp_path):

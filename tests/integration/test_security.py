@@ -22,7 +22,9 @@ from tests.harness import USER
 from tests.integration.test_admin import STRANGER, AdminBot, start_admin_bot
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_COMMANDS = ["status", "health", "usage", "breaker", "cache", "allow", "deny", "budget"]
+ADMIN_COMMANDS = ["status", "health", "breaker", "cache", "allow", "deny", "budget"]
+# Everyone's, with an admin form (/usage <user id>, /usage all).
+SHARED_COMMANDS = ["usage"]
 
 
 class CountingProbe:
@@ -49,7 +51,7 @@ async def guarded_bot(stack: AsyncExitStack, tmp_path: Path, provider: ScriptedP
 async def state_of(admin: AdminBot, probe: CountingProbe) -> tuple:
     access = admin.services.access
     cache_entries = (await admin.services.features.cache.stats()).entries
-    budgets = await admin.database.fetchall("SELECT user_id, daily_usd FROM user_budgets")
+    budgets = await admin.database.fetchall("SELECT user_id, period, usd FROM user_budgets")
     grants = await admin.database.fetchall("SELECT user_id, access FROM user_access")
     breaker = admin.registry.snapshot()["breakers"]["provider anthropic"]["state"]
     return (
@@ -63,8 +65,6 @@ async def state_of(admin: AdminBot, probe: CountingProbe) -> tuple:
     [
         "/status",
         "/health",
-        "/usage",
-        f"/usage {USER}",
         "/breaker reset all",
         "/breaker reset provider anthropic",
         "/cache clear",
@@ -73,19 +73,31 @@ async def state_of(admin: AdminBot, probe: CountingProbe) -> tuple:
         f"/deny {USER}",
         f"/budget {USER} 0",
         f"/budget {USER} unlimited",
+        f"/budget {USER} 0 month",
     ],
 )
 async def test_admin_command_from_a_non_admin_gets_the_unknown_command_help_and_changes_nothing(tmp_path, text):
+    name = text.split()[0][1:]
+    replies, help_text = await non_admin_says(tmp_path, text)
+    assert replies == [render_markdown(f"I don't know /{name}.\n\n" + help_text).text]
+
+
+@pytest.mark.parametrize("text", ["/usage all", f"/usage {STRANGER}", "/usage 12 13"])
+async def test_another_users_usage_is_refused_to_a_non_admin_and_changes_nothing(tmp_path, text):
+    replies, _ = await non_admin_says(tmp_path, text)
+    assert replies == ["Only admins can see another user's usage; /usage on its own shows yours."]
+
+
+async def non_admin_says(tmp_path: Path, text: str) -> tuple[list[str], str]:
+    """The replies an allowed user who is no admin gets to `text`, and their /help; asserts nothing changed."""
     provider = ScriptedProvider("anthropic")
     async with AsyncExitStack() as stack:
         admin, probe = await guarded_bot(stack, tmp_path, provider)
         before = await state_of(admin, probe)
         await admin.say(text)
-        name = text.split()[0][1:]
-        expected = render_markdown(f"I don't know /{name}.\n\n" + admin.router.help_text(USER)).text
-        assert admin.replies() == [expected]
         assert await state_of(admin, probe) == before
         assert provider.requests == []
+        return admin.replies(), admin.router.help_text(USER)
 
 
 def test_every_admin_command_is_covered_by_the_refusal_test():
@@ -98,7 +110,8 @@ def test_every_admin_command_is_covered_by_the_refusal_test():
 
 @pytest.mark.parametrize(
     "text",
-    ["hello", "/start", "/model", "/model 1", "/reset", "/help", "/cancel", "/nonsense"] + [f"/{c} 1001 1" for c in ADMIN_COMMANDS],
+    ["hello", "/start", "/model", "/model 1", "/reset", "/help", "/cancel", "/nonsense"]
+    + [f"/{c} 1001 1" for c in ADMIN_COMMANDS + SHARED_COMMANDS],
 )
 async def test_a_user_not_on_the_allowlist_causes_no_upstream_call_and_no_change(tmp_path, text):
     provider = ScriptedProvider("anthropic")
@@ -210,7 +223,7 @@ async def shared_bot(tmp_path):
         yield admin, probe, provider
 
 
-COMMAND_NAMES = ["start", "reset", "model", "help", "cancel", *ADMIN_COMMANDS, "nonsense"]
+COMMAND_NAMES = ["start", "reset", "model", "help", "cancel", *ADMIN_COMMANDS, *SHARED_COMMANDS, "nonsense"]
 texts = st.text(max_size=200)
 commands = st.builds(lambda name, sep, args: f"/{name}{sep}{args}", st.sampled_from(COMMAND_NAMES), st.sampled_from([" ", "\n", "@switchboard_bot "]), texts)
 HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -226,7 +239,7 @@ async def test_any_text_from_a_user_gets_exactly_one_reply(shared_bot, text):
 
 
 @HYPOTHESIS
-@given(text=st.builds(lambda name, args: f"/{name} {args}", st.sampled_from(ADMIN_COMMANDS), texts))
+@given(text=st.builds(lambda name, args: f"/{name} {args}", st.sampled_from(ADMIN_COMMANDS + SHARED_COMMANDS), texts))
 async def test_any_admin_command_arguments_get_exactly_one_clear_answer(shared_bot, text):
     admin, _, _ = shared_bot
     reply = await admin.admin_says(text)  # asserts exactly one reply

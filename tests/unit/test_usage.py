@@ -1,8 +1,10 @@
-"""Prices, usage records, daily budgets and the message rate, on a real database and a manual clock."""
+"""Prices, usage records, daily and monthly budgets and the message rate, on a real database and a manual clock."""
 from __future__ import annotations
 
 import logging
+import shutil
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +16,9 @@ from handlers.recent_errors import RecentErrors
 from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable, format_usd
 from integrations.resilience.clock import ManualClock
-from state.admin_settings import AdminSettings
-from state.db import Database
-from state.usage import ErrorJournal, UsageRecorder
+from state.admin_settings import AdminSettings, BudgetOverride
+from state.db import Database, bundled_migrations
+from state.usage import _SPENDING_QUERY, ErrorJournal, UsageRecorder
 
 SONNET = ModelRef.parse("anthropic:claude-sonnet-4-6")
 ADMIN = 9
@@ -37,13 +39,13 @@ async def db(tmp_path, clock):
     await database.close()
 
 
-async def limits_for(db, clock, *, budget=None, per_minute=3, access=None):
+async def limits_for(db, clock, *, budget=None, monthly=None, per_minute=3, access=None):
     access = access or AccessPolicy(admin_ids=frozenset({ADMIN}), allowed_user_ids=frozenset({USER}))
     usage = UsageRecorder(db, clock, PriceTable())
     settings = await AdminSettings.load(db, access)
     limits = UserLimits(
         access=access, usage=usage, settings=settings, clock=clock,
-        messages_per_minute=per_minute, default_daily_budget=budget,
+        messages_per_minute=per_minute, default_daily_budget=budget, default_monthly_budget=monthly,
     )
     return limits, usage, settings
 
@@ -100,9 +102,13 @@ async def test_usage_adds_up_per_user_model_and_day(db, clock):
     assert (sonnet.model, sonnet.requests, sonnet.input_tokens, sonnet.output_tokens) == (str(SONNET), 2, 200_000, 20_000)
     assert sonnet.cost_usd == pytest.approx(0.6 + 0.3)
     assert gpt.cost_usd == pytest.approx(1.25)
-    assert await usage.spent_today(USER) == pytest.approx(2.15)
+    spending = await usage.spending(USER)
+    assert spending.today.cost_usd == pytest.approx(2.15) and spending.today.requests == 3
+    assert spending.month == spending.today
     await clock.advance(3600)  # past midnight UTC
-    assert await usage.spent_today(USER) == 0
+    spending = await usage.spending(USER)
+    assert spending.today.cost_usd == 0 and spending.today.input_tokens == 0
+    assert spending.month.cost_usd == pytest.approx(2.15), "the same month"
     await usage.record(USER, [(SONNET, Usage(MILLION, 0))])
     [week_sonnet, _] = await usage.lines(days=7, user_id=USER)
     assert week_sonnet.input_tokens == 1_200_000 and week_sonnet.requests == 3
@@ -208,7 +214,7 @@ async def test_access_and_budget_changes_are_loaded_into_a_fresh_policy_after_re
     await database.close()
     assert fresh.granted == {555, 777} and fresh.revoked == {USER}
     assert fresh.is_allowed(555) and fresh.is_allowed(777) and not fresh.is_allowed(USER)
-    assert reloaded.budget_override(555).daily_usd == 1.5
+    assert reloaded.budget_override(555).usd == 1.5
 
 
 async def test_recent_errors_are_redacted_kept_in_order_and_saved_for_the_shell(db, clock):
@@ -269,3 +275,108 @@ async def test_idle_users_are_forgotten_by_the_rate_limiter(clock):
     await clock.advance(61)
     assert rate.try_accept(1) is None
     assert rate.tracked_users == 1
+
+
+def month_end_clock() -> ManualClock:
+    # 23:00 UTC on the last day of November: an hour before both budgets reset.
+    return ManualClock(wall_start=datetime(2026, 11, 30, 23, 0, tzinfo=timezone.utc))
+
+
+async def test_the_month_spans_from_the_first_to_today_and_starts_again_on_the_first(tmp_path):
+    clock = ManualClock(wall_start=datetime(2026, 10, 31, 12, 0, tzinfo=timezone.utc))
+    db = await Database.open(tmp_path / "bot.sqlite3", clock)
+    try:
+        usage = UsageRecorder(db, clock, PriceTable())
+        await usage.record(USER, [(SONNET, Usage(MILLION, 0))])  # October: $3
+        await clock.advance(86_400)  # 1 November
+        await usage.record(USER, [(SONNET, Usage(MILLION, 0))])
+        await clock.advance(29 * 86_400)  # 30 November
+        await usage.record(USER, [(SONNET, Usage(0, MILLION))])  # $15
+        await usage.record(2002, [(SONNET, Usage(MILLION, MILLION))])
+        spending = await usage.spending(USER)
+        assert spending.month.cost_usd == pytest.approx(18.0) and spending.month.requests == 2
+        assert (spending.today.input_tokens, spending.today.output_tokens) == (0, MILLION)
+        await clock.advance(86_400)  # 1 December
+        assert (await usage.spending(USER)).month.requests == 0
+    finally:
+        await db.close()
+
+
+async def test_over_the_monthly_budget_but_under_the_daily_one_is_refused_until_the_first(tmp_path):
+    clock = month_end_clock()
+    db = await Database.open(tmp_path / "bot.sqlite3", clock)
+    try:
+        limits, usage, _ = await limits_for(db, clock, budget=5.0, monthly=4.0, per_minute=100)
+        await usage.record(USER, [(SONNET, Usage(MILLION, 0))])  # $3 today
+        assert await limits.check(USER) is None
+        await usage.record(USER, [(SONNET, Usage(MILLION, 0))])  # $6 today and this month
+        assert await limits.check(USER) == (
+            "You've used $6.00 of your $4.00 monthly budget; it resets on 1 December at 00:00 UTC (in 1 h 0 min)."
+        ), "both are spent: the month is the one to wait for"
+        await clock.advance(3600)
+        assert await limits.check(USER) is None, "a new month, a new budget"
+    finally:
+        await db.close()
+
+
+async def test_a_monthly_budget_refusal_counts_the_days_until_the_first(db, clock):
+    limits, usage, _ = await limits_for(db, clock, budget=10.0, monthly=1.0)
+    await usage.record(USER, [(SONNET, Usage(MILLION, 0))])  # $3 on 26 November, under $10 a day
+    assert await limits.check(USER) == (
+        "You've used $3.00 of your $1.00 monthly budget; it resets on 1 December at 00:00 UTC (in 4 days 1 h)."
+    )
+
+
+async def test_a_users_own_monthly_budget_replaces_the_default_for_that_period_only(db, clock):
+    limits, usage, settings = await limits_for(db, clock, budget=1.0, monthly=100.0)
+    await settings.set_budget(USER, 2.0, period="month", by=ADMIN)
+    assert (limits.budget_for(USER, "day"), limits.budget_for(USER, "month")) == (1.0, 2.0)
+    assert limits.has_own_budget(USER, "month") and not limits.has_own_budget(USER, "day")
+    await settings.set_budget(USER, 0.5, by=ADMIN)
+    await settings.clear_budget(USER, "month")
+    assert (limits.budget_for(USER, "day"), limits.budget_for(USER, "month")) == (0.5, 100.0)
+    await settings.clear_budget(USER, "day")
+    assert settings.budgets == {}
+    await settings.set_budget(USER, None, period="month", by=ADMIN)
+    await usage.record(USER, [(SONNET, Usage(100 * MILLION, 0))])
+    assert "daily budget" in (await limits.check(USER) or ""), "unlimited a month, still limited a day"
+
+
+async def test_daily_budgets_set_before_monthly_ones_existed_carry_over(tmp_path, clock):
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for migration in sorted(Path(str(bundled_migrations())).glob("*.sql"))[:6]:
+        shutil.copy(migration, before)
+    path = tmp_path / "bot.sqlite3"
+    old = await Database.open(path, clock, migrations=before)
+    await old.execute(
+        "INSERT INTO user_budgets (user_id, daily_usd, changed_by, changed_at) VALUES (555, 1.5, 9, 'then'), (556, NULL, 9, 'then')"
+    )
+    await old.close()
+    database = await Database.open(path, clock)
+    try:
+        settings = await AdminSettings.load(database, AccessPolicy())
+        assert settings.budgets == {555: {"day": BudgetOverride(1.5)}, 556: {"day": BudgetOverride(None)}}
+    finally:
+        await database.close()
+
+
+async def test_a_months_spending_is_read_through_the_users_index_without_a_scan(db, clock):
+    usage = UsageRecorder(db, clock, PriceTable())
+    for user_id in range(40):  # rows, so the planner sees more than an empty table
+        await usage.record(user_id, [(SONNET, Usage(10, 10))])
+    await db.execute("ANALYZE")
+    params = {"user_id": USER, "today": "2026-11-26", "first": "2026-11-01"}
+    plan = [row["detail"] for row in await db.fetchall(f"EXPLAIN QUERY PLAN {_SPENDING_QUERY}", params)]
+    assert any("usage_daily_by_user (user_id=? AND day>? AND day<?)" in step for step in plan), plan
+
+
+def test_the_monthly_budget_setting_is_read_beside_the_daily_one_and_a_bad_value_is_named(tmp_path):
+    from bot.config import ConfigError, load_settings
+
+    limits = load_settings({"USER_DAILY_BUDGET_USD": "0.5", "USER_MONTHLY_BUDGET_USD": "10"}, cwd=tmp_path).limits
+    assert (limits.user_daily_budget_usd, limits.user_monthly_budget_usd) == (0.5, 10.0)
+    assert load_settings({}, cwd=tmp_path).limits.user_monthly_budget_usd is None
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"USER_MONTHLY_BUDGET_USD": "ten"}, cwd=tmp_path)
+    assert caught.value.problems == ["USER_MONTHLY_BUDGET_USD must be a positive amount of US dollars, not 'ten'."]
