@@ -69,11 +69,11 @@ class ReplyStream:
         self._reply_to = reply_to
         self._use_drafts = use_drafts
         self._pacing = pacing
-        self._render = render
-        # A preview renders only what changed since the last one and splits only its last part
-        # again (the final text is rendered and split whole), and none is rendered at all while
-        # the transport says it would not take it (`takes_preview`, if it has one).
-        self._render_preview = MarkdownStream().render if render is render_markdown else render
+        # Previews and the final text render only what changed since the last rendering
+        # (MarkdownStream renders every version as render_markdown would: tests/unit/
+        # test_render_stream.py); a preview splits only its last part again, and none is rendered
+        # at all while the transport says it would not take it (`takes_preview`, if it has one).
+        self._render_growing = MarkdownStream().render if render is render_markdown else render
         self._preview_parts = SplitSoFar(TELEGRAM_TEXT_LIMIT)
         self._takes_preview = transport.takes_preview if isinstance(transport, PreviewGate) else None
         self._draft_id = draft_id or random.SystemRandom().getrandbits(62) + 1
@@ -122,7 +122,7 @@ class ReplyStream:
         self._first_text.set()
         self._changed.set()
         await self._stop_background()
-        parts = split_rich_text(self._render(text.strip()), TELEGRAM_TEXT_LIMIT) or [RichText.plain("…")]
+        parts = split_rich_text(self._render_growing(text.strip()), TELEGRAM_TEXT_LIMIT) or [RichText.plain("…")]
         for index, part in enumerate(parts):
             if index < len(self._message_ids):
                 if self._shown_parts[index] != part:
@@ -219,7 +219,7 @@ class ReplyStream:
             await self._clock.sleep(remaining)
 
     async def _show_preview(self, text: str) -> None:
-        parts = self._preview_parts.parts(self._render_preview(text))
+        parts = self._preview_parts.parts(self._render_growing(text))
         if not parts:
             return  # Markdown that shows no text (an empty heading): nothing to preview yet
         if self._use_drafts:
