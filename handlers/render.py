@@ -120,6 +120,26 @@ class MarkdownStream:
             self._reset()
             return render_markdown(markdown)
 
+    def prepare(self, markdown: str) -> None:
+        """Render the blocks `markdown` completes now, so that rendering a later version has less
+        to do (the final text, right after the model's last word, comes out sooner)."""
+        try:
+            rest = self._rest(markdown)
+            complete = rest[: rest.rfind("\n") + 1]  # an unfinished line may still change any block
+            env: dict[str, object] = {}
+            tokens = _parser().parse(complete, env)
+            if env.get("references"):
+                return
+            completed, line = _completed_blocks(tokens, complete.count("\n"))
+            if completed:
+                self._complete(tokens[:completed], rest, line)
+        except Exception:
+            self._reset()
+
+    def behind(self, markdown: str) -> int:
+        """About how many characters of `markdown` a `render` would parse."""
+        return len(markdown) - len(self._source)
+
     def _reset(self) -> None:
         self._source = ""  # the completed blocks' Markdown, newlines normalized as markdown-it does
         self._text = ""  # their text, not yet stripped
@@ -128,11 +148,15 @@ class MarkdownStream:
         self._raw_entities: list[Entity] = []
         self._entities: tuple[Entity, ...] = ()  # normalized
 
-    def _render(self, markdown: str) -> RichText:
+    def _rest(self, markdown: str) -> str:
+        """The Markdown after the completed blocks (all of it, if it does not extend them)."""
         source = _NULLS.sub("\ufffd", _NEWLINES.sub("\n", markdown))
         if not source.startswith(self._source):
             self._reset()
-        rest = source[len(self._source) :]
+        return source[len(self._source) :]
+
+    def _render(self, markdown: str) -> RichText:
+        rest = self._rest(markdown)
         env: dict[str, object] = {}
         tokens = _parser().parse(rest, env)
         if env.get("references"):

@@ -35,6 +35,7 @@ from integrations.resilience.clock import Clock
 log = logging.getLogger(__name__)
 
 TELEGRAM_TEXT_LIMIT = 4096
+RENDER_AHEAD = 1024
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class ReplyStream:
         # (MarkdownStream renders every version as render_markdown would: tests/unit/
         # test_render_stream.py); a preview splits only its last part again, and none is rendered
         # at all while the transport says it would not take it (`takes_preview`, if it has one).
-        self._render_growing = MarkdownStream().render if render is render_markdown else render
+        self._markdown = MarkdownStream() if render is render_markdown else None
+        self._render_growing = self._markdown.render if self._markdown is not None else render
         self._preview_parts = SplitSoFar(TELEGRAM_TEXT_LIMIT)
         self._takes_preview = transport.takes_preview if isinstance(transport, PreviewGate) else None
         self._draft_id = draft_id or random.SystemRandom().getrandbits(62) + 1
@@ -105,10 +107,16 @@ class ReplyStream:
         self._pump_task = asyncio.ensure_future(self._pump())
 
     def update(self, text: str) -> None:
-        """The whole reply so far (Markdown). Never blocks."""
+        """The whole reply so far (Markdown). Never blocks.
+
+        Every `RENDER_AHEAD` characters it renders the blocks completed so far, whether or not a
+        preview shows them: the final text, right after the model's last word, then has at most
+        about that much left to render."""
         if not text.strip():
             return
         self._latest = text
+        if self._markdown is not None and self._markdown.behind(text) >= RENDER_AHEAD:
+            self._markdown.prepare(text)
         if not self._first_text.is_set():
             self._first_text.set()
             self._stop_if_waiting(self._typing_task, self._typing_waiting)

@@ -15,9 +15,14 @@ REPLY = (
 )
 
 
-def assert_streams_like_whole(markdown: str, ends) -> None:
+def assert_streams_like_whole(markdown: str, ends, prepared=()) -> None:
+    """Rendered at each of `ends` (after rendering ahead at each of `prepared` before it), every
+    version comes out as rendered whole."""
     stream = MarkdownStream()
+    ahead = sorted(prepared)
     for end in ends:
+        while ahead and ahead[0] <= end:
+            stream.prepare(markdown[: ahead.pop(0)])
         assert stream.render(markdown[:end]) == render_markdown(markdown[:end]), markdown[:end]
 
 
@@ -25,18 +30,29 @@ def test_every_prefix_of_a_reply_renders_as_the_whole_prefix_would():
     assert_streams_like_whole(REPLY, range(len(REPLY) + 1))
 
 
+def test_every_prefix_renders_as_whole_when_rendered_ahead_at_every_prefix():
+    stream = MarkdownStream()
+    for end in range(len(REPLY) + 1):
+        stream.prepare(REPLY[:end])
+        assert stream.render(REPLY[:end]) == render_markdown(REPLY[:end])
+
+
 def test_completed_blocks_are_not_parsed_again():
     stream = MarkdownStream()
     stream.render(REPLY)
-    assert len(stream._source) > len(REPLY) // 2
+    assert stream.behind(REPLY) < len(REPLY) // 2
+    ahead = MarkdownStream()
+    ahead.prepare(REPLY)
+    assert ahead.behind(REPLY) == stream.behind(REPLY)
 
 
 @st.composite
-def versions(draw: st.DrawFn, documents: st.SearchStrategy) -> tuple[str, list[int]]:
-    """A text and the increasing lengths at which a stream shows it."""
+def versions(draw: st.DrawFn, documents: st.SearchStrategy) -> tuple[str, list[int], list[int]]:
+    """A text, the increasing lengths at which a stream shows it, and those at which it renders
+    ahead."""
     text = draw(documents)
-    ends = draw(st.lists(st.integers(min_value=0, max_value=len(text)), max_size=12))
-    return text, sorted(ends) + [len(text)]
+    lengths = st.lists(st.integers(min_value=0, max_value=len(text)), max_size=12)
+    return text, sorted(draw(lengths)) + [len(text)], draw(lengths)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -91,7 +107,7 @@ def test_a_growing_text_that_changes_before_its_last_part_is_split_again():
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(versions(DOCUMENTS.map(lambda sample: sample.markdown)), st.integers(min_value=2, max_value=80))
 def test_every_part_of_a_growing_text_is_sendable_and_together_they_are_the_text(case, limit):
-    markdown, ends = case
+    markdown, ends, _ = case
     split = SplitSoFar(limit)
     stream = MarkdownStream()
     for end in ends:
