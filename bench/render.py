@@ -1,7 +1,10 @@
 """How long rendering a streamed reply takes: Markdown -> Telegram entities, and the 4096 split.
 
-A streaming reply is re-rendered at every preview (at most once a second per chat), so this is
-the CPU a long reply costs per update. Target: a 10 kB reply renders in a few milliseconds.
+A streaming reply is rendered at every preview (at most once a second per chat) and once more for
+the final text. Printed per input: rendering and splitting it whole once, and a reply streamed in
+30 versions (30 previews and the final text, as bench/scale.py's long case), each version rendered
+and split whole (before issue 12) or as the reply stream does now (`MarkdownStream` renders only
+what the completed blocks do not cover, `SplitSoFar` splits only the last part again).
 
 Run: .venv/bin/python bench/render.py
 """
@@ -14,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from handlers.render import render_markdown  # noqa: E402
-from handlers.split import split_rich_text  # noqa: E402
+from handlers.render import MarkdownStream, render_markdown  # noqa: E402
+from handlers.split import SplitSoFar, split_rich_text  # noqa: E402
 
 TYPICAL = (
     "## Step\n\nEdit the **config** and set `timeout` as [documented](https://example.com).\n\n"
@@ -35,15 +38,33 @@ def timed(function, argument, rounds=30) -> tuple[float, float]:
     return statistics.median(samples) * 1000, samples[int(0.95 * (rounds - 1))] * 1000
 
 
+VERSIONS = 30
+
+
+def streamed_whole(markdown: str) -> None:
+    for version in range(1, VERSIONS + 1):
+        split_rich_text(render_markdown(markdown[: len(markdown) * version // VERSIONS]))
+
+
+def streamed_incrementally(markdown: str) -> None:
+    stream, split = MarkdownStream(), SplitSoFar()
+    for version in range(1, VERSIONS):
+        split.parts(stream.render(markdown[: len(markdown) * version // VERSIONS]))
+    split_rich_text(stream.render(markdown))  # the final text is split whole
+
+
 def main() -> None:
     for label, block, size in (("typical 10 kB", TYPICAL, 10_000), ("dense 10 kB", DENSE, 10_000), ("typical 60 kB", TYPICAL, 60_000)):
         markdown = block * (size // len(block) + 1)
         median, p95 = timed(render_markdown, markdown)
         rendered = render_markdown(markdown)
         split_median, split_p95 = timed(split_rich_text, rendered)
+        whole, _ = timed(streamed_whole, markdown, rounds=5)
+        incremental, _ = timed(streamed_incrementally, markdown, rounds=5)
         print(
             f"{label:14} render median {median:6.2f} ms  p95 {p95:6.2f} ms   "
-            f"split median {split_median:6.2f} ms  p95 {split_p95:6.2f} ms  ({len(rendered.entities)} entities)"
+            f"split median {split_median:6.2f} ms  p95 {split_p95:6.2f} ms  ({len(rendered.entities)} entities)   "
+            f"streamed in {VERSIONS} versions: whole each time {whole:7.1f} ms, incrementally {incremental:6.1f} ms"
         )
 
 
