@@ -73,7 +73,9 @@ EARLY_KILLS = 0.2  # share of runs killed at a moment counted from the start, re
 KILL_FROM_START = (0.0, 1.0)
 KILL_AFTER_READY = (0.0, 3.0)
 READY_TIMEOUT = 30.0
-FINISH_TIMEOUT = 120.0
+# The last run answers the backlog: on a loaded machine a long soak leaves hundreds of messages
+# for the groups' flood pace (about 20 messages a minute each) to work through.
+FINISH_TIMEOUT = 900.0
 QUIET = 1.5  # seconds without a Telegram call before the last run is stopped
 # Passed on to the bot: nothing else from this environment (no settings, no credentials).
 KEPT_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
