@@ -251,14 +251,20 @@ class ModelChain:
     async def _first_token(self, model: ChainModel, request: ChatRequest) -> OpenedStream:
         result = StreamResult()
         stream = model.provider.stream(request, result)
+        # A watchdog, not wait_for: the first token is awaited here, not in two tasks of its own,
+        # so it reaches the user without extra turns of the event loop.
+        watchdog = Watchdog(self.clock)
         try:
-            first = await wait_for(self.clock, _next_chunk(stream), self.timeouts.first_token)
+            with watchdog.limit(self.timeouts.first_token):
+                first = await _next_chunk(stream)
         except TimeoutError:
             await _close(stream)
             raise NoFirstToken(f"no first token within {self.timeouts.first_token:g} s", upstream=str(model.ref)) from None
         except BaseException:
             await _close(stream)
             raise
+        finally:
+            watchdog.close()
         if first is _END:
             raise MalformedResponse("the model returned an empty answer", upstream=str(model.ref))
         return OpenedStream(stream, str(first), result)
