@@ -24,9 +24,10 @@ from handlers.recent_errors import RecentErrors
 from handlers.router import Router
 from handlers.search import SearchConfig, SearchService, search_commands
 from handlers.services import ChatSettings, Features, Services
+from handlers.voice import VoiceFeature
 from handlers.status_report import StatusContext
 from handlers.stream import StreamPacing
-from handlers.transport import Transport
+from handlers.transport import MediaSource, Transport
 from handlers.usage import usage_commands
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
 from integrations.errors import UpstreamError
@@ -258,9 +259,11 @@ async def build_app(
     telegram_connected: Callable[[], bool] | None = None,
     state_lock: StateLock | None = None,
     local_model_in_background: bool = False,
+    media: MediaSource | None = None,
 ) -> App:
     """Everything the bot needs, closed by `stack`. The state directory is locked first (unless
-    the caller already holds `state_lock`): a second bot on the same state stops right here."""
+    the caller already holds `state_lock`): a second bot on the same state stops right here.
+    `media` fetches what users' messages carry (Telegram's; the console has none)."""
     redactor = redactor or Redactor(settings.secret_values())
     if state_lock is None:
         state_lock = stack.enter_context(StateLock(settings.state_dir))
@@ -279,7 +282,7 @@ async def build_app(
     # A refused key reaches the operator: in the log, in /status, and as a message to the admins at
     # most once an hour (not in the console, where it would land among the replies; its log shows it).
     admins = frozenset() if transport.name == "console" else settings.admin_ids
-    alerts = OperatorAlerts(clock, transport.send, admins, PROVIDER_KEYS, redact=redactor)
+    alerts = OperatorAlerts(clock, transport.send, admins, credential_settings(settings), redact=redactor)
     stack.push_async_callback(alerts.aclose)
     model_policy = build_model_policy(settings, clock, registry, signals, alerts)
     providers = build_providers(settings, clock, model_policy, stack, signals)
@@ -323,6 +326,14 @@ async def build_app(
         probes.append(HealthProbe("perplexity", search.client.probe))
     if notes is not None:
         probes.append(HealthProbe("notion", notes.probe))
+
+    def transcription_failed(error: UpstreamError) -> None:
+        signals.from_error(error)  # a retired STT model
+        alerts.observe(error)  # a refused STT key
+
+    voice = build_voice(settings, clock, registry, stack, media, on_error=transcription_failed)
+    if voice is not None:
+        probes.append(voice[1])
     features = Features(
         search=search,
         notes=notes,
@@ -331,6 +342,7 @@ async def build_app(
         admin_settings=operations.admin_settings,
         resilience=registry,
         status=operations.status,
+        voice=voice[0] if voice is not None else None,
     )
     services = replace(core, features=features, health_probes=tuple(probes))
     router = Router(
@@ -339,6 +351,92 @@ async def build_app(
         help_note=CONSOLE_HELP if transport.name == "console" else "",
     )
     return App(services, router, database, deprecations=signals, operator_alerts=alerts)
+
+
+def credential_settings(settings: Settings) -> dict[str, str]:
+    """Each upstream's key setting, for the operator's alerts: the chat providers', and STT's."""
+    return {**PROVIDER_KEYS, **({"stt": settings.stt.key_setting} if settings.stt is not None else {})}
+
+
+def build_voice(
+    settings: Settings,
+    clock: Clock,
+    registry: ResilienceRegistry,
+    stack: AsyncExitStack,
+    media: MediaSource | None,
+    *,
+    on_error: Callable[[UpstreamError], None],
+) -> tuple[VoiceFeature, HealthProbe] | None:
+    """Voice and audio messages transcribed by the STT endpoint behind its own breaker, limiter and
+    retry, and its /health probe; None when STT_MODEL is not set or nothing brings recordings
+    (the console)."""
+    stt = settings.stt
+    if stt is None or media is None:
+        return None
+    from integrations.transcription import Transcriber
+
+    # A self-hosted server may need no key; the SDK insists on one.
+    key = stt.api_key.reveal() if stt.api_key else "not-needed"
+    transcriber = Transcriber(
+        api_key=key, model=stt.model, base_url=stt.base_url, connect_timeout=settings.llm_connect_timeout, read_timeout=stt.timeout
+    )
+    stack.push_async_callback(transcriber.aclose)
+    cap = settings.limits.retry_after_cap
+    upstream = keyed_upstream(
+        "stt",
+        settings,
+        clock,
+        registry,
+        key=key,
+        key_setting=stt.key_setting,
+        apply_key=transcriber.set_api_key,
+        limiter=RateLimiter("stt requests", stt.requests_per_minute, 60.0, clock, burst=max(1, int(stt.requests_per_minute // 6))),
+        retry=RetryPolicy(max_attempts=3, max_total=stt.timeout + cap + 10.0, retry_after_cap=cap),
+        attempt_timeout=stt.timeout,
+    )
+    feature = VoiceFeature(
+        transcriber, upstream, media, stt.model, max_seconds=stt.max_seconds, max_bytes=stt.max_bytes, on_error=on_error
+    )
+    return feature, HealthProbe("stt", transcriber.list_models)
+
+
+def keyed_upstream(
+    name: str,
+    settings: Settings,
+    clock: Clock,
+    registry: ResilienceRegistry,
+    *,
+    key: str,
+    key_setting: str,
+    apply_key: Callable[[str], None],
+    limiter: RateLimiter,
+    retry: RetryPolicy,
+    attempt_timeout: float,
+) -> Upstream:
+    """An upstream reached with an API key, behind its own breaker (`name`), `limiter` and `retry`,
+    registered for /status. After a 401 the key is read again from `key_setting`'s source and the
+    call tried once more if it changed (a key rotated without a restart)."""
+    credential = ProviderGuard(
+        name,
+        breaker=registry.breaker(name),
+        limiter=limiter,
+        budget=TokenBudget(f"{name} tokens", 10**9, clock),  # unused: only the key reload is wanted
+        reload_credential=lambda: settings.credentials.get(key_setting),
+        apply_credential=apply_key,
+        current_credential=key,
+    )
+    return registry.register_upstream(
+        Upstream(
+            name,
+            clock,
+            breaker=credential.breaker,
+            limiter=limiter,
+            retry=retry,
+            attempt_timeout=attempt_timeout,
+            on_auth_failed=credential.reload_after_auth_failure,
+            observe=attempt_logger(clock),
+        )
+    )
 
 
 def knowledge_retry(settings: Settings) -> RetryPolicy:
@@ -360,26 +458,17 @@ def build_search(
     key = p.api_key.reveal()
     client = PerplexitySearch(api_key=key, base_url=p.base_url, model=p.model, preset=p.preset)
     stack.push_async_callback(client.aclose)
-    credential = ProviderGuard(
+    upstream = keyed_upstream(
         "perplexity",
-        breaker=registry.breaker("perplexity"),
+        settings,
+        clock,
+        registry,
+        key=key,
+        key_setting="PERPLEXITY_API_KEY",
+        apply_key=client.set_api_key,
         limiter=RateLimiter("perplexity requests", p.requests_per_minute, 60.0, clock, burst=1),
-        budget=TokenBudget("perplexity tokens", 10**9, clock),
-        reload_credential=lambda: settings.credentials.get("PERPLEXITY_API_KEY"),
-        apply_credential=client.set_api_key,
-        current_credential=key,
-    )
-    upstream = registry.register_upstream(
-        Upstream(
-            "perplexity",
-            clock,
-            breaker=credential.breaker,
-            limiter=credential.limiter,
-            retry=knowledge_retry(settings),
-            attempt_timeout=settings.limits.knowledge_timeout,
-            on_auth_failed=credential.reload_after_auth_failure,
-            observe=attempt_logger(clock),
-        )
+        retry=knowledge_retry(settings),
+        attempt_timeout=settings.limits.knowledge_timeout,
     )
     return SearchService(client, cache, upstream, SearchConfig(cache_ttl=settings.limits.search_cache_ttl))
 
@@ -449,6 +538,12 @@ def build_notes(
     return NotesFeature(outbox, notion, NoteDelivery(outbox, notion, clock, notify))
 
 
+def audio_prices(settings: Settings) -> dict[str, float]:
+    """STT_PRICE_PER_MINUTE, for the configured STT model."""
+    stt = settings.stt
+    return {stt.model: stt.price_per_minute} if stt is not None and stt.price_per_minute is not None else {}
+
+
 @dataclass(frozen=True)
 class Operations:
     """What running the bot for others takes: usage and budgets, admin settings, /status facts."""
@@ -470,7 +565,7 @@ async def build_operations(
     telegram_connected: Callable[[], bool] | None,
 ) -> Operations:
     """Usage and budgets, persisted admin settings, the recent-errors journal and /status facts."""
-    usage = UsageRecorder(database, clock, PriceTable(overrides=settings.llm_prices))
+    usage = UsageRecorder(database, clock, PriceTable(overrides=settings.llm_prices, audio_overrides=audio_prices(settings)))
     admin_settings = await AdminSettings.load(database, access)
     errors = RecentErrors(clock, redactor, journal=ErrorJournal(database))
     handler = RecentErrorsHandler(errors)

@@ -59,7 +59,7 @@ _TELEGRAM_HELP = (
     "from @BotFather, or unset every TELEGRAM_* setting to run in console mode"
 )
 # A name with one of these prefixes is meant for Switchboard (or the SDKs it drives).
-SETTING_PREFIXES = ("TELEGRAM_", "OPENAI_", "ANTHROPIC_", "NOTION_", "PERPLEXITY_", "LLM_")
+SETTING_PREFIXES = ("TELEGRAM_", "OPENAI_", "ANTHROPIC_", "NOTION_", "PERPLEXITY_", "LLM_", "STT_")
 # Read by the OpenAI and Anthropic SDKs themselves, so not unknown although Switchboard never reads them.
 SDK_SETTINGS = frozenset({
     "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_WEBHOOK_SECRET", "OPENAI_CUSTOM_HEADERS", "OPENAI_LOG",
@@ -216,6 +216,25 @@ class PerplexitySettings:
 
 
 @dataclass(frozen=True)
+class SttSettings:
+    """Speech to text for voice and audio messages: an OpenAI-compatible /v1/audio/transcriptions."""
+
+    model: str
+    # None: a server that takes no key (a self-hosted faster-whisper-server).
+    api_key: Secret | None
+    # Where the key is read again after a 401: STT_API_KEY, or OPENAI_API_KEY it fell back to.
+    key_setting: str = "STT_API_KEY"
+    base_url: str = "https://api.openai.com/v1"
+    max_seconds: float = 600.0
+    # OpenAI and Groq (free tier) refuse uploads over 25 MB.
+    max_bytes: int = 25 * 1024 * 1024
+    requests_per_minute: float = 50.0
+    timeout: float = 120.0
+    # USD per minute of audio, overriding the built-in price of `model`.
+    price_per_minute: float | None = None
+
+
+@dataclass(frozen=True)
 class NotionSettings:
     token: Secret
     database_id: str
@@ -275,6 +294,7 @@ class Settings:
     llm_local: str = "auto"
     perplexity: PerplexitySettings | None = None
     notion: NotionSettings | None = None
+    stt: SttSettings | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     # "model=input/output" USD per million tokens, overriding the built-in price table.
     llm_prices: tuple[tuple[str, float, float], ...] = ()
@@ -292,6 +312,8 @@ class Settings:
             secrets.append(self.perplexity.api_key)
         if self.notion is not None:
             secrets.append(self.notion.token)
+        if self.stt is not None:
+            secrets.append(self.stt.api_key)
         if self.telegram is not None:
             secrets += [self.telegram.api_hash, self.telegram.bot_token]
         return tuple(secret.reveal() for secret in secrets if secret)
@@ -378,6 +400,7 @@ def load_settings(
         llm_local=read.choice("LLM_LOCAL", LOCAL_MODES, "auto"),
         perplexity=_perplexity(read),
         notion=_notion(read),
+        stt=_stt(read, openai_api_key),
         limits=_limits(read),
         llm_prices=_prices(read),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "kv"),
@@ -702,6 +725,40 @@ def _notion(read: _Reader) -> NotionSettings | None:
         read.problem("NOTION_DATABASE_ID", "is needed because NOTION_TOKEN is set: copy the id from the database's URL and share the database with the integration.")
         return None
     return NotionSettings(token, database_id, base_url, rps)
+
+
+def _stt(read: _Reader, openai_api_key: Secret | None) -> SttSettings | None:
+    """STT_MODEL turns voice messages on; the key falls back to OPENAI_API_KEY on OpenAI's endpoint."""
+    default = SttSettings("", None)
+    model = read.raw("STT_MODEL")
+    base_url = read.url("STT_BASE_URL") or default.base_url
+    key = read.secret("STT_API_KEY")
+    max_seconds = read.seconds("STT_MAX_SECONDS", default.max_seconds)
+    max_mb = read.parsed("STT_MAX_MB", default.max_bytes / 2**20, _positive_float, "a positive number of megabytes")
+    rpm = read.parsed("STT_REQUESTS_PER_MINUTE", default.requests_per_minute, _positive_float, "a positive number")
+    timeout = read.seconds("STT_TIMEOUT", default.timeout)
+    price = read.parsed("STT_PRICE_PER_MINUTE", None, _non_negative_float, "a number of US dollars per minute (0 or more)")
+    if model is None:
+        others = [name for name in ("STT_BASE_URL", "STT_API_KEY", "STT_MAX_SECONDS", "STT_MAX_MB",
+                                    "STT_REQUESTS_PER_MINUTE", "STT_TIMEOUT", "STT_PRICE_PER_MINUTE") if read.raw(name)]
+        if others:
+            read.problem(
+                "STT_MODEL",
+                f"is needed for voice messages ({', '.join(others)} set); set it (e.g. whisper-1) or unset them.",
+            )
+        return None
+    key_setting = "STT_API_KEY"
+    if key is None and urlsplit(base_url).hostname == "api.openai.com":
+        key, key_setting = openai_api_key, "OPENAI_API_KEY"
+        if key is None:
+            read.problem(
+                "STT_API_KEY",
+                "(or OPENAI_API_KEY) is needed to transcribe with OpenAI (STT_MODEL is set); set one, "
+                "or point STT_BASE_URL at a server that needs no key.",
+            )
+    return SttSettings(
+        model, key, key_setting, base_url, max_seconds, int(max_mb * 2**20), rpm, timeout, price
+    )
 
 
 def _limits(read: _Reader) -> LimitSettings:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, ContextManager, Iter
 from telethon import TelegramClient, errors, events, functions, types
 
 from handlers.richtext import Entity, RichText
-from handlers.transport import DraftsUnsupported, IncomingMessage, MessageHandler
+from handlers.transport import AUDIO_FILE, VOICE_MESSAGE, DraftsUnsupported, IncomingMessage, Media, MessageHandler
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
@@ -340,15 +340,16 @@ def incoming_from_event(event: Any, bot: BotIdentity) -> IncomingMessage | None:
         user_name=_display_name(message.sender),
         attachment=attachment,
         sent_at=message.date,
+        media=describe_media(message),
     )
 
 
 # Telethon's Message properties for what a message can carry, most specific first (a voice note
 # is also an audio file, which is also a document), with the words a user would use for them.
 _ATTACHMENTS = (
-    ("voice", "voice message"),
+    ("voice", VOICE_MESSAGE),
     ("video_note", "video message"),
-    ("audio", "audio file"),
+    ("audio", AUDIO_FILE),
     ("sticker", "sticker"),
     ("gif", "GIF"),
     ("video", "video"),
@@ -370,6 +371,54 @@ def attachment_kind(message: Any) -> str | None:
         if getattr(message, attribute, None):
             return words
     return "attachment"
+
+
+def describe_media(message: Any) -> Media | None:
+    """The message's attachment described from Telegram's metadata (nothing is downloaded), or None."""
+    words = attachment_kind(message)
+    if words is None:
+        return None
+    kind = "voice" if getattr(message, "voice", None) else "audio" if getattr(message, "audio", None) else "other"
+    # Telethon's `File` view of a document or photo (duration from the audio or video attribute).
+    file = getattr(message, "file", None)
+    duration = getattr(file, "duration", None)
+    size = getattr(file, "size", None)
+    return Media(
+        kind,
+        words,
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+        size=size if isinstance(size, int) else None,
+        mime_type=getattr(file, "mime_type", None) or None,
+        file_name=getattr(file, "name", None) or None,
+    )
+
+
+class TelegramMedia:
+    """The `MediaSource` over a Telethon client: the user's message fetched again by its id (so its
+    file reference is fresh, also after a restart), its media downloaded into memory."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def describe(self, chat_id: int, message_id: int) -> Media | None:
+        message = await self._message(chat_id, message_id)
+        return None if message is None else describe_media(message)
+
+    async def download(self, chat_id: int, message_id: int) -> bytes:
+        message = await self._message(chat_id, message_id)
+        if message is None:
+            raise BadRequest("download failed: the message or its media is gone", upstream=UPSTREAM, status=400)
+        with translated_errors("download"):
+            data = await self._client.download_media(message, file=bytes)
+        if not data:
+            raise BadRequest("download failed: Telegram sent no data", upstream=UPSTREAM, status=400)
+        return bytes(data)
+
+    async def _message(self, chat_id: int, message_id: int) -> Any:
+        with translated_errors("fetching a message"):
+            message = await self._client.get_messages(chat_id, ids=message_id)
+        # Telethon gives None for a message that was deleted (MessageEmpty).
+        return message if message is not None and getattr(message, "media", None) is not None else None
 
 
 def _strip_bot_name(text: str, username: str) -> tuple[str, bool, bool]:

@@ -9,9 +9,12 @@ from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage, send_key
 
 # Reply-stream numbers of notices sent outside the message's stored lifecycle (streams of a
-# stored message count up from 0): one for "could not store", one for a note's outcome.
+# stored message count up from 0): one for "could not store", one for a note's outcome, one for a
+# voice message's transcript and one for "transcription failed, trying again later".
 NOT_STORED_STREAM = -1
 NOTE_OUTCOME_STREAM = -2
+TRANSCRIPT_STREAM = -3
+TRANSCRIPTION_DELAYED_STREAM = -4
 
 
 def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:

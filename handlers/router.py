@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Awaitable, Callable, Literal, Sequence
 
-from handlers import chat
+from handlers import chat, voice
 from handlers.commands import Command, parse_command
 from handlers.lanes import USER_CANCEL
 from handlers.reply import NOT_STORED_STREAM, notify_once, reply
@@ -83,6 +83,8 @@ class Router:
         self._accepting = True
         # Stored messages with a job queued or running: never given a second job.
         self._claimed: set[int] = set()
+        # Stored messages a job left unfinished on purpose (AnswerLater), for the safety net.
+        self._later: set[int] = set()
 
     @property
     def commands(self) -> list[Command]:
@@ -125,7 +127,10 @@ class Router:
             return
         message = replace(message, trace=ReplyTrace(stored.id))
         if kind == "media":
-            await self._lifecycle(message, stored, self._unsupported)
+            if message.media is not None and message.media.is_audio:
+                await self._enqueue_answer(message, stored, voice.transcribe)
+            else:
+                await self._lifecycle(message, stored, self._unsupported)
         elif command is not None and parsed is not None:
             run = _command_job(command, parsed.args)
             if command.queued:
@@ -155,7 +160,8 @@ class Router:
         Messages already queued or running here are skipped; a user no longer allowed gets
         nothing; a message older than `pending_max_age` gets a short note instead of an answer;
         one that stopped the bot `max_attempts` times is given up with a note; chat questions
-        are checked against the user's limits again. Returns how many were queued or closed.
+        are checked against the user's limits again. Returns how many were queued or closed,
+        not counting those a job left for later on purpose (`voice.AnswerLater`).
         """
         services = self._services
         settings = services.chat
@@ -164,7 +170,10 @@ class Router:
             age = services.clock.now() - datetime.fromisoformat(stored.created_at)
             if stored.id in self._claimed or (older_than is not None and age.total_seconds() < older_than):
                 continue
-            resumed += 1
+            if stored.id in self._later:
+                self._later.discard(stored.id)  # expected: a job left it for now
+            else:
+                resumed += 1
             message = IncomingMessage(
                 chat_id=stored.chat_id,
                 user_id=stored.user_id,
@@ -190,7 +199,8 @@ class Router:
                 self._submit(message, stored, _closing_job(note, "failed"), cancellable=False)
                 continue
             if stored.kind == "media":
-                self._submit(message, stored, self._unsupported, cancellable=False)
+                audio = voice.stored_as_audio(stored)
+                self._submit(message, stored, voice.transcribe if audio else self._unsupported, cancellable=audio)
                 continue
             parsed = parse_command(stored.text) if stored.kind == "command" else None
             command = self._commands.get(parsed.name) if parsed is not None else None
@@ -218,9 +228,9 @@ class Router:
             lines += ["", self._help_note]
         return "\n".join(lines)
 
-    async def _enqueue_answer(self, message: IncomingMessage, stored: StoredMessage) -> None:
+    async def _enqueue_answer(self, message: IncomingMessage, stored: StoredMessage, run: Job | None = None) -> None:
         was_busy = self._services.lanes.busy(message.chat_id)
-        self._submit(message, stored, None)
+        self._submit(message, stored, run)
         if was_busy and self._is_live(message):
             # Not part of the answer, so not recorded with it (a resumed answer would take it over).
             await reply(self._services, replace(message, trace=None), QUEUED_NOTICE)
@@ -246,13 +256,22 @@ class Router:
     async def _lifecycle(self, message: IncomingMessage, stored: StoredMessage, run: Job) -> None:
         """Run a command (or a note) for a stored message and end its lifecycle: answered when it
         returns or the user cancels it, left for after the restart on shutdown, failed with a
-        message to the user when it breaks."""
+        message to the user when it breaks. A job that returns the message (a voice note with
+        its transcript as its text) has it answered as a chat message; one that raises
+        `AnswerLater` leaves it unfinished, for the safety net to take up again."""
         history = self._services.history
         self._claimed.add(stored.id)
         try:
             await history.begin(stored)
-            await run(self._services, message, stored)
+            as_chat = await run(self._services, message, stored)
+            if as_chat is not None:
+                typed = replace(message, text=as_chat.text, attachment=None, media=None)
+                await chat.answer(self._services, typed, as_chat)
+                return
             await history.mark_delivered(stored)
+        except voice.AnswerLater as later:
+            log.info("message %s in chat %s is left for later: %s", stored.id, message.chat_id, later)
+            self._later.add(stored.id)
         except asyncio.CancelledError:
             if self._services.lanes.cancel_reason(message.chat_id) != USER_CANCEL:
                 raise  # a shutdown: left unfinished, run again after the restart
@@ -337,8 +356,9 @@ class Router:
         )
 
 
-# The work done for one stored message; its lifecycle around it is the router's.
-Job = Callable[[Services, IncomingMessage, StoredMessage], Awaitable[None]]
+# The work done for one stored message; its lifecycle around it is the router's. A job may
+# return the message to be answered as a chat message (what it made of it: a transcript).
+Job = Callable[[Services, IncomingMessage, StoredMessage], Awaitable[StoredMessage | None]]
 
 
 def _command_job(command: Command, args: str) -> Job:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # these modules import this one for `Services`
     from handlers.notes import NotesFeature
     from handlers.search import SearchService
     from handlers.status_report import StatusContext
+    from handlers.voice import VoiceFeature
     from integrations.resilience.registry import ResilienceRegistry
     from state.admin_settings import AdminSettings
     from state.cache import SqliteCache
@@ -48,6 +49,7 @@ class Features:
     admin_settings: AdminSettings | None = None  # /allow, /deny, /budget, kept in the database
     resilience: ResilienceRegistry | None = None  # breakers and limiters by name: /status, /breaker
     status: StatusContext | None = None  # what only the composition root knows: /status, /health
+    voice: VoiceFeature | None = None  # voice and audio messages: speech to text (STT_MODEL)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Protocol, Sequence, runtime_checkable
+from typing import Awaitable, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 from handlers.richtext import RichText
 from integrations.errors import BadRequest
@@ -55,6 +55,44 @@ def send_key(chat_id: int, message_id: int, stream: int, part: int) -> int:
     return key or 1
 
 
+# What a user calls a voice note and an audio file (the words the bot's replies use for them).
+VOICE_MESSAGE = "voice message"
+AUDIO_FILE = "audio file"
+
+MediaKind = Literal["voice", "audio", "other"]
+
+
+@dataclass(frozen=True)
+class Media:
+    """What a message carries besides text, as the transport describes it before anything is
+    downloaded (Telegram's metadata): enough to refuse a file that is too long or too large."""
+
+    kind: MediaKind
+    # In a user's words: "voice message", "audio file", "photo".
+    words: str
+    duration: float | None = None  # seconds
+    size: int | None = None  # bytes
+    mime_type: str | None = None
+    file_name: str | None = None
+
+    @property
+    def is_audio(self) -> bool:
+        return self.kind != "other"
+
+
+class MediaSource(Protocol):
+    """Fetches what a user's message carried, by chat and message id: also after a restart, when
+    only the stored message is left (only the Telegram transport has one)."""
+
+    async def describe(self, chat_id: int, message_id: int) -> Media | None:
+        """The message's media as it is now; None when the message (or its media) is gone."""
+        ...
+
+    async def download(self, chat_id: int, message_id: int) -> bytes:
+        """The media's bytes; raises UpstreamError (BadRequest when the message is gone)."""
+        ...
+
+
 @dataclass(frozen=True)
 class IncomingMessage:
     chat_id: int
@@ -65,12 +103,14 @@ class IncomingMessage:
     # In groups the bot answers only when mentioned or replied to; the transport decides that.
     addressed_to_bot: bool = True
     user_name: str = ""
-    # What the message carried besides text that the bot cannot read yet ("voice message", "photo").
+    # What the message carried besides text, in a user's words ("voice message", "photo").
     attachment: str | None = None
     # When the user sent it (Telegram's date); None where the transport does not say (the console).
     sent_at: datetime | None = None
     # Set once the message is stored: its reply's messages are recorded there.
     trace: ReplyTrace | None = field(default=None, compare=False)
+    # The attachment described (kind, duration, size), where the transport knows it.
+    media: Media | None = None
 
 
 class DraftsUnsupported(BadRequest):

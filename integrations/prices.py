@@ -5,6 +5,9 @@ name a bare model (`gpt-5.1`) or `provider:model`; the more specific one wins. D
 (`claude-haiku-4-5-20251001`) fall back to their undated name. Models of the `local` provider are
 free. Any other model has no price: its cost counts as 0 and is flagged, so nobody mistakes a
 missing price for a free model.
+
+Speech-to-text models are priced per minute of audio (`audio_cost`); `STT_PRICE_PER_MINUTE`
+overrides the built-in price of the configured one.
 """
 from __future__ import annotations
 
@@ -37,6 +40,18 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
 )
 
 
+# USD per minute of audio, billed by the second. Groq prices by the hour: $0.111 and $0.04.
+DEFAULT_AUDIO_PRICES: Mapping[str, float] = MappingProxyType(
+    {
+        "whisper-1": 0.006,
+        "gpt-4o-transcribe": 0.006,
+        "gpt-4o-mini-transcribe": 0.003,
+        "whisper-large-v3": 0.111 / 60,
+        "whisper-large-v3-turbo": 0.04 / 60,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Cost:
     usd: float
@@ -48,10 +63,14 @@ class PriceTable:
         self,
         prices: Mapping[str, Price] = DEFAULT_PRICES,
         overrides: Sequence[tuple[str, float, float]] = (),
+        *,
+        audio_prices: Mapping[str, float] = DEFAULT_AUDIO_PRICES,
+        audio_overrides: Mapping[str, float] | None = None,
     ) -> None:
         self._prices = {name.lower(): price for name, price in prices.items()}
         for model, input_price, output_price in overrides:
             self._prices[model.strip().lower()] = Price(input_price, output_price)
+        self._audio_prices = {name.lower(): usd for name, usd in {**audio_prices, **(audio_overrides or {})}.items()}
 
     def price_for(self, ref: ModelRef) -> Price | None:
         if ref.provider in FREE_PROVIDERS:
@@ -68,6 +87,13 @@ class PriceTable:
             return Cost(0.0, priced=False)
         usd = (usage.input_tokens * price.input_per_million + usage.output_tokens * price.output_per_million) / 1e6
         return Cost(usd, priced=True)
+
+    def audio_cost(self, model: str, seconds: float) -> Cost:
+        """What transcribing `seconds` of audio with `model` costs (per minute, billed by the second)."""
+        per_minute = self._audio_prices.get(model.strip().lower())
+        if per_minute is None:
+            return Cost(0.0, priced=False)
+        return Cost(max(0.0, seconds) / 60 * per_minute, priced=True)
 
 
 def format_usd(amount: float) -> str:

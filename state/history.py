@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Literal
 
 from integrations.llm import ChatMessage
@@ -126,6 +126,17 @@ class HistoryStore:
         )
         row = await self._db.fetchone("SELECT attempts FROM messages WHERE id = ?", (incoming.id,))
         return int(row["attempts"]) if row else 0
+
+    async def record_transcript(self, incoming: StoredMessage, text: str) -> StoredMessage:
+        """A voice or audio message's transcript becomes its text: from now on it is a chat message
+        like a typed one (part of the context; answered after a restart without transcribing
+        again). Its answer begins next, counting this attempt once, not twice."""
+        await self._db.execute(
+            "UPDATE messages SET content = ?, kind = 'chat', status = 'pending', attempts = MAX(attempts - 1, 0)"
+            " WHERE id = ? AND status IN ('pending', 'answering')",
+            (text, incoming.id),
+        )
+        return replace(incoming, text=text, kind="chat", status="pending")
 
     async def record_shown(self, stored_id: int, message_ids: Iterable[int]) -> None:
         """The bot's messages that show this message's reply (added to those recorded before)."""

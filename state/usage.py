@@ -82,6 +82,15 @@ class UsageRecorder:
                 continue  # the model failed before it was charged for anything
             cost = self._prices.cost(ref, Usage(input_tokens, output_tokens))
             rows.append((day, user_id, str(ref), input_tokens, output_tokens, cost.usd, 0 if cost.priced else 1))
+        await self._add(rows)
+
+    async def record_audio(self, user_id: int, model: str, seconds: float) -> None:
+        """Add one transcription of `seconds` of audio, priced per minute, to today's totals for
+        `user_id`, under `stt:<model>` (no tokens)."""
+        cost = self._prices.audio_cost(model, seconds)
+        await self._add([(self.today().isoformat(), user_id, f"stt:{model}", 0, 0, cost.usd, 0 if cost.priced else 1)])
+
+    async def _add(self, rows: Sequence[tuple[object, ...]]) -> None:
         if not rows:
             return
         async with self._db.transaction():

@@ -14,11 +14,17 @@ that arrived while the bot was away (`arrive_while_offline`) as soon as `start` 
 `start` returns: a bot that registers its handler later never sees them. Like Telegram, it
 refuses to send to a chat the bot has never seen (Telethon's ValueError), and message ids are
 unique per chat for good, across restarts of the bot.
+
+The users' messages it delivered can be fetched again by id (`get_messages(chat, ids=...)`, None
+once the user deleted one: `user_deletes`), and their media downloaded into memory
+(`download_media(message, file=bytes)`): the bytes a media helper below (`voice_note`,
+`audio_file`) registered for its document, as Telegram's servers keep the file.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import math
 import random
 from collections import defaultdict, deque
@@ -29,7 +35,7 @@ from telethon import errors, events, functions, types, utils
 
 from integrations.resilience.clock import Clock
 
-FaultKind = Literal["send", "edit", "draft", "typing", "commands", "start", "delete"]
+FaultKind = Literal["send", "edit", "draft", "typing", "commands", "start", "delete", "get_messages", "download"]
 T = TypeVar("T")
 
 TEXT_LIMIT = 4096
@@ -150,6 +156,8 @@ class FakeTelegramClient:
         self._knows_every_chat = knows_every_chat
         # Handler tasks still running (Telethon keeps no such list; tests wait on it).
         self.dispatching: set[asyncio.Task[Any]] = set()
+        # The users' messages Telegram holds, by chat and id (None: deleted by the user).
+        self._incoming: dict[tuple[int, int], Any] = {}
 
     # --- test controls -------------------------------------------------------------------------
 
@@ -177,7 +185,7 @@ class FakeTelegramClient:
 
     def dispatch(self, event: Any) -> list[asyncio.Task[Any]]:
         """Start the handlers of one update, each as its own task, without waiting for them."""
-        self.known_chats.add(event.message.chat_id)
+        self._keep(event.message)
         tasks = []
         for callback, builder in list(self.handlers):
             message = event.message
@@ -195,8 +203,16 @@ class FakeTelegramClient:
         """An update sent while the bot is not connected: handed out when it next connects."""
         if event.message.date is None:
             event.message.date = self.clock.now()
-        self.known_chats.add(event.message.chat_id)
+        self._keep(event.message)
         self._offline_updates.append(event)
+
+    def user_deletes(self, chat_id: int, message_id: int) -> None:
+        """The user deleted their message: fetching it gives None from now on."""
+        self._incoming[(chat_id, message_id)] = None
+
+    def _keep(self, message: Any) -> None:
+        self.known_chats.add(message.chat_id)
+        self._incoming.setdefault((message.chat_id, message.id), message)
 
     async def settle_dispatch(self) -> None:
         """Wait for every handler task started so far."""
@@ -265,6 +281,39 @@ class FakeTelegramClient:
             return callback
 
         return decorator
+
+    @_over_the_network
+    async def get_messages(self, entity: int, *args: Any, ids: Any = None, **_: Any) -> Any:
+        """Messages by id, as Telethon returns them: one Message (None if it is gone) for one id,
+        a list for a list. The fake fetches users' messages by id only."""
+        chat_id = _chat_id(entity)
+        self._check_peer(chat_id)
+        if ids is None or args:
+            raise NotImplementedError("the fake fetches messages by ids= only")
+        self._take_fault("get_messages", chat_id)
+        self._record("get_messages", chat_id, "ok")
+        if isinstance(ids, int):
+            return self._incoming.get((chat_id, ids))
+        return [self._incoming.get((chat_id, message_id)) for message_id in ids]
+
+    @_over_the_network
+    async def download_media(
+        self, message: Any, file: Any = None, *, thumb: Any = None, progress_callback: Any = None
+    ) -> bytes | None:
+        """A message's media, into memory with `file=bytes` as Telethon does; None without media."""
+        if file is not bytes:
+            raise NotImplementedError("the fake downloads into memory only: pass file=bytes")
+        chat_id = getattr(message, "chat_id", None)
+        self._take_fault("download", chat_id)
+        document = getattr(getattr(message, "media", None), "document", None)
+        if document is None:
+            return None
+        self._record("download", chat_id, "ok")
+        return _FILES[document.id]
+
+    def downloads(self, chat_id: int) -> int:
+        """How many files the bot downloaded from this chat."""
+        return sum(1 for call in self.calls if call.kind == "download" and call.chat_id == chat_id and call.outcome == "ok")
 
     @_over_the_network
     async def delete_messages(self, entity: int, message_ids: Any, *, revoke: bool = True) -> list[Any]:
@@ -544,9 +593,27 @@ def _utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def voice_note(seconds: int = 3) -> types.MessageMediaDocument:
-    """A voice message's media as Telegram sends it (an OGG/Opus document marked as voice)."""
-    return types.MessageMediaDocument(document=_document("audio/ogg", [types.DocumentAttributeAudio(duration=seconds, voice=True)]))
+# The files Telegram's servers keep, by document id (for `download_media`).
+_FILES: dict[int, bytes] = {}
+_DOCUMENT_IDS = itertools.count(1000)
+
+
+def voice_note(seconds: int = 3, *, data: bytes | None = None, size: int | None = None) -> types.MessageMediaDocument:
+    """A voice message's media as Telegram sends it (an OGG/Opus document marked as voice, no file
+    name). `data` is the file Telegram keeps (made up when not given); `size` what Telegram says
+    its size is (the data's length when not given)."""
+    data = data if data is not None else b"OggS" + bytes(60 * seconds)
+    attributes = [types.DocumentAttributeAudio(duration=seconds, voice=True)]
+    return types.MessageMediaDocument(document=_document("audio/ogg", attributes, data=data, size=size))
+
+
+def audio_file(
+    seconds: int = 30, *, name: str = "song.mp3", mime_type: str = "audio/mpeg", data: bytes | None = None
+) -> types.MessageMediaDocument:
+    """An audio file as Telegram sends it: a document with an audio attribute and a file name."""
+    data = data if data is not None else b"ID3" + bytes(100 * seconds)
+    attributes = [types.DocumentAttributeAudio(duration=seconds, title="A song"), types.DocumentAttributeFilename(name)]
+    return types.MessageMediaDocument(document=_document(mime_type, attributes, data=data))
 
 
 def photo() -> types.MessageMediaPhoto:
@@ -559,7 +626,16 @@ def sticker() -> types.MessageMediaDocument:
     return types.MessageMediaDocument(document=_document("image/webp", attributes))
 
 
-def _document(mime_type: str, attributes: list[Any]) -> types.Document:
+def _document(mime_type: str, attributes: list[Any], *, data: bytes = bytes(4096), size: int | None = None) -> types.Document:
+    document_id = next(_DOCUMENT_IDS)
+    _FILES[document_id] = data
     return types.Document(
-        id=21, access_hash=22, file_reference=b"", date=None, mime_type=mime_type, size=4096, dc_id=2, attributes=attributes
+        id=document_id,
+        access_hash=22,
+        file_reference=b"",
+        date=None,
+        mime_type=mime_type,
+        size=len(data) if size is None else size,
+        dc_id=2,
+        attributes=attributes,
     )
