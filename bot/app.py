@@ -14,6 +14,7 @@ from bot.recent_errors_handler import RecentErrorsHandler
 from handlers.access import AccessPolicy
 from handlers.admin import admin_commands
 from handlers.basic import basic_commands
+from handlers.compaction import Compaction, CompactionSettings
 from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
 from handlers.limits import UserLimits
@@ -53,6 +54,7 @@ from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry, Snapshotting
 from integrations.resilience.retry import RetryPolicy
 from integrations.resilience.tokens import TokenBudget
+from integrations.summariser import Summariser
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
 from state.db import Database
@@ -314,6 +316,7 @@ async def build_app(
             system_prompt=settings.system_prompt,
             max_tokens=settings.llm_max_tokens,
             pending_max_age=settings.limits.pending_max_age,
+            idle_reset=settings.conversation.idle_reset,
         ),
         pacing=pacing,
     )
@@ -343,6 +346,7 @@ async def build_app(
         resilience=registry,
         status=operations.status,
         voice=voice[0] if voice is not None else None,
+        compaction=build_compaction(settings, clock, chain),
     )
     services = replace(core, features=features, health_probes=tuple(probes))
     router = Router(
@@ -437,6 +441,15 @@ def keyed_upstream(
             observe=attempt_logger(clock),
         )
     )
+
+
+def build_compaction(settings: Settings, clock: Clock, chain: ModelChain) -> Compaction | None:
+    """Long conversations summarised by the chain's cheapest model; None when COMPACT_AT is off."""
+    conversation = settings.conversation
+    if conversation.compact_at is None:
+        return None
+    summariser = Summariser(chain, PriceTable(overrides=settings.llm_prices), clock, timeout=conversation.compact_timeout)
+    return Compaction(summariser, CompactionSettings(compact_at=conversation.compact_at))
 
 
 def knowledge_retry(settings: Settings) -> RetryPolicy:

@@ -270,6 +270,20 @@ class LimitSettings:
     knowledge_timeout: float = 120.0
 
 
+@dataclass(frozen=True)
+class ConversationSettings:
+    """How long a conversation grows: summarised past a share of the model's window, and started
+    afresh after being idle."""
+
+    # Summarise older turns once the context passes this share of the answering model's context
+    # window (COMPACT_AT); None: never, only trim.
+    compact_at: float | None = 0.75
+    # Longest a summary may take, in seconds (COMPACT_TIMEOUT).
+    compact_timeout: float = 20.0
+    # Seconds after which an idle conversation starts afresh (CONVERSATION_IDLE_RESET); None: never.
+    idle_reset: float | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     telegram: TelegramSettings | None = None
@@ -296,6 +310,7 @@ class Settings:
     notion: NotionSettings | None = None
     stt: SttSettings | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
+    conversation: ConversationSettings = field(default_factory=ConversationSettings)
     # "model=input/output" USD per million tokens, overriding the built-in price table.
     llm_prices: tuple[tuple[str, float, float], ...] = ()
     log_format: str = "kv"
@@ -403,6 +418,7 @@ def load_settings(
         stt=_stt(read, openai_api_key),
         limits=_limits(read),
         llm_prices=_prices(read),
+        conversation=_conversation(read),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "kv"),
         credentials=source,
         warnings=read.unknown_names(environ),
@@ -784,6 +800,54 @@ def _limits(read: _Reader) -> LimitSettings:
         pending_max_age=read.seconds("PENDING_MAX_AGE", default.pending_max_age),
         knowledge_timeout=read.seconds("KNOWLEDGE_TIMEOUT", default.knowledge_timeout),
     )
+
+
+def _conversation(read: _Reader) -> ConversationSettings:
+    default = ConversationSettings()
+    return ConversationSettings(
+        compact_at=_unless_off(
+            read, "COMPACT_AT", default.compact_at, _share,
+            "a share of the model's context window above 0 and at most 1 (e.g. 0.75 or 75%), or off",
+        ),
+        compact_timeout=read.seconds("COMPACT_TIMEOUT", default.compact_timeout),
+        idle_reset=_unless_off(
+            read, "CONVERSATION_IDLE_RESET", default.idle_reset, _duration,
+            "a duration such as 6h, 90m, 2d or 1h30m (a bare number is seconds), or off",
+        ),
+    )
+
+
+_OFF = frozenset({"off", "none", "never"})
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(d|h|min|m|s)?", re.IGNORECASE)
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def _unless_off(read: _Reader, name: str, default: float | None, parse: Callable[[str], float | None], expected: str) -> float | None:
+    """A setting that `off` turns off (None); anything else is parsed."""
+    value = read.raw(name)
+    if value is not None and value.lower() in _OFF:
+        return None
+    return read.parsed(name, default, parse, expected)
+
+
+def _share(text: str) -> float | None:
+    """0.75 or 75%: above 0, at most 1."""
+    value = _positive_float(text.removesuffix("%").strip())
+    if value is not None and text.endswith("%"):
+        value /= 100
+    return value if value is not None and value <= 1 else None
+
+
+def _duration(text: str) -> float | None:
+    """Seconds from 6h, 90m, 2d, 1h30m or 3600 (a bare number is seconds)."""
+    compact = text.replace(" ", "")
+    parts = list(_DURATION_PART.finditer(compact))
+    if not parts or "".join(part[0] for part in parts) != compact:
+        return None
+    if len(parts) > 1 and not all(part[2] for part in parts):
+        return None  # "1h30" is ambiguous
+    seconds = sum(float(part[1]) * _DURATION_UNITS[(part[2] or "").lower()] for part in parts)
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _prices(read: _Reader) -> tuple[tuple[str, float, float], ...]:

@@ -5,6 +5,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, TypeVar
 
+from handlers.idle_reset import fresh_start_note
 from handlers.lanes import USER_CANCEL
 from handlers.reply import open_stream
 from handlers.services import Services
@@ -78,6 +79,7 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
     lane stops taking user cancels, and one asked for a moment earlier is absorbed, so the
     ending is never cut in half. A shutdown may stop it anywhere; the restart takes it up."""
     stream = open_stream(services, message)
+    answered = False
     try:
         if stored.status == "delivering" and stored.reply_text is not None:
             # Generated before a restart: only its delivery is left; the model is not asked again.
@@ -90,11 +92,15 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
                 services, stored, lambda: services.history.record_answer(stored, words, model, reply_text=shown)
             )
             await _deliver(services, stream, stored, shown)
+            answered = True
     except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
         log.exception("answering message %s in chat %s failed", stored.id, message.chat_id)
         await _report_failure(services, stream, stored, error)
     finally:
         await stream.close()
+    if answered and services.features.compaction is not None:
+        # Once the answer is delivered, in this chat's lane: why then, see handlers/compaction.py.
+        await services.features.compaction.after_answer(services, message, stored)
 
 
 async def _generate(
@@ -110,6 +116,7 @@ async def _generate(
     marker = ""
     try:
         await services.history.begin(stored)
+        prefix = await fresh_start_note(services, stored) + prefix
         context = await services.history.context_for(stored)
         preferred_name = await services.preferences.model_for(message.user_id)
         preferred = services.chain.find(preferred_name) if preferred_name else None

@@ -16,6 +16,7 @@ from state.history import HistoryStore
 from state.preferences import UserPreferences
 
 if TYPE_CHECKING:  # these modules import this one for `Services`
+    from handlers.compaction import Compaction
     from handlers.notes import NotesFeature
     from handlers.search import SearchService
     from handlers.status_report import StatusContext
@@ -36,6 +37,8 @@ class ChatSettings:
     pending_max_age: float = 3600.0
     # A message whose answering began this many times without ending (each time the bot stopped) is given up.
     max_attempts: int = 3
+    # A conversation idle this many seconds starts afresh (CONVERSATION_IDLE_RESET); None: never.
+    idle_reset: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Features:
     admin_settings: AdminSettings | None = None  # /allow, /deny, /budget, kept in the database
     resilience: ResilienceRegistry | None = None  # breakers and limiters by name: /status, /breaker
     status: StatusContext | None = None  # what only the composition root knows: /status, /health
+    compaction: Compaction | None = None  # long conversations' older turns summarised (COMPACT_AT)
     voice: VoiceFeature | None = None  # voice and audio messages: speech to text (STT_MODEL)
 
 

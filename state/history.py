@@ -12,14 +12,19 @@ attempts); `record_answer` stores the generated answer as 'delivering' before th
 final text, so a crash after generation never pays for the answer twice; `mark_delivered` ends it.
 The bot's messages that showed a reply are recorded as they are sent (`record_shown`), so a reply
 resumed after a crash replaces them. Messages not finished (`pending`) are resumed at start.
+
+A long conversation's older turns may be replaced, in what models are sent, by one summary
+(`record_summary`, written by handlers/compaction.py); the turns themselves stay stored.
 """
 from __future__ import annotations
 
 import json
 import sqlite3
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Iterable, Literal
 
+from integrations.context_window import with_summary
 from integrations.llm import ChatMessage
 from integrations.resilience.clock import Clock
 from state.db import Database, iso_timestamp
@@ -35,14 +40,37 @@ _MESSAGE_COLUMNS = (
 
 # The conversation of message :id as context, each answer after its question. The index
 # messages_in_context_order (migration 0006) holds exactly this order, so no sort is needed.
+# Each row comes with its turn (its question's id). Turns up to :after are left out (a summary
+# stands for them); answers count to questions before :answers_before (:id, or :id + 1 to take
+# :id's own answer too).
 CONTEXT_QUERY = (
-    "SELECT role, content FROM messages"
+    "SELECT COALESCE(in_reply_to, id) AS turn, role, content FROM messages"
     " WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = :id)"
+    "   AND COALESCE(in_reply_to, id) > :after"
     "   AND ((role = 'user' AND kind = 'chat' AND (id = :id OR (id < :id AND status IN"
     "         ('answered', 'failed', 'delivering', 'undeliverable'))))"
-    "        OR (role = 'assistant' AND in_reply_to < :id))"
+    "        OR (role = 'assistant' AND in_reply_to < :answers_before))"
     " ORDER BY COALESCE(in_reply_to, id), id"
 )
+
+# The newest summary of message :id's conversation, made of turns before :id.
+SUMMARY_QUERY = (
+    "SELECT covers_through, content FROM conversation_summaries"
+    " WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = :id) AND covers_through < :id"
+    " ORDER BY covers_through DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A conversation's older turns as one text, standing for every turn up to `covers_through`."""
+
+    text: str
+    covers_through: int
+
+
+# One message of a conversation with its turn (the id of the question it belongs to).
+TurnMessage = tuple[int, ChatMessage]
 
 
 @dataclass(frozen=True)
@@ -178,10 +206,68 @@ class HistoryStore:
         """The conversation up to and including `incoming`, oldest first, each answer after its question.
 
         Earlier user messages count once they were answered or failed; messages still pending
-        (or newer than `incoming`) belong to other turns.
+        (or newer than `incoming`) belong to other turns. A summary of older turns stands in
+        for them, opening the context.
         """
-        rows = await self._db.fetchall(CONTEXT_QUERY, {"id": incoming.id})
-        return [ChatMessage(role, content) for role, content in rows]
+        summary, turns = await self.conversation_so_far(incoming)
+        return with_summary(summary.text if summary else None, [message for _, message in turns])
+
+    async def conversation_so_far(
+        self, incoming: StoredMessage, *, with_its_answer: bool = False
+    ) -> tuple[Summary | None, list[TurnMessage]]:
+        """The newest summary before `incoming`, and the turns after it up to `incoming` (and its
+        stored answer, `with_its_answer`)."""
+        row = await self._db.fetchone(SUMMARY_QUERY, {"id": incoming.id})
+        summary = Summary(row["content"], row["covers_through"]) if row else None
+        rows = await self._db.fetchall(
+            CONTEXT_QUERY,
+            {
+                "id": incoming.id,
+                "after": summary.covers_through if summary else 0,
+                "answers_before": incoming.id + int(with_its_answer),
+            },
+        )
+        return summary, [(turn, ChatMessage(role, content)) for turn, role, content in rows]
+
+    async def record_summary(self, incoming: StoredMessage, summary: Summary, model: str) -> None:
+        """From now on `summary` stands for the turns it covers of `incoming`'s conversation."""
+        await self._db.execute(
+            "INSERT INTO conversation_summaries (conversation_id, covers_through, content, model, created_at)"
+            " SELECT conversation_id, ?, ?, ?, ? FROM messages WHERE id = ?",
+            (summary.covers_through, summary.text, model, self._now(), incoming.id),
+        )
+
+    async def idle_before(self, incoming: StoredMessage) -> float | None:
+        """Seconds from the last chat turn of `incoming`'s conversation before it (a question or an
+        answer; commands do not count) to `incoming`; None if there was none."""
+        row = await self._db.fetchone(
+            "SELECT MAX(created_at) AS last FROM messages"
+            " WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = :id)"
+            "   AND id < :id AND (role = 'assistant' OR kind = 'chat')",
+            {"id": incoming.id},
+        )
+        if row is None or row["last"] is None:
+            return None
+        return (datetime.fromisoformat(incoming.created_at) - datetime.fromisoformat(row["last"])).total_seconds()
+
+    async def start_afresh(self, incoming: StoredMessage) -> bool:
+        """End `incoming`'s conversation before it, as /reset does, and move `incoming` (with any
+        message after it) into a new one. False if that conversation had already ended."""
+        async with self._db.transaction():
+            row = await self._db.fetchone(
+                "SELECT c.id FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.id = ? AND c.ended_at IS NULL",
+                (incoming.id,),
+            )
+            if row is None:
+                return False
+            await self.reset(incoming.chat_id)
+            fresh = await self._open_conversation(incoming.chat_id, self._now())
+            await self._db.execute(
+                "UPDATE messages SET conversation_id = ? WHERE conversation_id = ? AND id >= ?",
+                (fresh, row["id"], incoming.id),
+            )
+        return True
 
     async def record_answer(
         self, incoming: StoredMessage, text: str, model: str, *, reply_text: str | None = None

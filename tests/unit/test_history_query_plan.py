@@ -24,7 +24,8 @@ async def db(tmp_path):
 async def query_plan(db: Database, *, analyzed: bool) -> list[str]:
     if analyzed:
         await db.execute("ANALYZE")
-    rows = await db.fetchall(f"EXPLAIN QUERY PLAN {CONTEXT_QUERY}", {"id": 5})
+    # After a summary (turns up to 2 left out), with the message's own answer.
+    rows = await db.fetchall(f"EXPLAIN QUERY PLAN {CONTEXT_QUERY}", {"id": 5, "after": 2, "answers_before": 6})
     return [row["detail"] for row in rows]
 
 

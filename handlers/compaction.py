@@ -1,0 +1,146 @@
+"""Compaction: a conversation grown past a share of its model's window has its older turns summarised.
+
+When the context (system prompt, summary so far and turns) passes `compact_at` of the answering
+model's context window (the user's pick, else the chain's first), the older turns become one
+summary (integrations/summariser.py) that stands in for them in every later request; the turns
+stay stored. The newest turns, up to half of that threshold and at least the last one, stay as
+they are. Each new summary folds in the one before.
+
+When: right after an answer was delivered, in the chat's lane. The answer that crossed the
+threshold still fitted (the threshold is below the window), so the user never waits for a
+summary before an answer; running in the lane means one summary per conversation at a time and
+the next question already sees it. A message sent meanwhile waits for it at most the
+summariser's timeout (then the summary is given up).
+
+When summarising fails or times out, nothing changes: the context is trimmed as before
+(integrations/context_window.py), and the next answer tries again. After two failures in a row a
+chat backs off, 5 minutes, then twice as long each time, up to an hour. The summary's tokens are
+recorded in the user's usage, so they count against budgets like any answer.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from handlers.services import Services
+from handlers.transport import IncomingMessage
+from integrations.chain import ChainModel
+from integrations.context_window import estimate_conversation, estimate_tokens, with_summary
+from integrations.llm import ChatMessage, ModelRef, Usage
+from integrations.summariser import Summariser, SummaryFailed
+from state.history import StoredMessage, Summary, TurnMessage
+
+log = logging.getLogger(__name__)
+
+SUMMARY_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class CompactionSettings:
+    # Summarise once the context passes this share of the answering model's window (COMPACT_AT).
+    compact_at: float = 0.75
+    # The newest turns kept as they are, as a share of that threshold.
+    keep_share: float = 0.5
+    # The longest summary, as a share of that threshold (and at most SUMMARY_MAX_TOKENS).
+    summary_share: float = 0.25
+    # Seconds a chat waits after its second failure in a row; doubled after each further one.
+    first_backoff: float = 300.0
+    max_backoff: float = 3600.0
+
+
+@dataclass
+class _Failures:
+    count: int
+    retry_at: float
+
+
+class Compaction:
+    def __init__(self, summariser: Summariser, settings: CompactionSettings = CompactionSettings()) -> None:
+        self._summariser = summariser
+        self._settings = settings
+        self._failures: dict[int, _Failures] = {}
+
+    async def after_answer(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+        """Summarise the older turns of `stored`'s conversation if it has grown too long. Never
+        raises (but for cancellation): the user already has the answer."""
+        try:
+            await self._compact(services, message, stored)
+        except Exception:
+            log.exception("compacting the conversation of chat %s failed; it is trimmed instead", stored.chat_id)
+
+    async def _compact(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+        chat_id = stored.chat_id
+        failures = self._failures.get(chat_id)
+        if failures is not None and services.clock.monotonic() < failures.retry_at:
+            return
+        model = await _answering_model(services, message.user_id)
+        if model is None:
+            return
+        threshold = int(self._settings.compact_at * model.context_tokens)
+        summary, turns = await services.history.conversation_so_far(stored, with_its_answer=True)
+        context = with_summary(summary.text if summary else None, [m for _, m in turns])
+        size = estimate_conversation(context) + estimate_tokens(services.chat.system_prompt)
+        if size <= threshold:
+            return
+        folded, covers_through = _oldest_turns(turns, keep_tokens=int(threshold * self._settings.keep_share))
+        if not folded:
+            return  # the newest turn alone is that long: trimming does what can be done
+        max_tokens = max(64, min(SUMMARY_MAX_TOKENS, int(threshold * self._settings.summary_share)))
+        try:
+            result = await self._summariser.summarise(summary.text if summary else None, folded, max_tokens=max_tokens)
+        except SummaryFailed as failure:
+            await _record_usage(services, message, failure.usage)
+            wait = self._failed(chat_id, services.clock.monotonic())
+            log.warning(
+                "could not summarise the conversation of chat %s (%s); it is trimmed instead, next try %s",
+                chat_id, failure, f"in {wait:g} s" if wait else "after the next answer",
+            )
+            return
+        await _record_usage(services, message, result.usage)
+        await services.history.record_summary(stored, Summary(result.text, covers_through), str(result.model))
+        self._failures.pop(chat_id, None)
+        log.info(
+            "summarised %d messages (~%d tokens of ~%d) of chat %s into ~%d tokens with %s",
+            len(folded), estimate_conversation(folded), size, chat_id, estimate_tokens(result.text), result.model,
+        )
+
+    def _failed(self, chat_id: int, now: float) -> float:
+        """Count a failure; the seconds until the chat may try again."""
+        previous = self._failures.get(chat_id)
+        count = 1 if previous is None else previous.count + 1
+        settings = self._settings
+        wait = 0.0 if count == 1 else min(settings.first_backoff * 2 ** (count - 2), settings.max_backoff)
+        self._failures[chat_id] = _Failures(count, now + wait)
+        return wait
+
+
+def _oldest_turns(turns: list[TurnMessage], *, keep_tokens: int) -> tuple[list[ChatMessage], int]:
+    """The messages of the turns to summarise (all but the newest turns that fit in `keep_tokens`,
+    and never the last turn), and the last of those turns."""
+    kept_from = len(turns)
+    used = 0
+    while kept_from > 0:
+        turn = turns[kept_from - 1][0]
+        start = kept_from
+        while start > 0 and turns[start - 1][0] == turn:
+            start -= 1
+        cost = estimate_conversation([m for _, m in turns[start:kept_from]])
+        if kept_from < len(turns) and used + cost > keep_tokens:
+            break
+        used += cost
+        kept_from = start
+    folded = turns[:kept_from]
+    return [m for _, m in folded], (folded[-1][0] if folded else 0)
+
+
+async def _answering_model(services: Services, user_id: int) -> ChainModel | None:
+    """The model asked first for this user's next answer: their pick, else the chain's first."""
+    name = await services.preferences.model_for(user_id)
+    ordered = services.chain.ordered(services.chain.find(name) if name else None)
+    return ordered[0] if ordered else None
+
+
+async def _record_usage(services: Services, message: IncomingMessage, usage: tuple[tuple[ModelRef, Usage], ...]) -> None:
+    recorder = services.features.usage
+    if recorder is not None and usage:
+        await recorder.record(message.user_id, usage)
