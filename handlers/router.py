@@ -102,7 +102,10 @@ class Router:
             await self._refuse(message)
             return
         parsed = parse_command(message.text)
-        kind: Kind = "command" if parsed is not None else ("media" if not message.text.strip() else "chat")
+        audio = message.media is not None and message.media.is_audio
+        # With speech to text on, a voice note or audio file is transcribed, its caption with it.
+        transcribed = audio and services.features.voice is not None
+        kind: Kind = "command" if parsed is not None else ("media" if transcribed or not message.text.strip() else "chat")
         command = self._commands.get(parsed.name) if parsed is not None else None
         limit = (command.max_chars if command is not None else None) or services.chat.max_message_chars
         if len(message.text) > limit:
@@ -127,7 +130,7 @@ class Router:
             return
         message = replace(message, trace=ReplyTrace(stored.id))
         if kind == "media":
-            if message.media is not None and message.media.is_audio:
+            if audio:
                 await self._enqueue_answer(message, stored, voice.transcribe)
             else:
                 await self._lifecycle(message, stored, self._unsupported)
@@ -304,7 +307,8 @@ class Router:
         for delay in (*STORE_RETRY_DELAYS, None):
             try:
                 stored = await self._services.history.record_incoming(
-                    message.chat_id, message.user_id, message.message_id, message.text or f"[{message.attachment}]",
+                    message.chat_id, message.user_id, message.message_id,
+                    voice.stored_text(message) if kind == "media" else message.text,
                     kind=kind, is_private=message.is_private,
                 )
             except STORAGE_ERRORS as error:

@@ -103,16 +103,23 @@ class VoiceFeature:
             raise
 
 
+def stored_text(message: IncomingMessage) -> str:
+    """What is stored of a medium until there is more: "[<what it is>]", and its caption on the
+    next line if it has one ("[audio file]\nSummarise this")."""
+    caption = message.text.strip()
+    return f"[{message.attachment}]" + (f"\n{caption}" if caption else "")
+
+
 def stored_as_audio(stored: StoredMessage) -> bool:
-    """Whether a stored medium is a voice note or an audio file, still to be transcribed (the router
-    stores a medium as "[<what it is>]")."""
-    return stored.kind == "media" and stored.text in (f"[{VOICE_MESSAGE}]", f"[{AUDIO_FILE}]")
+    """Whether a stored medium is a voice note or an audio file, still to be transcribed."""
+    return stored.kind == "media" and stored.text.partition("\n")[0] in (f"[{VOICE_MESSAGE}]", f"[{AUDIO_FILE}]")
 
 
 async def transcribe(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage | None:
-    """The job of a voice or audio message: the message with its transcript as its text, for the
-    router to answer as a chat message, or None when it ended here with a note to the user."""
-    what = message.attachment or stored.text.strip("[]") or VOICE_MESSAGE
+    """The job of a voice or audio message: the message with its transcript (and caption) as its
+    text, for the router to answer as a chat message, or None when it ended here with a note."""
+    placeholder, _, caption = stored.text.partition("\n")
+    what = message.attachment or placeholder.strip("[]") or VOICE_MESSAGE
     feature = services.features.voice
     if feature is None:
         await reply(services, message, NOT_SET_UP.format(what=what))
@@ -140,7 +147,8 @@ async def transcribe(services: Services, message: IncomingMessage, stored: Store
     if not transcript.text:
         await reply(services, message, NO_WORDS.format(what=what))
         return None
-    stored = await services.history.record_transcript(stored, transcript.text)
+    said = f"{transcript.text}\n\n{caption}" if caption else transcript.text
+    stored = await services.history.record_transcript(stored, said)
     await notify_once(services, message, transcript_quote(transcript.text), stream=TRANSCRIPT_STREAM)
     return stored
 

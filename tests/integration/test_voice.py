@@ -76,6 +76,22 @@ async def test_an_audio_file_is_uploaded_under_its_own_name_and_answered(tmp_pat
         assert stt.uploads[0].file_name == "memo.m4a"
 
 
+async def test_a_caption_goes_with_the_transcript_also_after_a_restart(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, stt = await upstreams(stack, heard=Heard("Bonjour à tous."))
+        settings = voice_settings(tmp_path, claude, stt)
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            await send(bot, spoken(text="Translate this, please."))
+            bot.app.router.stop_accepting()  # the next one waits for the restart
+            await send(bot, spoken(audio_file(20), text="And this one?"))
+        bot = await start_telegram_bot(stack, settings, clock=bot.clock, client=bot.client)
+        await bot.settle()
+        assert bot.texts() == ["🎤 Bonjour à tous.", "Paris.", "🎤 Bonjour à tous.", "Paris."]
+        asked = [request.json["messages"][-1]["content"] for request in claude.message_requests]
+        assert asked == ["Bonjour à tous.\n\nTranslate this, please.", "Bonjour à tous.\n\nAnd this one?"]
+
+
 async def test_a_long_transcript_is_quoted_short_but_the_model_gets_all_of_it(tmp_path):
     words = " ".join(f"word{i}" for i in range(400))
     async with AsyncExitStack() as stack:
@@ -127,6 +143,16 @@ async def test_without_speech_to_text_a_voice_note_gets_a_reply_saying_it_is_not
         assert bot.texts() == [voice.NOT_SET_UP.format(what="voice message")]
         assert bot.client.downloads(USER) == 0 and claude.calls == 0
         assert await bot.statuses() == ["answered"]
+
+
+async def test_without_speech_to_text_a_captioned_voice_note_has_its_caption_answered(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, _ = await upstreams(stack)
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await send(bot, spoken(text="What is the capital of France?"))
+        [reply] = bot.texts()
+        assert "voice message" in reply and reply.endswith("Paris.")
+        assert bot.client.downloads(USER) == 0
 
 
 async def test_a_user_over_budget_is_refused_before_the_transcription_is_paid_for(tmp_path):
