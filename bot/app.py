@@ -15,6 +15,7 @@ from handlers.access import AccessPolicy
 from handlers.admin import admin_commands
 from handlers.basic import basic_commands
 from handlers.compaction import Compaction, CompactionSettings
+from handlers.conversation import conversation_commands
 from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
 from handlers.limits import UserLimits
@@ -57,6 +58,7 @@ from integrations.resilience.tokens import TokenBudget
 from integrations.summariser import Summariser
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
+from state.chat_prompts import ChatPrompts
 from state.db import Database
 from state.history import HistoryStore
 from state.lock import StateLock
@@ -317,7 +319,9 @@ async def build_app(
             max_tokens=settings.llm_max_tokens,
             pending_max_age=settings.limits.pending_max_age,
             idle_reset=settings.conversation.idle_reset,
+            modes=settings.modes,
         ),
+        prompts=ChatPrompts(database),
         pacing=pacing,
     )
     cache = SqliteCache(database, clock, max_entries=settings.limits.cache_max_entries)
@@ -351,7 +355,7 @@ async def build_app(
     services = replace(core, features=features, health_probes=tuple(probes))
     router = Router(
         services,
-        basic_commands() + search_commands() + notes_commands() + usage_commands() + admin_commands(),
+        basic_commands() + conversation_commands() + search_commands() + notes_commands() + usage_commands() + admin_commands(),
         help_note=CONSOLE_HELP if transport.name == "console" else "",
     )
     return App(services, router, database, deprecations=signals, operator_alerts=alerts)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from dotenv.parser import parse_stream
 
+from handlers.modes import BUILTIN_MODES, Mode, ModesFileError, with_modes_file
 from integrations.llm import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,8 @@ class Settings:
     llm_max_tokens: int = 1024
     llm_context_tokens: int = 100_000
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # What /mode offers: the built-in modes, extended by LLM_MODES_FILE.
+    modes: tuple[Mode, ...] = BUILTIN_MODES
     log_level: str = "INFO"
     env_file: Path | None = None
     llm_local: str = "auto"
@@ -410,6 +413,7 @@ def load_settings(
         llm_max_tokens=read.count("LLM_MAX_TOKENS", 1024),
         llm_context_tokens=read.count("LLM_CONTEXT_TOKENS", 100_000),
         system_prompt=read.raw("LLM_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+        modes=_modes(read),
         log_level=read.choice("LOG_LEVEL", LOG_LEVELS, "INFO", aliases={"WARN": "WARNING"}),
         env_file=source.env_file,
         llm_local=read.choice("LLM_LOCAL", LOCAL_MODES, "auto"),
@@ -741,6 +745,16 @@ def _notion(read: _Reader) -> NotionSettings | None:
         read.problem("NOTION_DATABASE_ID", "is needed because NOTION_TOKEN is set: copy the id from the database's URL and share the database with the integration.")
         return None
     return NotionSettings(token, database_id, base_url, rps)
+
+
+def _modes(read: _Reader) -> tuple[Mode, ...]:
+    if read.raw("LLM_MODES_FILE") is None:
+        return BUILTIN_MODES
+    try:
+        return with_modes_file(read.path("LLM_MODES_FILE", Path()))
+    except ModesFileError as error:
+        read.problem("LLM_MODES_FILE", f"{error}. Fix the file, or unset LLM_MODES_FILE to offer the built-in modes only.")
+        return BUILTIN_MODES
 
 
 def _stt(read: _Reader, openai_api_key: Secret | None) -> SttSettings | None:

@@ -5,6 +5,8 @@ from handlers.commands import Command
 from handlers.reply import reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage
+from integrations.chain import ModelChain
+from integrations.llm import ModelRef
 
 GREETING = (
     "Hi! I'm Switchboard. Ask me anything and I'll answer as I think, using the best model available. "
@@ -39,13 +41,23 @@ async def model(services: Services, message: IncomingMessage, args: str) -> None
         await services.preferences.set_model(message.user_id, None)
         await reply(services, message, f"Back to the default order, starting with `{refs[0]}`.")
         return
-    picked = refs[int(choice) - 1] if choice.isdigit() and 1 <= int(choice) <= len(refs) else services.chain.find(choice)
+    picked = pick_model(services.chain, choice)
     if picked is None:
-        options = ", ".join(f"`{ref}`" for ref in refs)
-        await reply(services, message, f"I don't have a model called `{choice[:100]}`. Available: {options}.")
+        await reply(services, message, no_such_model(services.chain, choice))
         return
     await services.preferences.set_model(message.user_id, str(picked))
     await reply(services, message, f"Your model is now `{picked}`. If it fails, the others still stand in.")
+
+
+def pick_model(chain: ModelChain, choice: str) -> ModelRef | None:
+    """The model `choice` names: its number in /model's list, `provider:model` or the bare name."""
+    refs = chain.refs
+    return refs[int(choice) - 1] if choice.isdigit() and 1 <= int(choice) <= len(refs) else chain.find(choice)
+
+
+def no_such_model(chain: ModelChain, choice: str) -> str:
+    options = ", ".join(f"`{ref}`" for ref in chain.refs)
+    return f"I don't have a model called `{choice[:100]}`. Available: {options}."
 
 
 def basic_commands() -> list[Command]:

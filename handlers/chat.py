@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 from handlers.idle_reset import fresh_start_note
 from handlers.lanes import USER_CANCEL
+from handlers.modes import chat_prompt
 from handlers.reply import open_stream
 from handlers.services import Services
 from handlers.stream import ReplyStream
@@ -31,6 +33,29 @@ INTERRUPTED_NOTE = "\n\n_(interrupted: the bot is restarting; I'll answer this a
 def takeover_marker(event: ModelTookOver, text_so_far: str) -> str:
     space = "" if not text_so_far or text_so_far[-1].isspace() else " "
     return f"{space}_[continued by {event.model}]_ "
+
+
+def fallback_footer(started_by: ModelRef, intended: ModelRef | None) -> str:
+    """Names the model that answered when it is not the one asked first (the user's pick or the
+    chain's first) because that one failed before its first token. Shown, never kept in history;
+    a handover mid-answer has its own marker (`takeover_marker`), and a model with a marker of its
+    own (the offline model) says what it is there."""
+    if intended is None or started_by == intended:
+        return ""
+    return f"\n\n_— answered by {started_by} ({intended} was unavailable)_"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What an answer answers: a chat question (the stored message itself, or the earlier one a
+    /retry answers again, replacing its answer), and the model to ask first (None: the user's)."""
+
+    question: StoredMessage
+    model: ModelRef | None = None
+
+
+# What a command answered like a chat message plans: a turn to answer, or a short reply instead.
+TurnPlan = Callable[[], Awaitable["Turn | str"]]
 
 
 def failure_text(error: AllModelsFailed) -> str:
@@ -71,9 +96,10 @@ SOMETHING_WENT_WRONG = (
 )
 
 
-async def answer(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+async def answer(services: Services, message: IncomingMessage, stored: StoredMessage, plan: TurnPlan | None = None) -> None:
     """Take `stored` to the end of its lifecycle, whatever happens: exactly one final reply the
     user sees (the answer, or one clear error), written down before or together with it.
+    `plan` says what to answer when it is not `stored` itself (a /retry), or replies instead.
 
     A user's /cancel stops the generation only: once the answer (or the error) is known, the
     lane stops taking user cancels, and one asked for a moment earlier is absorbed, so the
@@ -85,12 +111,14 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
             # Generated before a restart: only its delivery is left; the model is not asked again.
             await _deliver(services, stream, stored, stored.reply_text)
             return
-        generated = await _generate(services, message, stored, stream)
+        turn = Turn(stored) if plan is None else await plan()
+        if isinstance(turn, str):
+            await _deliver(services, stream, stored, turn)
+            return
+        generated = await _generate(services, message, stored, stream, turn)
         if generated is not None:
             shown, words, model = generated
-            await _despite_user_cancel(
-                services, stored, lambda: services.history.record_answer(stored, words, model, reply_text=shown)
-            )
+            await _despite_user_cancel(services, stored, lambda: _record(services, stored, turn, words, model, shown))
             await _deliver(services, stream, stored, shown)
             answered = True
     except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
@@ -104,7 +132,7 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
 
 
 async def _generate(
-    services: Services, message: IncomingMessage, stored: StoredMessage, stream: ReplyStream
+    services: Services, message: IncomingMessage, stored: StoredMessage, stream: ReplyStream, turn: Turn
 ) -> tuple[str, str, str] | None:
     """Stream the model's answer into `stream`: (final text shown, the answer's words for the
     history, model), or None when the message's lifecycle already ended here (failed, stopped) or
@@ -113,21 +141,23 @@ async def _generate(
     prefix = _attachment_note(message)
     text = ""
     model: ModelRef | None = None
+    started_by: ModelRef | None = None
     marker = ""
     try:
         await services.history.begin(stored)
         prefix = await fresh_start_note(services, stored) + prefix
-        context = await services.history.context_for(stored)
-        preferred_name = await services.preferences.model_for(message.user_id)
-        preferred = services.chain.find(preferred_name) if preferred_name else None
+        context = await services.history.context_for(turn.question)
+        preferred = turn.model or await _users_model(services, message.user_id)
+        system = (await chat_prompt(services, message.chat_id)).text
         stream.start()
         async for event in services.chain.stream(
-            context, system=services.chat.system_prompt, max_tokens=services.chat.max_tokens, preferred=preferred
+            context, system=system, max_tokens=services.chat.max_tokens, preferred=preferred
         ):
             if isinstance(event, TextDelta):
                 text += event.text
                 stream.update(prefix + text)
             elif isinstance(event, ModelTookOver):
+                started_by = started_by or event.previous
                 text += takeover_marker(event, text)
                 stream.update(prefix + text)
             elif isinstance(event, Completed):
@@ -135,8 +165,11 @@ async def _generate(
                 model = event.model
                 if event.truncated:
                     marker += CUT_NOTE
-                if event.marker:
+                if event.marker:  # the model says what it is itself
                     marker += f"\n\n_{event.marker}_"
+                else:
+                    first = services.chain.ordered(preferred)
+                    marker += fallback_footer(started_by or event.model, first[0].ref if first else None)
                 await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, event.usage))
     except asyncio.CancelledError:
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
@@ -148,9 +181,7 @@ async def _generate(
             await stream.finish(prefix + (text or "…") + INTERRUPTED_NOTE)
             return None
         final = prefix + (text or "…") + STOPPED_NOTE
-        await services.history.record_answer(
-            stored, text or "(stopped before answering)", str(model or "cancelled"), reply_text=final
-        )
+        await _record(services, stored, turn, text or "(stopped before answering)", str(model or "cancelled"), final)
         await _deliver(services, stream, stored, final)
         return None
     except AllModelsFailed as error:
@@ -160,21 +191,32 @@ async def _generate(
         final = failure_text(error)
         if error.partial_text:
             await _despite_user_cancel(
-                services, stored,
-                lambda: services.history.record_answer(stored, error.partial_text, "partial", reply_text=final),
+                services, stored, lambda: _record(services, stored, turn, error.partial_text, "partial", final)
             )
             await _deliver(services, stream, stored, final)
         else:
             await _deliver(services, stream, stored, final, end=lambda: services.history.mark_failed(stored, str(error)[:200]))
         return None
-    if stored.text == CONTINUE_REQUEST:
-        text = await _without_repeat(services, stored, text)
+    if turn.question.text == CONTINUE_REQUEST:
+        text = await _without_repeat(services, turn.question, text)
     return prefix + text + marker, text, str(model)
 
 
-async def _without_repeat(services: Services, stored: StoredMessage, continuation: str) -> str:
+async def _users_model(services: Services, user_id: int) -> ModelRef | None:
+    """The model the user picked with /model, if the chain still has it."""
+    name = await services.preferences.model_for(user_id)
+    return services.chain.find(name) if name else None
+
+
+async def _record(services: Services, stored: StoredMessage, turn: Turn, text: str, model: str, shown: str) -> None:
+    """The answer (`text`) joins the conversation, answering `turn`'s question; `shown` is what
+    the user is still to see."""
+    await services.history.record_answer(stored, text, model, reply_text=shown, answers=turn.question)
+
+
+async def _without_repeat(services: Services, question: StoredMessage, continuation: str) -> str:
     """A continuation without the words it repeats from the end of the answer it continues."""
-    previous = await services.history.last_answer(stored.chat_id, before=stored.id)
+    previous = await services.history.last_answer(question.chat_id, before=question.id)
     return drop_overlap(previous, continuation).lstrip() if previous else continuation
 
 

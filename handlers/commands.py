@@ -8,8 +8,12 @@ from handlers.transport import IncomingMessage
 
 if TYPE_CHECKING:
     from handlers.services import Services
+    from state.history import StoredMessage
 
 CommandRun = Callable[["Services", IncomingMessage, str], Awaitable[None]]
+# A command whose reply is an answer from the models (/retry): given its stored message, it takes
+# that through chat's lifecycle itself (the answer stored before it is delivered).
+AnswerRun = Callable[["Services", IncomingMessage, "StoredMessage", str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,17 @@ class Command:
     metered: bool = False
     # Longest message this command takes, in characters; None: the chat limit (ChatSettings).
     max_chars: int | None = None
+    # Set for commands answered like a chat message (see `answering`); the router then calls it, not `run`.
+    answer: AnswerRun | None = None
+
+    @classmethod
+    def answering(cls, name: str, description: str, answer: AnswerRun, *, usage: str = "") -> Command:
+        """A command answered like a chat message: queued behind the reply in progress, metered."""
+        return cls(name, description, _answered_by_the_router, queued=True, usage=usage, metered=True, answer=answer)
+
+
+async def _answered_by_the_router(services: Services, message: IncomingMessage, args: str) -> None:
+    raise RuntimeError("an answering command is run through its `answer`, with its stored message")
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,9 @@ class Router:
                 await self._lifecycle(message, stored, self._unsupported)
         elif command is not None and parsed is not None:
             run = _command_job(command, parsed.args)
-            if command.queued:
+            if command.answer is not None:
+                self._submit(message, stored, None, answer=_answer_job(command, parsed.args))
+            elif command.queued:
                 self._submit(message, stored, run)
             else:
                 await self._lifecycle(message, stored, run)
@@ -217,6 +219,9 @@ class Router:
             if (stored.kind == "chat" or (command is not None and command.metered)) and await self._over_limits(message):
                 await services.history.mark_failed(stored, "over the user's limits when resumed")
                 continue
+            if command is not None and parsed is not None and command.answer is not None:
+                self._submit(message, stored, None, answer=_answer_job(command, parsed.args))
+                continue
             self._submit(message, stored, _command_job(command, parsed.args) if command and parsed else None)
         return resumed
     def help_text(self, user_id: int) -> str:
@@ -239,16 +244,23 @@ class Router:
             await reply(self._services, replace(message, trace=None), QUEUED_NOTICE)
 
     def _submit(
-        self, message: IncomingMessage, stored: StoredMessage, run: Job | None, *, cancellable: bool = True
+        self,
+        message: IncomingMessage,
+        stored: StoredMessage,
+        run: Job | None,
+        *,
+        cancellable: bool = True,
+        answer: Job = chat.answer,
     ) -> None:
-        """Queue the message's job in its chat's lane; `None` means answering it as a chat message.
-        A job that only shows a short closing note is not `cancellable` by the user."""
+        """Queue the message's job in its chat's lane; `None` means answering it (`answer`, which
+        ends the lifecycle itself: a chat message, or a command answered like one). A job that only
+        shows a short closing note is not `cancellable` by the user."""
         self._claimed.add(stored.id)
 
         async def job() -> None:
             try:
                 if run is None:
-                    await chat.answer(self._services, message, stored)
+                    await answer(self._services, message, stored)
                 else:
                     await self._lifecycle(message, stored, run)
             finally:
@@ -368,6 +380,17 @@ Job = Callable[[Services, IncomingMessage, StoredMessage], Awaitable[StoredMessa
 def _command_job(command: Command, args: str) -> Job:
     async def run(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
         await command.run(services, message, args)
+
+    return run
+
+
+def _answer_job(command: Command, args: str) -> Job:
+    """A command answered like a chat message (`Command.answer`), for `_submit`."""
+    answer = command.answer
+    assert answer is not None
+
+    async def run(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+        await answer(services, message, stored, args)
 
     return run
 

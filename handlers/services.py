@@ -8,10 +8,12 @@ from handlers.access import AccessPolicy
 from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
 from handlers.limits import Limits
+from handlers.modes import BUILTIN_MODES, Mode
 from handlers.stream import StreamPacing
 from handlers.transport import Transport
 from integrations.chain import ModelChain
 from integrations.resilience.clock import Clock
+from state.chat_prompts import ChatPrompts
 from state.history import HistoryStore
 from state.preferences import UserPreferences
 
@@ -39,6 +41,8 @@ class ChatSettings:
     max_attempts: int = 3
     # A conversation idle this many seconds starts afresh (CONVERSATION_IDLE_RESET); None: never.
     idle_reset: float | None = None
+    # The modes /mode offers: the built-in ones and the operator's LLM_MODES_FILE.
+    modes: tuple[Mode, ...] = BUILTIN_MODES
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class Services:
     limits: Limits
     lanes: ChatLanes
     chat: ChatSettings
+    # Each chat's choice of system prompt (/mode, /prompt).
+    prompts: ChatPrompts
     pacing: StreamPacing = field(default_factory=StreamPacing)
     features: Features = field(default_factory=Features)
     # /health probes these (search, notes) besides the chain's chat providers, which it reads live.

@@ -38,7 +38,8 @@ _MESSAGE_COLUMNS = (
     " m.kind, m.is_private, m.attempts, m.shown_ids, m.reply_text"
 )
 
-# The conversation of message :id as context, each answer after its question. The index
+# The conversation of message :id as context, each answer after its question (an answer a /retry
+# replaced is left out: the one that replaced it answers the same question). The index
 # messages_in_context_order (migration 0006) holds exactly this order, so no sort is needed.
 # Each row comes with its turn (its question's id). Turns up to :after are left out (a summary
 # stands for them); answers count to questions before :answers_before (:id, or :id + 1 to take
@@ -49,7 +50,7 @@ CONTEXT_QUERY = (
     "   AND COALESCE(in_reply_to, id) > :after"
     "   AND ((role = 'user' AND kind = 'chat' AND (id = :id OR (id < :id AND status IN"
     "         ('answered', 'failed', 'delivering', 'undeliverable'))))"
-    "        OR (role = 'assistant' AND in_reply_to < :answers_before))"
+    "        OR (role = 'assistant' AND in_reply_to < :answers_before AND replaced_by IS NULL))"
     " ORDER BY COALESCE(in_reply_to, id), id"
 )
 
@@ -270,13 +271,30 @@ class HistoryStore:
         return True
 
     async def record_answer(
-        self, incoming: StoredMessage, text: str, model: str, *, reply_text: str | None = None
+        self,
+        incoming: StoredMessage,
+        text: str,
+        model: str,
+        *,
+        reply_text: str | None = None,
+        answers: StoredMessage | None = None,
     ) -> None:
         """Store the bot's answer (`text`, as the conversation keeps it) and move `incoming` on,
         both or neither: to 'answered', or, given the `reply_text` the user is still to see, to
-        'delivering' (then `mark_delivered`)."""
+        'delivering' (then `mark_delivered`).
+
+        `answers`: the earlier question `incoming` (a /retry) answers again. Its answer so far is
+        marked replaced by `incoming`, and leaves the context, in the same transaction."""
         async with self._db.transaction():
-            await self._insert_answer(incoming.id, incoming.chat_id, text, model, self._now())
+            question = incoming
+            if answers is not None and answers.id != incoming.id:
+                question = answers
+                await self._db.execute(
+                    "UPDATE messages SET replaced_by = ? WHERE role = 'assistant' AND in_reply_to = ?"
+                    " AND replaced_by IS NULL",
+                    (incoming.id, question.id),
+                )
+            await self._insert_answer(question.id, incoming.chat_id, text, model, self._now())
             await self._db.execute(
                 "UPDATE messages SET status = ?, reply_text = ? WHERE id = ?",
                 ("answered" if reply_text is None else "delivering", reply_text, incoming.id),
@@ -327,10 +345,24 @@ class HistoryStore:
         row = await self._db.fetchone(
             "SELECT m.content FROM messages m JOIN conversations c ON c.id = m.conversation_id"
             " WHERE c.chat_id = ? AND c.ended_at IS NULL AND m.role = 'assistant' AND m.in_reply_to < ?"
+            " AND m.replaced_by IS NULL"
             " ORDER BY m.id DESC LIMIT 1",
             (chat_id, before if before is not None else 2**62),
         )
         return None if row is None else row["content"]
+
+    async def last_question(self, incoming: StoredMessage) -> StoredMessage | None:
+        """The newest chat question before `incoming` in its conversation whose answering has
+        ended (what a /retry answers again), or None."""
+        row = await self._db.fetchone(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
+            " WHERE m.conversation_id = (SELECT conversation_id FROM messages WHERE id = :id)"
+            "   AND m.role = 'user' AND m.kind = 'chat' AND m.id < :id"
+            "   AND m.status IN ('answered', 'failed', 'delivering', 'undeliverable')"
+            " ORDER BY m.id DESC LIMIT 1",
+            {"id": incoming.id},
+        )
+        return None if row is None else StoredMessage.from_row(row)
 
     async def last_model(self, chat_id: int) -> str | None:
         """The model of the chat's newest answer (provider:model), if any."""

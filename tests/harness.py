@@ -17,6 +17,7 @@ from handlers.transport import IncomingMessage
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
 from integrations.llm import ChatProvider, ModelRef
 from integrations.resilience.clock import ManualClock
+from state.chat_prompts import ChatPrompts
 from state.db import Database
 from state.history import HistoryStore
 from state.preferences import UserPreferences
@@ -73,5 +74,6 @@ async def start_bot(
         limits=NoLimits(),
         lanes=ChatLanes(),
         chat=ChatSettings(system_prompt="be brief"),
+        prompts=ChatPrompts(database),
     )
     return Bot(clock, transport, services, Router(services, basic_commands()), database)

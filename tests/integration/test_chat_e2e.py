@@ -101,7 +101,7 @@ async def test_model_failing_before_first_token_falls_back_to_the_next(tmp_path)
         gpt = await stack.enter_async_context(FakeOpenAI(api_key=OPENAI_KEY, default=oai.Reply("GPT stands in.")))
         bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT]))
         await bot.user_says("hello")
-        assert bot.texts() == ["GPT stands in."]
+        assert bot.texts() == ["GPT stands in.\n\n— answered by openai:gpt-test (anthropic:claude-test was unavailable)"]
         # One retry of the overloaded model, then the next model answers.
         assert claude.calls == 2 and gpt.calls == 1
 
@@ -113,7 +113,7 @@ async def test_model_with_no_first_token_in_time_falls_back(tmp_path):
         settings = settings_for(tmp_path, anthropic=claude, openai=gpt, models=[CLAUDE, GPT], llm_first_token_timeout=60.0)
         bot = await start_telegram_bot(stack, settings)
         await bot.user_says("hello")
-        assert bot.texts() == ["Quick answer."]
+        assert bot.texts() == ["Quick answer.\n\n— answered by openai:gpt-test (anthropic:claude-test was unavailable)"]
 
 
 async def test_every_model_failing_gives_one_clear_message(tmp_path):

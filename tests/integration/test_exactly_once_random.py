@@ -56,6 +56,8 @@ SEEDS = range(int(os.environ.get("EXACTLY_ONCE_SEEDS", "40")))
 STEPS = 45
 
 FINAL_ENDINGS = ("done.", "(stopped)")
+# Ends an answer from a model that stood in for the first one.
+FALLBACK_FOOTER = re.compile(r"\n\n— answered by \S+ \(\S+ was unavailable\)$")
 FINAL_OPENINGS = (
     NOT_ACCEPTED,
     SOMETHING_WENT_WRONG,
@@ -455,6 +457,7 @@ def replies_by_message(world: World) -> dict[tuple[int, int], list[str]]:
 
 
 def is_final(text: str) -> bool:
+    text = FALLBACK_FOOTER.sub("", text)
     return text.endswith(FINAL_ENDINGS) or text.startswith(FINAL_OPENINGS) or "The answer was cut off" in text
 
 

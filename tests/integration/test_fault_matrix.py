@@ -18,6 +18,9 @@ from tests.integration.telegram_bot import ANTHROPIC_KEY, OPENAI_KEY, USER, sett
 CLAUDE = "anthropic:claude-test"
 GPT = "openai:gpt-test"
 SIX_WORDS = "one two three four five six"
+# The footer of an answer from a model that stood in for the first one (never for a handover mid-answer).
+GPT_STOOD_IN = "GPT answers.\n\n— answered by openai:gpt-test (anthropic:claude-test was unavailable)"
+CLAUDE_STOOD_IN = "Claude answers.\n\n— answered by anthropic:claude-test (openai:gpt-test was unavailable)"
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,13 @@ CLAUDE_FIRST = [
     Case("429 with Retry-After under the cap: waited out, same model answers",
          (anth.rate_limited(retry_after="7"), anth.Reply(SIX_WORDS)), "unused", SIX_WORDS, 2, 0, min_wait=7.0),
     Case("429 with Retry-After over the cap: no wait, next model answers",
-         (anth.rate_limited(retry_after="600"),), "GPT answers.", "GPT answers.", 1, 1),
+         (anth.rate_limited(retry_after="600"),), "GPT answers.", GPT_STOOD_IN, 1, 1),
     Case("500 once: retried, same model answers",
          (anth.api_error(), anth.Reply(SIX_WORDS)), "unused", SIX_WORDS, 2, 0),
     Case("503 twice: next model answers",
-         (anth.Fail(503, "api_error", "unavailable"), anth.Fail(503, "api_error", "unavailable")), "GPT answers.", "GPT answers.", 2, 1),
+         (anth.Fail(503, "api_error", "unavailable"), anth.Fail(503, "api_error", "unavailable")), "GPT answers.", GPT_STOOD_IN, 2, 1),
     Case("529 overloaded twice: next model answers",
-         (anth.overloaded(), anth.overloaded()), "GPT answers.", "GPT answers.", 2, 1),
+         (anth.overloaded(), anth.overloaded()), "GPT answers.", GPT_STOOD_IN, 2, 1),
     Case("connection reset before any answer: retried",
          (RESET, anth.Reply(SIX_WORDS)), "unused", SIX_WORDS, 2, 0),
     Case("malformed body before the first token: retried",
@@ -53,7 +56,7 @@ CLAUDE_FIRST = [
     Case("stall mid-stream: idle timeout, next model continues",
          (anth.stall_after(4),), "five six.", "one two three four [continued by openai:gpt-test] five six.", 1, 1),
     Case("stall before the first token: next model answers at once, the stalled one is not retried",
-         (anth.stall_after(0),), "GPT answers.", "GPT answers.", 1, 1, min_wait=60.0),
+         (anth.stall_after(0),), "GPT answers.", GPT_STOOD_IN, 1, 1, min_wait=60.0),
 ]
 
 
@@ -81,9 +84,9 @@ GPT_FIRST = [
     Case("429 with retry-after-ms: waited out exactly, same model answers",
          (oai.rate_limited(retry_after_ms="1500"), oai.Reply(SIX_WORDS)), "unused", SIX_WORDS, 2, 0, min_wait=1.5),
     Case("insufficient_quota: never retried, next model answers",
-         (oai.insufficient_quota(),), "Claude answers.", "Claude answers.", 1, 1),
+         (oai.insufficient_quota(),), "Claude answers.", CLAUDE_STOOD_IN, 1, 1),
     Case("500 then 503: next model answers",
-         (oai.server_error(500), oai.server_error(503)), "Claude answers.", "Claude answers.", 2, 1),
+         (oai.server_error(500), oai.server_error(503)), "Claude answers.", CLAUDE_STOOD_IN, 2, 1),
     Case("529: retried, same model answers",
          (oai.server_error(529), oai.Reply(SIX_WORDS)), "unused", SIX_WORDS, 2, 0),
     Case("connection reset: retried",
@@ -123,7 +126,7 @@ async def test_stall_before_the_first_token_hands_over_even_when_the_retry_budge
         bot = await start_telegram_bot(stack, settings)
         started = bot.clock.monotonic()
         await bot.user_says("hello")
-        assert bot.texts() == ["GPT answers."]
+        assert bot.texts() == [GPT_STOOD_IN]
         assert (claude.calls, gpt.calls) == (1, 1)
         assert 60.0 <= bot.clock.monotonic() - started < 2 * 60.0
 
@@ -159,7 +162,7 @@ async def test_open_breaker_fails_fast_so_fallback_starts_without_calling(tmp_pa
         assert calls_when_open == 10
         await bot.user_says("hello again")
         assert claude.calls == calls_when_open
-        assert bot.texts()[-1] == "GPT answers."
+        assert bot.texts()[-1] == GPT_STOOD_IN
         breakers = bot.app.services.features.resilience.snapshot()["breakers"]
         assert breakers["model anthropic:claude-test"]["state"] == "open"
         assert breakers["provider openai"]["state"] == "closed"
