@@ -68,6 +68,10 @@ class ConsoleTransport:
         self._printed: dict[int, str] = {}
         self._next_id = 1
         self._reported = 0
+        # Set by a scripted session while it waits for input: a final message sent then (a note's
+        # link from the delivery worker) is printed before `send` returns, so whoever sent it
+        # records it as told only once it is out (a kill in between cannot lose it).
+        self.print_between_turns: Callable[[], None] | None = None
 
     def continue_from(self, first_id: int) -> None:
         """Number messages from `first_id` on (the first id not used in the chat yet)."""
@@ -84,6 +88,8 @@ class ConsoleTransport:
     ) -> int:
         message_id = self.next_id()
         self._show_new(message_id, text)
+        if not preview and self.print_between_turns is not None:
+            self.print_between_turns()
         return message_id
 
     async def edit(self, chat_id: int, message_id: int, text: RichText, *, preview: bool = False) -> None:
@@ -285,9 +291,15 @@ class ConsoleSession:
     async def show_new_replies(self) -> None:
         """Print what the bot sent since the last time (live in a terminal: only the spacing)."""
         replies = self._transport.take_new_replies()
+        model = await self._last_model() if self._jsonl and replies and self._last_model is not None else None
+        self._print(replies, model)
+
+    def _print_between_turns(self) -> None:
+        self._print(self._transport.take_new_replies(), None)
+
+    def _print(self, replies: list[str], model: str | None) -> None:
         if self._jsonl:
             if replies:
-                model = await self._last_model() if self._last_model is not None else None
                 self._write_json({"reply": "\n\n".join(replies), "model": model, "messages": replies})
         elif self._interactive:
             if replies:
@@ -318,7 +330,13 @@ class ConsoleSession:
     async def _next_line(self, lines: LineReader) -> str | None:
         typed = asyncio.ensure_future(lines.next())
         quitting = asyncio.ensure_future(self._quit.wait())
-        await asyncio.wait({typed, quitting}, return_when=asyncio.FIRST_COMPLETED)
+        if not self._interactive:
+            self._print_between_turns()
+            self._transport.print_between_turns = self._print_between_turns
+        try:
+            await asyncio.wait({typed, quitting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._transport.print_between_turns = None
         quitting.cancel()
         if typed.done():
             return typed.result()

@@ -56,3 +56,41 @@ async def test_a_message_sent_after_the_last_line_is_still_printed_before_the_co
     session = ConsoleSession(handle, lanes, transport, stdin=io.StringIO("/note milk\n"), stdout=out, interactive=False)
     assert await session.run() == 0
     assert out.getvalue() == "Your note is queued.\n\nSaved to Notion: https://notion.so/p1\n\n"
+
+
+async def test_a_message_sent_between_turns_is_printed_before_its_sender_goes_on():
+    """A note's link sent while a scripted console waits for input is out before `send` returns,
+    so the notes outbox marks it told only once the user has it (a kill after that loses nothing)."""
+    import asyncio
+
+    from bot.console import CONSOLE_USER_ID, ConsoleSession
+    from handlers.lanes import ChatLanes
+
+    out = io.StringIO()
+    transport = ConsoleTransport(out, live=False)
+    printed_when_sent: list[str] = []
+
+    import threading
+
+    input_ends = threading.Event()
+
+    class Waiting(io.StringIO):
+        """Input that stays open until the test ends it."""
+
+        def readline(self, *args):
+            input_ends.wait(5)
+            return ""
+
+    async def handle(message):
+        return None
+
+    session = ConsoleSession(handle, ChatLanes(), transport, stdin=Waiting(), stdout=out, interactive=False)
+    running = asyncio.ensure_future(session.run())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    await transport.send(CONSOLE_USER_ID, RichText.plain("Saved to Notion: https://notion.so/p1"))
+    printed_when_sent.append(out.getvalue())
+    input_ends.set()
+    assert await running == 0
+    assert printed_when_sent == ["Saved to Notion: https://notion.so/p1\n\n"]
+    assert out.getvalue() == "Saved to Notion: https://notion.so/p1\n\n"
