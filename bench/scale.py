@@ -17,7 +17,7 @@ Printed per size, bot beside raw and as a ratio:
 `--long` runs the other case of issue 12 instead: 10 conversations of 10 kB streamed over 30 s
 (about 30 previews each).
 
-Run: .venv/bin/python bench/scale.py [--sizes 10,100,1000] [--long]
+Run: .venv/bin/python bench/scale.py [--sizes 10,100,1000] [--long] [--shape 300,0.5,1]
 """
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--long", action="store_true", help="10 kB over 30 s, 10 conversations")
     parser.add_argument("--chunks", type=int, help="chunks per reply (default 24, or 80 with --long)")
+    parser.add_argument("--shape", help="characters,seconds,chunks of each reply, e.g. 300,0.5,1")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -118,6 +119,9 @@ def main() -> None:
     shape = LONG if args.long else SHORT
     if args.chunks:
         shape = (shape[0], shape[1], args.chunks)
+    if args.shape:
+        characters, seconds, chunks = args.shape.split(",")
+        shape = (int(characters), float(seconds), int(chunks))
     sizes = [10] if args.long else [int(size) for size in args.sizes.split(",")]
     model = _paced_llm.model_name(*shape)
     print(f"{shape[0]} characters in {shape[2]} chunks over {shape[1]:g} s per reply, private chats (drafts)")
