@@ -4,7 +4,9 @@ A reply is a pump that always sends the *latest* text: while a call to the trans
 (pacing, a flood wait), newer text simply replaces the pending one, so a paused chat never
 builds a backlog of stale edits. In private chats the preview is Telegram's native draft; where
 drafts are refused, the reply becomes one message edited at most once per `edit_interval`.
-The final text is always delivered as real messages, split at 4096 characters.
+The final text is always delivered as real messages, split at 4096 characters. Rendering follows
+the text as it grows: each completed Markdown block is rendered once, for the previews and the
+final text alike, and no preview is rendered that the transport would not take.
 
 A stream may take over messages an earlier attempt showed (`earlier_ids`, after a restart): it
 edits them instead of sending new ones, and deletes those the final text no longer needs, so no

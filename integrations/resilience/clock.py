@@ -191,7 +191,7 @@ class Watchdog:
         if self._next_wait is not None:
             if not self._next_wait.done():
                 self._next_wait.set_result(None)
-        elif self._timer is None or self._deadline < self._timer_until:
+        elif self._timer is None or self._timer.done() or self._deadline < self._timer_until:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_until = self._deadline
