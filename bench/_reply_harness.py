@@ -132,7 +132,9 @@ async def start_bot(stack: AsyncExitStack, base_url: str, model: str, governor: 
         llm_local="off",
         llm_max_tokens=4096,
         # The bench measures the reply path, not our own upstream pacing.
-        limits=LimitSettings(openai_requests_per_minute=1e9, openai_tokens_per_minute=10**12, user_messages_per_minute=10**6),
+        limits=LimitSettings(
+            openai_requests_per_minute=1e9, openai_tokens_per_minute=10**12, user_messages_per_minute=10**6
+        ),
     )
     client = FakeTelegramClient(clock)
     transport = _FinalTimes(GovernedTransport(TelegramTransport(client), governor or FloodGovernor(clock)))

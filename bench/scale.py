@@ -141,7 +141,8 @@ def main() -> None:
                 f"wall bot {bot['wall']:5.2f} s, raw {raw['wall']:5.2f} s ({bot['wall'] / raw['wall']:.2f}x)  "
                 f"finals landed {bot['landed']:5.1f} s  previews/reply {bot['previews']:4.1f}  "
                 f"peak RSS bot {bot['peak_rss_mb']:6.1f} MB, raw {raw['peak_rss_mb']:6.1f} MB  "
-                f"FloodWaits {bot['flood_waits']}, finals intact {bot['finals_intact']:.0%}  ({time.perf_counter() - began:.0f} s real)",
+                f"FloodWaits {bot['flood_waits']}, finals intact {bot['finals_intact']:.0%}  "
+                f"({time.perf_counter() - began:.0f} s real)",
                 flush=True,
             )
     if len(rows) > 1:
