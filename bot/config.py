@@ -9,6 +9,9 @@ Every problem is collected and reported in one `ConfigError`, so an operator fix
 in one pass rather than one restart per typo. A name that looks like a setting but is none (a typo:
 `OPENAI_APIKEY`) is not a problem but a warning naming the closest setting. Secrets are wrapped in
 `Secret` as soon as they are read, and problems about them say what is wrong without echoing them.
+
+Each default is written once, on its settings dataclass below; `load_settings` reads it from there
+(`Settings.llm_max_tokens`), and `bot.settings_parsing` turns a value's text into a number.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import difflib
 import hmac
 import io
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +28,15 @@ from urllib.parse import urlsplit
 
 from dotenv.parser import parse_stream
 
+from bot.settings_parsing import (
+    OFF,
+    boolean,
+    duration,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    share,
+)
 from handlers.modes import BUILTIN_MODES, Mode, ModesFileError, with_modes_file
 from integrations.llm import ModelRef
 
@@ -46,9 +57,6 @@ LOCAL_MODES = ("auto", "off")
 LOG_FORMATS = ("kv", "json")
 PERPLEXITY_PRESETS = ("fast", "low", "medium", "high", "xhigh")
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
-_DIGITS = re.compile(r"[0-9]+")
 _API_HASH = re.compile(r"[0-9a-fA-F]{32}")
 _BOT_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35,}")
 _ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -382,7 +390,7 @@ def load_settings(
 
     admin_ids = read.id_set("ADMIN_IDS")
     allowed_user_ids = read.id_set("ALLOWED_USER_IDS")
-    allow_everyone = read.boolean("ALLOW_EVERYONE", False)
+    allow_everyone = read.boolean("ALLOW_EVERYONE", Settings.allow_everyone)
     access_readable = all(
         read.is_valid(name) for name in ("ADMIN_IDS", "ALLOWED_USER_IDS", "ALLOW_EVERYONE")
     )
@@ -406,24 +414,24 @@ def load_settings(
         allowed_user_ids=allowed_user_ids,
         allow_everyone=allow_everyone,
         state_dir=state_dir,
-        llm_first_token_timeout=read.seconds("LLM_FIRST_TOKEN_TIMEOUT", 20.0),
-        llm_idle_timeout=read.seconds("LLM_IDLE_TIMEOUT", 30.0),
-        llm_total_timeout=read.seconds("LLM_TOTAL_TIMEOUT", 300.0),
-        llm_connect_timeout=read.seconds("LLM_CONNECT_TIMEOUT", 10.0),
-        llm_max_tokens=read.count("LLM_MAX_TOKENS", 1024),
-        llm_context_tokens=read.count("LLM_CONTEXT_TOKENS", 100_000),
-        system_prompt=read.raw("LLM_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+        llm_first_token_timeout=read.seconds("LLM_FIRST_TOKEN_TIMEOUT", Settings.llm_first_token_timeout),
+        llm_idle_timeout=read.seconds("LLM_IDLE_TIMEOUT", Settings.llm_idle_timeout),
+        llm_total_timeout=read.seconds("LLM_TOTAL_TIMEOUT", Settings.llm_total_timeout),
+        llm_connect_timeout=read.seconds("LLM_CONNECT_TIMEOUT", Settings.llm_connect_timeout),
+        llm_max_tokens=read.count("LLM_MAX_TOKENS", Settings.llm_max_tokens),
+        llm_context_tokens=read.count("LLM_CONTEXT_TOKENS", Settings.llm_context_tokens),
+        system_prompt=read.raw("LLM_SYSTEM_PROMPT") or Settings.system_prompt,
         modes=_modes(read),
-        log_level=read.choice("LOG_LEVEL", LOG_LEVELS, "INFO", aliases={"WARN": "WARNING"}),
+        log_level=read.choice("LOG_LEVEL", LOG_LEVELS, Settings.log_level, aliases={"WARN": "WARNING"}),
         env_file=source.env_file,
-        llm_local=read.choice("LLM_LOCAL", LOCAL_MODES, "auto"),
+        llm_local=read.choice("LLM_LOCAL", LOCAL_MODES, Settings.llm_local),
         perplexity=_perplexity(read),
         notion=_notion(read),
         stt=_stt(read, openai_api_key),
         limits=_limits(read),
         llm_prices=_prices(read),
         conversation=_conversation(read),
-        log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "kv"),
+        log_format=read.choice("LOG_FORMAT", LOG_FORMATS, Settings.log_format),
         credentials=source,
         warnings=read.unknown_names(environ),
     )
@@ -503,17 +511,13 @@ class _Reader:
         return result
 
     def seconds(self, name: str, default: float) -> float:
-        return self.parsed(name, default, _positive_float, "a positive number of seconds")
+        return self.parsed(name, default, positive_float, "a positive number of seconds")
 
     def count(self, name: str, default: int) -> int:
-        return self.parsed(name, default, _positive_int, "a positive whole number")
+        return self.parsed(name, default, positive_int, "a positive whole number")
 
     def boolean(self, name: str, default: bool) -> bool:
-        def parse(text: str) -> bool | None:
-            lowered = text.lower()
-            return True if lowered in _TRUE else False if lowered in _FALSE else None
-
-        return self.parsed(name, default, parse, "true or false (also yes/no, on/off, 1/0)")
+        return self.parsed(name, default, boolean, "true or false (also yes/no, on/off, 1/0)")
 
     def choice(
         self,
@@ -533,7 +537,7 @@ class _Reader:
 
     def id_set(self, name: str) -> frozenset[int]:
         entries = (self.raw(name) or "").replace(",", " ").split()
-        bad = [entry for entry in entries if _positive_int(entry) is None]
+        bad = [entry for entry in entries if positive_int(entry) is None]
         if bad:
             self.problem(
                 name,
@@ -609,7 +613,7 @@ def _credentials_dir(environ: Mapping[str, str], cwd: Path, problems: list[str])
 def _state_dir(read: _Reader, cwd: Path) -> Path:
     # systemd joins several StateDirectory= entries with ":"; ours is the first.
     systemd_dir = (read.raw("STATE_DIRECTORY") or "").split(":")[0]
-    default = cwd / systemd_dir if systemd_dir else cwd / "state-data"
+    default = cwd / systemd_dir if systemd_dir else cwd / Settings.state_dir
     path = read.path("STATE_DIR", default)
     if path.exists() and not path.is_dir():
         read.problem("STATE_DIR", f"points at {path}, which is a file; it must be a directory.")
@@ -629,7 +633,7 @@ def _telegram(read: _Reader, state_dir: Path) -> tuple[bool, TelegramSettings | 
             read.problem(name, f"is not set, but other TELEGRAM_* settings are; {_TELEGRAM_HELP}.")
 
     api_id = values["TELEGRAM_API_ID"]
-    if api_id is not None and _positive_int(api_id) is None:
+    if api_id is not None and positive_int(api_id) is None:
         read.problem(
             "TELEGRAM_API_ID",
             f"must be a positive whole number, not {api_id!r}; {_MY_TELEGRAM}.",
@@ -663,7 +667,7 @@ def _dc_override(read: _Reader, value: str | None) -> DcOverride | None:
     dc_id, _, rest = value.partition(":")
     host, _, port = rest.rpartition(":")  # rpartition keeps an IPv6 host's colons in the host
     host = host.strip().removeprefix("[").removesuffix("]")
-    number, port_number = _positive_int(dc_id.strip()), _positive_int(port.strip())
+    number, port_number = positive_int(dc_id.strip()), positive_int(port.strip())
     if number is None or not host or port_number is None or port_number > 65535:
         read.problem(
             "TELEGRAM_DC",
@@ -717,7 +721,7 @@ def _perplexity(read: _Reader) -> PerplexitySettings | None:
     if preset is not None and preset.lower() not in PERPLEXITY_PRESETS:
         read.problem("PERPLEXITY_PRESET", f"must be one of {', '.join(PERPLEXITY_PRESETS)}, not {preset!r}.")
         preset = None
-    rpm = read.parsed("PERPLEXITY_REQUESTS_PER_MINUTE", 50.0, _positive_float, "a positive number")
+    rpm = read.parsed("PERPLEXITY_REQUESTS_PER_MINUTE", PerplexitySettings.requests_per_minute, positive_float, "a positive number")
     if key is None:
         if base_url or read.raw("PERPLEXITY_MODEL") or preset:
             read.problem("PERPLEXITY_API_KEY", "is needed for /search (other PERPLEXITY_* settings are set); set it or unset them.")
@@ -729,7 +733,7 @@ def _notion(read: _Reader) -> NotionSettings | None:
     token = read.secret("NOTION_TOKEN")
     database_id = read.raw("NOTION_DATABASE_ID")
     base_url = read.url("NOTION_BASE_URL")
-    rps = read.parsed("NOTION_REQUESTS_PER_SECOND", 3.0, _positive_float, "a positive number")
+    rps = read.parsed("NOTION_REQUESTS_PER_SECOND", NotionSettings.requests_per_second, positive_float, "a positive number")
     if database_id is not None:
         compact = database_id.replace("-", "")
         if not re.fullmatch(r"[0-9a-fA-F]{32}", compact):
@@ -764,10 +768,10 @@ def _stt(read: _Reader, openai_api_key: Secret | None) -> SttSettings | None:
     base_url = read.url("STT_BASE_URL") or default.base_url
     key = read.secret("STT_API_KEY")
     max_seconds = read.seconds("STT_MAX_SECONDS", default.max_seconds)
-    max_mb = read.parsed("STT_MAX_MB", default.max_bytes / 2**20, _positive_float, "a positive number of megabytes")
-    rpm = read.parsed("STT_REQUESTS_PER_MINUTE", default.requests_per_minute, _positive_float, "a positive number")
+    max_mb = read.parsed("STT_MAX_MB", default.max_bytes / 2**20, positive_float, "a positive number of megabytes")
+    rpm = read.parsed("STT_REQUESTS_PER_MINUTE", default.requests_per_minute, positive_float, "a positive number")
     timeout = read.seconds("STT_TIMEOUT", default.timeout)
-    price = read.parsed("STT_PRICE_PER_MINUTE", None, _non_negative_float, "a number of US dollars per minute (0 or more)")
+    price = read.parsed("STT_PRICE_PER_MINUTE", default.price_per_minute, non_negative_float, "a number of US dollars per minute (0 or more)")
     if model is None:
         others = [name for name in ("STT_BASE_URL", "STT_API_KEY", "STT_MAX_SECONDS", "STT_MAX_MB",
                                     "STT_REQUESTS_PER_MINUTE", "STT_TIMEOUT", "STT_PRICE_PER_MINUTE") if read.raw(name)]
@@ -793,8 +797,8 @@ def _stt(read: _Reader, openai_api_key: Secret | None) -> SttSettings | None:
 
 def _limits(read: _Reader) -> LimitSettings:
     default = LimitSettings()
-    budget = lambda name: read.parsed(name, None, _positive_float, "a positive amount of US dollars")
-    number = lambda name, value: read.parsed(name, value, _positive_float, "a positive number")
+    budget = lambda name, value: read.parsed(name, value, positive_float, "a positive amount of US dollars")
+    number = lambda name, value: read.parsed(name, value, positive_float, "a positive number")
     return LimitSettings(
         anthropic_requests_per_minute=number("ANTHROPIC_REQUESTS_PER_MINUTE", default.anthropic_requests_per_minute),
         anthropic_tokens_per_minute=read.count("ANTHROPIC_TOKENS_PER_MINUTE", default.anthropic_tokens_per_minute),
@@ -805,8 +809,8 @@ def _limits(read: _Reader) -> LimitSettings:
         breaker_window=read.seconds("BREAKER_WINDOW", default.breaker_window),
         breaker_cooldown=read.seconds("BREAKER_COOLDOWN", default.breaker_cooldown),
         user_messages_per_minute=read.count("USER_MESSAGES_PER_MINUTE", default.user_messages_per_minute),
-        user_daily_budget_usd=budget("USER_DAILY_BUDGET_USD"),
-        user_monthly_budget_usd=budget("USER_MONTHLY_BUDGET_USD"),
+        user_daily_budget_usd=budget("USER_DAILY_BUDGET_USD", default.user_daily_budget_usd),
+        user_monthly_budget_usd=budget("USER_MONTHLY_BUDGET_USD", default.user_monthly_budget_usd),
         search_cache_ttl=read.seconds("SEARCH_CACHE_TTL", default.search_cache_ttl),
         schema_cache_ttl=read.seconds("NOTION_SCHEMA_TTL", default.schema_cache_ttl),
         cache_max_entries=read.count("CACHE_MAX_ENTRIES", default.cache_max_entries),
@@ -820,48 +824,23 @@ def _conversation(read: _Reader) -> ConversationSettings:
     default = ConversationSettings()
     return ConversationSettings(
         compact_at=_unless_off(
-            read, "COMPACT_AT", default.compact_at, _share,
+            read, "COMPACT_AT", default.compact_at, share,
             "a share of the model's context window above 0 and at most 1 (e.g. 0.75 or 75%), or off",
         ),
         compact_timeout=read.seconds("COMPACT_TIMEOUT", default.compact_timeout),
         idle_reset=_unless_off(
-            read, "CONVERSATION_IDLE_RESET", default.idle_reset, _duration,
+            read, "CONVERSATION_IDLE_RESET", default.idle_reset, duration,
             "a duration such as 6h, 90m, 2d or 1h30m (a bare number is seconds), or off",
         ),
     )
 
 
-_OFF = frozenset({"off", "none", "never"})
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(d|h|min|m|s)?", re.IGNORECASE)
-_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, "": 1.0}
-
-
 def _unless_off(read: _Reader, name: str, default: float | None, parse: Callable[[str], float | None], expected: str) -> float | None:
     """A setting that `off` turns off (None); anything else is parsed."""
     value = read.raw(name)
-    if value is not None and value.lower() in _OFF:
+    if value is not None and value.lower() in OFF:
         return None
     return read.parsed(name, default, parse, expected)
-
-
-def _share(text: str) -> float | None:
-    """0.75 or 75%: above 0, at most 1."""
-    value = _positive_float(text.removesuffix("%").strip())
-    if value is not None and text.endswith("%"):
-        value /= 100
-    return value if value is not None and value <= 1 else None
-
-
-def _duration(text: str) -> float | None:
-    """Seconds from 6h, 90m, 2d, 1h30m or 3600 (a bare number is seconds)."""
-    compact = text.replace(" ", "")
-    parts = list(_DURATION_PART.finditer(compact))
-    if not parts or "".join(part[0] for part in parts) != compact:
-        return None
-    if len(parts) > 1 and not all(part[2] for part in parts):
-        return None  # "1h30" is ambiguous
-    seconds = sum(float(part[1]) * _DURATION_UNITS[(part[2] or "").lower()] for part in parts)
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _prices(read: _Reader) -> tuple[tuple[str, float, float], ...]:
@@ -872,35 +851,12 @@ def _prices(read: _Reader) -> tuple[tuple[str, float, float], ...]:
     for entry in filter(None, (part.strip() for part in text.split(","))):
         model, _, pair = entry.partition("=")
         input_price, _, output_price = pair.partition("/")
-        values = [_non_negative_float(input_price.strip()), _non_negative_float(output_price.strip())]
+        values = [non_negative_float(input_price.strip()), non_negative_float(output_price.strip())]
         if not model.strip() or None in values:
             read.problem("LLM_PRICES", f"entry {entry!r} must look like model=input/output in USD per million tokens, e.g. gpt-5.1=1.25/10.")
             continue
         prices.append((model.strip(), values[0], values[1]))
     return tuple(prices)
-
-
-def _non_negative_float(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def _positive_int(text: str) -> int | None:
-    # A regex rather than int(): int() also takes "+5", "1_000" and non-ASCII digits.
-    if not _DIGITS.fullmatch(text):
-        return None
-    return int(text) or None
-
-
-def _positive_float(text: str) -> float | None:
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 def _reason(exc: Exception) -> str:
