@@ -84,6 +84,7 @@ class Secret:
     """A secret string that does not show itself in reprs, logs or f-strings by accident."""
 
     __slots__ = ("_value",)
+    _value: str
 
     def __init__(self, value: str) -> None:
         object.__setattr__(self, "_value", value)
@@ -851,11 +852,11 @@ def _prices(read: _Reader) -> tuple[tuple[str, float, float], ...]:
     for entry in filter(None, (part.strip() for part in text.split(","))):
         model, _, pair = entry.partition("=")
         input_price, _, output_price = pair.partition("/")
-        values = [non_negative_float(input_price.strip()), non_negative_float(output_price.strip())]
-        if not model.strip() or None in values:
+        per_input, per_output = non_negative_float(input_price.strip()), non_negative_float(output_price.strip())
+        if not model.strip() or per_input is None or per_output is None:
             read.problem("LLM_PRICES", f"entry {entry!r} must look like model=input/output in USD per million tokens, e.g. gpt-5.1=1.25/10.")
             continue
-        prices.append((model.strip(), values[0], values[1]))
+        prices.append((model.strip(), per_input, per_output))
     return tuple(prices)
 
 

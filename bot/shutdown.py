@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from bot.app import App
 from handlers.lanes import SHUTDOWN
@@ -83,7 +84,7 @@ async def drain(
 async def _idle_within(app: App, clock: Clock, seconds: float, hurry: asyncio.Event | None) -> bool:
     """Whether every lane went idle within `seconds` on the clock (or before `hurry` was set)."""
     idle = asyncio.ensure_future(app.services.lanes.wait_all_idle())
-    waits = {idle, asyncio.ensure_future(clock.sleep(seconds))}
+    waits: set[asyncio.Future[Any]] = {idle, asyncio.ensure_future(clock.sleep(seconds))}
     if hurry is not None:
         waits.add(asyncio.ensure_future(hurry.wait()))
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypedDict
 
 import httpx
 from notion_client import AsyncClient
@@ -41,6 +41,14 @@ SHARE_HINT = (
     "open the database in Notion, choose ••• → Connections and add the bot's integration, "
     "and check that NOTION_DATABASE_ID is the id from the database's URL"
 )
+
+
+class _Where(TypedDict):
+    """Where a failed call went, as every `UpstreamError` takes it."""
+
+    upstream: str
+    status: int
+    request_id: str | None
 
 
 class NotionApi:
@@ -96,7 +104,7 @@ class NotionApi:
         data_source_id: str,
         *,
         filter: Mapping[str, Any] | None = None,
-        sorts: list[Mapping[str, Any]] | None = None,
+        sorts: Sequence[Mapping[str, Any]] | None = None,
         start_cursor: str | None = None,
         page_size: int | None = None,
     ) -> dict[str, Any]:
@@ -112,7 +120,7 @@ class NotionApi:
         return await self._call(lambda: self._client.data_sources.query(data_source_id=data_source_id, **body))
 
     async def create_page(
-        self, *, data_source_id: str, properties: Mapping[str, Any], children: list[Mapping[str, Any]]
+        self, *, data_source_id: str, properties: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
     ) -> dict[str, Any]:
         # A data source parent: a database_id parent fails once a database has two data sources.
         parent = {"type": "data_source_id", "data_source_id": data_source_id}
@@ -121,7 +129,7 @@ class NotionApi:
             body["children"] = children
         return await self._call(lambda: self._client.pages.create(**body))
 
-    async def append_children(self, block_id: str, children: list[Mapping[str, Any]]) -> dict[str, Any]:
+    async def append_children(self, block_id: str, children: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return await self._call(lambda: self._client.blocks.children.append(block_id=block_id, children=children))
 
     async def list_children(
@@ -161,7 +169,7 @@ class NotionApi:
         status = err.status
         code = str(getattr(err.code, "value", err.code))
         request_id = err.request_id
-        where = {"upstream": self.name, "status": status, "request_id": request_id}
+        where: _Where = {"upstream": self.name, "status": status, "request_id": request_id}
         message = _short(str(err))
         if status in (429, 529):
             wait = retry_after_seconds(err.headers, self._now())

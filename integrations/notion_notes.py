@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, AsyncGenerator, Awaitable, Callable, Mapping, TypeVar
 
 from notion_client.helpers import async_iterate_paginated_api
 
@@ -198,7 +198,7 @@ class NotionNotes:
 
     async def _paginate(
         self, fetch: Callable[..., Awaitable[dict[str, Any]]], *, page_size: int
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Each page of a list is its own upstream call (a plain read: retrying it is harmless)."""
 
         async def one_page(**kwargs: Any) -> dict[str, Any]:
@@ -261,7 +261,7 @@ async def with_key_property(api: NotionApi, schema: NoteSchema, call: Call = _di
 
     Adding a property that is already there with the same type changes nothing, so a retry after
     a lost answer is harmless."""
-    change = {KEY_PROPERTY: {"rich_text": {}}}
+    change: dict[str, Any] = {KEY_PROPERTY: {"rich_text": {}}}
     try:
         source = await call(lambda: api.update_data_source(schema.data_source_id, properties=change))
     except BadRequest as refused:

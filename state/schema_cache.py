@@ -25,7 +25,8 @@ class SchemaCache:
         fetched_at = datetime.fromisoformat(row["fetched_at"])
         if self._clock.now() - fetched_at >= self._ttl:
             return None
-        return json.loads(row["schema"])
+        schema: dict[str, Any] = json.loads(row["schema"])
+        return schema
 
     async def put(self, database_id: str, schema: dict[str, Any]) -> None:
         await self._db.execute(

@@ -157,7 +157,7 @@ class PerplexitySearch(SdkAdapter):
             await events.close()
         yield run.answer()
 
-    def _translate(self, err: openai.OpenAIError, *, request_id: str | None) -> UpstreamError:
+    def _translate(self, err: Exception, *, request_id: str | None) -> UpstreamError:
         import openai
 
         where: dict[str, Any] = {"upstream": self.name, "request_id": request_id}

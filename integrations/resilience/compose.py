@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar, cast
 
 from integrations.errors import AuthFailed, RateLimited, Unavailable
 from integrations.resilience.breaker import CircuitBreaker
@@ -154,7 +154,8 @@ class Upstream:
         if self._observe is not None:
             fn = self._observe(self.name, operation, fn)
         try:
-            return await self._policy(fn)
+            # Policies pass a call's result through untouched, whatever its type.
+            return cast(T, await self._policy(fn))
         except AuthFailed as error:
             # The retry already tried a reloaded credential: every other caller would be refused
             # too, so fail them fast until the cooldown's probe.

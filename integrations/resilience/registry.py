@@ -32,7 +32,9 @@ class ResilienceRegistry:
         cooldown: float = 30.0,
     ) -> None:
         self._clock = clock
-        self._breaker_defaults = {"failure_threshold": failure_threshold, "window": window, "cooldown": cooldown}
+        self._failure_threshold = failure_threshold
+        self._window = window
+        self._cooldown = cooldown
         self._breakers: dict[str, CircuitBreaker] = {}
         self._limiters: dict[str, RateLimiter] = {}
         self._budgets: dict[str, TokenBudget] = {}
@@ -41,7 +43,9 @@ class ResilienceRegistry:
     def breaker(self, name: str) -> CircuitBreaker:
         """The breaker called `name`, created with the registry's defaults on first use."""
         if name not in self._breakers:
-            self._breakers[name] = CircuitBreaker(name, self._clock, **self._breaker_defaults)
+            self._breakers[name] = CircuitBreaker(
+                name, self._clock, failure_threshold=self._failure_threshold, window=self._window, cooldown=self._cooldown
+            )
         return self._breakers[name]
 
     def limiter(self, name: str) -> RateLimiter:
