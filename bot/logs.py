@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePath
 from types import FrameType
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, TextIO, TypeVar
+from typing import Awaitable, Callable, Iterable, Iterator, Mapping, TextIO, TypeVar
 from urllib.parse import quote, quote_plus
 
 from integrations.errors import ModelNotFound, UpstreamError

@@ -301,7 +301,7 @@ async def _terminate(process: asyncio.subprocess.Process) -> None:
         try:
             await asyncio.wait_for(process.wait(), grace)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("offline model server (pid %s) ignored SIGTERM for %g s; killing it", process.pid, grace)
 
 

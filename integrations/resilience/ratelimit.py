@@ -35,8 +35,8 @@ import logging
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Sequence
+from types import MappingProxyType, TracebackType
+from typing import Mapping, Sequence
 
 from integrations.errors import RateLimited
 from integrations.resilience.clock import Clock, wait_for
@@ -50,7 +50,7 @@ _EPSILON = 1e-9
 
 # Per limiter (by a key of its own, never reused), the grant count right after this task's last
 # grant: the ticket of the report its response will carry.
-_TICKETS: ContextVar[dict[int, float]] = ContextVar("rate limiter tickets", default={})
+_TICKETS: ContextVar[Mapping[int, float]] = ContextVar("rate limiter tickets", default=MappingProxyType({}))
 _KEYS = itertools.count()
 
 

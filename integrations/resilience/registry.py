@@ -85,7 +85,7 @@ class ResilienceRegistry:
         return copy.deepcopy(
             {
                 "breakers": {name: b.snapshot() for name, b in sorted(self._breakers.items())},
-                "limiters": {name: l.snapshot() for name, l in sorted(self._limiters.items())},
+                "limiters": {name: limiter.snapshot() for name, limiter in sorted(self._limiters.items())},
                 "token_budgets": {name: t.snapshot() for name, t in sorted(self._budgets.items())},
                 "governor": self._governor.snapshot() if self._governor is not None else None,
             }

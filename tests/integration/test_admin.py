@@ -199,7 +199,7 @@ async def test_status_says_each_rate_limit_as_a_pace_what_is_left_and_when_it_is
         notion = admin.registry.register_limiter(RateLimiter("notion requests", 3, 1.0, admin.clock, burst=1))
         anthropic = admin.registry.register_limiter(RateLimiter("anthropic requests", 50, 60.0, admin.clock, burst=8))
         tokens = admin.registry.register_token_budget(TokenBudget("anthropic tokens", 400_000, admin.clock))
-        slow = admin.registry.register_limiter(RateLimiter("archive requests", 1, 120.0, admin.clock))
+        admin.registry.register_limiter(RateLimiter("archive requests", 1, 120.0, admin.clock))
         await notion.acquire()
         queued = asyncio.ensure_future(notion.acquire())
         for _ in range(3):

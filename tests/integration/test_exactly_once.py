@@ -20,7 +20,7 @@ from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.telegram import new_message_event, photo, sticker, voice_note
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
-from tests.integration.test_cli import ROOT, clean_env, run_cli
+from tests.integration.test_cli import clean_env, run_cli
 
 CLAUDE = "anthropic:claude-test"
 GROUP = -1001234567890

@@ -13,7 +13,7 @@ from bot.config import LimitSettings
 from tests.fakes import anthropic_server as anth
 from tests.fakes import openai_server as oai
 from tests.fakes.http_server import RESET
-from tests.integration.telegram_bot import ANTHROPIC_KEY, OPENAI_KEY, USER, settings_for, start_telegram_bot
+from tests.integration.telegram_bot import ANTHROPIC_KEY, OPENAI_KEY, settings_for, start_telegram_bot
 
 CLAUDE = "anthropic:claude-test"
 GPT = "openai:gpt-test"

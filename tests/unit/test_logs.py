@@ -102,7 +102,7 @@ def test_python_warnings_are_logged_redacted_instead_of_printed(log_output):
     out = log_output("kv")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.warn(f"retrying with key {OPAQUE}", UserWarning)
+        warnings.warn(f"retrying with key {OPAQUE}", UserWarning, stacklevel=1)
     [line] = out.getvalue().splitlines()
     assert "logger=py.warnings" in line and "retrying with key [redacted]" in line
 

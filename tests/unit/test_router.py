@@ -1,10 +1,9 @@
-import asyncio
 from contextlib import AsyncExitStack
 
 from handlers.transport import IncomingMessage
 from integrations.errors import Unavailable
 from tests.fakes.providers import Script, ScriptedProvider
-from tests.harness import ADMIN, USER, start_bot
+from tests.harness import USER, start_bot
 
 
 async def test_stranger_gets_one_polite_refusal_with_their_id_and_no_upstream_call(tmp_path):

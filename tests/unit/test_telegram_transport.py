@@ -180,7 +180,7 @@ async def test_editing_an_unknown_message_is_a_bad_request(transport: TelegramTr
         (errors.RpcCallFailError(request=None), Unavailable),
         (errors.TimedOutError(request=None, message="Timeout", code=-503), Unavailable),
         (ConnectionError("Cannot send requests while disconnected"), Unavailable),
-        (asyncio.TimeoutError(), Unavailable),
+        (TimeoutError(), Unavailable),
         (errors.AuthKeyUnregisteredError(request=None), AuthFailed),
         (errors.AuthKeyError(request=None, message="AUTH_KEY_DUPLICATED", code=406), AuthFailed),
         (errors.ChatWriteForbiddenError(request=None), BadRequest),
