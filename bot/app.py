@@ -59,6 +59,7 @@ from integrations.summariser import Summariser
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
 from state.chat_prompts import ChatPrompts
+from state.compaction_backoff import CompactionBackoffs
 from state.db import Database
 from state.history import HistoryStore
 from state.lock import StateLock
@@ -350,7 +351,7 @@ async def build_app(
         resilience=registry,
         status=operations.status,
         voice=voice[0] if voice is not None else None,
-        compaction=build_compaction(settings, clock, chain),
+        compaction=build_compaction(settings, clock, chain, database),
     )
     services = replace(core, features=features, health_probes=tuple(probes))
     router = Router(
@@ -447,13 +448,13 @@ def keyed_upstream(
     )
 
 
-def build_compaction(settings: Settings, clock: Clock, chain: ModelChain) -> Compaction | None:
+def build_compaction(settings: Settings, clock: Clock, chain: ModelChain, database: Database) -> Compaction | None:
     """Long conversations summarised by the chain's cheapest model; None when COMPACT_AT is off."""
     conversation = settings.conversation
     if conversation.compact_at is None:
         return None
     summariser = Summariser(chain, PriceTable(overrides=settings.llm_prices), clock, timeout=conversation.compact_timeout)
-    return Compaction(summariser, CompactionSettings(compact_at=conversation.compact_at))
+    return Compaction(summariser, CompactionBackoffs(database), CompactionSettings(compact_at=conversation.compact_at))
 
 
 def knowledge_retry(settings: Settings) -> RetryPolicy:

@@ -14,20 +14,29 @@ summariser's timeout (then the summary is given up).
 
 When summarising fails or times out, nothing changes: the context is trimmed as before
 (integrations/context_window.py), and the next answer tries again. After two failures in a row a
-chat backs off, 5 minutes, then twice as long each time, up to an hour. The summary's tokens are
-recorded in the user's usage, so they count against budgets like any answer.
+chat backs off, 5 minutes, then twice as long each time, up to an hour; the backoff is kept in the
+database (state/compaction_backoff.py), so a restart does not send a failing summariser a burst of
+requests. The summary's tokens are recorded in the user's usage, so they count against budgets like
+any answer, also when it failed or timed out (what it was billed, or a fair estimate).
+
+The size is measured with the system prompt the chat's answers use (its /mode or /prompt), since
+that is what every request carries.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
+from handlers.modes import PROMPT_MAX_CHARS, chat_prompt
 from handlers.services import Services
 from handlers.transport import IncomingMessage
 from integrations.chain import ChainModel
 from integrations.context_window import estimate_conversation, estimate_tokens, with_summary
 from integrations.llm import ChatMessage, ModelRef, Usage
 from integrations.summariser import Summariser, SummaryFailed
+from state.compaction_backoff import CompactionBackoffs, SummaryBackoff
 from state.history import StoredMessage, Summary, TurnMessage
 
 log = logging.getLogger(__name__)
@@ -48,17 +57,16 @@ class CompactionSettings:
     max_backoff: float = 3600.0
 
 
-@dataclass
-class _Failures:
-    count: int
-    retry_at: float
-
-
 class Compaction:
-    def __init__(self, summariser: Summariser, settings: CompactionSettings = CompactionSettings()) -> None:
+    def __init__(
+        self, summariser: Summariser, backoffs: CompactionBackoffs, settings: CompactionSettings = CompactionSettings()
+    ) -> None:
         self._summariser = summariser
+        self._backoffs = backoffs
         self._settings = settings
-        self._failures: dict[int, _Failures] = {}
+        # Read from the database at the first answer, then kept here and written through.
+        self._failures: dict[int, SummaryBackoff] | None = None
+        self._loading = asyncio.Lock()
 
     async def after_answer(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
         """Summarise the older turns of `stored`'s conversation if it has grown too long. Never
@@ -70,8 +78,8 @@ class Compaction:
 
     async def _compact(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
         chat_id = stored.chat_id
-        failures = self._failures.get(chat_id)
-        if failures is not None and services.clock.monotonic() < failures.retry_at:
+        failures = (await self._known_failures()).get(chat_id)
+        if failures is not None and services.clock.now() < failures.retry_at:
             return
         model = await _answering_model(services, message.user_id)
         if model is None:
@@ -79,7 +87,10 @@ class Compaction:
         threshold = int(self._settings.compact_at * model.context_tokens)
         summary, turns = await services.history.conversation_so_far(stored, with_its_answer=True)
         context = with_summary(summary.text if summary else None, [m for _, m in turns])
-        size = estimate_conversation(context) + estimate_tokens(services.chat.system_prompt)
+        size = estimate_conversation(context)
+        if size + _longest_prompt_tokens(services) <= threshold:
+            return  # far from it, whatever the chat's prompt: no need to read it
+        size += estimate_tokens((await chat_prompt(services, chat_id)).text)
         if size <= threshold:
             return
         folded, covers_through = _oldest_turns(turns, keep_tokens=int(threshold * self._settings.keep_share))
@@ -90,7 +101,7 @@ class Compaction:
             result = await self._summariser.summarise(summary.text if summary else None, folded, max_tokens=max_tokens)
         except SummaryFailed as failure:
             await _record_usage(services, message, failure.usage)
-            wait = self._failed(chat_id, services.clock.monotonic())
+            wait = await self._failed(chat_id, services)
             log.warning(
                 "could not summarise the conversation of chat %s (%s); it is trimmed instead, next try %s",
                 chat_id, failure, f"in {wait:g} s" if wait else "after the next answer",
@@ -98,19 +109,28 @@ class Compaction:
             return
         await _record_usage(services, message, result.usage)
         await services.history.record_summary(stored, Summary(result.text, covers_through), str(result.model))
-        self._failures.pop(chat_id, None)
+        if (await self._known_failures()).pop(chat_id, None) is not None:
+            await self._backoffs.succeeded(chat_id)
         log.info(
             "summarised %d messages (~%d tokens of ~%d) of chat %s into ~%d tokens with %s",
             len(folded), estimate_conversation(folded), size, chat_id, estimate_tokens(result.text), result.model,
         )
 
-    def _failed(self, chat_id: int, now: float) -> float:
-        """Count a failure; the seconds until the chat may try again."""
-        previous = self._failures.get(chat_id)
-        count = 1 if previous is None else previous.count + 1
+    async def _known_failures(self) -> dict[int, SummaryBackoff]:
+        async with self._loading:
+            if self._failures is None:
+                self._failures = await self._backoffs.all()
+        return self._failures
+
+    async def _failed(self, chat_id: int, services: Services) -> float:
+        """Count a failure (in the database too); the seconds until the chat may try again."""
+        failures = await self._known_failures()
+        previous = failures.get(chat_id)
+        count = 1 if previous is None else previous.failures + 1
         settings = self._settings
         wait = 0.0 if count == 1 else min(settings.first_backoff * 2 ** (count - 2), settings.max_backoff)
-        self._failures[chat_id] = _Failures(count, now + wait)
+        failures[chat_id] = SummaryBackoff(count, services.clock.now() + timedelta(seconds=wait))
+        await self._backoffs.failed(chat_id, failures[chat_id])
         return wait
 
 
@@ -131,6 +151,12 @@ def _oldest_turns(turns: list[TurnMessage], *, keep_tokens: int) -> tuple[list[C
         kept_from = start
     folded = turns[:kept_from]
     return [m for _, m in folded], (folded[-1][0] if folded else 0)
+
+
+def _longest_prompt_tokens(services: Services) -> int:
+    """The most any chat's system prompt can add: the operator's, a mode's, or a /prompt's longest."""
+    prompts = [services.chat.system_prompt, "x" * PROMPT_MAX_CHARS] + [m.prompt or "" for m in services.chat.modes]
+    return max(estimate_tokens(prompt) for prompt in prompts)
 
 
 async def _answering_model(services: Services, user_id: int) -> ChainModel | None:

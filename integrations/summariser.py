@@ -4,12 +4,14 @@ The models are the chain's own, behind the same policies (breakers, rate limits,
 cheapest first for a request of this size (`PriceTable`; models without a price after those with
 one): the cheapest model whose breaker is open or that fails hands over to the next cheapest.
 The offline model is never asked: its summaries would lose what they replace. The whole attempt,
-every model included, ends after `timeout` seconds on the injected clock.
+every model included, ends after `timeout` seconds on the injected clock. What it cost is known
+however it ends (`UsageMeter`): a summary cut by the timeout is charged the tokens its stream
+reported, or a fair estimate of them (the request, and the text received so far).
 """
 from __future__ import annotations
 
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from integrations.chain import AllModelsFailed, ChainModel, Completed, ModelChain, TextDelta
@@ -17,6 +19,7 @@ from integrations.context_window import estimate_tokens
 from integrations.llm import ChatMessage, ModelRef, Usage
 from integrations.prices import PriceTable
 from integrations.resilience.clock import Clock, wait_for
+from integrations.usage_meter import UsageMeter
 
 OFFLINE_PROVIDERS = frozenset({"local"})
 
@@ -35,7 +38,7 @@ ROLE_NAMES = {"user": "User", "assistant": "Assistant"}
 class Summarised:
     text: str
     model: ModelRef
-    # Every model's tokens spent on it (a model that failed first included).
+    # Every model's tokens spent on it (a model that failed first included, estimated where cut).
     usage: tuple[tuple[ModelRef, Usage], ...]
 
 
@@ -81,13 +84,17 @@ class Summariser:
         models = self.candidates(estimate_tokens(request) + estimate_tokens(system), max_tokens)
         if not models:
             raise SummaryFailed("no model can summarise (the offline model is not asked)")
-        chain = ModelChain(models, self._clock, self._chain.timeouts, open_policy=self._chain.open_policy)
+        meter = UsageMeter()
+        chain = ModelChain([meter.metered(m) for m in models], self._clock, self._chain.timeouts, open_policy=self._chain.open_policy)
         try:
-            return await wait_for(self._clock, self._write(chain, request, system, max_tokens), self._timeout)
+            written = await wait_for(self._clock, self._write(chain, request, system, max_tokens), self._timeout)
         except TimeoutError:
-            raise SummaryFailed(f"no summary within {self._timeout:g} s") from None
+            raise SummaryFailed(f"no summary within {self._timeout:g} s", meter.spent()) from None
         except AllModelsFailed as error:
-            raise SummaryFailed(str(error), error.usage) from None
+            raise SummaryFailed(str(error), meter.spent()) from None
+        except SummaryFailed as failure:
+            raise SummaryFailed(str(failure), meter.spent()) from None
+        return replace(written, usage=meter.spent())
 
     async def _write(self, chain: ModelChain, request: str, system: str, max_tokens: int) -> Summarised:
         text = ""

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 
 from bot.config import ConversationSettings, LimitSettings
-from integrations.context_window import SUMMARY_CLOSING, SUMMARY_OPENING
+from integrations.context_window import SUMMARY_CLOSING, SUMMARY_OPENING, estimate_tokens
 from tests.fakes import anthropic_server as anth
 from tests.fakes import openai_server as oai
 from tests.fakes.anthropic_server import FakeAnthropic
@@ -176,6 +176,81 @@ async def test_a_summariser_failing_again_and_again_is_tried_less_and_less_often
         await bot.user_says("So?")
         assert contents(claude.message_requests[-1])[0].startswith(SUMMARY_OPENING)
         assert bot.texts() == ["Noted."] * 11
+
+
+def estimated_request_tokens(request) -> int:
+    """What the summariser's request is estimated at: its system prompt and its one message."""
+    return sum(estimate_tokens(m["content"]) for m in request.json["messages"])
+
+
+async def test_a_summary_cut_by_the_timeout_before_its_first_token_is_charged_its_input(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, gpt, bot = await long_chat(stack, tmp_path, summariser=STALL, asked=4, compact_timeout=20.0)
+        lines = {line.model: line for line in await bot.app.services.features.usage.lines(1, USER)}
+        [asked] = gpt.chat_requests
+        summary = lines[GPT]
+        assert (summary.requests, summary.input_tokens, summary.output_tokens) == (1, estimated_request_tokens(asked), 0)
+        assert summary.cost_usd == summary.input_tokens * 0.25 / 1e6 > 0
+        await bot.user_says("/usage")
+        assert f"{lines[CLAUDE].input_tokens + summary.input_tokens:,} tokens in" in bot.texts()[-1]
+
+
+async def test_a_summary_cut_by_the_timeout_mid_stream_is_charged_its_input_and_the_text_received(tmp_path):
+    async with AsyncExitStack() as stack:
+        cut = oai.stall_after(2, "alpha beta gamma delta epsilon zeta")
+        claude, gpt, bot = await long_chat(stack, tmp_path, summariser=cut, asked=4, compact_timeout=20.0)
+        [asked] = gpt.chat_requests
+        summary = {line.model: line for line in await bot.app.services.features.usage.lines(1, USER)}[GPT]
+        # Two of six chunks arrived ("alpha beta "): 11 characters, about 4 tokens.
+        assert (summary.requests, summary.input_tokens, summary.output_tokens) == (1, estimated_request_tokens(asked), 4)
+
+
+async def test_a_summary_refused_outright_costs_nothing(tmp_path):
+    refused = oai.Fail(400, "invalid_request_error", "Invalid request.")
+    async with AsyncExitStack() as stack:
+        claude, gpt, bot = await long_chat(stack, tmp_path, summariser=refused, asked=3)
+        claude.script(anth.Reply("Noted."), anth.Fail(400, "invalid_request_error", "Invalid request."))
+        await bot.user_says(question(4))
+        lines = {line.model: line for line in await bot.app.services.features.usage.lines(1, USER)}
+        assert GPT not in lines and lines[CLAUDE].requests == 4, "nothing was billed for the refusals"
+
+
+async def test_the_backoff_of_a_failing_summariser_survives_a_restart(tmp_path, caplog):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Noted.")))
+        gpt = await stack.enter_async_context(FakeOpenAI(api_key=OPENAI_KEY, default=STALL))
+        settings = long_chat_settings(tmp_path, claude, gpt, compact_timeout=20.0)
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            for n in range(1, 6):
+                await bot.user_says(question(n))
+            assert gpt.calls == 2 and "next try in 300 s" in caplog.text
+        clock = bot.clock
+        async with AsyncExitStack() as second_run:
+            bot = await start_telegram_bot(second_run, settings, clock)
+            await bot.user_says(question(6))
+            assert gpt.calls == 2, "the restarted bot still waits"
+            await clock.advance(300)
+            gpt.default = oai.Reply(SUMMARY, chunks=2)
+            await bot.user_says(question(7))
+            assert gpt.calls == 3
+            rows = await bot.app.database.fetchall("SELECT * FROM compaction_backoff")
+            assert rows == [], "a summary that worked ends the backoff"
+        async with AsyncExitStack() as third_run:
+            bot = await start_telegram_bot(third_run, settings, clock)
+            await bot.user_says("So?")
+            assert contents(claude.message_requests[-1])[0].startswith(SUMMARY_OPENING)
+
+
+async def test_the_size_check_counts_the_chats_own_prompt(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, gpt, bot = await long_chat(stack, tmp_path)
+        own = "Answer as a gardener would, with the season in mind. " * 20  # about 300 tokens
+        await bot.user_says(f"/prompt {own}")
+        for n in range(1, 4):
+            await bot.user_says(question(n))
+        assert claude.message_requests[-1].json["system"] == own.strip()
+        assert gpt.calls == 1, "three turns and this prompt pass the threshold (with the operator's they do not)"
 
 
 async def test_compaction_off_sends_the_whole_conversation_as_before(tmp_path):
