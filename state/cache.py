@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from integrations.resilience.clock import Clock
-from state.db import Database, iso_timestamp
+from state.database import Database
+from state.db import iso_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ KINDS = ("search",)
 # found by walking the primary key from its small end, so a put touches only the rows it evicts
 # (usually one, none while the cache is not full) instead of the `bound` newest ones. COUNT(*)
 # of a whole table is read from the b-tree pages without decoding rows (~10 us at 100k entries).
+# (CASE, not SQLite's max(a, b), which PostgreSQL spells GREATEST.)
 _EVICT_OLDEST = (
-    "DELETE FROM cache_entries WHERE id < (SELECT id FROM cache_entries ORDER BY id"
-    " LIMIT 1 OFFSET max(0, (SELECT COUNT(*) FROM cache_entries) - :bound))"
+    "DELETE FROM cache_entries WHERE id < (SELECT id FROM cache_entries ORDER BY id LIMIT 1 OFFSET"
+    " (SELECT CASE WHEN COUNT(*) > :bound THEN COUNT(*) - :bound ELSE 0 END FROM cache_entries))"
 )
 
 
@@ -100,10 +102,11 @@ class SqliteCache:
         expires_at = moment.timestamp() + ttl
         async with self._db.transaction():
             await self._db.execute("DELETE FROM cache_entries WHERE expires_at <= ?", (moment.timestamp(),))
-            # REPLACE deletes the entry under the same key and inserts a new row (not an upsert,
-            # which would keep the old id), so a refreshed entry counts as the newest.
+            # The entry under the same key is deleted and a new row inserted (not an upsert, which
+            # would keep the old id), so a refreshed entry counts as the newest.
+            await self._db.execute("DELETE FROM cache_entries WHERE kind = ? AND key = ?", (kind, key))
             await self._db.execute(
-                "REPLACE INTO cache_entries (kind, key, value, stored_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO cache_entries (kind, key, value, stored_at, expires_at) VALUES (?, ?, ?, ?, ?)",
                 (kind, key, value, iso_timestamp(moment), expires_at),
             )
             evicted = await self._db.execute_rowcount(_EVICT_OLDEST, {"bound": self._max_entries})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from state.db import Database
+from state.database import Database
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterator, Literal, Mapping, Sequence
 
 import aiosqlite
 
@@ -266,6 +266,14 @@ class Database:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def dialect(self) -> Literal["sqlite"]:
+        return "sqlite"
+
+    @property
+    def where(self) -> str:
+        return str(self._path)
 
     @property
     def schema_version(self) -> int:

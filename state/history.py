@@ -19,7 +19,6 @@ A long conversation's older turns may be replaced, in what models are sent, by o
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Iterable, Literal
@@ -27,7 +26,8 @@ from typing import Iterable, Literal
 from integrations.context_window import with_summary
 from integrations.llm import ChatMessage
 from integrations.resilience.clock import Clock
-from state.db import Database, iso_timestamp
+from state.database import Database, Row
+from state.db import iso_timestamp
 
 Status = Literal["pending", "answering", "delivering", "answered", "failed", "undeliverable", "expired"]
 Kind = Literal["chat", "command", "media"]
@@ -62,6 +62,20 @@ SUMMARY_QUERY = (
 )
 
 
+# A message id never used in chat :chat, by the user or by the bot (whose ids are in shown_ids, a
+# JSON array): each engine reads JSON its own way.
+_NEXT_MESSAGE_ID = {
+    "sqlite": "SELECT MAX(top) AS top FROM ("
+    " SELECT MAX(telegram_message_id) AS top FROM messages WHERE chat_id = :chat"
+    " UNION ALL SELECT MAX(CAST(j.value AS INTEGER)) FROM messages m, json_each(m.shown_ids) j"
+    " WHERE m.chat_id = :chat)",
+    "postgresql": "SELECT MAX(top) AS top FROM ("
+    " SELECT MAX(telegram_message_id) AS top FROM messages WHERE chat_id = :chat"
+    " UNION ALL SELECT MAX(j.value::BIGINT) FROM messages m, jsonb_array_elements_text(m.shown_ids::jsonb) j(value)"
+    " WHERE m.chat_id = :chat) AS ids",
+}
+
+
 @dataclass(frozen=True)
 class Summary:
     """A conversation's older turns as one text, standing for every turn up to `covers_through`."""
@@ -94,7 +108,7 @@ class StoredMessage:
     reply_text: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> StoredMessage:
+    def from_row(cls, row: Row) -> StoredMessage:
         return cls(
             id=row["id"],
             chat_id=row["chat_id"],
@@ -137,7 +151,7 @@ class HistoryStore:
             now = self._now()
             conversation_id = await self._open_conversation(chat_id, now)
             private = chat_id > 0 if is_private is None else is_private
-            message_id = await self._db.execute(
+            message_id = await self._insert_id(
                 "INSERT INTO messages (conversation_id, chat_id, user_id, telegram_message_id, role, kind,"
                 " content, status, created_at, is_private) VALUES (?, ?, ?, ?, 'user', ?, ?, 'pending', ?, ?)",
                 (conversation_id, chat_id, user_id, telegram_message_id, kind, text, now, int(private)),
@@ -161,7 +175,7 @@ class HistoryStore:
         like a typed one (part of the context; answered after a restart without transcribing
         again). Its answer begins next, counting this attempt once, not twice."""
         await self._db.execute(
-            "UPDATE messages SET content = ?, kind = 'chat', status = 'pending', attempts = MAX(attempts - 1, 0)"
+            "UPDATE messages SET content = ?, kind = 'chat', status = 'pending', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
             " WHERE id = ? AND status IN ('pending', 'answering')",
             (text, incoming.id),
         )
@@ -194,13 +208,7 @@ class HistoryStore:
     async def next_message_id(self, chat_id: int) -> int:
         """A message id never used in this chat, by the user or by the bot (for transports that
         number messages themselves, like the console)."""
-        row = await self._db.fetchone(
-            "SELECT MAX(top) AS top FROM ("
-            " SELECT MAX(telegram_message_id) AS top FROM messages WHERE chat_id = :chat"
-            " UNION ALL SELECT MAX(CAST(j.value AS INTEGER)) FROM messages m, json_each(m.shown_ids) j"
-            " WHERE m.chat_id = :chat)",
-            {"chat": chat_id},
-        )
+        row = await self._db.fetchone(_NEXT_MESSAGE_ID[self._db.dialect], {"chat": chat_id})
         return int(row["top"] or 0) + 1 if row else 1
 
     async def context_for(self, incoming: StoredMessage) -> list[ChatMessage]:
@@ -318,7 +326,7 @@ class HistoryStore:
         async with self._db.transaction():
             now = self._now()
             conversation_id = await self._open_conversation(chat_id, now)
-            question_id = await self._db.execute(
+            question_id = await self._insert_id(
                 "INSERT INTO messages (conversation_id, chat_id, user_id, role, content, status,"
                 " created_at) VALUES (?, ?, ?, 'user', ?, 'answered', ?)",
                 (conversation_id, chat_id, user_id, question, now),
@@ -385,9 +393,13 @@ class HistoryStore:
         )
         if row is not None:
             return int(row["id"])
-        return await self._db.execute(
-            "INSERT INTO conversations (chat_id, started_at) VALUES (?, ?)", (chat_id, now)
-        )
+        return await self._insert_id("INSERT INTO conversations (chat_id, started_at) VALUES (?, ?)", (chat_id, now))
+
+    async def _insert_id(self, insert: str, params: tuple[object, ...]) -> int:
+        """Run `insert` (one row) and return the new row's id."""
+        row = await self._db.fetchone(f"{insert} RETURNING id", params)
+        assert row is not None
+        return int(row["id"])
 
     async def _insert_answer(self, question_id: int, chat_id: int, text: str, model: str, now: str) -> None:
         inserted = await self._db.execute_rowcount(

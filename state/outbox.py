@@ -10,13 +10,13 @@ could not be sent is sent again later: the user is told at least once.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Mapping
 
 from integrations.resilience.clock import Clock
-from state.db import Database, iso_timestamp
+from state.database import Database, Row
+from state.db import iso_timestamp
 
 Status = Literal["pending", "delivered", "failed"]
 
@@ -46,7 +46,7 @@ class OutboxEntry:
     created_at: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> OutboxEntry:
+    def from_row(cls, row: Row) -> OutboxEntry:
         return cls(
             id=row["id"],
             key=row["idempotency_key"],
@@ -80,12 +80,12 @@ class Outbox:
             existing = await self._by_key(key)
             if existing is not None:
                 return existing, False
-            entry_id = await self._db.execute(
+            inserted = await self._db.fetchone(
                 "INSERT INTO note_outbox (idempotency_key, chat_id, user_id, message_id, payload,"
-                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (key, chat_id, user_id, message_id, json.dumps(dict(payload)), now, now, now),
             )
-            entry = await self._by_id(entry_id)
+            entry = await self._by_id(inserted["id"])
         assert entry is not None
         return entry, True
 

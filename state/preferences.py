@@ -1,7 +1,7 @@
 """Per-user settings that outlive restarts; for now, which model a user chose with /model."""
 from __future__ import annotations
 
-from state.db import Database
+from state.database import Database
 
 
 class UserPreferences:

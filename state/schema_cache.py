@@ -6,7 +6,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from integrations.resilience.clock import Clock
-from state.db import Database, iso_timestamp
+from state.database import Database
+from state.db import iso_timestamp
 
 
 class SchemaCache:

@@ -13,7 +13,7 @@ from typing import Sequence
 from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable
 from integrations.resilience.clock import Clock
-from state.db import Database
+from state.database import Database
 from state.periods import period_start
 
 
@@ -99,11 +99,12 @@ class UsageRecorder:
                     "INSERT INTO usage_daily (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced)"
                     " VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
                     " ON CONFLICT (day, user_id, model) DO UPDATE SET"
-                    " requests = requests + 1,"
-                    " input_tokens = input_tokens + excluded.input_tokens,"
-                    " output_tokens = output_tokens + excluded.output_tokens,"
-                    " cost_usd = cost_usd + excluded.cost_usd,"
-                    " unpriced = unpriced + excluded.unpriced",
+                    # The table's name on the old values: PostgreSQL finds a bare name ambiguous.
+                    " requests = usage_daily.requests + 1,"
+                    " input_tokens = usage_daily.input_tokens + excluded.input_tokens,"
+                    " output_tokens = usage_daily.output_tokens + excluded.output_tokens,"
+                    " cost_usd = usage_daily.cost_usd + excluded.cost_usd,"
+                    " unpriced = usage_daily.unpriced + excluded.unpriced",
                     row,
                 )
 
@@ -122,12 +123,13 @@ class UsageRecorder:
     async def lines(self, days: int, user_id: int | None = None) -> list[UsageLine]:
         """Totals per user and model over the last `days` UTC days, today included."""
         first = (self.today() - timedelta(days=days - 1)).isoformat()
+        of_user = "" if user_id is None else " AND user_id = ?"
         rows = await self._db.fetchall(
             "SELECT user_id, model, SUM(requests) AS requests, SUM(input_tokens) AS input_tokens,"
             " SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(unpriced) AS unpriced"
-            " FROM usage_daily WHERE day >= ? AND (? IS NULL OR user_id = ?)"
+            f" FROM usage_daily WHERE day >= ?{of_user}"
             " GROUP BY user_id, model ORDER BY user_id, model",
-            (first, user_id, user_id),
+            (first,) if user_id is None else (first, user_id),
         )
         return [
             UsageLine(

@@ -5,7 +5,6 @@ import pytest
 
 from integrations.resilience.clock import ManualClock
 from state.cache import SqliteCache
-from state.db import Database
 
 
 @pytest.fixture
@@ -14,8 +13,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def db(tmp_path, clock):
-    database = await Database.open(tmp_path / "state" / "bot.db", clock)
+async def db(state_backend, clock):
+    database = await state_backend.open(clock)
     yield database
     await database.close()
 
@@ -151,12 +150,11 @@ async def test_clear_removes_one_kind_or_everything(cache):
     assert (await cache.stats()).entries == 0
 
 
-async def test_entries_survive_reopening_the_database(tmp_path, clock):
-    path = tmp_path / "bot.db"
-    first = await Database.open(path, clock)
+async def test_entries_survive_reopening_the_database(state_backend, clock):
+    first = await state_backend.open(clock)
     await SqliteCache(first, clock).put("search", "q", '"kept"', ttl=300)
     await first.close()
-    second = await Database.open(path, clock)
+    second = await state_backend.open(clock)
     try:
         hit = await SqliteCache(second, clock).get("search", "q")
         assert hit is not None and hit.value == '"kept"'

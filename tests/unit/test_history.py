@@ -2,7 +2,6 @@ import pytest
 
 from integrations.llm import ChatMessage
 from integrations.resilience.clock import ManualClock
-from state.db import Database
 from state.history import HistoryStore, StoredMessage
 
 CHAT = 100
@@ -24,13 +23,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def path(tmp_path):
-    return tmp_path / "state" / "bot.db"
-
-
-@pytest.fixture
-async def db(path, clock):
-    database = await Database.open(path, clock)
+async def db(state_backend, clock):
+    database = await state_backend.open(clock)
     yield database
     await database.close()
 
@@ -86,14 +80,14 @@ async def test_context_is_the_conversation_so_far_ending_with_the_new_message(hi
     assert await history.context_for(second) == [user("what is 2+2?"), bot("4"), user("and doubled?")]
 
 
-async def test_history_survives_a_restart(path, clock):
-    db = await Database.open(path, clock)
+async def test_history_survives_a_restart(state_backend, clock):
+    db = await state_backend.open(clock)
     history = HistoryStore(db, clock)
     first = await ask(history, 1, "remember 7")
     await history.record_answer(first, "ok, 7", "m")
     await db.close()
 
-    db = await Database.open(path, clock)
+    db = await state_backend.open(clock)
     try:
         history = HistoryStore(db, clock)
         second = await ask(history, 2, "what number?")
@@ -103,8 +97,8 @@ async def test_history_survives_a_restart(path, clock):
         await db.close()
 
 
-async def test_messages_left_pending_by_a_crash_are_found_after_restart(path, clock):
-    crashed = await Database.open(path, clock)
+async def test_messages_left_pending_by_a_crash_are_found_after_restart(state_backend, clock):
+    crashed = await state_backend.open(clock)
     try:
         before = HistoryStore(crashed, clock)
         answered = await ask(before, 1, "answered before the crash")
@@ -115,7 +109,7 @@ async def test_messages_left_pending_by_a_crash_are_found_after_restart(path, cl
         other_chat = await ask(before, 4, "also cut off", chat=OTHER_CHAT)
 
         # The crashed process never closed its connection; a new one must see what it committed.
-        restarted = await Database.open(path, clock)
+        restarted = await state_backend.open(clock)
         try:
             after = HistoryStore(restarted, clock)
             assert await after.pending() == [cut_off, other_chat]
@@ -247,3 +241,13 @@ async def test_answer_to_an_unknown_message_stores_nothing(history, db):
     with pytest.raises(LookupError):
         await history.record_answer(ghost, "a", "m")
     assert await db.fetchall("SELECT id FROM messages") == []
+
+
+async def test_the_next_message_id_is_past_both_the_users_and_the_bots_messages(history):
+    assert await history.next_message_id(CHAT) == 1
+    stored = await ask(history, 3, "hello")
+    assert await history.next_message_id(CHAT) == 4
+    await history.record_shown(stored.id, [4, 9])
+    await history.record_shown(stored.id, [5])
+    assert await history.next_message_id(CHAT) == 10
+    assert await history.next_message_id(OTHER_CHAT) == 1

@@ -15,6 +15,7 @@ from state.db import (
     bundled_migrations,
     check_storage,
     inspect_database,
+    load_migrations,
     storage_fault,
 )
 from state.preferences import UserPreferences
@@ -43,8 +44,16 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def db(tmp_path, clock):
+async def sqlite_db(tmp_path, clock):
     database = await Database.open(tmp_path / "state" / "bot.db", clock)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def db(state_backend, clock):
+    """The same behaviour on either engine."""
+    database = await state_backend.open(clock)
     yield database
     await database.close()
 
@@ -56,28 +65,28 @@ def migrations_copy(tmp_path) -> Path:
     return target
 
 
-async def test_migrations_bring_an_empty_database_to_the_latest_version(db):
+async def test_migrations_bring_an_empty_database_to_the_latest_version(sqlite_db):
     assert MIGRATION_COUNT >= 1
-    assert db.schema_version == MIGRATION_COUNT
-    assert (await db.fetchone("PRAGMA user_version"))[0] == MIGRATION_COUNT
-    assert {"conversations", "messages", "user_preferences"} <= table_names(db.path)
+    assert sqlite_db.schema_version == MIGRATION_COUNT
+    assert (await sqlite_db.fetchone("PRAGMA user_version"))[0] == MIGRATION_COUNT
+    assert {"conversations", "messages", "user_preferences"} <= table_names(sqlite_db.path)
 
 
-async def test_reopening_applies_no_migration_twice_and_keeps_the_data(tmp_path, clock):
-    path = tmp_path / "bot.db"
-    first = await Database.open(path, clock)
+async def test_reopening_applies_no_migration_twice_and_keeps_the_data(state_backend, clock):
+    first = await state_backend.open(clock)
     await first.execute("INSERT INTO user_preferences (user_id, model, updated_at) VALUES (1, 'm', 'now')")
     await first.close()
 
-    again = await Database.open(path, clock)
+    again = await state_backend.open(clock)
     try:
-        assert again.schema_version == MIGRATION_COUNT
+        assert again.schema_version == len(load_migrations(state_backend.migrations()))
         assert (await again.fetchone("SELECT model FROM user_preferences WHERE user_id = 1"))["model"] == "m"
     finally:
         await again.close()
 
 
-async def test_database_file_its_journal_and_its_directory_are_private(tmp_path, db):
+async def test_database_file_its_journal_and_its_directory_are_private(tmp_path, sqlite_db):
+    db = sqlite_db
     assert db.path.parent == tmp_path / "state"
     assert mode_of(db.path.parent) == 0o700
     assert mode_of(db.path) == 0o600
@@ -108,7 +117,8 @@ async def test_loose_existing_directory_and_files_are_tightened(tmp_path, clock)
         await database.close()
 
 
-async def test_connection_uses_wal_foreign_keys_and_a_busy_timeout(db):
+async def test_connection_uses_wal_foreign_keys_and_a_busy_timeout(sqlite_db):
+    db = sqlite_db
     assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"
     assert (await db.fetchone("PRAGMA foreign_keys"))[0] == 1
     assert (await db.fetchone("PRAGMA busy_timeout"))[0] == 5000
@@ -315,7 +325,8 @@ async def test_nested_transactions_in_one_task_are_refused(db):
                 pass
 
 
-async def test_execute_reports_the_inserted_rowid_and_rowcount(db):
+async def test_execute_reports_the_inserted_rowid_and_rowcount(sqlite_db):
+    db = sqlite_db
     await db.execute("CREATE TABLE items (name TEXT)")
     first = await db.execute("INSERT INTO items (name) VALUES (?)", ("a",))
     second = await db.execute("INSERT INTO items (name) VALUES (:name)", {"name": "b"})
@@ -323,9 +334,21 @@ async def test_execute_reports_the_inserted_rowid_and_rowcount(db):
     assert await db.execute_rowcount("UPDATE items SET name = 'z'") == 2
 
 
-async def test_model_preference_is_set_replaced_cleared_and_survives_restart(tmp_path, clock):
-    path = tmp_path / "bot.db"
-    db = await Database.open(path, clock)
+async def test_insert_returning_gives_the_new_id_and_rowcount_counts_changed_rows(db):
+    insert = "INSERT INTO conversations (chat_id, started_at) VALUES (:chat, :at) RETURNING id"
+    first = await db.fetchone(insert, {"chat": 1, "at": db.timestamp()})
+    second = await db.fetchone(insert, {"chat": -1001234567890, "at": db.timestamp()})  # past 2^31
+    assert second["id"] == first["id"] + 1
+    assert await db.execute_rowcount("UPDATE conversations SET ended_at = ? WHERE ended_at IS NULL", ("x",)) == 2
+    assert await db.execute_rowcount("DELETE FROM conversations WHERE chat_id = ?", (7,)) == 0
+    assert [tuple(row) for row in await db.fetchall("SELECT chat_id, ended_at FROM conversations ORDER BY id")] == [
+        (1, "x"),
+        (-1001234567890, "x"),
+    ]
+
+
+async def test_model_preference_is_set_replaced_cleared_and_survives_restart(state_backend, clock):
+    db = await state_backend.open(clock)
     preferences = UserPreferences(db)
     assert await preferences.model_for(42) is None
     await preferences.set_model(42, "openai:gpt-5")
@@ -333,7 +356,7 @@ async def test_model_preference_is_set_replaced_cleared_and_survives_restart(tmp
     await preferences.set_model(7, "openai:gpt-5")
     await db.close()
 
-    db = await Database.open(path, clock)
+    db = await state_backend.open(clock)
     preferences = UserPreferences(db)
     try:
         assert await preferences.model_for(42) == "anthropic:claude-sonnet-4-6"

@@ -17,7 +17,7 @@ from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable, format_usd
 from integrations.resilience.clock import ManualClock
 from state.admin_settings import AdminSettings, BudgetOverride
-from state.db import Database, bundled_migrations
+from state.db import Database
 from state.usage import _SPENDING_QUERY, ErrorJournal, UsageRecorder
 
 SONNET = ModelRef.parse("anthropic:claude-sonnet-4-6")
@@ -33,8 +33,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def db(tmp_path, clock):
-    database = await Database.open(tmp_path / "state" / "bot.sqlite3", clock)
+async def db(state_backend, clock):
+    database = await state_backend.open(clock)
     yield database
     await database.close()
 
@@ -196,9 +196,8 @@ async def test_admins_are_exempt_from_budget_and_rate(db, clock):
         assert await limits.check(ADMIN) is None
 
 
-async def test_access_and_budget_changes_are_loaded_into_a_fresh_policy_after_restart(tmp_path, clock):
-    path = tmp_path / "bot.sqlite3"
-    database = await Database.open(path, clock)
+async def test_access_and_budget_changes_are_loaded_into_a_fresh_policy_after_restart(state_backend, clock):
+    database = await state_backend.open(clock)
     policy = AccessPolicy(allowed_user_ids=frozenset({USER}))
     settings = await AdminSettings.load(database, policy)
     await settings.allow(555, by=ADMIN)
@@ -208,7 +207,7 @@ async def test_access_and_budget_changes_are_loaded_into_a_fresh_policy_after_re
     await settings.allow(777, by=ADMIN)
     await database.close()
 
-    database = await Database.open(path, clock)
+    database = await state_backend.open(clock)
     fresh = AccessPolicy(allowed_user_ids=frozenset({USER}))
     reloaded = await AdminSettings.load(database, fresh)
     await database.close()
@@ -282,9 +281,9 @@ def month_end_clock() -> ManualClock:
     return ManualClock(wall_start=datetime(2026, 11, 30, 23, 0, tzinfo=timezone.utc))
 
 
-async def test_the_month_spans_from_the_first_to_today_and_starts_again_on_the_first(tmp_path):
+async def test_the_month_spans_from_the_first_to_today_and_starts_again_on_the_first(state_backend):
     clock = ManualClock(wall_start=datetime(2026, 10, 31, 12, 0, tzinfo=timezone.utc))
-    db = await Database.open(tmp_path / "bot.sqlite3", clock)
+    db = await state_backend.open(clock)
     try:
         usage = UsageRecorder(db, clock, PriceTable())
         await usage.record(USER, [(SONNET, Usage(MILLION, 0))])  # October: $3
@@ -302,9 +301,9 @@ async def test_the_month_spans_from_the_first_to_today_and_starts_again_on_the_f
         await db.close()
 
 
-async def test_over_the_monthly_budget_but_under_the_daily_one_is_refused_until_the_first(tmp_path):
+async def test_over_the_monthly_budget_but_under_the_daily_one_is_refused_until_the_first(state_backend):
     clock = month_end_clock()
-    db = await Database.open(tmp_path / "bot.sqlite3", clock)
+    db = await state_backend.open(clock)
     try:
         limits, usage, _ = await limits_for(db, clock, budget=5.0, monthly=4.0, per_minute=100)
         await usage.record(USER, [(SONNET, Usage(MILLION, 0))])  # $3 today
@@ -342,18 +341,17 @@ async def test_a_users_own_monthly_budget_replaces_the_default_for_that_period_o
     assert "daily budget" in (await limits.check(USER) or ""), "unlimited a month, still limited a day"
 
 
-async def test_daily_budgets_set_before_monthly_ones_existed_carry_over(tmp_path, clock):
+async def test_daily_budgets_set_before_monthly_ones_existed_carry_over(state_backend, tmp_path, clock):
     before = tmp_path / "migrations"
     before.mkdir()
-    for migration in sorted(Path(str(bundled_migrations())).glob("*.sql"))[:6]:
+    for migration in sorted(Path(str(state_backend.migrations())).glob("*.sql"))[:6]:
         shutil.copy(migration, before)
-    path = tmp_path / "bot.sqlite3"
-    old = await Database.open(path, clock, migrations=before)
+    old = await state_backend.open(clock, migrations=before)
     await old.execute(
         "INSERT INTO user_budgets (user_id, daily_usd, changed_by, changed_at) VALUES (555, 1.5, 9, 'then'), (556, NULL, 9, 'then')"
     )
     await old.close()
-    database = await Database.open(path, clock)
+    database = await state_backend.open(clock, migrations=state_backend.migrations())
     try:
         settings = await AdminSettings.load(database, AccessPolicy())
         assert settings.budgets == {555: {"day": BudgetOverride(1.5)}, 556: {"day": BudgetOverride(None)}}
@@ -361,13 +359,17 @@ async def test_daily_budgets_set_before_monthly_ones_existed_carry_over(tmp_path
         await database.close()
 
 
-async def test_a_months_spending_is_read_through_the_users_index_without_a_scan(db, clock):
-    usage = UsageRecorder(db, clock, PriceTable())
-    for user_id in range(40):  # rows, so the planner sees more than an empty table
-        await usage.record(user_id, [(SONNET, Usage(10, 10))])
-    await db.execute("ANALYZE")
-    params = {"user_id": USER, "today": "2026-11-26", "first": "2026-11-01"}
-    plan = [row["detail"] for row in await db.fetchall(f"EXPLAIN QUERY PLAN {_SPENDING_QUERY}", params)]
+async def test_a_months_spending_is_read_through_the_users_index_without_a_scan(tmp_path, clock):
+    db = await Database.open(tmp_path / "bot.sqlite3", clock)  # SQLite's own query planner
+    try:
+        usage = UsageRecorder(db, clock, PriceTable())
+        for user_id in range(40):  # rows, so the planner sees more than an empty table
+            await usage.record(user_id, [(SONNET, Usage(10, 10))])
+        await db.execute("ANALYZE")
+        params = {"user_id": USER, "today": "2026-11-26", "first": "2026-11-01"}
+        plan = [row["detail"] for row in await db.fetchall(f"EXPLAIN QUERY PLAN {_SPENDING_QUERY}", params)]
+    finally:
+        await db.close()
     assert any("usage_daily_by_user (user_id=? AND day>? AND day<?)" in step for step in plan), plan
 
 
