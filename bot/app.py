@@ -16,6 +16,7 @@ from handlers.admin import admin_commands
 from handlers.basic import basic_commands
 from handlers.compaction import Compaction, CompactionSettings
 from handlers.conversation import conversation_commands
+from handlers.documents import DocumentsFeature
 from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
 from handlers.limits import UserLimits
@@ -351,6 +352,7 @@ async def build_app(
         resilience=registry,
         status=operations.status,
         voice=voice[0] if voice is not None else None,
+        documents=build_documents(settings, media),
         compaction=build_compaction(settings, clock, chain, database),
     )
     services = replace(core, features=features, health_probes=tuple(probes))
@@ -360,6 +362,14 @@ async def build_app(
         help_note=CONSOLE_HELP if transport.name == "console" else "",
     )
     return App(services, router, database, deprecations=signals, operator_alerts=alerts)
+
+
+def build_documents(settings: Settings, media: MediaSource | None) -> DocumentsFeature | None:
+    """Documents read into the chat, where the transport has files (Telegram; the console has none)."""
+    if media is None:
+        return None
+    documents = settings.documents
+    return DocumentsFeature(media, max_bytes=documents.max_bytes, max_pages=documents.max_pages, max_chars=documents.max_chars)
 
 
 def credential_settings(settings: Settings) -> dict[str, str]:

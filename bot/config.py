@@ -294,6 +294,18 @@ class ConversationSettings:
     idle_reset: float | None = None
 
 
+@dataclass(frozen=True)
+class DocumentSettings:
+    """Documents users send (text, Markdown, code, PDF): how much of them is read."""
+
+    # Larger files (by Telegram's own figure) are refused before download (DOC_MAX_MB).
+    max_bytes: int = 20 * 1024 * 1024
+    # PDFs with more pages are refused (DOC_MAX_PAGES): reading one takes CPU time.
+    max_pages: int = 100
+    # Characters of a document kept in the conversation (DOC_MAX_CHARS); the rest is cut, saying so.
+    max_chars: int = 40_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     telegram: TelegramSettings | None = None
@@ -323,6 +335,7 @@ class Settings:
     stt: SttSettings | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
+    documents: DocumentSettings = field(default_factory=DocumentSettings)
     # "model=input/output" USD per million tokens, overriding the built-in price table.
     llm_prices: tuple[tuple[str, float, float], ...] = ()
     log_format: str = "kv"
@@ -432,6 +445,7 @@ def load_settings(
         limits=_limits(read),
         llm_prices=_prices(read),
         conversation=_conversation(read),
+        documents=_documents(read),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, Settings.log_format),
         credentials=source,
         warnings=read.unknown_names(environ),
@@ -833,6 +847,16 @@ def _conversation(read: _Reader) -> ConversationSettings:
             read, "CONVERSATION_IDLE_RESET", default.idle_reset, duration,
             "a duration such as 6h, 90m, 2d or 1h30m (a bare number is seconds), or off",
         ),
+    )
+
+
+def _documents(read: _Reader) -> DocumentSettings:
+    default = DocumentSettings()
+    max_mb = read.parsed("DOC_MAX_MB", default.max_bytes / 2**20, positive_float, "a positive number of megabytes")
+    return DocumentSettings(
+        max_bytes=int(max_mb * 2**20),
+        max_pages=read.count("DOC_MAX_PAGES", default.max_pages),
+        max_chars=read.count("DOC_MAX_CHARS", default.max_chars),
     )
 
 

@@ -15,6 +15,9 @@ NOT_STORED_STREAM = -1
 NOTE_OUTCOME_STREAM = -2
 TRANSCRIPT_STREAM = -3
 TRANSCRIPTION_DELAYED_STREAM = -4
+# A document's notices: where it was cut, and that fetching it will be tried again.
+DOCUMENT_CUT_STREAM = -7
+DOCUMENT_DELAYED_STREAM = -8
 
 
 def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:

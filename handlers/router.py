@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Awaitable, Callable, Literal, Sequence
 
-from handlers import chat, voice
+from handlers import chat, documents, voice
 from handlers.commands import Command, parse_command
 from handlers.lanes import USER_CANCEL
 from handlers.reply import NOT_STORED_STREAM, notify_once, reply
@@ -105,7 +105,9 @@ class Router:
         audio = message.media is not None and message.media.is_audio
         # With speech to text on, a voice note or audio file is transcribed, its caption with it.
         transcribed = audio and services.features.voice is not None
-        kind: Kind = "command" if parsed is not None else ("media" if transcribed or not message.text.strip() else "chat")
+        # A document is read, and its caption answered with it.
+        document = documents.is_document(message) and services.features.documents is not None
+        kind: Kind = "command" if parsed is not None else ("media" if transcribed or document or not message.text.strip() else "chat")
         command = self._commands.get(parsed.name) if parsed is not None else None
         limit = (command.max_chars if command is not None else None) or services.chat.max_message_chars
         if len(message.text) > limit:
@@ -132,6 +134,8 @@ class Router:
         if kind == "media":
             if audio:
                 await self._enqueue_answer(message, stored, voice.transcribe)
+            elif document:
+                await self._enqueue_answer(message, stored, documents.read)
             else:
                 await self._lifecycle(message, stored, self._unsupported)
         elif command is not None and parsed is not None:
@@ -205,7 +209,9 @@ class Router:
                 continue
             if stored.kind == "media":
                 audio = voice.stored_as_audio(stored)
-                self._submit(message, stored, voice.transcribe if audio else self._unsupported, cancellable=audio)
+                document = documents.stored_as_document(stored)
+                job = voice.transcribe if audio else documents.read if document else self._unsupported
+                self._submit(message, stored, job, cancellable=audio or document)
                 continue
             parsed = parse_command(stored.text) if stored.kind == "command" else None
             command = self._commands.get(parsed.name) if parsed is not None else None

@@ -19,6 +19,7 @@ from state.preferences import UserPreferences
 
 if TYPE_CHECKING:  # these modules import this one for `Services`
     from handlers.compaction import Compaction
+    from handlers.documents import DocumentsFeature
     from handlers.notes import NotesFeature
     from handlers.search import SearchService
     from handlers.status_report import StatusContext
@@ -58,6 +59,7 @@ class Features:
     status: StatusContext | None = None  # what only the composition root knows: /status, /health
     compaction: Compaction | None = None  # long conversations' older turns summarised (COMPACT_AT)
     voice: VoiceFeature | None = None  # voice and audio messages: speech to text (STT_MODEL)
+    documents: DocumentsFeature | None = None  # text, code and PDF files read into the chat (Telegram)
 
 
 @dataclass(frozen=True)

@@ -128,14 +128,14 @@ async def transcribe(services: Services, message: IncomingMessage, stored: Store
     try:
         media = message.media or await feature.media.describe(message.chat_id, message.message_id)
         if media is None:
-            return await _closing(services, message, stored, GONE.format(what=what), "the recording is gone")
+            return await end_with_note(services, message, stored, GONE.format(what=what), "the recording is gone")
         refusal = _over_size(feature, media, what)
         if refusal is not None:
             await reply(services, message, refusal)
             return None
         limit = await services.limits.check(message.user_id)
         if limit is not None:
-            return await _closing(services, message, stored, limit, "over the user's limits")
+            return await end_with_note(services, message, stored, limit, "over the user's limits")
         audio = await feature.media.download(message.chat_id, message.message_id)
         if len(audio) > feature.max_bytes:
             await reply(services, message, _too_large(feature, len(audio), what))
@@ -180,22 +180,22 @@ async def _failed(
     """Tell the user what became of a recording the transcription (or the download) failed on."""
     log.warning("could not transcribe message %s in chat %s: %s", stored.id, message.chat_id, error)
     if isinstance(error, (AuthFailed, QuotaExhausted)):
-        return await _closing(services, message, stored, NEEDS_OPERATOR, f"transcription refused: {error}")
+        return await end_with_note(services, message, stored, NEEDS_OPERATOR, f"transcription refused: {error}")
     if error.upstream == "telegram" and not error.retryable:
-        return await _closing(services, message, stored, GONE.format(what=what), f"download failed: {error}")
+        return await end_with_note(services, message, stored, GONE.format(what=what), f"download failed: {error}")
     if isinstance(error, BadRequest):
         note = UNREADABLE.format(what=what, reason=_unreadable_reason(error))
-        return await _closing(services, message, stored, note, f"transcription refused: {error}")
+        return await end_with_note(services, message, stored, note, f"transcription refused: {error}")
     reason = _passing_reason(error)
     if attempt >= services.chat.max_attempts:
         note = GAVE_UP.format(what=what, attempts=attempt, reason=reason)
-        return await _closing(services, message, stored, note, f"transcription failed {attempt} times: {error}")
+        return await end_with_note(services, message, stored, note, f"transcription failed {attempt} times: {error}")
     # Once, however many tries follow: the notice has its own key.
     await notify_once(services, message, NOT_NOW.format(what=what, reason=reason), stream=TRANSCRIPTION_DELAYED_STREAM)
     raise AnswerLater(f"transcription failed: {error}")
 
 
-async def _closing(services: Services, message: IncomingMessage, stored: StoredMessage, note: str, reason: str) -> None:
+async def end_with_note(services: Services, message: IncomingMessage, stored: StoredMessage, note: str, reason: str) -> None:
     """End the message as failed (for the operator: `reason`), with `note` for the user."""
     await reply(services, message, note)
     await services.history.mark_failed(stored, reason[:200])

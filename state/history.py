@@ -29,6 +29,9 @@ from integrations.resilience.clock import Clock
 from state.database import Database, Row
 from state.db import iso_timestamp
 
+# The "model" of an answer the bot wrote itself: a document's acknowledgement.
+DOCUMENT_READER = "switchboard:document"
+
 Status = Literal["pending", "answering", "delivering", "answered", "failed", "undeliverable", "expired"]
 Kind = Literal["chat", "command", "media"]
 
@@ -180,6 +183,25 @@ class HistoryStore:
             (text, incoming.id),
         )
         return replace(incoming, text=text, kind="chat", status="pending")
+
+    async def record_document(
+        self, incoming: StoredMessage, text: str, *, acknowledgement: str | None = None
+    ) -> StoredMessage:
+        """A document's text (with its caption, if any) becomes the message's text, as a
+        transcript does. Without a caption there is no question to answer: `acknowledgement`
+        is then stored as the bot's answer and as the reply still to be shown ('delivering'),
+        in the same transaction, so the next question has the document in its context and a
+        restart delivers the acknowledgement without reading the file again."""
+        if acknowledgement is None:
+            return await self.record_transcript(incoming, text)
+        async with self._db.transaction():
+            await self._db.execute(
+                "UPDATE messages SET content = ?, kind = 'chat', status = 'delivering', reply_text = ?"
+                " WHERE id = ? AND status IN ('pending', 'answering')",
+                (text, acknowledgement, incoming.id),
+            )
+            await self._insert_answer(incoming.id, incoming.chat_id, acknowledgement, DOCUMENT_READER, self._now())
+        return replace(incoming, text=text, kind="chat", status="delivering", reply_text=acknowledgement)
 
     async def record_shown(self, stored_id: int, message_ids: Iterable[int]) -> None:
         """The bot's messages that show this message's reply (added to those recorded before)."""

@@ -621,6 +621,14 @@ def photo() -> types.MessageMediaPhoto:
     return types.MessageMediaPhoto(photo=types.Photo(id=11, access_hash=12, file_reference=b"", date=None, sizes=[size], dc_id=2))
 
 
+def document_file(name: str | None, data: bytes, *, mime_type: str = "text/plain", size: int | None = None) -> types.MessageMediaDocument:
+    """A file sent as a document, as Telegram sends it: the MIME type the sender's app gave it and
+    its name (`DocumentAttributeFilename`; none when `name` is None). `size`: what Telegram says
+    its size is (the data's length when not given)."""
+    attributes = [types.DocumentAttributeFilename(name)] if name is not None else []
+    return types.MessageMediaDocument(document=_document(mime_type, attributes, data=data, size=size))
+
+
 def sticker() -> types.MessageMediaDocument:
     attributes = [types.DocumentAttributeSticker(alt="👍", stickerset=types.InputStickerSetEmpty())]
     return types.MessageMediaDocument(document=_document("image/webp", attributes))
