@@ -14,6 +14,7 @@ from bot.recent_errors_handler import RecentErrorsHandler
 from handlers.access import AccessPolicy
 from handlers.admin import admin_commands
 from handlers.basic import basic_commands
+from handlers.chat_admins import ChatAdmins
 from handlers.compaction import Compaction, CompactionSettings
 from handlers.conversation import conversation_commands
 from handlers.documents import DocumentsFeature
@@ -266,10 +267,12 @@ async def build_app(
     state_lock: StateLock | None = None,
     local_model_in_background: bool = False,
     media: MediaSource | None = None,
+    chat_admins: ChatAdmins | None = None,
 ) -> App:
     """Everything the bot needs, closed by `stack`. The state directory is locked first (unless
     the caller already holds `state_lock`): a second bot on the same state stops right here.
-    `media` fetches what users' messages carry (Telegram's; the console has none)."""
+    `media` fetches what users' messages carry and `chat_admins` says who runs a group (Telegram's;
+    the console has neither)."""
     redactor = redactor or Redactor(settings.secret_values())
     if state_lock is None:
         state_lock = stack.enter_context(StateLock(settings.state_dir))
@@ -325,6 +328,7 @@ async def build_app(
         ),
         prompts=ChatPrompts(database),
         pacing=pacing,
+        chat_admins=chat_admins,
     )
     cache = SqliteCache(database, clock, max_entries=settings.limits.cache_max_entries)
     search = build_search(settings, clock, cache, registry, stack)

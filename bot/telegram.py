@@ -421,6 +421,25 @@ class TelegramMedia:
         return message if message is not None and getattr(message, "media", None) is not None else None
 
 
+class TelegramChatAdmins:
+    """The `ChatAdmins` over a Telethon client: a group's creator and admins by Telegram's own
+    participant rights (`get_permissions`: channels.getParticipant in a supergroup, the
+    participant list of a basic group)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def is_admin(self, chat_id: int, user_id: int) -> bool:
+        if user_id == chat_id:
+            return True  # an anonymous admin writes as the group itself, which only admins can
+        with translated_errors("checking admin rights"):
+            try:
+                permissions = await self._client.get_permissions(chat_id, user_id)
+            except errors.UserNotParticipantError:
+                return False  # no longer in the group
+        return bool(permissions is not None and permissions.is_admin)
+
+
 def _strip_bot_name(text: str, username: str) -> tuple[str, bool, bool]:
     """(text without our @name at its start or end or after a command, named us, named another bot)."""
     command = _COMMAND.match(text)

@@ -27,7 +27,7 @@ from bot.app import App, build_app
 from bot.config import Settings
 from bot.shutdown import drain
 from bot.systemd import Notifier, heartbeat
-from bot.telegram import BotIdentity, TelegramMedia, TelegramRunner, TelegramTransport, build_client
+from bot.telegram import BotIdentity, TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport, build_client
 from integrations.errors import AuthFailed, Unavailable, UpstreamError
 from integrations.resilience.clock import Clock, SystemClock, wait_for
 from integrations.resilience.governor import FloodGovernor, GovernedTransport
@@ -222,6 +222,7 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
             # The offline model starts while the bot logs in: READY=1 does not wait for it.
             local_model_in_background=True,
             media=TelegramMedia(client),
+            chat_admins=TelegramChatAdmins(client),
         )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)

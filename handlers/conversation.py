@@ -1,8 +1,13 @@
-"""Conversation control: /retry (the last answer again), /mode and /prompt (this chat's system prompt)."""
+"""Conversation control: /retry (the last answer again), /mode and /prompt (this chat's system prompt).
+
+In a group, /mode and /prompt show the group's choice to anyone, and change it only for its
+admins and the bot's operators (handlers/chat_admins.py).
+"""
 from __future__ import annotations
 
 from handlers import chat
 from handlers.basic import no_such_model, pick_model
+from handlers.chat_admins import refusal_to_change
 from handlers.commands import Command
 from handlers.modes import DEFAULT_MODE, PROMPT_MAX_CHARS, chat_prompt, find_mode
 from handlers.reply import reply
@@ -53,6 +58,10 @@ async def mode(services: Services, message: IncomingMessage, args: str) -> None:
         lines += ["", "Switch with /mode <name>, or set your own prompt with /prompt <text>."]
         await reply(services, message, "\n".join(lines))
         return
+    refusal = await refusal_to_change(services, message, "mode")
+    if refusal is not None:
+        await reply(services, message, refusal)
+        return
     picked = find_mode(modes, choice)
     if picked is None:
         options = ", ".join(f"`{m.name}`" for m in modes)
@@ -81,6 +90,10 @@ async def prompt(services: Services, message: IncomingMessage, args: str) -> Non
         else:
             head = "This chat uses the default prompt (/prompt <text> sets its own):"
         await reply(services, message, f"{head}\n\n{_quoted(current.text)}")
+        return
+    refusal = await refusal_to_change(services, message, "prompt")
+    if refusal is not None:
+        await reply(services, message, refusal)
         return
     if text.lower() == "reset":
         await services.prompts.clear(message.chat_id)

@@ -18,6 +18,7 @@ from state.history import HistoryStore
 from state.preferences import UserPreferences
 
 if TYPE_CHECKING:  # these modules import this one for `Services`
+    from handlers.chat_admins import ChatAdmins
     from handlers.compaction import Compaction
     from handlers.documents import DocumentsFeature
     from handlers.notes import NotesFeature
@@ -80,3 +81,5 @@ class Services:
     features: Features = field(default_factory=Features)
     # /health probes these (search, notes) besides the chain's chat providers, which it reads live.
     health_probes: tuple[HealthProbe, ...] = ()
+    # A group's admins, who may change its /mode and /prompt (None: the transport has no groups).
+    chat_admins: ChatAdmins | None = None

@@ -19,6 +19,9 @@ The users' messages it delivered can be fetched again by id (`get_messages(chat,
 once the user deleted one: `user_deletes`), and their media downloaded into memory
 (`download_media(message, file=bytes)`): the bytes a media helper below (`voice_note`,
 `audio_file`) registered for its document, as Telegram's servers keep the file.
+
+Who is in a group and with what rights (`set_role`) is answered as Telegram does, through
+Telethon's own `get_permissions` (tests/fakes/telegram_members.py).
 """
 from __future__ import annotations
 
@@ -34,8 +37,11 @@ from typing import Any, Awaitable, Callable, Literal, NoReturn, TypeVar
 from telethon import errors, events, functions, types, utils
 
 from integrations.resilience.clock import Clock
+from tests.fakes.telegram_members import MEMBER_REQUESTS, ChatMembers
 
-FaultKind = Literal["send", "edit", "draft", "typing", "commands", "start", "delete", "get_messages", "download"]
+FaultKind = Literal[
+    "send", "edit", "draft", "typing", "commands", "start", "delete", "get_messages", "download", "participants"
+]
 T = TypeVar("T")
 
 TEXT_LIMIT = 4096
@@ -124,7 +130,7 @@ class FakeSession:
         self.dc_id, self.server_address, self.port = dc_id, server_address, port
 
 
-class FakeTelegramClient:
+class FakeTelegramClient(ChatMembers):
     def __init__(
         self, clock: Clock, *, bot_id: int = 7001, bot_username: str = "switchboard_bot", knows_every_chat: bool = False
     ) -> None:
@@ -158,6 +164,8 @@ class FakeTelegramClient:
         self.dispatching: set[asyncio.Task[Any]] = set()
         # The users' messages Telegram holds, by chat and id (None: deleted by the user).
         self._incoming: dict[tuple[int, int], Any] = {}
+        # Who is in each group, with what rights (tests/fakes/telegram_members.py).
+        self._init_members()
 
     # --- test controls -------------------------------------------------------------------------
 
@@ -212,6 +220,7 @@ class FakeTelegramClient:
 
     def _keep(self, message: Any) -> None:
         self.known_chats.add(message.chat_id)
+        self._saw_sender(message)
         self._incoming.setdefault((message.chat_id, message.id), message)
 
     async def settle_dispatch(self) -> None:
@@ -352,7 +361,8 @@ class FakeTelegramClient:
 
     async def get_input_entity(self, peer: Any) -> types.TypeInputPeer:
         chat_id = _chat_id(peer)
-        self._check_peer(chat_id)
+        if chat_id not in self.known_users:  # a user seen in a group can be addressed, not sent to
+            self._check_peer(chat_id)
         real_id, kind = utils.resolve_id(chat_id)
         if kind is types.PeerUser:
             return types.InputPeerUser(real_id, 0)
@@ -364,6 +374,7 @@ class FakeTelegramClient:
         """`messages.sendMessage` as Telegram answers it: a private chat gets the short answer, a
         group the `Updates` with `updateMessageID` and the new message."""
         chat_id = _chat_id(request.peer)
+        self._check_peer(chat_id)
         reply_to = request.reply_to.reply_to_msg_id if request.reply_to is not None else None
         sent = self._send(request, chat_id, tuple(request.entities or ()), reply_to, not request.no_webpage)
         date = self.clock.now()
@@ -446,6 +457,8 @@ class FakeTelegramClient:
             return self._set_typing(request)
         if isinstance(request, functions.messages.SendMessageRequest):
             return self._send_request(request)
+        if isinstance(request, MEMBER_REQUESTS):
+            return self._answer_members(request)
         if isinstance(request, functions.bots.SetBotCommandsRequest):
             self._take_fault("commands", None)
             self.commands = list(request.commands)
@@ -584,7 +597,7 @@ def new_message_event(
 def _chat_id(peer: Any) -> int:
     if isinstance(peer, int) and not isinstance(peer, bool):
         return peer
-    if isinstance(peer, (types.InputPeerUser, types.InputPeerChat, types.InputPeerChannel)):
+    if isinstance(peer, (types.InputPeerUser, types.InputPeerChat, types.InputPeerChannel, types.User, types.Chat, types.Channel)):
         return utils.get_peer_id(peer)
     raise TypeError(f"the fake addresses chats by their id, not {type(peer).__name__}")
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from bot.app import App, build_app
 from bot.config import Secret, Settings
-from bot.telegram import TelegramMedia, TelegramRunner, TelegramTransport
+from bot.telegram import TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport
 from integrations.llm import ModelRef
 from integrations.resilience.clock import ManualClock
 from integrations.resilience.governor import FloodGovernor, GovernedTransport
@@ -107,7 +107,9 @@ async def start_telegram_bot(
     governor = FloodGovernor(clock)
     transport = GovernedTransport(TelegramTransport(client), governor)
     # Start-up may wait on the clock (a rate limiter before the Notion schema lookup).
-    app = await clock.run_until_complete(build_app(settings, clock, transport, stack, media=TelegramMedia(client)))
+    app = await clock.run_until_complete(
+        build_app(settings, clock, transport, stack, media=TelegramMedia(client), chat_admins=TelegramChatAdmins(client))
+    )
     runner = TelegramRunner(client, Secret("123456:" + "A" * 35), app.router.handle)
     await runner.start(before_messages=app.router.resume_pending)
     stack.push_async_callback(runner.stop)
