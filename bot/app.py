@@ -18,6 +18,7 @@ from handlers.chat_admins import ChatAdmins
 from handlers.compaction import Compaction, CompactionSettings
 from handlers.conversation import conversation_commands
 from handlers.documents import DocumentsFeature
+from handlers.quoted import QuotesFeature, RepliedMessages
 from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
 from handlers.limits import UserLimits
@@ -65,6 +66,7 @@ from state.compaction_backoff import CompactionBackoffs
 from state.db import Database
 from state.history import HistoryStore
 from state.lock import StateLock
+from state.quoted_messages import StoredMessages
 from state.outbox import Outbox
 from state.preferences import UserPreferences
 from state.schema_cache import SchemaCache
@@ -357,6 +359,7 @@ async def build_app(
         status=operations.status,
         voice=voice[0] if voice is not None else None,
         documents=build_documents(settings, media),
+        quotes=QuotesFeature(StoredMessages(database), media if isinstance(media, RepliedMessages) else None),
         compaction=build_compaction(settings, clock, chain, database),
     )
     services = replace(core, features=features, health_probes=tuple(probes))

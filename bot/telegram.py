@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, ContextManager, Iter
 
 from telethon import TelegramClient, errors, events, functions, types
 
+from handlers.quoted import Quote
 from handlers.richtext import Entity, RichText
 from handlers.transport import AUDIO_FILE, VOICE_MESSAGE, DraftsUnsupported, IncomingMessage, Media, MessageHandler
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable, UpstreamError
@@ -341,6 +342,8 @@ def incoming_from_event(event: Any, bot: BotIdentity) -> IncomingMessage | None:
         attachment=attachment,
         sent_at=message.date,
         media=describe_media(message),
+        reply_to=getattr(message.reply_to, "reply_to_msg_id", None),
+        quote=getattr(message.reply_to, "quote_text", None) or None,
     )
 
 
@@ -413,6 +416,17 @@ class TelegramMedia:
         if not data:
             raise BadRequest("download failed: Telegram sent no data", upstream=UPSTREAM, status=400)
         return bytes(data)
+
+    async def replied_to(self, chat_id: int, message_id: int) -> Quote | None:
+        """The message that message `message_id` replies to, as Telethon's get_reply_message
+        fetches it (bots reach other bots' messages only this way); None if it has no text."""
+        with translated_errors("fetching a replied-to message"):
+            replied = await self._client.get_messages(chat_id, ids=types.InputMessageReplyTo(message_id))
+        if replied is None or not (replied.message or "").strip():
+            return None
+        if replied.out:
+            return Quote(replied.message, "bot")
+        return Quote(replied.message, "someone", _display_name(replied.sender))
 
     async def _message(self, chat_id: int, message_id: int) -> Any:
         with translated_errors("fetching a message"):

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Awaitable, Callable, Literal, Sequence
 
-from handlers import chat, documents, voice
+from handlers import chat, documents, quoted, voice
 from handlers.commands import Command, parse_command
 from handlers.lanes import USER_CANCEL
 from handlers.reply import NOT_STORED_STREAM, notify_once, reply
@@ -147,7 +147,8 @@ class Router:
             else:
                 await self._lifecycle(message, stored, run)
         else:
-            await self._enqueue_answer(message, stored)
+            # A reply has the text it quotes put above it first.
+            await self._enqueue_answer(message, stored, quoted.with_quote if quoted.is_reply(services, message) else None)
 
     async def keep_resuming(self, every: float = 300.0, older_than: float = 120.0) -> None:
         """A safety net while serving: finish unfinished messages that nobody is working on (a

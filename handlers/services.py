@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # these modules import this one for `Services`
     from handlers.compaction import Compaction
     from handlers.documents import DocumentsFeature
     from handlers.notes import NotesFeature
+    from handlers.quoted import QuotesFeature
     from handlers.search import SearchService
     from handlers.status_report import StatusContext
     from handlers.voice import VoiceFeature
@@ -61,6 +62,7 @@ class Features:
     compaction: Compaction | None = None  # long conversations' older turns summarised (COMPACT_AT)
     voice: VoiceFeature | None = None  # voice and audio messages: speech to text (STT_MODEL)
     documents: DocumentsFeature | None = None  # text, code and PDF files read into the chat (Telegram)
+    quotes: QuotesFeature | None = None  # the message a reply quotes, given to the model with it
 
 
 @dataclass(frozen=True)

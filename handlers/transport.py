@@ -111,6 +111,10 @@ class IncomingMessage:
     trace: ReplyTrace | None = field(default=None, compare=False)
     # The attachment described (kind, duration, size), where the transport knows it.
     media: Media | None = None
+    # The message this one replies to (Telegram's reply_to_msg_id), and the part of it the user
+    # quoted (Telegram's quote_text), where the transport knows them.
+    reply_to: int | None = None
+    quote: str | None = None
 
 
 class DraftsUnsupported(BadRequest):

@@ -174,8 +174,8 @@ class HistoryStore:
         return int(row["attempts"]) if row else 0
 
     async def record_transcript(self, incoming: StoredMessage, text: str) -> StoredMessage:
-        """A voice or audio message's transcript becomes its text: from now on it is a chat message
-        like a typed one (part of the context; answered after a restart without transcribing
+        """A voice or audio message's transcript (or a reply's question with the text it quotes)
+        becomes its text: from now on it is a chat message like a typed one (part of the context; answered after a restart without transcribing
         again). Its answer begins next, counting this attempt once, not twice."""
         await self._db.execute(
             "UPDATE messages SET content = ?, kind = 'chat', status = 'pending', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"

@@ -301,9 +301,29 @@ class FakeTelegramClient(ChatMembers):
             raise NotImplementedError("the fake fetches messages by ids= only")
         self._take_fault("get_messages", chat_id)
         self._record("get_messages", chat_id, "ok")
+        if isinstance(ids, types.InputMessageReplyTo):
+            return self._replied_to(chat_id, ids.id)
         if isinstance(ids, int):
             return self._incoming.get((chat_id, ids))
         return [self._incoming.get((chat_id, message_id)) for message_id in ids]
+
+    def _replied_to(self, chat_id: int, message_id: int) -> Any:
+        """What messages.getMessages answers for inputMessageReplyTo(id) (Telethon's
+        get_reply_message): the message that message replies to, a user's as delivered or the
+        bot's own (out), or None (no reply, or the message is gone)."""
+        header = getattr(self._incoming.get((chat_id, message_id)), "reply_to", None)
+        target = getattr(header, "reply_to_msg_id", None)
+        if target is None:
+            return None
+        if (chat_id, target) in self._incoming:
+            return self._incoming[(chat_id, target)]
+        sent = self._by_id.get(target)
+        if sent is None or sent.chat_id != chat_id:
+            return None
+        real_id, peer_type = utils.resolve_id(chat_id)
+        return types.Message(
+            id=sent.id, peer_id=peer_type(real_id), date=None, message=sent.text, out=True, from_id=types.PeerUser(self.me.id)
+        )
 
     @_over_the_network
     async def download_media(
@@ -577,6 +597,8 @@ def new_message_event(
     sender_name: str = "Ada",
     out: bool = False,
     media: types.TypeMessageMedia | None = None,
+    reply_to: int | None = None,
+    quote: str | None = None,
 ) -> events.NewMessage.Event:
     """A real Telethon NewMessage event, as the update loop builds it for an incoming message."""
     real_id, peer_type = utils.resolve_id(chat_id)
@@ -589,6 +611,10 @@ def new_message_event(
         mentioned=mentioned,
         out=out,
         media=media,
+        # A reply, as Telegram describes it: the id replied to, and the part the user quoted.
+        reply_to=types.MessageReplyHeader(reply_to_msg_id=reply_to, quote=bool(quote) or None, quote_text=quote)
+        if reply_to is not None
+        else None,
     )
     message._sender = types.User(id=sender_id, first_name=sender_name)
     return events.NewMessage.Event(message)

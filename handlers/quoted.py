@@ -1,0 +1,111 @@
+"""A reply to an earlier message: the quoted text goes with the question, as context.
+
+When a user replies to a message (theirs, the bot's, or in a group someone else's), the model is
+shown what they replied to, above their question, bounded to QUOTE_MAX_CHARS. Where it comes from,
+first found first:
+
+1. Telegram's own partial quote (the user selected part of the message): exactly what they meant.
+2. The history, by Telegram message id: the user's earlier message as stored (a transcript, a
+   document's text), or the bot's answer that the replied-to message showed.
+3. Telegram itself (`RepliedMessages`, Telethon's get_reply_message): a message the bot never
+   stored (a notice, someone else's message in a group, one from before the history).
+
+The job (`with_quote`, run by the router inside the message's lifecycle) writes the question with
+its quote into the history before answering, so the answer, a restart mid-answer and later turns
+all see the same words. A quote that cannot be found (deleted, Telegram unreachable) is left out:
+the question is answered as it is, never held up.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from handlers.chat import CONTINUE_REQUEST
+from handlers.services import Services
+from handlers.transport import IncomingMessage
+from integrations.errors import UpstreamError
+from state.history import StoredMessage
+from state.quoted_messages import StoredMessages
+
+log = logging.getLogger(__name__)
+
+# The most of a quoted message shown to the model: a reply is about a passage, not a whole document.
+QUOTE_MAX_CHARS = 1500
+
+Author = Literal["bot", "user", "someone"]
+
+
+@dataclass(frozen=True)
+class Quote:
+    text: str
+    # Whose message it was: the bot's, the asking user's own, or someone else's (`name`, if known).
+    author: Author
+    name: str = ""
+
+
+@runtime_checkable
+class RepliedMessages(Protocol):
+    """The message a user's message replies to, fetched from the chat (bot/telegram.py)."""
+
+    async def replied_to(self, chat_id: int, message_id: int) -> Quote | None:
+        """None when there is none with text (deleted, or media only); raises UpstreamError."""
+        ...
+
+
+@dataclass(frozen=True)
+class QuotesFeature:
+    stored: StoredMessages
+    # None where the transport cannot fetch messages (the console).
+    telegram: RepliedMessages | None = None
+
+
+def is_reply(services: Services, message: IncomingMessage) -> bool:
+    """Whether the message replies to another whose text should go with it. Not /continue: it
+    asks for the rest of the last answer, as it is, whatever it replies to."""
+    return message.reply_to is not None and services.features.quotes is not None and message.text != CONTINUE_REQUEST
+
+
+async def with_quote(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage:
+    """The job of a reply: the message with the text it quotes above it, to be answered."""
+    quote = await find_quote(services, message)
+    text = quoted_question(quote, stored.text) if quote is not None else stored.text
+    return await services.history.record_transcript(stored, text)
+
+
+async def find_quote(services: Services, message: IncomingMessage) -> Quote | None:
+    feature = services.features.quotes
+    if feature is None or message.reply_to is None:
+        return None
+    stored = await feature.stored.by_telegram_id(message.chat_id, message.reply_to)
+    author: Author = "someone"
+    if stored is not None:
+        author = "bot" if stored.from_bot else "user" if stored.user_id == message.user_id else "someone"
+    if message.quote and message.quote.strip():
+        return Quote(message.quote, author)
+    if stored is not None and stored.text.strip():
+        return Quote(stored.text, author)
+    if feature.telegram is None:
+        return None
+    try:
+        return await feature.telegram.replied_to(message.chat_id, message.message_id)
+    except UpstreamError as error:
+        log.warning("could not fetch the message %s replies to in chat %s: %s", message.message_id, message.chat_id, error)
+        return None
+
+
+def quoted_question(quote: Quote, question: str) -> str:
+    """The question as the model reads it: whose words are quoted, the quote (bounded), then the question."""
+    whose = {"bot": "your earlier message", "user": "my earlier message"}.get(quote.author)
+    if whose is None:
+        whose = f"a message from {quote.name}" if quote.name else "an earlier message"
+    lines = "\n".join(f"> {line}" for line in bounded(quote.text).splitlines())
+    return f"[Replying to {whose}:]\n{lines}\n\n{question}"
+
+
+def bounded(text: str) -> str:
+    """At most QUOTE_MAX_CHARS characters, cut at a word, saying so."""
+    text = text.strip()
+    if len(text) <= QUOTE_MAX_CHARS:
+        return text
+    return text[:QUOTE_MAX_CHARS].rsplit(" ", 1)[0] + " […]"
