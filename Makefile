@@ -32,9 +32,11 @@ console: $(VENV)/.installed-run
 	@$(BIN)/switchboard console
 
 # The systemd unit's test runs systemd-analyze; Debian's systemd package brings it (we run as root).
+# The shared-limits tests start their own redis-server (Debian's redis-server package).
 # The state's tests also run on PostgreSQL: a throw-away cluster of Debian's server (tests/pg.py).
 test: $(VENV)/.installed-test
 	@command -v systemd-analyze >/dev/null || (apt-get update -qq && apt-get install -y -qq systemd)
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| (apt-get update -qq && apt-get install -y -qq postgresql)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -158,7 +158,13 @@ async def print_status(settings: Settings, stdout=None) -> int:
         return 1
     from bot.status import status_from_database
 
-    print(await status_from_database(database, SystemClock()), file=stdout)
+    redis = settings.redis
+    shared_limits = None
+    if redis is not None:
+        from integrations.resilience.redis_link import reachability
+
+        shared_limits = lambda: reachability(redis.url.reveal(), instances=redis.instances, timeout=redis.timeout)  # noqa: E731
+    print(await status_from_database(database, SystemClock(), shared_limits=shared_limits), file=stdout)
     return 0
 
 

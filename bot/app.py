@@ -51,9 +51,9 @@ from integrations.model_policy import ModelCallPolicy, ProviderGuard
 from integrations.notion import NotionApi
 from integrations.notion_notes import NotionNotes
 from integrations.prices import PriceTable
-from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.clock import Clock
 from integrations.resilience.compose import AttemptObserver, Upstream
+from integrations.resilience.local_limits import LocalLimits
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry, Snapshotting
 from integrations.resilience.retry import RetryPolicy
@@ -140,27 +140,33 @@ async def warn_about_unlisted_models(chain: ModelChain, signals: DeprecationSign
             signals.report(provider, "model", f"{model.ref.model} is configured but {provider} does not list it")
 
 
-def _guard(name: str, settings: Settings, clock: Clock, registry: ResilienceRegistry, rpm: float, tpm: int) -> ProviderGuard:
+def _guard(name: str, settings: Settings, limits: LocalLimits, rpm: float, tpm: int) -> ProviderGuard:
     key_name = PROVIDER_KEYS.get(name)
     return ProviderGuard(
         name=name,
-        breaker=CircuitBreaker(
+        breaker=limits.breaker(
             f"provider {name}",
-            clock,
             failure_threshold=settings.limits.breaker_failures,
             window=settings.limits.breaker_window,
             cooldown=settings.limits.breaker_cooldown,
         ),
-        limiter=RateLimiter(f"{name} requests", rpm, 60.0, clock, burst=max(1, int(rpm // 6))),
-        budget=TokenBudget(f"{name} tokens", tpm, clock),
+        limiter=limits.limiter(f"{name} requests", rpm, 60.0, burst=max(1, int(rpm // 6))),
+        budget=limits.token_budget(f"{name} tokens", tpm),
         reload_credential=(lambda: settings.credentials.get(key_name)) if key_name else (lambda: None),
     )
 
 
 def build_providers(
-    settings: Settings, clock: Clock, policy: ModelCallPolicy, stack: AsyncExitStack, signals: DeprecationSignals
+    settings: Settings,
+    clock: Clock,
+    policy: ModelCallPolicy,
+    stack: AsyncExitStack,
+    signals: DeprecationSignals,
+    upstream_limits: LocalLimits | None = None,
 ) -> dict[str, ChatProvider]:
-    """One pooled client per upstream, closed when the stack unwinds, each behind its guard."""
+    """One pooled client per upstream, closed when the stack unwinds, each behind its guard
+    (its limits from `upstream_limits`: this instance's own unless given shared ones)."""
+    guard_limits = upstream_limits or LocalLimits(clock)
     wanted = {ref.provider for ref in settings.llm_models}
     limits = settings.limits
     # name -> (adapter, key, base URL, requests/min, tokens/min)
@@ -182,7 +188,7 @@ def build_providers(
         )
     providers: dict[str, ChatProvider] = {}
     for name, (adapter, key, base_url, rpm, tpm) in specs.items():
-        guard = policy.add_guard(_guard(name, settings, clock, policy.registry, rpm, tpm))
+        guard = policy.add_guard(_guard(name, settings, guard_limits, rpm, tpm))
         provider = adapter(
             api_key=key,
             base_url=base_url,
@@ -269,19 +275,22 @@ async def build_app(
     state_lock: StateLock | None = None,
     local_model_in_background: bool = False,
     media: MediaSource | None = None,
+    limits: LocalLimits | None = None,
     chat_admins: ChatAdmins | None = None,
 ) -> App:
     """Everything the bot needs, closed by `stack`. The state directory is locked first (unless
     the caller already holds `state_lock`): a second bot on the same state stops right here.
     `media` fetches what users' messages carry and `chat_admins` says who runs a group (Telegram's;
-    the console has neither)."""
+    the console has neither). `limits` makes the rate limits, breakers and flood governor (shared
+    through Redis when REDIS_URL is set; opened here unless given)."""
     redactor = redactor or Redactor(settings.secret_values())
     if state_lock is None:
         state_lock = stack.enter_context(StateLock(settings.state_dir))
     database = await Database.open(settings.state_dir / DATABASE_NAME, clock)
     stack.push_async_callback(database.close)
-    registry = ResilienceRegistry(
-        clock,
+    if limits is None:
+        limits = await open_shared_limits(settings, clock, stack)
+    registry = limits.registry(
         failure_threshold=settings.limits.breaker_failures,
         window=settings.limits.breaker_window,
         cooldown=settings.limits.breaker_cooldown,
@@ -296,7 +305,7 @@ async def build_app(
     alerts = OperatorAlerts(clock, transport.send, admins, credential_settings(settings), redact=redactor)
     stack.push_async_callback(alerts.aclose)
     model_policy = build_model_policy(settings, clock, registry, signals, alerts)
-    providers = build_providers(settings, clock, model_policy, stack, signals)
+    providers = build_providers(settings, clock, model_policy, stack, signals, limits)
     if local_model_in_background:
         chain = build_chain(settings, clock, providers, model_policy)
         starting = asyncio.ensure_future(_chain_with_local_model(settings, clock, stack, providers, model_policy))
@@ -333,9 +342,9 @@ async def build_app(
         chat_admins=chat_admins,
     )
     cache = SqliteCache(database, clock, max_entries=settings.limits.cache_max_entries)
-    search = build_search(settings, clock, cache, registry, stack)
+    search = build_search(settings, clock, cache, registry, stack, limits)
     # The delivery worker only sends messages: the core services (without features) are all it needs.
-    notes = start_notes(settings, clock, database, registry, stack, chat_notifier(core))
+    notes = start_notes(settings, clock, database, registry, stack, chat_notifier(core), limits)
     probes: list[HealthProbe] = []
     if search is not None:
         probes.append(HealthProbe("perplexity", search.client.probe))
@@ -346,7 +355,7 @@ async def build_app(
         signals.from_error(error)  # a retired STT model
         alerts.observe(error)  # a refused STT key
 
-    voice = build_voice(settings, clock, registry, stack, media, on_error=transcription_failed)
+    voice = build_voice(settings, clock, registry, stack, media, on_error=transcription_failed, limits=limits)
     if voice is not None:
         probes.append(voice[1])
     features = Features(
@@ -379,6 +388,16 @@ def build_documents(settings: Settings, media: MediaSource | None) -> DocumentsF
     return DocumentsFeature(media, max_bytes=documents.max_bytes, max_pages=documents.max_pages, max_chars=documents.max_chars)
 
 
+async def open_shared_limits(settings: Settings, clock: Clock, stack: AsyncExitStack) -> LocalLimits:
+    """Limits shared through Redis when REDIS_URL is set (the connection closed by `stack`), else local ones."""
+    redis = settings.redis
+    if redis is None:
+        return LocalLimits(clock)
+    from integrations.resilience.shared_limits import open_limits  # redis-py: the optional `redis` group
+
+    return await open_limits(redis.url.reveal(), clock, stack, instances=redis.instances, timeout=redis.timeout)
+
+
 def credential_settings(settings: Settings) -> dict[str, str]:
     """Each upstream's key setting, for the operator's alerts: the chat providers', and STT's."""
     return {**PROVIDER_KEYS, **({"stt": settings.stt.key_setting} if settings.stt is not None else {})}
@@ -392,6 +411,7 @@ def build_voice(
     media: MediaSource | None,
     *,
     on_error: Callable[[UpstreamError], None],
+    limits: LocalLimits,
 ) -> tuple[VoiceFeature, HealthProbe] | None:
     """Voice and audio messages transcribed by the STT endpoint behind its own breaker, limiter and
     retry, and its /health probe; None when STT_MODEL is not set or nothing brings recordings
@@ -416,7 +436,7 @@ def build_voice(
         key=key,
         key_setting=stt.key_setting,
         apply_key=transcriber.set_api_key,
-        limiter=RateLimiter("stt requests", stt.requests_per_minute, 60.0, clock, burst=max(1, int(stt.requests_per_minute // 6))),
+        limiter=limits.limiter("stt requests", stt.requests_per_minute, 60.0, burst=max(1, int(stt.requests_per_minute // 6))),
         retry=RetryPolicy(max_attempts=3, max_total=stt.timeout + cap + 10.0, retry_after_cap=cap),
         attempt_timeout=stt.timeout,
     )
@@ -481,7 +501,12 @@ def knowledge_retry(settings: Settings) -> RetryPolicy:
 
 
 def build_search(
-    settings: Settings, clock: Clock, cache: SqliteCache, registry: ResilienceRegistry, stack: AsyncExitStack
+    settings: Settings,
+    clock: Clock,
+    cache: SqliteCache,
+    registry: ResilienceRegistry,
+    stack: AsyncExitStack,
+    limits: LocalLimits,
 ) -> SearchService | None:
     """/search through Perplexity behind its own breaker, limiter and retry, with the SQLite cache;
     None when Perplexity is not configured."""
@@ -501,7 +526,7 @@ def build_search(
         key=key,
         key_setting="PERPLEXITY_API_KEY",
         apply_key=client.set_api_key,
-        limiter=RateLimiter("perplexity requests", p.requests_per_minute, 60.0, clock, burst=1),
+        limiter=limits.limiter("perplexity requests", p.requests_per_minute, 60.0, burst=1),
         retry=knowledge_retry(settings),
         attempt_timeout=settings.limits.knowledge_timeout,
     )
@@ -515,6 +540,7 @@ def start_notes(
     registry: ResilienceRegistry,
     stack: AsyncExitStack,
     notify: Notify,
+    limits: LocalLimits,
 ) -> NotesFeature | None:
     """/note, /save, /notes through the durable outbox, its delivery worker running in the
     background (stopped by `stack`); None when Notion is not configured."""
@@ -526,7 +552,7 @@ def start_notes(
             clock,
             breaker=registry.breaker("notion"),
             # burst=1: Notion's limit is a rolling window, which any larger burst overruns.
-            limiter=RateLimiter("notion requests", settings.notion.requests_per_second, 1.0, clock, burst=1),
+            limiter=limits.limiter("notion requests", settings.notion.requests_per_second, 1.0, burst=1),
             retry=knowledge_retry(settings),
             attempt_timeout=settings.limits.knowledge_timeout,
             observe=attempt_logger(clock),

@@ -213,6 +213,8 @@ async def upstream_checks(
             await provider.aclose()
     if any(ref.provider == "local" for ref in settings.llm_models):
         results.append(CheckResult("local model", None, "not probed: it runs inside the bot"))
+    if settings.redis is not None:
+        results.append(await probe("redis", lambda r=settings.redis: _redis_answers(r), clock, timeout))
     for name, section in (("perplexity", settings.perplexity), ("notion", settings.notion)):
         if section is None:
             continue
@@ -222,6 +224,14 @@ async def upstream_checks(
         else:
             results.append(await probe(name, lambda h=hook, s=section: h(s), clock, timeout))
     return results
+
+
+async def _redis_answers(redis: Any) -> str:
+    """REDIS_URL answers: the limits will be shared (by INSTANCES instances)."""
+    from integrations.resilience.redis_link import redis_version
+
+    version = await redis_version(redis.url.reveal(), timeout=max(redis.timeout, 2.0))
+    return f"{version}; limits shared by {redis.instances} instance{'s' if redis.instances != 1 else ''}"
 
 
 def find_knowledge_probe(name: str) -> KnowledgeProbe | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import hmac
+import importlib.util
 import io
 import logging
 import os
@@ -68,7 +69,7 @@ _TELEGRAM_HELP = (
     "from @BotFather, or unset every TELEGRAM_* setting to run in console mode"
 )
 # A name with one of these prefixes is meant for Switchboard (or the SDKs it drives).
-SETTING_PREFIXES = ("TELEGRAM_", "OPENAI_", "ANTHROPIC_", "NOTION_", "PERPLEXITY_", "LLM_", "STT_")
+SETTING_PREFIXES = ("TELEGRAM_", "OPENAI_", "ANTHROPIC_", "NOTION_", "PERPLEXITY_", "LLM_", "STT_", "REDIS_")
 # Read by the OpenAI and Anthropic SDKs themselves, so not unknown although Switchboard never reads them.
 SDK_SETTINGS = frozenset({
     "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_WEBHOOK_SECRET", "OPENAI_CUSTOM_HEADERS", "OPENAI_LOG",
@@ -253,6 +254,17 @@ class NotionSettings:
 
 
 @dataclass(frozen=True)
+class RedisSettings:
+    """REDIS_URL: rate limits, token budgets, breakers and flood pauses shared by every instance."""
+
+    url: Secret  # may carry a password
+    # INSTANCES: how many instances share the limits; while Redis is unreachable each keeps 1/N.
+    instances: int = 1
+    # REDIS_TIMEOUT: longest one Redis call may take before this instance's own share takes over.
+    timeout: float = 0.5
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """How hard the bot may push each upstream, and how long it waits on one."""
 
@@ -333,6 +345,7 @@ class Settings:
     perplexity: PerplexitySettings | None = None
     notion: NotionSettings | None = None
     stt: SttSettings | None = None
+    redis: RedisSettings | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
     documents: DocumentSettings = field(default_factory=DocumentSettings)
@@ -356,6 +369,9 @@ class Settings:
             secrets.append(self.stt.api_key)
         if self.telegram is not None:
             secrets += [self.telegram.api_hash, self.telegram.bot_token]
+        redis_password = urlsplit(self.redis.url.reveal()).password if self.redis is not None else None
+        if redis_password:
+            secrets.append(Secret(redis_password))
         return tuple(secret.reveal() for secret in secrets if secret)
 
 
@@ -442,6 +458,7 @@ def load_settings(
         perplexity=_perplexity(read),
         notion=_notion(read),
         stt=_stt(read, openai_api_key),
+        redis=_redis(read),
         limits=_limits(read),
         llm_prices=_prices(read),
         conversation=_conversation(read),
@@ -764,6 +781,36 @@ def _notion(read: _Reader) -> NotionSettings | None:
         read.problem("NOTION_DATABASE_ID", "is needed because NOTION_TOKEN is set: copy the id from the database's URL and share the database with the integration.")
         return None
     return NotionSettings(token, database_id, base_url, rps)
+
+
+def _redis(read: _Reader) -> RedisSettings | None:
+    """REDIS_URL shares the limits between instances; INSTANCES says how many share them."""
+    url = read.secret("REDIS_URL")
+    instances = read.count("INSTANCES", RedisSettings.instances)
+    timeout = read.seconds("REDIS_TIMEOUT", RedisSettings.timeout)
+    if url is None:
+        return None
+    parts = urlsplit(url.reveal())
+    try:
+        parts.port
+    except ValueError:
+        parts = parts._replace(netloc="")  # a port that is no number: reported below
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        # Not echoed: the URL may carry a password.
+        read.problem(
+            "REDIS_URL",
+            "must be a redis:// (or rediss://, unix://) URL with a host, e.g. redis://127.0.0.1:6379/0; "
+            "unset it to keep every limit in this instance.",
+        )
+        return None
+    if importlib.util.find_spec("redis") is None:
+        read.problem(
+            "REDIS_URL",
+            "is set, but the redis package is not installed: run "
+            "`pip install -c constraints.txt -e '.[redis]'` (or unset REDIS_URL).",
+        )
+        return None
+    return RedisSettings(url, instances, timeout)
 
 
 def _modes(read: _Reader) -> tuple[Mode, ...]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping
 
 from handlers.render import render_markdown
 from handlers.status_report import StatusSources, build_status
@@ -11,15 +12,26 @@ from state.db import Database
 from state.outbox import Outbox
 
 
-async def status_from_database(db_path: Path, clock: Clock) -> str:
-    """The report as plain text: what the database knows (nothing live: this process runs no bot)."""
+async def status_from_database(
+    db_path: Path,
+    clock: Clock,
+    *,
+    shared_limits: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
+) -> str:
+    """The report as plain text: what the database knows (nothing live: this process runs no bot),
+    and whether Redis answers when REDIS_URL is set (`shared_limits`)."""
     if not db_path.is_file():
         # Opening would create an empty database, and report on that.
         return f"No database at {db_path}: the bot has not run with this state directory yet."
     database = await Database.open(db_path, clock)
     try:
         sources = StatusSources(
-            clock=clock, database=database, running=False, cache=SqliteCache(database, clock), outbox=Outbox(database, clock)
+            clock=clock,
+            database=database,
+            running=False,
+            cache=SqliteCache(database, clock),
+            outbox=Outbox(database, clock),
+            shared_limits=shared_limits,
         )
         report = await build_status(sources)
     finally:

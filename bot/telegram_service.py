@@ -23,14 +23,14 @@ import sys
 from contextlib import AsyncExitStack
 from typing import Mapping
 
-from bot.app import App, build_app
+from bot.app import App, build_app, open_shared_limits
 from bot.config import Settings
 from bot.shutdown import drain
 from bot.systemd import Notifier, heartbeat
 from bot.telegram import BotIdentity, TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport, build_client
 from integrations.errors import AuthFailed, Unavailable, UpstreamError
 from integrations.resilience.clock import Clock, SystemClock, wait_for
-from integrations.resilience.governor import FloodGovernor, GovernedTransport
+from integrations.resilience.governor import GovernedTransport
 from integrations.resilience.retry import RetryPolicy, retry_call
 from state.db import storage_faults
 from state.lock import StateLock
@@ -209,7 +209,9 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
             state_lock = stack.enter_context(StateLock(settings.state_dir))
         with storage_faults(settings.telegram.session_path):
             client = build_client(settings.telegram)
-        governor = FloodGovernor(clock)
+        # Shared through Redis when REDIS_URL is set: flood pauses too, so the governor comes from them.
+        limits = await open_shared_limits(settings, clock, stack)
+        governor = limits.flood_governor()
         transport = GovernedTransport(TelegramTransport(client), governor)
         app = await build_app(
             settings,
@@ -222,6 +224,7 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
             # The offline model starts while the bot logs in: READY=1 does not wait for it.
             local_model_in_background=True,
             media=TelegramMedia(client),
+            limits=limits,
             chat_admins=TelegramChatAdmins(client),
         )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]

@@ -77,11 +77,13 @@ class StatusSources:
     errors: RecentErrors | None = None
     deprecations: Callable[[], Sequence[str]] = lambda: ()
     redactor: Redactor = field(default_factory=Redactor)
+    # From the shell: asks Redis (REDIS_URL) whether it answers; a running bot's registry says instead.
+    shared_limits: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
 
 
 async def build_status(sources: StatusSources) -> str:
     report = _Report(sources)
-    sections: list[Callable[[], Awaitable[list[str]]]] = [report.header]
+    sections: list[Callable[[], Awaitable[list[str]]]] = [report.header, report.shared_limits]
     if sources.running:
         sections += [report.breakers, report.limiters, report.flood_waits]
     sections += [report.cache, report.outbox, report.usage, report.settings, report.errors, report.deprecations]
@@ -184,6 +186,27 @@ class _Report:
         if s.lanes is not None:
             lines.append(f"Replies: {s.lanes.in_flight()} in progress, {s.lanes.queued()} queued")
         return lines
+
+    async def shared_limits(self) -> list[str]:
+        """Whether the limits are shared through Redis (REDIS_URL), or each instance keeps its share."""
+        if self._s.running:
+            state: Mapping[str, Any] | None = self._resilience().get("shared_limits")
+        else:
+            state = await self._s.shared_limits() if self._s.shared_limits is not None else None
+        if state is None:
+            return []  # REDIS_URL not set: the limits are this instance's, as always
+        where, share = self._text(state["location"]), f"1/{int(state['instances'])}"
+        if state["state"] == "shared":
+            text = f"shared through Redis at {where} by {_plural(int(state['instances']), 'instance')}"
+            if not self._s.running:
+                text = f"Redis at {where} reachable; a running bot shares its limits there"
+        elif state.get("down_since"):
+            since = escape_markdown(str(state["down_since"])[11:19])
+            text = f"**Redis unreachable since {since} UTC, local {share}** (each instance keeps {share} of every limit)"
+        else:
+            error = self._text(state.get("last_error") or "no answer")
+            text = f"**Redis at {where} unreachable** ({error}): a running bot keeps local {share} of every limit"
+        return ["", f"**Shared limits**: {text}"]
 
     async def breakers(self) -> list[str]:
         breakers: Mapping[str, Mapping[str, Any]] = self._resilience().get("breakers") or {}

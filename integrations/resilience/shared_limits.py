@@ -1,0 +1,84 @@
+"""Limits shared by all instances through Redis (REDIS_URL): the shared twin of `LocalLimits`.
+
+`SharedLimits` builds the shared versions of the limiters, budgets, breakers and flood governor on
+one `RedisLink`, each falling back to its local 1/N share while Redis is unreachable. The registry
+it builds also makes the breakers created on first use (one per model) shared ones, and adds the
+link's state to its snapshot for /status. Imports redis-py (the optional `redis` group): only
+imported when REDIS_URL is set.
+"""
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+from integrations.resilience.breaker import CircuitBreaker
+from integrations.resilience.clock import Clock
+from integrations.resilience.governor import FloodGovernor
+from integrations.resilience.local_limits import LocalLimits
+from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.redis_link import RedisLink
+from integrations.resilience.registry import ResilienceRegistry
+from integrations.resilience.shared_breaker import SharedCircuitBreaker
+from integrations.resilience.shared_flood import SharedFloodGovernor
+from integrations.resilience.shared_ratelimit import SharedRateLimiter, SharedTokenBudget
+from integrations.resilience.tokens import TokenBudget
+
+
+class SharedLimits(LocalLimits):
+    """Every limit shared through Redis by all instances (REDIS_URL)."""
+
+    def __init__(self, clock: Clock, link: RedisLink) -> None:
+        super().__init__(clock)
+        self.link = link
+
+    def limiter(self, name: str, rate: float, per: float, *, burst: int | None = None) -> RateLimiter:
+        return SharedRateLimiter(name, rate, per, self.clock, self.link, burst=burst)
+
+    def token_budget(self, name: str, tokens_per_minute: int) -> TokenBudget:
+        return SharedTokenBudget(name, tokens_per_minute, self.clock, self.link)
+
+    def breaker(self, name: str, *, failure_threshold: int, window: float, cooldown: float) -> CircuitBreaker:
+        return SharedCircuitBreaker(
+            name, self.clock, self.link, failure_threshold=failure_threshold, window=window, cooldown=cooldown
+        )
+
+    def flood_governor(self, **pacing: Any) -> FloodGovernor:
+        return SharedFloodGovernor(self.clock, self.link, **pacing)
+
+    def registry(self, *, failure_threshold: int, window: float, cooldown: float) -> ResilienceRegistry:
+        return _SharedRegistry(self, failure_threshold=failure_threshold, window=window, cooldown=cooldown)
+
+
+class _SharedRegistry(ResilienceRegistry):
+    """A registry whose breakers made on first use are shared ones, and whose snapshot says how limits are shared."""
+
+    def __init__(self, limits: SharedLimits, *, failure_threshold: int, window: float, cooldown: float) -> None:
+        super().__init__(limits.clock, failure_threshold=failure_threshold, window=window, cooldown=cooldown)
+        self._limits = limits
+        self._shared_defaults = (failure_threshold, window, cooldown)
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        if name not in self._breakers:
+            failure_threshold, window, cooldown = self._shared_defaults
+            self._breakers[name] = self._limits.breaker(name, failure_threshold=failure_threshold, window=window, cooldown=cooldown)
+        return self._breakers[name]
+
+    def snapshot(self) -> dict[str, object]:
+        assert self._limits.link is not None
+        return {**super().snapshot(), "shared_limits": self._limits.link.snapshot()}
+
+
+async def open_limits(
+    redis_url: str | None, clock: Clock, stack: AsyncExitStack, *, instances: int = 1, timeout: float = 0.5
+) -> LocalLimits:
+    """Shared limits when `redis_url` is given (the link closed by `stack`), else local ones.
+
+    An unreachable Redis does not stop the start: the link starts down, the local shares apply,
+    and the prober brings the shared limits in once Redis answers.
+    """
+    if redis_url is None:
+        return LocalLimits(clock)
+    link = RedisLink.from_url(redis_url, clock, instances=instances, timeout=timeout)
+    stack.push_async_callback(link.aclose)
+    await link.start()
+    return SharedLimits(clock, link)
