@@ -25,6 +25,7 @@ from handlers.limits import UserLimits
 from handlers.note_delivery import NoteDelivery, Notify
 from handlers.notes import NotesFeature, chat_notifier, notes_commands
 from handlers.operator_alerts import OperatorAlerts
+from handlers.photos import PhotoFeature
 from handlers.recent_errors import RecentErrors
 from handlers.router import Router
 from handlers.search import SearchConfig, SearchService, search_commands
@@ -59,12 +60,14 @@ from integrations.resilience.registry import ResilienceRegistry, Snapshotting
 from integrations.resilience.retry import RetryPolicy
 from integrations.resilience.tokens import TokenBudget
 from integrations.summariser import Summariser
+from integrations.vision import sees_images
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
 from state.chat_prompts import ChatPrompts
 from state.compaction_backoff import CompactionBackoffs
 from state.db import Database
 from state.history import HistoryStore
+from state.images import ImageStore
 from state.lock import StateLock
 from state.quoted_messages import StoredMessages
 from state.outbox import Outbox
@@ -224,7 +227,11 @@ async def start_local_model(settings: Settings, clock: Clock, stack: AsyncExitSt
     provider = OpenAIChat(api_key="local", base_url=base_url, name=LOCAL_PROVIDER)
     stack.push_async_callback(provider.aclose)  # unwinds before the server stops
     return ChainModel(
-        ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS), provider, context_tokens=LOCAL_CONTEXT_TOKENS, marker=LOCAL_MARKER
+        ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS),
+        provider,
+        context_tokens=LOCAL_CONTEXT_TOKENS,
+        marker=LOCAL_MARKER,
+        sees_images=sees_images(ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS), settings.photos.vision_models),
     )
 
 
@@ -238,7 +245,8 @@ def build_chain(
     models = []
     for ref in settings.llm_models:
         if ref.provider in providers:
-            models.append(ChainModel(ref, providers[ref.provider], context_tokens=settings.llm_context_tokens))
+            vision = sees_images(ref, settings.photos.vision_models)
+            models.append(ChainModel(ref, providers[ref.provider], context_tokens=settings.llm_context_tokens, sees_images=vision))
         elif ref.provider == LOCAL_PROVIDER and local is not None and local not in models:
             models.append(local)  # where LLM_MODELS puts it
     if local is not None and local not in models:
@@ -367,6 +375,7 @@ async def build_app(
         resilience=registry,
         status=operations.status,
         voice=voice[0] if voice is not None else None,
+        photos=build_photos(settings, clock, database, media),
         documents=build_documents(settings, media),
         quotes=QuotesFeature(StoredMessages(database), media if isinstance(media, RepliedMessages) else None),
         compaction=build_compaction(settings, clock, chain, database),
@@ -483,6 +492,14 @@ def keyed_upstream(
             observe=attempt_logger(clock),
         )
     )
+
+
+def build_photos(settings: Settings, clock: Clock, database: Database, media: MediaSource | None) -> PhotoFeature | None:
+    """Photos and image files to a vision model, where the transport has them (Telegram)."""
+    if media is None:
+        return None
+    photos = settings.photos
+    return PhotoFeature(media, ImageStore(database), clock, max_bytes=photos.max_bytes, max_images=photos.max_images)
 
 
 def build_compaction(settings: Settings, clock: Clock, chain: ModelChain, database: Database) -> Compaction | None:

@@ -246,6 +246,18 @@ class SttSettings:
 
 
 @dataclass(frozen=True)
+class PhotoSettings:
+    """Photos and image files, answered by a model that can see them."""
+
+    # Larger images (by Telegram's own figure) are refused before download (IMAGE_MAX_MB).
+    max_bytes: int = 20 * 1024 * 1024
+    # At most this many images in one question; an album with more gets a reply (ALBUM_MAX_IMAGES).
+    max_images: int = 10
+    # The models that take images (LLM_VISION_MODELS); None: the known table (integrations/vision.py).
+    vision_models: frozenset[ModelRef] | None = None
+
+
+@dataclass(frozen=True)
 class NotionSettings:
     token: Secret
     database_id: str
@@ -345,6 +357,7 @@ class Settings:
     perplexity: PerplexitySettings | None = None
     notion: NotionSettings | None = None
     stt: SttSettings | None = None
+    photos: PhotoSettings = field(default_factory=PhotoSettings)
     redis: RedisSettings | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
@@ -458,6 +471,7 @@ def load_settings(
         perplexity=_perplexity(read),
         notion=_notion(read),
         stt=_stt(read, openai_api_key),
+        photos=_photos(read),
         redis=_redis(read),
         limits=_limits(read),
         llm_prices=_prices(read),
@@ -855,6 +869,23 @@ def _stt(read: _Reader, openai_api_key: Secret | None) -> SttSettings | None:
     return SttSettings(
         model, key, key_setting, base_url, max_seconds, int(max_mb * 2**20), rpm, timeout, price
     )
+
+
+def _photos(read: _Reader) -> PhotoSettings:
+    default = PhotoSettings()
+    max_mb = read.parsed("IMAGE_MAX_MB", default.max_bytes / 2**20, positive_float, "a positive number of megabytes")
+    max_images = read.count("ALBUM_MAX_IMAGES", default.max_images)
+    listed = read.raw("LLM_VISION_MODELS")
+    vision_models = default.vision_models
+    if listed is not None:
+        models = set()
+        for entry in filter(None, (part.strip() for part in listed.split(","))):
+            try:
+                models.add(ModelRef.parse(entry))
+            except ValueError:
+                read.problem("LLM_VISION_MODELS", f"entry {entry!r} is not provider:model, e.g. openai:gpt-5.1.")
+        vision_models = frozenset(models)
+    return PhotoSettings(int(max_mb * 2**20), max_images, vision_models)
 
 
 def _limits(read: _Reader) -> LimitSettings:

@@ -21,7 +21,7 @@ from telethon import TelegramClient, errors, events, functions, types
 
 from handlers.quoted import Quote
 from handlers.richtext import Entity, RichText
-from handlers.transport import AUDIO_FILE, VOICE_MESSAGE, DraftsUnsupported, IncomingMessage, Media, MessageHandler
+from handlers.transport import AUDIO_FILE, IMAGE_FILE, VOICE_MESSAGE, DraftsUnsupported, IncomingMessage, Media, MediaKind, MessageHandler
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
@@ -370,6 +370,8 @@ def attachment_kind(message: Any) -> str | None:
     """What the message carries besides text, in a user's words, or None."""
     if getattr(message, "media", None) is None:
         return None
+    if _media_kind(message) == "image" and not getattr(message, "photo", None):
+        return IMAGE_FILE  # an image sent as a file: a vision model can look at it
     for attribute, words in _ATTACHMENTS:
         if getattr(message, attribute, None):
             return words
@@ -381,7 +383,7 @@ def describe_media(message: Any) -> Media | None:
     words = attachment_kind(message)
     if words is None:
         return None
-    kind = "voice" if getattr(message, "voice", None) else "audio" if getattr(message, "audio", None) else "other"
+    kind = _media_kind(message)
     # Telethon's `File` view of a document or photo (duration from the audio or video attribute).
     file = getattr(message, "file", None)
     duration = getattr(file, "duration", None)
@@ -393,7 +395,22 @@ def describe_media(message: Any) -> Media | None:
         size=size if isinstance(size, int) else None,
         mime_type=getattr(file, "mime_type", None) or None,
         file_name=getattr(file, "name", None) or None,
+        group=getattr(message, "grouped_id", None),
     )
+
+
+def _media_kind(message: Any) -> MediaKind:
+    if getattr(message, "voice", None):
+        return "voice"
+    if getattr(message, "audio", None):
+        return "audio"
+    if getattr(message, "photo", None):
+        return "image"
+    document = getattr(message, "document", None)
+    mime_type = getattr(document, "mime_type", None) or ""
+    if document is not None and mime_type.startswith("image/") and not getattr(message, "sticker", None):
+        return "image"  # an image sent as a file (uncompressed), not a sticker
+    return "other"
 
 
 class TelegramMedia:

@@ -35,14 +35,14 @@ def takeover_marker(event: ModelTookOver, text_so_far: str) -> str:
     return f"{space}_[continued by {event.model}]_ "
 
 
-def fallback_footer(started_by: ModelRef, intended: ModelRef | None) -> str:
+def fallback_footer(started_by: ModelRef, intended: ModelRef | None, *, why: str = "was unavailable") -> str:
     """Names the model that answered when it is not the one asked first (the user's pick or the
     chain's first) because that one failed before its first token. Shown, never kept in history;
     a handover mid-answer has its own marker (`takeover_marker`), and a model with a marker of its
     own (the offline model) says what it is there."""
     if intended is None or started_by == intended:
         return ""
-    return f"\n\n_— answered by {started_by} ({intended} was unavailable)_"
+    return f"\n\n_— answered by {started_by} ({intended} {why})_"
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,8 @@ async def _generate(
         await services.history.begin(stored)
         prefix = await fresh_start_note(services, stored) + prefix
         context = await services.history.context_for(turn.question)
+        if services.features.photos is not None:  # a photo's question is asked with its images
+            context = await services.features.photos.with_images(turn.question, context)
         preferred = turn.model or await _users_model(services, message.user_id)
         system = (await chat_prompt(services, message.chat_id)).text
         stream.start()
@@ -169,7 +171,9 @@ async def _generate(
                     marker += f"\n\n_{event.marker}_"
                 else:
                     first = services.chain.ordered(preferred)
-                    marker += fallback_footer(started_by or event.model, first[0].ref if first else None)
+                    blind = bool(first) and not first[0].sees_images and any(m.images for m in context)
+                    why = "can't see images" if blind else "was unavailable"
+                    marker += fallback_footer(started_by or event.model, first[0].ref if first else None, why=why)
                 await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, event.usage))
     except asyncio.CancelledError:
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)

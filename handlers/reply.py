@@ -18,6 +18,8 @@ TRANSCRIPTION_DELAYED_STREAM = -4
 # A document's notices: where it was cut, and that fetching it will be tried again.
 DOCUMENT_CUT_STREAM = -7
 DOCUMENT_DELAYED_STREAM = -8
+# A photo's notice: fetching it from Telegram will be tried again.
+PHOTO_DELAYED_STREAM = -9
 
 
 def open_stream(services: Services, message: IncomingMessage) -> ReplyStream:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Awaitable, Callable, Literal, Sequence
 
-from handlers import chat, documents, quoted, voice
+from handlers import chat, documents, photos, quoted, voice
 from handlers.commands import Command, parse_command
 from handlers.lanes import USER_CANCEL
 from handlers.reply import NOT_STORED_STREAM, notify_once, reply
@@ -107,7 +107,10 @@ class Router:
         transcribed = audio and services.features.voice is not None
         # A document is read, and its caption answered with it.
         document = documents.is_document(message) and services.features.documents is not None
-        kind: Kind = "command" if parsed is not None else ("media" if transcribed or document or not message.text.strip() else "chat")
+        # A photo (or image file) goes to a vision model, its caption as the question.
+        seen = message.media is not None and message.media.is_image and services.features.photos is not None
+        media = transcribed or document or seen or not message.text.strip()
+        kind: Kind = "command" if parsed is not None else ("media" if media else "chat")
         command = self._commands.get(parsed.name) if parsed is not None else None
         limit = (command.max_chars if command is not None else None) or services.chat.max_message_chars
         if len(message.text) > limit:
@@ -136,6 +139,8 @@ class Router:
                 await self._enqueue_answer(message, stored, voice.transcribe)
             elif document:
                 await self._enqueue_answer(message, stored, documents.read)
+            elif seen:
+                await self._look_at(message, stored)
             else:
                 await self._lifecycle(message, stored, self._unsupported)
         elif command is not None and parsed is not None:
@@ -208,6 +213,9 @@ class Router:
                 note = GAVE_UP_NOTE.format(attempts=stored.attempts)
                 self._submit(message, stored, _closing_job(note, "failed"), cancellable=False)
                 continue
+            if stored.kind == "media" and photos.stored_as_image(stored) and services.features.photos is not None:
+                await self._look_at(message, stored, live=False)
+                continue
             if stored.kind == "media":
                 audio = voice.stored_as_audio(stored)
                 document = documents.stored_as_document(stored)
@@ -249,6 +257,17 @@ class Router:
         if was_busy and self._is_live(message):
             # Not part of the answer, so not recorded with it (a resumed answer would take it over).
             await reply(self._services, replace(message, trace=None), QUEUED_NOTICE)
+
+    async def _look_at(self, message: IncomingMessage, stored: StoredMessage, *, live: bool = True) -> None:
+        """A photo's job, unless it joins an album whose first photo has one (handlers/photos.py)."""
+        feature = self._services.features.photos
+        assert feature is not None
+        if not await feature.arrived(message, stored):
+            return
+        if live:
+            await self._enqueue_answer(message, stored, photos.look)
+        else:
+            self._submit(message, stored, photos.look)
 
     def _submit(
         self,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # these modules import this one for `Services`
     from handlers.compaction import Compaction
     from handlers.documents import DocumentsFeature
     from handlers.notes import NotesFeature
+    from handlers.photos import PhotoFeature
     from handlers.quoted import QuotesFeature
     from handlers.search import SearchService
     from handlers.status_report import StatusContext
@@ -61,6 +62,7 @@ class Features:
     status: StatusContext | None = None  # what only the composition root knows: /status, /health
     compaction: Compaction | None = None  # long conversations' older turns summarised (COMPACT_AT)
     voice: VoiceFeature | None = None  # voice and audio messages: speech to text (STT_MODEL)
+    photos: PhotoFeature | None = None  # photos and image files, to a vision model (Telegram only)
     documents: DocumentsFeature | None = None  # text, code and PDF files read into the chat (Telegram)
     quotes: QuotesFeature | None = None  # the message a reply quotes, given to the model with it
 

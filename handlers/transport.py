@@ -59,7 +59,11 @@ def send_key(chat_id: int, message_id: int, stream: int, part: int) -> int:
 VOICE_MESSAGE = "voice message"
 AUDIO_FILE = "audio file"
 
-MediaKind = Literal["voice", "audio", "other"]
+# A photo, or a file Telegram says is an image (not a sticker): what a vision model can look at.
+PHOTO = "photo"
+IMAGE_FILE = "image"
+
+MediaKind = Literal["voice", "audio", "image", "other"]
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,16 @@ class Media:
     size: int | None = None  # bytes
     mime_type: str | None = None
     file_name: str | None = None
+    # Telegram's grouped_id: the photos of one album share it (each arrives as its own message).
+    group: int | None = None
 
     @property
     def is_audio(self) -> bool:
-        return self.kind != "other"
+        return self.kind in ("voice", "audio")
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
 
 
 class MediaSource(Protocol):

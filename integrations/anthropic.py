@@ -27,6 +27,7 @@ from integrations.errors import (
     UpstreamError,
 )
 from integrations.http_errors import LimitHint, anthropic_limit_hint, error_class_for_status
+from integrations.images import ANTHROPIC_IMAGE_LIMITS, as_base64, fit
 from integrations.llm import ChatMessage, ChatRequest, StreamResult
 from integrations.provider import ChatSdkAdapter, Sdk
 
@@ -125,24 +126,53 @@ class AnthropicChat(ChatSdkAdapter):
         return self._error_text(err.type or "error", err.api_message or "")
 
 
-def alternating_turns(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+def alternating_turns(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """The conversation as the API wants it: no blank turns, same-role neighbours merged, user last.
 
+    A message with images becomes content blocks: each image (base64, fitted to Anthropic's
+    limits), then its text, as the API's documentation advises.
     A trailing assistant turn is dropped: newer models refuse prefill, so a cut-off answer is
     continued by the caller with a user message that quotes it.
     """
-    turns: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
     for message in messages:
-        if not message.content.strip():
+        if not message.content.strip() and not message.images:
             continue
+        content = _content(message)
         if turns and turns[-1]["role"] == message.role:
-            turns[-1]["content"] += "\n\n" + message.content
+            turns[-1]["content"] = _joined(turns[-1]["content"], content)
         else:
-            turns.append({"role": message.role, "content": message.content})
+            turns.append({"role": message.role, "content": content})
     while turns and turns[-1]["role"] == "assistant":
         logger.debug("dropping a trailing assistant turn: the API refuses prefill")
         turns.pop()
     return turns
+
+
+Content = str | list[dict[str, Any]]
+
+
+def _content(message: ChatMessage) -> Content:
+    if not message.images:
+        return message.content
+    blocks: list[dict[str, Any]] = []
+    for image in message.images:
+        fitted = fit(image, ANTHROPIC_IMAGE_LIMITS)
+        source = {"type": "base64", "media_type": fitted.media_type, "data": as_base64(fitted)}
+        blocks.append({"type": "image", "source": source})
+    if message.content.strip():
+        blocks.append({"type": "text", "text": message.content})
+    return blocks
+
+
+def _joined(first: Content, second: Content) -> Content:
+    if isinstance(first, str) and isinstance(second, str):
+        return first + "\n\n" + second
+    return _as_blocks(first) + _as_blocks(second)
+
+
+def _as_blocks(content: Content) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
 def _take(event: RawMessageStreamEvent, result: StreamResult) -> str:

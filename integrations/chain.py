@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from integrations.context_window import estimate_tokens, trim_to_budget
-from integrations.errors import ContextTooLong, MalformedResponse, Unavailable, UpstreamError
+from integrations.errors import BadRequest, ContextTooLong, MalformedResponse, Unavailable, UpstreamError
 from integrations.llm import ChatMessage, ChatProvider, ChatRequest, ModelRef, StreamResult, Usage
 from integrations.resilience.clock import Clock, Watchdog, wait_for
 
@@ -49,6 +49,8 @@ class ChainModel:
     context_tokens: int = 100_000
     # Shown with every reply from this model (the small offline model says what it is).
     marker: str | None = None
+    # Whether it takes images (integrations/vision.py): a question with images skips it if not.
+    sees_images: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Completed:
 
 
 ChainEvent = TextDelta | ModelTookOver | Completed
+
+
+class CannotSeeImages(BadRequest):
+    """The question has images and this model takes none: skipped without being asked."""
 
 
 class NoFirstToken(Unavailable):
@@ -173,6 +179,10 @@ class ModelChain:
                 return ref
         return None
 
+    def sees_images(self, preferred: ModelRef | None = None) -> bool:
+        """Whether any model of the chain could answer a question with images."""
+        return any(model.sees_images for model in self.ordered(preferred))
+
     def ordered(self, preferred: ModelRef | None) -> list[ChainModel]:
         first = [m for m in self.models if m.ref == preferred]
         return first + [m for m in self.models if m.ref != preferred]
@@ -191,7 +201,11 @@ class ModelChain:
         shown = ""
         previous: ModelRef | None = None
         deadline = self.clock.monotonic() + self.timeouts.total
+        with_images = any(message.images for message in messages)
         for model in self._attempts(preferred, failures):
+            if with_images and not model.sees_images:
+                failures.append(Failure(model.ref, CannotSeeImages("can't see images", upstream=str(model.ref))))
+                continue
             conversation = list(messages)
             if shown:
                 conversation += [ChatMessage("assistant", shown), ChatMessage("user", CONTINUE_INSTRUCTION)]

@@ -7,7 +7,10 @@ Telegram. Adapters (openai.py, anthropic.py) implement `ChatProvider` and raise 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Literal, Protocol, Sequence
+
+if TYPE_CHECKING:  # Pillow is loaded only where images are read
+    from integrations.images import Image
 
 Role = Literal["user", "assistant"]
 
@@ -16,6 +19,9 @@ Role = Literal["user", "assistant"]
 class ChatMessage:
     role: Role
     content: str
+    # Images sent with this message (a photo's question): only the turn that asks about them
+    # carries them; history keeps a text placeholder ("[photo]") instead.
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True)

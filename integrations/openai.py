@@ -24,7 +24,8 @@ from integrations.errors import (
     UpstreamError,
 )
 from integrations.http_errors import LimitHint, error_class_for_status, openai_limit_hint
-from integrations.llm import ChatRequest, StreamResult, Usage
+from integrations.images import OPENAI_IMAGE_LIMITS, as_base64, fit
+from integrations.llm import ChatMessage, ChatRequest, StreamResult, Usage
 from integrations.provider import ChatSdkAdapter, Sdk, root_cause_name
 
 _CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error"}
@@ -123,9 +124,22 @@ class OpenAIChat(ChatSdkAdapter):
         return self._error_text(err.code or err.type or "error", _upstream_message(err))
 
 
-def _messages(request: ChatRequest) -> list[dict[str, str]]:
+def _messages(request: ChatRequest) -> list[dict[str, Any]]:
     system = [{"role": "system", "content": request.system}] if request.system else []
-    return system + [{"role": message.role, "content": message.content} for message in request.messages]
+    return system + [{"role": message.role, "content": _content(message)} for message in request.messages]
+
+
+def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
+    """A message's text, or with images its content parts: the text, then each image as a base64
+    data URL fitted to OpenAI's limits (what detail "high" would scale it to anyway)."""
+    if not message.images:
+        return message.content
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content.strip() else []
+    for image in message.images:
+        fitted = fit(image, OPENAI_IMAGE_LIMITS)
+        url = f"data:{fitted.media_type};base64,{as_base64(fitted)}"
+        parts.append({"type": "image_url", "image_url": {"url": url, "detail": "high"}})
+    return parts
 
 
 def _take(chunk: ChatCompletionChunk, result: StreamResult) -> str:

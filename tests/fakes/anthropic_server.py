@@ -2,19 +2,26 @@
 
 Scripted like `FakeOpenAI`: each message request takes the next behaviour (`Reply`, `Fail`, or a
 bare fault such as RESET), or the default once the script is empty. Like Sonnet 4.6 and later, it
-refuses a conversation that ends with an assistant message (no prefill).
+refuses a conversation that ends with an assistant message (no prefill). Image blocks (base64)
+are checked as the API checks them (type, 5 MB, 8000 px, the data matching its declared type; a
+`blind_models` model takes none) and their tokens added to the reported input tokens.
 """
 from __future__ import annotations
 
 import itertools
 import json
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 from tests.fakes.http_server import FakeUpstream, HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
 from tests.fakes.openai_server import split_text
+from tests.fakes.vision import SeenImage, anthropic_tokens, decode
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+IMAGE_MAX_BASE64 = 5 * 1024 * 1024
+IMAGE_MAX_EDGE = 8000
 
 PREFILL_REFUSAL = (
     "This model does not support assistant message prefill. The conversation must end with a user message."
@@ -111,6 +118,7 @@ class FakeAnthropic(FakeUpstream):
         *,
         api_key: str,
         models: Sequence[str] = ("claude-test", "claude-test-haiku"),
+        blind_models: Sequence[str] = (),
         default: Behaviour = Reply(),
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         limits: Mapping[str, tuple[int, int, float]] | None = None,
@@ -119,6 +127,10 @@ class FakeAnthropic(FakeUpstream):
         (limit, remaining, seconds until reset), sent as anthropic-ratelimit-* headers."""
         self.api_key = api_key
         self.models = list(models)
+        # Models that take no images (like Claude 2 did): an image block is refused.
+        self.blind_models = set(blind_models)
+        # Every image the API accepted, in the order received.
+        self.images: list[SeenImage] = []
         self.default = default
         self.now = now
         self.limits = dict(limits or {"requests": (50, 49, 1.2), "tokens": (80_000, 79_000, 0.5)})
@@ -191,15 +203,20 @@ class FakeAnthropic(FakeUpstream):
         headers = {**headers, **self.limit_headers()}
         body = request.json
         refusal = _validate(body, request.headers.get("content-type", ""), self.models)
+        images: list[SeenImage] = []
+        if refusal is None:
+            refusal = _image_problem(body, self.blind_models, images)
         if refusal is not None:
             return _error(refusal, headers, request_id)
+        self.images += images
         behaviour = self._script.popleft() if self._script else self.default
         if isinstance(behaviour, Fault):
             return behaviour
         if isinstance(behaviour, Fail):
             return _error(behaviour, headers, request_id)
         headers.update(behaviour.headers)
-        message = _Message(body["model"], behaviour, request_id)
+        image_tokens = sum(anthropic_tokens(image) for image in images)
+        message = _Message(body["model"], replace(behaviour, input_tokens=behaviour.input_tokens + image_tokens), request_id)
         if body.get("stream"):
             headers["content-type"] = "text/event-stream; charset=utf-8"
             headers["cache-control"] = "no-cache"
@@ -254,6 +271,40 @@ def _message_problem(message: Any) -> str | None:
     for block in content:
         if isinstance(block, dict) and block.get("type") == "text" and not block.get("text"):
             return "text content blocks must be non-empty"
+    return None
+
+
+def _image_problem(body: dict[str, Any], blind_models: set[str], seen: list[SeenImage]) -> Fail | None:
+    """What the API says of the request's image blocks (base64 only), or None; `seen` gets each."""
+
+    def invalid(message: str) -> Fail:
+        return Fail(400, "invalid_request_error", message)
+
+    for index, message in enumerate(body["messages"]):
+        content = message["content"]
+        for number, block in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(block, dict) or block.get("type") != "image":
+                continue
+            where = f"messages.{index}.content.{number}.image.source.base64"
+            if body["model"] in blind_models:
+                return invalid(f"messages.{index}.content.{number}: this model does not support image input")
+            source = block.get("source") or {}
+            if source.get("type") != "base64":
+                return invalid(f"{where}: the fake takes base64 images only")
+            media_type = source.get("media_type")
+            if media_type not in IMAGE_TYPES:
+                return invalid(f"{where}.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'")
+            data = source.get("data") or ""
+            if len(data) > IMAGE_MAX_BASE64:
+                return invalid(f"{where}: image exceeds 5 MB maximum: {len(data)} bytes > {IMAGE_MAX_BASE64} bytes")
+            image = decode(data, media_type)
+            if image is None:
+                return invalid(f"{where}.data: Could not process image")
+            if image.real_type != media_type:
+                return invalid(f"{where}.data: Image does not match the provided media type {media_type}")
+            if max(image.width, image.height) > IMAGE_MAX_EDGE:
+                return invalid(f"{where}.data: At least one of the image dimensions exceed max allowed size: {IMAGE_MAX_EDGE} pixels")
+            seen.append(image)
     return None
 
 

@@ -3,7 +3,9 @@
 Each chat request takes the next scripted behaviour, or the default once the script is empty:
 a `Reply` (optionally interrupted after some content chunks), a `Fail` (an error response with
 the documented envelope and headers), or a bare fault from `http_server` (RESET, STALL) sent
-instead of any response.
+instead of any response. Image parts (base64 data URLs) are checked as the API checks them
+(a format it reads, 50 MB a request, only `vision_models` take them) and their tokens added to
+the prompt tokens (170 a 512 px tile plus 85, after the API's own scaling).
 """
 from __future__ import annotations
 
@@ -12,10 +14,17 @@ import json
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from tests.fakes.http_server import FakeUpstream, HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.vision import SeenImage, decode, openai_tokens
+
+UNSUPPORTED_IMAGE = (
+    "You uploaded an unsupported image. Please make sure your image has of one the following formats: "
+    "['png', 'jpeg', 'gif', 'webp']."
+)
+IMAGE_PAYLOAD_LIMIT = 50 * 1024 * 1024
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -133,11 +142,16 @@ class FakeOpenAI(FakeUpstream):
         *,
         api_key: str,
         models: Sequence[str] = ("gpt-test", "gpt-test-mini"),
+        vision_models: Sequence[str] = ("gpt-5.1", "gpt-4o"),
         default: Behaviour = Reply(),
         limit_headers: Mapping[str, str] = DEFAULT_LIMIT_HEADERS,
     ) -> None:
         self.api_key = api_key
         self.models = list(models)
+        # Only these take image parts; any other model refuses them, as GPT-3.5 does.
+        self.vision_models = set(vision_models)
+        # Every image the API accepted, in the order received.
+        self.images: list[SeenImage] = []
         self.default = default
         self.limit_headers = dict(limit_headers)
         self.server = HttpServer(self._handle)
@@ -197,14 +211,20 @@ class FakeOpenAI(FakeUpstream):
     def _chat(self, request: RecordedRequest, headers: dict[str, str]) -> Response | Fault:
         body = request.json
         refusal = _validate(body, request.headers.get("content-type", ""), self.models)
+        images: list[tuple[SeenImage, str]] = []
+        if refusal is None:
+            refusal = _image_problem(body, self.vision_models, images)
         if refusal is not None:
             return _error(refusal, {**headers, **self.limit_headers})
+        self.images += [image for image, _ in images]
         behaviour = self._script.popleft() if self._script else self.default
         if isinstance(behaviour, Fault):
             return behaviour
         if isinstance(behaviour, Fail):
             return _error(behaviour, {**headers, **self.limit_headers, **behaviour.headers})
         headers = {**headers, **self.limit_headers, **behaviour.headers}
+        image_tokens = sum(openai_tokens(image, detail) for image, detail in images)
+        behaviour = replace(behaviour, prompt_tokens=behaviour.prompt_tokens + image_tokens)
         completion = _Completion(body["model"], behaviour, include_usage=_include_usage(body))
         if body.get("stream"):
             headers["content-type"] = "text/event-stream; charset=utf-8"
@@ -252,6 +272,35 @@ def _validate(body: Any, content_type: str, models: Sequence[str]) -> Fail | Non
             f"The model `{body['model']}` does not exist or you do not have access to it.",
             code="model_not_found",
         )
+    return None
+
+
+def _image_problem(body: dict[str, Any], vision_models: set[str], seen: list[tuple[SeenImage, str]]) -> Fail | None:
+    """What the API says of the request's image parts (base64 data URLs only), or None; `seen`
+    gets each with its detail."""
+    total = 0
+    for index, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for number, part in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            if body["model"] not in vision_models:
+                return Fail(
+                    400,
+                    "invalid_request_error",
+                    "Invalid content type. image_url is only supported by certain models.",
+                    param=f"messages.[{index}].content.[{number}].type",
+                )
+            image_url = part.get("image_url") or {}
+            header, _, data = str(image_url.get("url", "")).partition(",")
+            declared = header.removeprefix("data:").removesuffix(";base64")
+            image = decode(data, declared) if header.startswith("data:") and header.endswith(";base64") else None
+            if image is None or image.real_type is None:
+                return Fail(400, "invalid_request_error", UNSUPPORTED_IMAGE, code="invalid_image_format")
+            total += len(data)
+            if total > IMAGE_PAYLOAD_LIMIT:
+                return Fail(400, "invalid_request_error", "Total image payload exceeds the 50 MB limit.", code="image_too_large")
+            seen.append((image, image_url.get("detail", "auto")))
     return None
 
 

@@ -18,7 +18,8 @@ unique per chat for good, across restarts of the bot.
 The users' messages it delivered can be fetched again by id (`get_messages(chat, ids=...)`, None
 once the user deleted one: `user_deletes`), and their media downloaded into memory
 (`download_media(message, file=bytes)`): the bytes a media helper below (`voice_note`,
-`audio_file`) registered for its document, as Telegram's servers keep the file.
+`audio_file`, `photo`, `image_document`) registered for its document or photo, as Telegram's
+servers keep the file. An album is several messages sharing a `grouped_id`, each its own update.
 
 Who is in a group and with what rights (`set_role`) is answered as Telegram does, through
 Telethon's own `get_permissions` (tests/fakes/telegram_members.py).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import itertools
 import math
 import random
@@ -34,6 +36,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, NoReturn, TypeVar
 
+from PIL import Image
 from telethon import errors, events, functions, types, utils
 
 from integrations.resilience.clock import Clock
@@ -334,11 +337,13 @@ class FakeTelegramClient(ChatMembers):
             raise NotImplementedError("the fake downloads into memory only: pass file=bytes")
         chat_id = getattr(message, "chat_id", None)
         self._take_fault("download", chat_id)
-        document = getattr(getattr(message, "media", None), "document", None)
-        if document is None:
+        media = getattr(message, "media", None)
+        # Telethon downloads a photo's largest size, a document's file.
+        kept = getattr(media, "document", None) or getattr(media, "photo", None)
+        if kept is None:
             return None
         self._record("download", chat_id, "ok")
-        return _FILES[document.id]
+        return _FILES[kept.id]
 
     def downloads(self, chat_id: int) -> int:
         """How many files the bot downloaded from this chat."""
@@ -599,6 +604,7 @@ def new_message_event(
     media: types.TypeMessageMedia | None = None,
     reply_to: int | None = None,
     quote: str | None = None,
+    grouped_id: int | None = None,
 ) -> events.NewMessage.Event:
     """A real Telethon NewMessage event, as the update loop builds it for an incoming message."""
     real_id, peer_type = utils.resolve_id(chat_id)
@@ -611,6 +617,7 @@ def new_message_event(
         mentioned=mentioned,
         out=out,
         media=media,
+        grouped_id=grouped_id,
         # A reply, as Telegram describes it: the id replied to, and the part the user quoted.
         reply_to=types.MessageReplyHeader(reply_to_msg_id=reply_to, quote=bool(quote) or None, quote_text=quote)
         if reply_to is not None
@@ -655,9 +662,35 @@ def audio_file(
     return types.MessageMediaDocument(document=_document(mime_type, attributes, data=data))
 
 
-def photo() -> types.MessageMediaPhoto:
-    size = types.PhotoSize(type="x", w=800, h=600, size=50_000)
-    return types.MessageMediaPhoto(photo=types.Photo(id=11, access_hash=12, file_reference=b"", date=None, sizes=[size], dc_id=2))
+def photo(width: int = 800, height: int = 600, *, data: bytes | None = None, size: int | None = None) -> types.MessageMediaPhoto:
+    """A photo as Telegram sends it (a JPEG it recompressed, described by its sizes; the largest
+    is what `download_media` fetches). `data`: the file kept (a JPEG of `width` x `height` when
+    not given); `size`: what Telegram says its size is."""
+    data = data if data is not None else image_bytes(width, height)
+    photo_id = next(_DOCUMENT_IDS)
+    _FILES[photo_id] = data
+    sizes = [
+        types.PhotoSize(type="m", w=min(width, 320), h=min(height, 320), size=min(len(data), 20_000)),
+        types.PhotoSize(type="y", w=width, h=height, size=len(data) if size is None else size),
+    ]
+    return types.MessageMediaPhoto(photo=types.Photo(id=photo_id, access_hash=12, file_reference=b"", date=None, sizes=sizes, dc_id=2))
+
+
+def image_document(
+    width: int = 1200, height: int = 900, *, name: str = "scan.png", mime_type: str = "image/png", data: bytes | None = None, size: int | None = None
+) -> types.MessageMediaDocument:
+    """An image sent as a file (uncompressed): a document with image attributes and a file name."""
+    kind = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF", "image/bmp": "BMP"}.get(mime_type, "PNG")
+    data = data if data is not None else image_bytes(width, height, kind=kind)
+    attributes = [types.DocumentAttributeImageSize(w=width, h=height), types.DocumentAttributeFilename(name)]
+    return types.MessageMediaDocument(document=_document(mime_type, attributes, data=data, size=size))
+
+
+def image_bytes(width: int, height: int, *, kind: str = "JPEG", color: tuple[int, int, int] = (200, 120, 40)) -> bytes:
+    """A real image file of that size (Pillow), so the bot and the fake LLMs can read it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, kind)
+    return buffer.getvalue()
 
 
 def document_file(name: str | None, data: bytes, *, mime_type: str = "text/plain", size: int | None = None) -> types.MessageMediaDocument:

@@ -1,0 +1,234 @@
+"""Photos and image files: looked at by a model that can see, with the caption as the question.
+
+A photo (or an image sent as a file) is stored like any medium and noted in the image store
+(`arrived`). An album arrives as one message per photo, each its own update; the first one to
+arrive gets the job (`look`), the others only join its album. The job waits until no photo of
+the album has arrived for `ALBUM_QUIET` seconds (on the injected clock), then:
+
+1. Refusals, each a clear reply before anything is downloaded: no model of the chain can see
+   images; more images than `max_images`; an image larger than `max_bytes` by Telegram's own
+   figure; the user's limits (budget, message rate).
+2. Every image is downloaded from Telegram and read (`integrations.images`). A download that
+   fails in a way that may pass tells the user once, and the message is left for the router's
+   safety net (`voice.AnswerLater`), a few minutes later; the last attempt ends it with a note.
+3. The album becomes one question (`ImageStore.settle`): one stored message, kind 'chat', with
+   the text "[photo]" (or "[3 photos]") and the caption, or a default question without one. The
+   router answers it like a typed message; `with_images` hands the images to its last turn.
+
+What the conversation keeps: the placeholder and the caption, never the image. Later turns carry
+"[photo]\\nWhat is this?" as the user's words, so a follow-up question is understood without
+sending (and paying for) the image again each turn. Asking again (/retry, or an answer resumed
+after a restart) fetches the images again from Telegram, which keeps them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from handlers.reply import PHOTO_DELAYED_STREAM, notify_once, reply
+from handlers.services import Services
+from handlers.transport import IMAGE_FILE, PHOTO, IncomingMessage, MediaSource
+from handlers.voice import AnswerLater
+from integrations.errors import UpstreamError
+from integrations.images import Image, UnreadableImage, read_image
+from integrations.llm import ChatMessage
+from integrations.resilience.clock import Clock
+from state.history import StoredMessage
+from state.images import ImageStore, StoredImage
+
+log = logging.getLogger(__name__)
+
+# Seconds without a new photo of an album after which it is taken as complete (Telegram hands
+# out an album's messages within a second of each other).
+ALBUM_QUIET = 2.0
+
+DEFAULT_QUESTION = "What is in this photo?"
+DEFAULT_ALBUM_QUESTION = "What is in these photos?"
+
+NO_VISION = (
+    "I can't look at this {what}: none of the models I use here can see images{offline}. "
+    "Please describe it in words and I'll answer that."
+)
+OFFLINE_CANNOT = " (the small offline model can't)"
+TOO_MANY = "This album has {count} images; I can look at up to {limit} at once. Please send them in smaller albums."
+TOO_LARGE = "This {what} is {size}; I can look at images of up to {limit}. Please send a smaller one."
+UNREADABLE = "I couldn't read this {what} as an image. Please send it as an ordinary photo (JPEG or PNG)."
+GONE = "I can't fetch this {what} from Telegram any more (was it deleted?), so I haven't answered it. Please send it again."
+NOT_NOW = "⚠️ I couldn't fetch this {what} from Telegram just now. I'll try again by myself in a few minutes; there's no need to send it again."
+GAVE_UP = "Sorry, I still couldn't fetch this {what} from Telegram after {attempts} tries. Please send it again later."
+
+
+@dataclass
+class PhotoFeature:
+    """Photos answered by a vision model: where the images come from, where they are noted, limits."""
+
+    media: MediaSource
+    store: ImageStore
+    clock: Clock
+    max_bytes: int = 20 * 1024 * 1024
+    max_images: int = 10
+    # Albums with a job waiting for their last photo: when the newest photo arrived.
+    _albums: dict[tuple[int, int], float] = field(default_factory=dict)
+    # Images downloaded by a job, until its question's answer takes them (by question id).
+    _ready: dict[int, tuple[Image, ...]] = field(default_factory=dict)
+
+    async def arrived(self, message: IncomingMessage, stored: StoredMessage) -> bool:
+        """Note an image message (just stored, or found pending at start); True if it needs a job
+        of its own, False if it joins an album whose job is waiting."""
+        image = await self.store.find(stored)
+        if image is None:
+            media = message.media
+            if media is None:  # stored just before a crash: Telegram describes it again
+                try:
+                    media = await self.media.describe(stored.chat_id, stored.telegram_message_id or 0)
+                except UpstreamError as error:
+                    log.warning("could not describe message %s in chat %s: %s", stored.id, stored.chat_id, error)
+            await self.store.note(stored, album=media.group if media else None, size=media.size if media else None)
+            image = await self.store.find(stored)
+        if image is None or image.album is None:
+            return True
+        key = (image.chat_id, image.album)
+        joins = key in self._albums
+        self._albums[key] = self.clock.monotonic()
+        return not joins
+
+    async def album_complete(self, image: StoredImage) -> None:
+        """Wait until no photo of `image`'s album arrived for ALBUM_QUIET seconds."""
+        if image.album is None:
+            return
+        key = (image.chat_id, image.album)
+        while True:
+            left = self._albums.get(key, 0.0) + ALBUM_QUIET - self.clock.monotonic()
+            if left <= 0:
+                self._albums.pop(key, None)
+                return
+            await self.clock.sleep(left)
+
+    def keep_ready(self, question: StoredMessage, images: tuple[Image, ...]) -> None:
+        """Images downloaded for `question`, for its answer to take (not downloaded twice)."""
+        self._ready[question.id] = images
+
+    async def download(self, images: Sequence[StoredImage]) -> tuple[Image, ...]:
+        return tuple([read_image(await self.media.download(i.chat_id, i.telegram_message_id)) for i in images])
+
+    async def with_images(self, question: StoredMessage, context: list[ChatMessage]) -> list[ChatMessage]:
+        """`context` with `question`'s images on its last turn (the question), if it has any."""
+        images = self._ready.pop(question.id, None)
+        if images is None:
+            stored = await self.store.asked_with(question.id)
+            images = await self.download(stored) if stored else ()
+        if not images or not context or context[-1].role != "user":
+            return context
+        return [*context[:-1], replace(context[-1], images=images)]
+
+
+def stored_as_image(stored: StoredMessage) -> bool:
+    """Whether a stored medium is a photo or image file not yet asked about."""
+    return stored.kind == "media" and stored.text.partition("\n")[0] in (f"[{PHOTO}]", f"[{IMAGE_FILE}]")
+
+
+async def look(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage | None:
+    """The job of a photo (or of an album, run for its first photo): the question to answer, with
+    the images ready for `with_images`, or None when it ended here with a note."""
+    feature = services.features.photos
+    assert feature is not None  # the router gives this job only when photos are on
+    image = await feature.store.find(stored)
+    if image is None:  # noted when it arrived; only a fault of the store gets here
+        raise LookupError(f"message {stored.id} carries no image on record")
+    await feature.album_complete(image)
+    images = await feature.store.unsettled_album(image)
+    if stored.id not in [i.message_id for i in images]:
+        images = [image, *images]
+    what = _what(images, stored)
+    refusal = await _refusal(services, feature, message, images, what)
+    if refusal is not None:
+        await feature.store.end_unsettled(images, stored, refusal)
+        await reply(services, message, refusal)
+        return None
+    try:
+        downloaded = await feature.download(images)
+    except UnreadableImage as error:
+        log.info("message %s in chat %s: not an image Pillow reads (%s)", stored.id, stored.chat_id, error)
+        await _ending(services, feature, message, stored, images, UNREADABLE.format(what=what))
+        return None
+    except UpstreamError as error:
+        await _download_failed(services, feature, message, stored, images, what, error)
+        return None
+    question = await feature.store.settle(stored, images, _question_text(images, stored))
+    feature.keep_ready(question, downloaded)
+    return question
+
+
+def _what(images: Sequence[StoredImage], stored: StoredMessage) -> str:
+    if len(images) > 1:
+        return "album"
+    return stored.text.partition("\n")[0].strip("[]") or PHOTO
+
+
+def _question_text(images: Sequence[StoredImage], stored: StoredMessage) -> str:
+    """What the conversation keeps of the question: a placeholder for the images, then the caption
+    (an album's captions, in order), or a default question."""
+    own_caption = stored.text.partition("\n")[2].strip()
+    captions = [i.caption for i in images if i.caption] or ([own_caption] if own_caption else [])
+    if len(images) > 1:
+        return f"[{len(images)} photos]\n" + ("\n".join(captions) or DEFAULT_ALBUM_QUESTION)
+    placeholder = stored.text.partition("\n")[0] or f"[{PHOTO}]"
+    return f"{placeholder}\n" + ("\n".join(captions) or DEFAULT_QUESTION)
+
+
+async def _refusal(
+    services: Services, feature: PhotoFeature, message: IncomingMessage, images: Sequence[StoredImage], what: str
+) -> str | None:
+    """The reply instead of an answer, judged before anything is downloaded, or None."""
+    chain = services.chain
+    if not chain.sees_images():
+        offline = OFFLINE_CANNOT if any(model.marker for model in chain.models) else ""
+        return NO_VISION.format(what=what, offline=offline)
+    if len(images) > feature.max_images:
+        return TOO_MANY.format(count=len(images), limit=feature.max_images)
+    for image in images:
+        if image.size is not None and image.size > feature.max_bytes:
+            return TOO_LARGE.format(what=what, size=_megabytes(image.size), limit=_megabytes(feature.max_bytes))
+    return await services.limits.check(message.user_id)
+
+
+async def _download_failed(
+    services: Services,
+    feature: PhotoFeature,
+    message: IncomingMessage,
+    stored: StoredMessage,
+    images: Sequence[StoredImage],
+    what: str,
+    error: UpstreamError,
+) -> None:
+    log.warning("could not download the images of message %s in chat %s: %s", stored.id, stored.chat_id, error)
+    if not error.retryable:
+        await _ending(services, feature, message, stored, images, GONE.format(what=what))
+        return
+    attempt = stored.attempts + 1  # the router began this attempt
+    if attempt >= services.chat.max_attempts:
+        await _ending(services, feature, message, stored, images, GAVE_UP.format(what=what, attempts=attempt))
+        return
+    # Once, however many tries follow: the notice has its own key.
+    await notify_once(services, message, NOT_NOW.format(what=what), stream=PHOTO_DELAYED_STREAM)
+    raise AnswerLater(f"image download failed: {error}")
+
+
+async def _ending(
+    services: Services,
+    feature: PhotoFeature,
+    message: IncomingMessage,
+    stored: StoredMessage,
+    images: Sequence[StoredImage],
+    note: str,
+) -> None:
+    """End the message (and its album) as failed, with `note` for the user."""
+    await feature.store.end_unsettled(images, stored, note)
+    await reply(services, message, note)
+    await services.history.mark_failed(stored, note[:200])
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
