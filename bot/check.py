@@ -7,7 +7,8 @@ one this version can open (not damaged, not from a newer version: the faults `ru
 start on), the Telegram session can be kept, and some model can answer at all (a key, or the
 offline model). Then, unless `offline`: every configured chat provider answers its model list and
 offers the models in LLM_MODELS (a failure names the URL tried, and the likely fix of a base URL
-that lacks or has one `/v1` too many), and Perplexity and Notion answer a cheap call, each with its
+that lacks or has one `/v1` too many), speech to text (when STT_MODEL is set) answers its model list
+with its key and offers STT_MODEL, and Perplexity and Notion answer a cheap call, each with its
 latency. Notion's call reads the notes database's schema and, as the bot does before its first
 note, adds the Text property "Switchboard ID" when it is missing: the one change `check` makes.
 Nothing printed contains a secret: upstream errors are the project's own types, whose messages
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 from bot.app import DATABASE_NAME
 from bot.config import Settings
 from bot.logs import Redactor
-from integrations.errors import ModelNotFound, Unavailable, UpstreamError
+from integrations.errors import AuthFailed, ModelNotFound, Unavailable, UpstreamError
 from integrations.resilience.clock import Clock, SystemClock, wait_for
 from state.db import StorageFault, bundled_migrations, check_directory, inspect_database, load_migrations
 
@@ -120,7 +121,7 @@ def _local(name: str, check: Callable[[], str]) -> CheckResult:
 def _settings_summary(settings: Settings) -> str:
     mode = "Telegram" if settings.telegram is not None else "console (no TELEGRAM_* settings)"
     models = ", ".join(str(ref) for ref in settings.llm_models) or "none listed in LLM_MODELS"
-    extras = [name for name, on in (("/search", settings.perplexity), ("/note", settings.notion)) if on]
+    extras = [name for name, on in (("/search", settings.perplexity), ("/note", settings.notion), ("voice", settings.stt)) if on]
     return f"valid; {mode}; models {models}" + (f"; {' and '.join(extras)} on" if extras else "")
 
 
@@ -223,7 +224,33 @@ async def upstream_checks(
             results.append(CheckResult(name, None, f"not probed: {KNOWLEDGE_PROBES[name]} has no probe() yet"))
         else:
             results.append(await probe(name, lambda h=hook, s=section: h(s), clock, timeout))
+    results.append(await _speech_to_text_check(settings, clock, timeout))
     return results
+
+
+async def _speech_to_text_check(settings: Settings, clock: Clock, timeout: float) -> CheckResult:
+    stt = settings.stt
+    if stt is None:
+        return CheckResult(STT_CHECK, None, "off (no STT_MODEL): voice messages get a reply saying so")
+    return await probe(STT_CHECK, lambda: probe_speech_to_text(stt, settings.llm_connect_timeout), clock, timeout)
+
+
+async def probe_speech_to_text(stt: Any, connect_timeout: float) -> str:
+    """The transcription endpoint answers its model list with the key the bot would use, and
+    offers STT_MODEL; a refused key names the setting it came from (STT_API_KEY or OPENAI_API_KEY)."""
+    from integrations.transcription import OPENAI_BASE_URL, Transcriber
+
+    key = stt.api_key.reveal() if stt.api_key else "not-needed"  # a self-hosted server may need none
+    transcriber = Transcriber(api_key=key, model=stt.model, base_url=stt.base_url, connect_timeout=connect_timeout)
+    endpoint = ModelList("stt", None if stt.base_url == OPENAI_BASE_URL else stt.base_url)
+    try:
+        offered = await _list_models(transcriber, [stt.model], endpoint, setting="STT_MODEL")
+    except AuthFailed as error:
+        error.message = f"{error.message}; check {stt.key_setting}" if stt.api_key else f"{error.message}; set STT_API_KEY"
+        raise
+    finally:
+        await transcriber.aclose()
+    return f"{_shown_url(stt.base_url)}: {offered}"
 
 
 async def _redis_answers(redis: Any) -> str:
@@ -311,7 +338,9 @@ def _providers(settings: Settings) -> dict[str, Any]:
 MODEL_LISTS = {
     "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com", "/v1/models"),
     "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1", "/models"),
+    "stt": ("STT_BASE_URL", "https://api.openai.com/v1", "/models"),
 }
+STT_CHECK = "speech to text"
 
 
 @dataclass(frozen=True)
@@ -330,7 +359,7 @@ class ModelList:
         setting, default, path = MODEL_LISTS[self.provider]
         base = _shown_url(self.base_url or default)
         if error.status in (400, 404, 405) and self.base_url is not None:
-            if self.provider == "openai" and not base.endswith("/v1"):
+            if self.provider in ("openai", "stt") and not base.endswith("/v1"):
                 return f"OpenAI-compatible servers answer under /v1: try {setting}={base}/v1"
             if self.provider == "anthropic" and base.endswith("/v1"):
                 return f"the Anthropic SDK adds /v1 itself: try {setting}={base.removesuffix('/v1')}"
@@ -351,7 +380,7 @@ def _shown_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}".rstrip("/")
 
 
-async def _list_models(provider: Any, wanted: list[str], endpoint: ModelList) -> str:
+async def _list_models(provider: Any, wanted: list[str], endpoint: ModelList, *, setting: str = "LLM_MODELS") -> str:
     try:
         offered = await provider.list_models()
     except UpstreamError as error:
@@ -362,7 +391,8 @@ async def _list_models(provider: Any, wanted: list[str], endpoint: ModelList) ->
     missing = [model for model in wanted if model not in offered]
     if missing:
         raise ModelNotFound(
-            f"reachable, but its model list lacks {', '.join(missing)} (retired or misspelt? see LLM_MODELS)",
+            f"reachable, but its model list lacks {', '.join(missing)} (retired or misspelt? see {setting})",
             upstream=provider.name,
         )
-    return f"{len(offered)} models offered, including {', '.join(wanted)}" if wanted else f"{len(offered)} models offered"
+    count = f"{len(offered)} model{'s' if len(offered) != 1 else ''} offered"
+    return f"{count}, including {', '.join(wanted)}" if wanted else count
