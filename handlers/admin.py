@@ -21,12 +21,13 @@ from handlers.reply import reply
 from handlers.services import Services
 from handlers.status_report import StatusSources, build_status, escape_markdown
 from handlers.transport import IncomingMessage
+from handlers.voice import audio_words
 from integrations.prices import format_usd
 from state.admin_settings import AdminSettings
 from state.cache import KINDS as CACHE_KINDS
 from integrations.resilience.registry import ResilienceRegistry
 from state.periods import PERIODS, Period
-from state.usage import UsageLine
+from state.usage import AUDIO_MODEL_PREFIX, UsageLine
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ NO_USAGE = "Usage is not being recorded in this bot."
 def _amounts(line: UsageLine | None) -> str:
     if line is None:
         return "nothing"
+    if line.model.startswith(AUDIO_MODEL_PREFIX):  # speech to text is billed by the minute
+        return f"{audio_words(line.audio_seconds)}, {format_usd(line.cost_usd)}"
     return f"{line.input_tokens:,} in + {line.output_tokens:,} out tokens, {format_usd(line.cost_usd)}"
 
 

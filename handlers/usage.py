@@ -12,6 +12,7 @@ from handlers.limits import ADJECTIVE, UserLimits
 from handlers.reply import reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage
+from handlers.voice import audio_words
 from integrations.prices import format_usd
 from state.periods import PERIODS, Period
 from state.usage import Spending, UsageRecorder
@@ -57,9 +58,16 @@ async def own_usage(services: Services, recorder: UsageRecorder, user_id: int) -
 
 
 def _amounts(spent: Spending) -> str:
+    """Tokens and what they cost; speech to text, billed by the minute, as minutes of audio."""
     if not spent.requests:
         return "nothing yet."
-    return f"{spent.input_tokens:,} tokens in and {spent.output_tokens:,} out, {format_usd(spent.cost_usd)}."
+    tokens = f"{spent.input_tokens:,} tokens in and {spent.output_tokens:,} out"
+    if not spent.audio_seconds and not spent.audio_cost_usd:
+        return f"{tokens}, {format_usd(spent.cost_usd)}."
+    audio = f"{audio_words(spent.audio_seconds)} transcribed, {format_usd(spent.audio_cost_usd)}"
+    if not spent.input_tokens and not spent.output_tokens:
+        return f"{audio}."
+    return f"{tokens}, {format_usd(spent.cost_usd - spent.audio_cost_usd)}; {audio}."
 
 
 def _budget_left(limits: UserLimits, user_id: int, period: Period, spent: float) -> str:

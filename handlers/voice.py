@@ -164,7 +164,7 @@ def transcript_quote(text: str) -> str:
 def _over_size(feature: VoiceFeature, media: Media, what: str) -> str | None:
     """The reply for a recording too long or too large by Telegram's own account, else None."""
     if media.duration is not None and media.duration > feature.max_seconds:
-        return TOO_LONG.format(what=what, length=_minutes(media.duration), limit=_minutes(feature.max_seconds))
+        return TOO_LONG.format(what=what, length=spoken_length(media.duration), limit=spoken_length(feature.max_seconds))
     if media.size is not None and media.size > feature.max_bytes:
         return _too_large(feature, media.size, what)
     return None
@@ -223,7 +223,14 @@ async def _record_usage(services: Services, feature: VoiceFeature, message: Inco
         await recorder.record_audio(message.user_id, feature.model, seconds)
 
 
-def _minutes(seconds: float) -> str:
+def audio_words(seconds: float) -> str:
+    """Seconds of audio transcribed, as /usage says them ("1 min 30 s of audio"); just "audio"
+    when not known (transcriptions recorded before their seconds were kept)."""
+    return f"{spoken_length(seconds)} of audio" if seconds > 0 else "audio"
+
+
+def spoken_length(seconds: float) -> str:
+    """A recording's length as a user reads it: "45 s", "2 min", "1 min 30 s"."""
     whole = round(seconds)
     minutes, rest = divmod(whole, 60)
     if not minutes:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from state.db import Database, iso_timestamp
+from state.database import Database
+from state.db import iso_timestamp
 
 
 @dataclass(frozen=True)

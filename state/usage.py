@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable
@@ -29,6 +29,8 @@ class UsageLine:
     cost_usd: float
     # Requests to a model without a known price; their cost is counted as 0.
     unpriced: int
+    # Seconds of audio transcribed (speech to text, `stt:<model>`, is billed by the minute, not by the token).
+    audio_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,14 @@ class Spending:
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # everything, audio included
+    # Speech to text: seconds of audio transcribed, and their share of `cost_usd`.
+    audio_seconds: float = 0.0
+    audio_cost_usd: float = 0.0
+
+
+# Speech-to-text usage is recorded under this prefix and the STT model's name ("stt:whisper-1").
+AUDIO_MODEL_PREFIX = "stt:"
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,11 @@ _SPENDING_QUERY = (
     " COALESCE(SUM(requests) FILTER (WHERE day = :today), 0) AS today_requests,"
     " COALESCE(SUM(input_tokens) FILTER (WHERE day = :today), 0) AS today_input,"
     " COALESCE(SUM(output_tokens) FILTER (WHERE day = :today), 0) AS today_output,"
-    " COALESCE(SUM(cost_usd) FILTER (WHERE day = :today), 0) AS today_cost"
+    " COALESCE(SUM(cost_usd) FILTER (WHERE day = :today), 0) AS today_cost,"
+    " COALESCE(SUM(audio_seconds), 0) AS month_audio,"
+    f" COALESCE(SUM(cost_usd) FILTER (WHERE model LIKE '{AUDIO_MODEL_PREFIX}%'), 0) AS month_audio_cost,"
+    " COALESCE(SUM(audio_seconds) FILTER (WHERE day = :today), 0) AS today_audio,"
+    f" COALESCE(SUM(cost_usd) FILTER (WHERE day = :today AND model LIKE '{AUDIO_MODEL_PREFIX}%'), 0) AS today_audio_cost"
     " FROM usage_daily WHERE user_id = :user_id AND day BETWEEN :first AND :today"
 )
 
@@ -81,14 +94,15 @@ class UsageRecorder:
             if not input_tokens and not output_tokens:
                 continue  # the model failed before it was charged for anything
             cost = self._prices.cost(ref, Usage(input_tokens, output_tokens))
-            rows.append((day, user_id, str(ref), input_tokens, output_tokens, cost.usd, 0 if cost.priced else 1))
+            rows.append((day, user_id, str(ref), input_tokens, output_tokens, cost.usd, 0 if cost.priced else 1, 0.0))
         await self._add(rows)
 
     async def record_audio(self, user_id: int, model: str, seconds: float) -> None:
         """Add one transcription of `seconds` of audio, priced per minute, to today's totals for
         `user_id`, under `stt:<model>` (no tokens)."""
         cost = self._prices.audio_cost(model, seconds)
-        await self._add([(self.today().isoformat(), user_id, f"stt:{model}", 0, 0, cost.usd, 0 if cost.priced else 1)])
+        row = (self.today().isoformat(), user_id, f"{AUDIO_MODEL_PREFIX}{model}", 0, 0, cost.usd, 0 if cost.priced else 1, max(0.0, seconds))
+        await self._add([row])
 
     async def _add(self, rows: Sequence[tuple[object, ...]]) -> None:
         if not rows:
@@ -96,15 +110,17 @@ class UsageRecorder:
         async with self._db.transaction():
             for row in rows:
                 await self._db.execute(
-                    "INSERT INTO usage_daily (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced)"
-                    " VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
+                    "INSERT INTO usage_daily"
+                    " (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced, audio_seconds)"
+                    " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (day, user_id, model) DO UPDATE SET"
                     # The table's name on the old values: PostgreSQL finds a bare name ambiguous.
                     " requests = usage_daily.requests + 1,"
                     " input_tokens = usage_daily.input_tokens + excluded.input_tokens,"
                     " output_tokens = usage_daily.output_tokens + excluded.output_tokens,"
                     " cost_usd = usage_daily.cost_usd + excluded.cost_usd,"
-                    " unpriced = usage_daily.unpriced + excluded.unpriced",
+                    " unpriced = usage_daily.unpriced + excluded.unpriced,"
+                    " audio_seconds = usage_daily.audio_seconds + excluded.audio_seconds",
                     row,
                 )
 
@@ -115,10 +131,7 @@ class UsageRecorder:
         row = await self._db.fetchone(_SPENDING_QUERY, params)
         if row is None:
             return UserSpending(Spending(), Spending())
-        return UserSpending(
-            today=Spending(row["today_requests"], row["today_input"], row["today_output"], float(row["today_cost"])),
-            month=Spending(row["month_requests"], row["month_input"], row["month_output"], float(row["month_cost"])),
-        )
+        return UserSpending(today=_spending(row, "today"), month=_spending(row, "month"))
 
     async def lines(self, days: int, user_id: int | None = None) -> list[UsageLine]:
         """Totals per user and model over the last `days` UTC days, today included."""
@@ -126,7 +139,8 @@ class UsageRecorder:
         of_user = "" if user_id is None else " AND user_id = ?"
         rows = await self._db.fetchall(
             "SELECT user_id, model, SUM(requests) AS requests, SUM(input_tokens) AS input_tokens,"
-            " SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(unpriced) AS unpriced"
+            " SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(unpriced) AS unpriced,"
+            " SUM(audio_seconds) AS audio_seconds"
             f" FROM usage_daily WHERE day >= ?{of_user}"
             " GROUP BY user_id, model ORDER BY user_id, model",
             (first,) if user_id is None else (first, user_id),
@@ -140,9 +154,22 @@ class UsageRecorder:
                 output_tokens=row["output_tokens"],
                 cost_usd=float(row["cost_usd"]),
                 unpriced=row["unpriced"],
+                audio_seconds=float(row["audio_seconds"]),
             )
             for row in rows
         ]
+
+
+def _spending(row: Any, span: str) -> Spending:
+    """One span's (`today` or `month`) columns of _SPENDING_QUERY."""
+    return Spending(
+        row[f"{span}_requests"],
+        row[f"{span}_input"],
+        row[f"{span}_output"],
+        float(row[f"{span}_cost"]),
+        float(row[f"{span}_audio"]),
+        float(row[f"{span}_audio_cost"]),
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from telethon import types
 
 from bot.config import Secret, SttSettings
 from handlers import voice
+from integrations.llm import Usage
+from integrations.prices import format_usd
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import rate_limited, server_error
@@ -182,6 +184,41 @@ async def test_the_transcription_cost_shows_in_usage(tmp_path):
         lines = await bot.app.services.features.usage.lines(days=1, user_id=USER)
         [line] = [line for line in lines if line.model.startswith("stt:")]
         assert (line.model, line.requests, round(line.cost_usd, 4), line.unpriced) == ("stt:whisper-1", 1, 0.009, 0)
+        assert line.audio_seconds == 90
+
+
+async def test_usage_shows_speech_to_text_as_minutes_of_audio_beside_the_tokens(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, stt = await upstreams(stack, heard=Heard(HEARD, seconds=90))
+        settings = replace(voice_settings(tmp_path, claude, stt), llm_prices=(("claude-test", 3.0, 15.0),))
+        bot = await start_telegram_bot(stack, settings)
+        await send(bot, spoken(voice_note(88)))
+        await bot.user_says("/usage")
+        today = bot.texts()[-1].splitlines()[0]
+        [(_, answer)] = [(ref, used) for ref, used in await _chat_usage(bot)]
+        tokens_cost = (answer.input_tokens * 3.0 + answer.output_tokens * 15.0) / 1e6
+        assert today == (
+            f"Today (26 November, UTC): {answer.input_tokens:,} tokens in and {answer.output_tokens:,} out, "
+            f"{format_usd(tokens_cost)}; 1 min 30 s of audio transcribed, $0.0090."
+        )
+        assert "0 tokens" not in bot.texts()[-1]
+
+
+async def test_usage_of_someone_who_only_sent_voice_notes_says_minutes_not_tokens(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, stt = await upstreams(stack, heard=Heard(HEARD, seconds=45))
+        settings = replace(voice_settings(tmp_path, claude, stt), admin_ids=frozenset({USER}))
+        bot = await start_telegram_bot(stack, settings)
+        await bot.app.services.features.usage.record_audio(USER, "whisper-1", 45)
+        await bot.user_says("/usage")
+        assert bot.texts()[-1].startswith("Today (26 November, UTC): 45 s of audio transcribed, $0.0045.")
+        await bot.user_says("/usage all")
+        assert "• stt:whisper-1: today 45 s of audio, $0.0045; 7 days 45 s of audio, $0.0045" in bot.texts()[-1]
+
+
+async def _chat_usage(bot):
+    lines = await bot.app.services.features.usage.lines(days=1, user_id=USER)
+    return [(line.model, Usage(line.input_tokens, line.output_tokens)) for line in lines if not line.model.startswith("stt:")]
 
 
 async def test_transcription_down_tells_the_user_once_and_answers_when_it_is_back(tmp_path, caplog):

@@ -114,6 +114,19 @@ async def test_usage_adds_up_per_user_model_and_day(db, clock):
     assert week_sonnet.input_tokens == 1_200_000 and week_sonnet.requests == 3
 
 
+async def test_transcriptions_are_kept_as_seconds_of_audio_and_their_cost_beside_the_tokens(db, clock):
+    usage = UsageRecorder(db, clock, PriceTable())
+    await usage.record(USER, [(SONNET, Usage(MILLION, 0))])
+    await usage.record_audio(USER, "whisper-1", 90)
+    await usage.record_audio(USER, "whisper-1", 30)
+    today = (await usage.spending(USER)).today
+    assert (today.requests, today.input_tokens, today.output_tokens) == (3, MILLION, 0)
+    assert today.audio_seconds == 120 and round(today.audio_cost_usd, 6) == 0.012
+    assert round(today.cost_usd, 6) == 3.012, "the budget sees both"
+    [line] = [line for line in await usage.lines(days=1, user_id=USER) if line.model == "stt:whisper-1"]
+    assert (line.requests, line.audio_seconds, line.input_tokens) == (2, 120, 0)
+
+
 async def test_usage_older_than_the_window_is_left_out(db, clock):
     usage = UsageRecorder(db, clock, PriceTable())
     await usage.record(USER, [(SONNET, Usage(MILLION, 0))])
