@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings, telegram_hint
 from bot.logs import Redactor, configure_logging
-from state.db import StorageFault, check_storage
+from state.db import StorageFault, check_directory, check_storage
 from state.lock import StateDirectoryBusy
 
 log = logging.getLogger("switchboard")
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # The faults `check` reports, found before anything is created or locked: one line and
         # exit 2, which the systemd unit does not restart (restarting cannot fix them).
-        check_storage(settings.state_dir / DATABASE_NAME)
+        if settings.database_url is None:
+            check_storage(settings.state_dir / DATABASE_NAME)
+        else:  # PostgreSQL holds the state; the directory still holds the lock and the session
+            check_directory(settings.state_dir)
         if command == "status":
             return asyncio.run(print_status(settings))
         if console:
@@ -153,7 +156,8 @@ async def print_status(settings: Settings, stdout=None) -> int:
 
     stdout = stdout or sys.stdout
     database = settings.state_dir / DATABASE_NAME
-    if not database.exists():
+    url = settings.database_url.reveal() if settings.database_url is not None else None
+    if url is None and not database.exists():
         print(f"No database at {database}: the bot has not run with this STATE_DIR yet.", file=sys.stderr)
         return 1
     from bot.status import status_from_database
@@ -164,7 +168,9 @@ async def print_status(settings: Settings, stdout=None) -> int:
         from integrations.resilience.redis_link import reachability
 
         shared_limits = lambda: reachability(redis.url.reveal(), instances=redis.instances, timeout=redis.timeout)  # noqa: E731
-    print(await status_from_database(database, SystemClock(), shared_limits=shared_limits), file=stdout)
+    print(
+        await status_from_database(database, SystemClock(), shared_limits=shared_limits, database_url=url), file=stdout
+    )
     return 0
 
 

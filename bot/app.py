@@ -65,7 +65,8 @@ from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
 from state.chat_prompts import ChatPrompts
 from state.compaction_backoff import CompactionBackoffs
-from state.db import Database
+from state.database import Database
+from state.engines import open_database
 from state.history import HistoryStore
 from state.images import ImageStore
 from state.lock import StateLock
@@ -294,7 +295,8 @@ async def build_app(
     redactor = redactor or Redactor(settings.secret_values())
     if state_lock is None:
         state_lock = stack.enter_context(StateLock(settings.state_dir))
-    database = await Database.open(settings.state_dir / DATABASE_NAME, clock)
+    database_url = settings.database_url.reveal() if settings.database_url is not None else None
+    database = await open_database(database_url, settings.state_dir / DATABASE_NAME, clock)
     stack.push_async_callback(database.close)
     if limits is None:
         limits = await open_shared_limits(settings, clock, stack)

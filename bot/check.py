@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TextIO
@@ -33,6 +34,7 @@ from bot.config import Settings
 from bot.logs import Redactor
 from integrations.errors import AuthFailed, ModelNotFound, Unavailable, UpstreamError
 from integrations.resilience.clock import Clock, SystemClock, wait_for
+from state import engines
 from state.db import StorageFault, bundled_migrations, check_directory, inspect_database, load_migrations
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ async def check_command(
     """Print one line per check and a verdict; 0 when everything passed, 1 otherwise."""
     redact = Redactor(settings.secret_values())
     results = local_checks(settings)
+    if settings.database_url is not None:
+        results.append(await postgres_check(settings.database_url.reveal(), timeout=timeout))
     if not offline:
         results += await upstream_checks(settings, clock or SystemClock(), timeout=timeout, knowledge=knowledge)
     for result in results:
@@ -102,7 +106,8 @@ def local_checks(settings: Settings) -> list[CheckResult]:
     results += [CheckResult("settings", None, warning, warning=True) for warning in settings.warnings]
     results.append(_local("chat models", lambda: _check_some_model_answers(settings)))
     results.append(_local("state directory", lambda: _check_state_dir(settings.state_dir)))
-    results.append(_local("database", lambda: _check_database(settings.state_dir / DATABASE_NAME)))
+    if settings.database_url is None:  # else PostgreSQL's, probed by postgres_check
+        results.append(_local("database", lambda: _check_database(settings.state_dir / DATABASE_NAME)))
     if settings.telegram is not None:
         session = _session_file(settings.telegram.session_path)
         results.append(_local("telegram session", lambda: _check_session(session)))
@@ -164,6 +169,24 @@ def _check_database(path: Path) -> str:
     known = len(load_migrations(bundled_migrations()))
     schema = f"schema version {version}" + (f", the next start migrates it to {known}" if version < known else "")
     return f"{path} ({path.stat().st_size // 1024} KiB, {schema})"
+
+
+async def postgres_check(url: str, *, timeout: float) -> CheckResult:
+    """DATABASE_URL's server answers, takes the password, has the database, and its schema is one
+    this version can use. Writes nothing (the first start migrates)."""
+    started = time.monotonic()
+    try:
+        postgres = engines.postgres()
+        version = await postgres.check_postgres(url, timeout)
+    except StorageFault as problem:
+        return CheckResult("database", False, str(problem))
+    known = len(load_migrations(postgres.bundled_postgres_migrations()))
+    schema = (
+        "not migrated yet (the first start creates the tables)"
+        if version == 0
+        else f"schema version {version}" + (f", the next start migrates it to {known}" if version < known else "")
+    )
+    return CheckResult("database", True, f"PostgreSQL {postgres.shown_url(url)}, {schema}", time.monotonic() - started)
 
 
 def _session_file(session_path: Path) -> Path:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from dotenv.parser import parse_stream
 
@@ -69,7 +69,7 @@ _TELEGRAM_HELP = (
     "from @BotFather, or unset every TELEGRAM_* setting to run in console mode"
 )
 # A name with one of these prefixes is meant for Switchboard (or the SDKs it drives).
-SETTING_PREFIXES = ("TELEGRAM_", "OPENAI_", "ANTHROPIC_", "NOTION_", "PERPLEXITY_", "LLM_", "STT_", "REDIS_")
+SETTING_PREFIXES = ("TELEGRAM_", "OPENAI_", "ANTHROPIC_", "NOTION_", "PERPLEXITY_", "LLM_", "STT_", "REDIS_", "DATABASE_")
 # Read by the OpenAI and Anthropic SDKs themselves, so not unknown although Switchboard never reads them.
 SDK_SETTINGS = frozenset({
     "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_WEBHOOK_SECRET", "OPENAI_CUSTOM_HEADERS", "OPENAI_LOG",
@@ -342,6 +342,8 @@ class Settings:
     allowed_user_ids: frozenset[int] = frozenset()
     allow_everyone: bool = False
     state_dir: Path = Path("state-data")
+    # DATABASE_URL: the state in PostgreSQL; None keeps it in SQLite under state_dir.
+    database_url: Secret | None = None
     llm_first_token_timeout: float = 20.0
     llm_idle_timeout: float = 30.0
     llm_total_timeout: float = 300.0
@@ -374,6 +376,8 @@ class Settings:
     def secret_values(self) -> tuple[str, ...]:
         """Every secret's raw value, for the log redaction filter."""
         secrets = [self.openai_api_key, self.anthropic_api_key]
+        if self.database_url is not None and urlsplit(self.database_url.reveal()).password:
+            secrets.append(Secret(urlsplit(self.database_url.reveal()).password or ""))
         if self.perplexity is not None:
             secrets.append(self.perplexity.api_key)
         if self.notion is not None:
@@ -457,6 +461,7 @@ def load_settings(
         allowed_user_ids=allowed_user_ids,
         allow_everyone=allow_everyone,
         state_dir=state_dir,
+        database_url=_database_url(read),
         llm_first_token_timeout=read.seconds("LLM_FIRST_TOKEN_TIMEOUT", Settings.llm_first_token_timeout),
         llm_idle_timeout=read.seconds("LLM_IDLE_TIMEOUT", Settings.llm_idle_timeout),
         llm_total_timeout=read.seconds("LLM_TOTAL_TIMEOUT", Settings.llm_total_timeout),
@@ -664,6 +669,34 @@ def _state_dir(read: _Reader, cwd: Path) -> Path:
     if path.exists() and not path.is_dir():
         read.problem("STATE_DIR", f"points at {path}, which is a file; it must be a directory.")
     return path
+
+
+def _database_url(read: _Reader) -> Secret | None:
+    """DATABASE_URL: postgresql://user:password@host:port/database, or unset for SQLite."""
+    url = read.secret("DATABASE_URL")
+    if url is None:
+        return None
+    parts = _split_url(url.reveal())
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
+        # Not echoed: the URL may carry a password.
+        read.problem(
+            "DATABASE_URL",
+            "must be a postgresql:// URL with a host and a database, e.g. "
+            "postgresql://switchboard:PASSWORD@127.0.0.1:5432/switchboard; unset it to keep the state in "
+            "SQLite under STATE_DIR.",
+        )
+        return None
+    return url
+
+
+def _split_url(value: str) -> SplitResult:
+    """`value` split into its parts; one whose port is no number gets no host, to be reported."""
+    parts = urlsplit(value)
+    try:
+        _ = parts.port
+    except ValueError:
+        return parts._replace(netloc="")
+    return parts
 
 
 def _telegram(read: _Reader, state_dir: Path) -> tuple[bool, TelegramSettings | None]:

@@ -8,7 +8,7 @@ from handlers.render import render_markdown
 from handlers.status_report import StatusSources, build_status
 from integrations.resilience.clock import Clock
 from state.cache import SqliteCache
-from state.db import Database
+from state.engines import open_database
 from state.outbox import Outbox
 
 
@@ -17,13 +17,15 @@ async def status_from_database(
     clock: Clock,
     *,
     shared_limits: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
+    database_url: str | None = None,
 ) -> str:
     """The report as plain text: what the database knows (nothing live: this process runs no bot),
     and whether Redis answers when REDIS_URL is set (`shared_limits`)."""
-    if not db_path.is_file():
+    if database_url is None and not db_path.is_file():
         # Opening would create an empty database, and report on that.
         return f"No database at {db_path}: the bot has not run with this state directory yet."
-    database = await Database.open(db_path, clock)
+    # PostgreSQL's at `database_url` when given (DATABASE_URL), else SQLite's at `db_path`.
+    database = await open_database(database_url, db_path, clock)
     try:
         sources = StatusSources(
             clock=clock,

@@ -15,6 +15,10 @@ the album has arrived for `ALBUM_QUIET` seconds (on the injected clock), then:
    the text "[photo]" (or "[3 photos]") and the caption, or a default question without one. The
    router answers it like a typed message; `with_images` hands the images to its last turn.
 
+In a group the bot answers only what names it (a mention, a reply to it): of an album, only the
+photo whose caption names it does. Its other photos count too (`joins_addressed_album`,
+`take_strays`): those arriving before it are kept in memory for a few seconds, those after join.
+
 What the conversation keeps: the placeholder and the caption, never the image. Later turns carry
 "[photo]\\nWhat is this?" as the user's words, so a follow-up question is understood without
 sending (and paying for) the image again each turn. Asking again (/retry, or an answer resumed
@@ -30,9 +34,11 @@ from handlers.reply import PHOTO_DELAYED_STREAM, notify_once, reply
 from handlers.services import Services
 from handlers.transport import IMAGE_FILE, PHOTO, IncomingMessage, MediaSource
 from handlers.voice import AnswerLater
+from integrations.chain import ModelChain
 from integrations.errors import UpstreamError
 from integrations.images import Image, UnreadableImage, read_image
 from integrations.llm import ChatMessage
+from integrations.local_model.bundle import LOCAL_PROVIDER
 from integrations.resilience.clock import Clock
 from state.history import StoredMessage
 from state.images import ImageStore, StoredImage
@@ -42,6 +48,9 @@ log = logging.getLogger(__name__)
 # Seconds without a new photo of an album after which it is taken as complete (Telegram hands
 # out an album's messages within a second of each other).
 ALBUM_QUIET = 2.0
+
+# How long a group's album photo that did not name the bot is kept, waiting for one that does.
+STRAY_SECONDS = 10.0
 
 DEFAULT_QUESTION = "What is in this photo?"
 DEFAULT_ALBUM_QUESTION = "What is in these photos?"
@@ -72,6 +81,30 @@ class PhotoFeature:
     _albums: dict[tuple[int, int], float] = field(default_factory=dict)
     # Images downloaded by a job, until its question's answer takes them (by question id).
     _ready: dict[int, tuple[Image, ...]] = field(default_factory=dict)
+    # Photos of a group's album that did not name the bot, kept a moment in case one that does
+    # follows (by album: when each came, and the message).
+    _strays: dict[tuple[int, int], list[tuple[float, IncomingMessage]]] = field(default_factory=dict)
+
+    def joins_addressed_album(self, message: IncomingMessage) -> bool:
+        """Whether a photo that does not name the bot (in a group) belongs to an album whose photo
+        that did has a job waiting; if not, it is kept for STRAY_SECONDS (`take_strays`)."""
+        media = message.media
+        if media is None or not media.is_image or media.group is None:
+            return False
+        key = (message.chat_id, media.group)
+        if key in self._albums:
+            return True
+        now = self.clock.monotonic()
+        self._strays = {k: held for k, held in self._strays.items() if now - held[-1][0] < STRAY_SECONDS}
+        self._strays.setdefault(key, []).append((now, message))
+        return False
+
+    def take_strays(self, message: IncomingMessage) -> list[IncomingMessage]:
+        """The photos of `message`'s album that arrived before it without naming the bot."""
+        media = message.media
+        if media is None or media.group is None:
+            return []
+        return [held for _, held in self._strays.pop((message.chat_id, media.group), [])]
 
     async def arrived(self, message: IncomingMessage, stored: StoredMessage) -> bool:
         """Note an image message (just stored, or found pending at start); True if it needs a job
@@ -181,16 +214,24 @@ async def _refusal(
     services: Services, feature: PhotoFeature, message: IncomingMessage, images: Sequence[StoredImage], what: str
 ) -> str | None:
     """The reply instead of an answer, judged before anything is downloaded, or None."""
-    chain = services.chain
-    if not chain.sees_images():
-        offline = OFFLINE_CANNOT if any(model.marker for model in chain.models) else ""
-        return NO_VISION.format(what=what, offline=offline)
+    blind = no_vision_note(services.chain, what)
+    if blind is not None:
+        return blind
     if len(images) > feature.max_images:
         return TOO_MANY.format(count=len(images), limit=feature.max_images)
     for image in images:
         if image.size is not None and image.size > feature.max_bytes:
             return TOO_LARGE.format(what=what, size=_megabytes(image.size), limit=_megabytes(feature.max_bytes))
     return await services.limits.check(message.user_id)
+
+
+def no_vision_note(chain: ModelChain, what: str) -> str | None:
+    """The reply when no model of `chain` can see images (naming the offline model when it is
+    there: it is the one a user without cloud keys has), else None."""
+    if chain.sees_images():
+        return None
+    offline = OFFLINE_CANNOT if any(model.ref.provider == LOCAL_PROVIDER for model in chain.models) else ""
+    return NO_VISION.format(what=what, offline=offline)
 
 
 async def _download_failed(

@@ -22,6 +22,7 @@ from handlers.lanes import USER_CANCEL
 from handlers.reply import NOT_STORED_STREAM, notify_once, reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage, ReplyTrace
+from state.db import StorageFault
 from state.history import Kind, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ LIVE_SECONDS = 30.0
 # Seconds between tries to store a message while the database fails.
 STORE_RETRY_DELAYS = (1.0, 4.0)
 
-# Errors of the storage itself (disk full, database locked or corrupt, file system read-only).
-STORAGE_ERRORS = (sqlite3.Error, OSError)
+# Errors of the storage itself (disk full, database locked or corrupt, file system read-only,
+# PostgreSQL's connection lost).
+STORAGE_ERRORS = (sqlite3.Error, OSError, StorageFault)
 
 
 class Router:
@@ -94,6 +96,10 @@ class Router:
         self._accepting = False
 
     async def handle(self, message: IncomingMessage) -> None:
+        photos_on = self._services.features.photos
+        if not message.addressed_to_bot and photos_on is not None and photos_on.joins_addressed_album(message):
+            # A group album's other photos: the photo whose caption named the bot speaks for them all.
+            message = replace(message, addressed_to_bot=True)
         if not message.addressed_to_bot or (not message.text.strip() and message.attachment is None):
             return
         message = replace(message, text=as_continue_request(well_formed(message.text)))
@@ -262,7 +268,10 @@ class Router:
         """A photo's job, unless it joins an album whose first photo has one (handlers/photos.py)."""
         feature = self._services.features.photos
         assert feature is not None
-        if not await feature.arrived(message, stored):
+        joins = not await feature.arrived(message, stored)
+        for stray in feature.take_strays(message):
+            await self.handle(replace(stray, addressed_to_bot=True))
+        if joins:
             return
         if live:
             await self._enqueue_answer(message, stored, photos.look)

@@ -24,7 +24,7 @@ from integrations.resilience.clock import Clock, SystemClock
 from integrations.resilience.registry import Snapshotting
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
-from state.db import Database
+from state.database import Database
 from state.usage import ErrorJournal, UsageRecorder
 
 if TYPE_CHECKING:

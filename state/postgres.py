@@ -122,14 +122,14 @@ class PostgresDatabase:
         async with self._turns.owning():
             conn = await self._connection()
             transaction = conn.transaction()
-            with _connection_faults(self._url):
+            with _connection_faults(self._url, conn):
                 await transaction.start()
             try:
                 yield
             except BaseException:
                 await _quietly(transaction.rollback)
                 raise
-            with _connection_faults(self._url):
+            with _connection_faults(self._url, conn):
                 await transaction.commit()
 
     async def close(self) -> None:
@@ -148,7 +148,7 @@ class PostgresDatabase:
         query, args = numbered(sql, params)
         async with self._turns.turn():
             conn = await self._connection()
-            with _connection_faults(self._url):
+            with _connection_faults(self._url, conn):
                 return await call(conn, query, args)
 
     async def _connection(self) -> asyncpg.Connection:
@@ -234,10 +234,12 @@ async def _quietly(rollback: Callable[[], Awaitable[None]]) -> None:
 
 
 class _connection_faults:
-    """Re-raise a failure to reach or use the server as the StorageFault it means."""
+    """Re-raise a failure to reach or use the server as the StorageFault it means; `conn`, in
+    use when it happened, is dropped, so the next statement connects again."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, conn: asyncpg.Connection | None = None) -> None:
         self._url = url
+        self._conn = conn
 
     def __enter__(self) -> None:
         return None
@@ -247,6 +249,8 @@ class _connection_faults:
             return
         fault = connection_fault(error, self._url)
         if fault is not None:
+            if self._conn is not None:
+                self._conn.terminate()
             raise fault from error
 
 
@@ -273,10 +277,10 @@ def connection_fault(error: BaseException, url: str) -> StorageFault | None:
         )
     if isinstance(error, (asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)):
         return StorageFault(f"PostgreSQL at {where} does not take connections now ({error}): try again shortly")
-    if isinstance(error, (asyncpg.ConnectionDoesNotExistError, asyncpg.ConnectionFailureError)):
-        return StorageFault(f"the connection to PostgreSQL at {where} was lost ({error}); the next statement reconnects")
-    if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
-        return StorageFault(f"the connection to PostgreSQL at {where} was lost; the next statement reconnects")
+    if isinstance(error, _LOST) or (isinstance(error, asyncpg.InterfaceError) and "closed" in str(error)):
+        return StorageFault(
+            f"the connection to PostgreSQL at {where} was lost ({type(error).__name__}); the next statement connects again"
+        )
     if isinstance(error, (OSError, TimeoutError)):
         reason = "timed out" if isinstance(error, TimeoutError) else _os_reason(error)
         return StorageFault(
@@ -290,7 +294,20 @@ def connection_fault(error: BaseException, url: str) -> StorageFault | None:
     return None
 
 
+# The server ended the session (a restart, pg_terminate_backend) or the connection broke under a
+# statement: the connection is unusable, the next statement needs a new one.
+_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.ConnectionFailureError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
 def _os_reason(error: OSError) -> str:
     if isinstance(error, socket.gaierror):
         return "no such host"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
     return error.strerror or str(error) or type(error).__name__

@@ -18,7 +18,8 @@ from integrations.chain import ChainModel, ChainTimeouts, ModelChain
 from integrations.llm import ChatProvider, ModelRef
 from integrations.resilience.clock import ManualClock
 from state.chat_prompts import ChatPrompts
-from state.db import Database
+from state.database import Database
+from state.engines import open_database
 from state.history import HistoryStore
 from state.preferences import UserPreferences
 from tests.fakes.transport import RecordingTransport
@@ -58,10 +59,12 @@ async def start_bot(
     transport: RecordingTransport | None = None,
     allowed: frozenset[int] = frozenset({USER}),
     timeouts: ChainTimeouts = ChainTimeouts(first_token=20, idle=30, total=300),
+    database_url: str | None = None,
 ) -> Bot:
+    """The bot on SQLite under `state_dir`, or on PostgreSQL at `database_url`."""
     clock = clock or ManualClock()
     transport = transport or RecordingTransport(clock)
-    database = await Database.open(state_dir / "bot.sqlite3", clock)
+    database = await open_database(database_url, state_dir / "bot.sqlite3", clock)
     stack.push_async_callback(database.close)
     chain = ModelChain([ChainModel(ModelRef.parse(ref), p) for ref, p in providers], clock, timeouts)
     services = Services(

@@ -276,3 +276,82 @@ async def test_the_fake_anthropic_refuses_what_the_api_refuses():
         assert "exceed max allowed size: 8000 pixels" in await ask("image/png", huge)
         assert "does not support image input" in await ask("image/png", png, model="claude-test-haiku")
         await client.close()
+
+
+async def test_retry_asks_about_the_photo_again_with_the_image(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(
+            FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("A dog."))
+        )
+        claude.script(anth.Reply("A cat."))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await send(bot, sent(photo(), text="What animal?"))
+        await bot.user_says("/retry")
+        assert bot.texts() == ["A cat.", "A dog."]
+        image, question = user_content(claude.message_requests[1])
+        assert image["type"] == "image" and question["text"] == "[photo]\nWhat animal?"
+        assert bot.client.downloads(USER) == 2  # Telegram keeps it: fetched again, never stored
+
+
+def test_the_reply_without_a_model_that_can_see_names_the_offline_model():
+    from integrations.chain import ChainModel, ModelChain
+    from integrations.local_model.bundle import LOCAL_MARKER
+    from integrations.resilience.clock import ManualClock
+
+    offline = ChainModel(ModelRef("local", "smollm2"), provider=None, marker=LOCAL_MARKER, sees_images=False)
+    claude = ChainModel(ModelRef.parse(CLAUDE), provider=None)
+    assert photos.no_vision_note(ModelChain([offline], ManualClock()), "photo") == photos.NO_VISION.format(
+        what="photo", offline=photos.OFFLINE_CANNOT
+    )
+    assert "offline" in photos.no_vision_note(ModelChain([offline], ManualClock()), "album")
+    assert photos.no_vision_note(ModelChain([offline, claude], ManualClock()), "photo") is None
+
+
+async def test_the_fake_openai_refuses_what_the_api_refuses():
+    """An unreadable image, a model without vision: the API's 400s, which the SDK raises."""
+    import base64
+
+    import openai
+
+    async with FakeOpenAI(api_key=OPENAI_KEY, models=["gpt-test", "gpt-5.1"]) as gpt:
+        client = openai.AsyncOpenAI(api_key=OPENAI_KEY, base_url=gpt.base_url, max_retries=0)
+        png = base64.b64encode(image_bytes(600, 1600, kind="PNG")).decode()
+
+        async def ask(url: str, model: str = "gpt-5.1") -> str:
+            part = {"type": "image_url", "image_url": {"url": url, "detail": "high"}}
+            try:
+                done = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": [part]}])
+            except openai.BadRequestError as error:
+                return f"{error.code}: {error.message}"
+            return f"ok {done.usage.prompt_tokens}"
+
+        # 600 x 1600 fits 2048 as it is, then 768 x 2048: 2 x 4 tiles, 85 + 8 x 170 tokens, plus the text's 12.
+        assert await ask(f"data:image/png;base64,{png}") == f"ok {85 + 8 * 170 + 12}"
+        assert (await ask("data:image/png;base64,bm90IGFuIGltYWdl")).startswith("invalid_image_format")
+        assert "only supported by certain models" in await ask(f"data:image/png;base64,{png}", model="gpt-test")
+        await client.close()
+
+
+async def test_in_a_group_an_album_whose_caption_names_the_bot_is_answered_with_all_its_photos(tmp_path):
+    group = -1001234567890
+    async with AsyncExitStack() as stack:
+        claude = await claude_upstream(stack, "Three cats.")
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        album = 5_550_004
+
+        def part(caption: str = "", *, mentioned: bool = False):
+            return new_message_event(
+                chat_id=group, sender_id=USER, text=caption, message_id=next(MESSAGE_IDS),
+                media=photo(), grouped_id=album, mentioned=mentioned,
+            )
+
+        # The caption is on the second photo here; the first and third do not name the bot.
+        await send(bot, part(), part("@switchboard_bot which is the best?", mentioned=True), part())
+        assert bot.texts(group) == ["Three cats."]
+        blocks = user_content(claude.message_requests[0])
+        assert [b["type"] for b in blocks] == ["image", "image", "image", "text"]
+        assert blocks[-1]["text"] == "[3 photos]\nwhich is the best?"
+        # An album that never names the bot is not answered (nor stored).
+        await send(bot, *[new_message_event(chat_id=group, sender_id=USER, text="", message_id=next(MESSAGE_IDS), media=photo(), grouped_id=5_550_005) for _ in range(2)])
+        assert bot.texts(group) == ["Three cats."] and claude.calls == 1
+        assert await bot.statuses(group) == ["answered", "answered", "answered"]

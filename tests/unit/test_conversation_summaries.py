@@ -4,23 +4,15 @@ import pytest
 from handlers.idle_reset import describe_idle
 from integrations.context_window import SUMMARY_CLOSING, SUMMARY_OPENING, with_summary
 from integrations.llm import ChatMessage
-from integrations.resilience.clock import ManualClock
-from state.db import Database
 from state.history import HistoryStore, StoredMessage, Summary
 
 CHAT, USER = 100, 42
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def history(tmp_path, clock):
-    database = await Database.open(tmp_path / "state" / "bot.db", clock)
-    yield HistoryStore(database, clock)
-    await database.close()
+def history(state_db, clock) -> HistoryStore:
+    """On SQLite and on PostgreSQL."""
+    return HistoryStore(state_db, clock)
 
 
 async def turn(history: HistoryStore, telegram_id: int, text: str) -> StoredMessage:
