@@ -26,7 +26,9 @@ after a restart) fetches the images again from Telegram, which keeps them.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -51,6 +53,9 @@ ALBUM_QUIET = 2.0
 
 # How long a group's album photo that did not name the bot is kept, waiting for one that does.
 STRAY_SECONDS = 10.0
+
+# How a photo's question opens: "[photo]", "[image]", "[3 photos]" (see `_question_text`).
+_PLACEHOLDER = re.compile(rf"^\[({PHOTO}|{IMAGE_FILE}|\d+ photos)\](\n|$)")
 
 DEFAULT_QUESTION = "What is in this photo?"
 DEFAULT_ALBUM_QUESTION = "What is in these photos?"
@@ -143,10 +148,18 @@ class PhotoFeature:
         self._ready[question.id] = images
 
     async def download(self, images: Sequence[StoredImage]) -> tuple[Image, ...]:
-        return tuple([read_image(await self.media.download(i.chat_id, i.telegram_message_id)) for i in images])
+        """Each image fetched from Telegram and read (decoding takes CPU time: in a thread, so
+        that other chats' replies go on meanwhile)."""
+        read = []
+        for image in images:
+            data = await self.media.download(image.chat_id, image.telegram_message_id)
+            read.append(await asyncio.to_thread(read_image, data))
+        return tuple(read)
 
     async def with_images(self, question: StoredMessage, context: list[ChatMessage]) -> list[ChatMessage]:
         """`context` with `question`'s images on its last turn (the question), if it has any."""
+        if not asks_about_images(question):
+            return context  # not a photo's question: no need to look in the store
         images = self._ready.pop(question.id, None)
         if images is None:
             stored = await self.store.asked_with(question.id)
@@ -154,6 +167,11 @@ class PhotoFeature:
         if not images or not context or context[-1].role != "user":
             return context
         return [*context[:-1], replace(context[-1], images=images)]
+
+
+def asks_about_images(question: StoredMessage) -> bool:
+    """Whether a chat question was made of photos (its text opens with their placeholder)."""
+    return _PLACEHOLDER.match(question.text) is not None
 
 
 def stored_as_image(stored: StoredMessage) -> bool:
@@ -176,8 +194,7 @@ async def look(services: Services, message: IncomingMessage, stored: StoredMessa
     what = _what(images, stored)
     refusal = await _refusal(services, feature, message, images, what)
     if refusal is not None:
-        await feature.store.end_unsettled(images, stored, refusal)
-        await reply(services, message, refusal)
+        await _ending(services, feature, message, stored, images, refusal)
         return None
     try:
         downloaded = await feature.download(images)

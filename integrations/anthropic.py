@@ -6,6 +6,7 @@ transport failure, including an `error` event inside the stream, into the projec
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Any, AsyncIterator, Mapping, Sequence
@@ -49,7 +50,11 @@ class AnthropicChat(ChatSdkAdapter):
     sdk = ANTHROPIC_SDK
 
     async def stream(self, request: ChatRequest, result: StreamResult) -> AsyncIterator[str]:
-        messages = alternating_turns(request.messages)
+        if any(message.images for message in request.messages):
+            # Scaling images down takes CPU time: in a thread, so that other replies go on.
+            messages = await asyncio.to_thread(alternating_turns, request.messages)
+        else:
+            messages = alternating_turns(request.messages)
         if not messages:
             raise BadRequest("the conversation has no user message to answer", upstream=self.name)
         options: dict[str, Any] = {"system": request.system} if request.system else {}

@@ -6,6 +6,7 @@ so the resilience layer's retry loop is the only one.
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any, AsyncIterator, Mapping
 
@@ -44,10 +45,12 @@ class OpenAIChat(ChatSdkAdapter):
     sdk = OPENAI_SDK
 
     async def stream(self, request: ChatRequest, result: StreamResult) -> AsyncIterator[str]:
+        # Scaling images down takes CPU time: in a thread, so that other replies go on.
+        messages = await asyncio.to_thread(_messages, request) if any(m.images for m in request.messages) else _messages(request)
         try:
             chunks = await self._client.chat.completions.create(
                 model=request.model,
-                messages=_messages(request),
+                messages=messages,
                 max_completion_tokens=request.max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
