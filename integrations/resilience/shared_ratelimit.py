@@ -192,3 +192,8 @@ class SharedTokenBudget(TokenBudget):
     def __init__(self, name: str, tokens_per_minute: int, clock: Clock, link: RedisLink) -> None:
         super().__init__(name, tokens_per_minute, clock)
         self._bucket = SharedRateLimiter(name, tokens_per_minute, 60.0, clock, link, burst=tokens_per_minute)
+
+    def snapshot(self) -> dict[str, object]:
+        """As `TokenBudget.snapshot`, the budget in force: the local share while Redis is unreachable."""
+        bucket = self._bucket.snapshot()
+        return {**super().snapshot(), "tokens_per_minute": bucket["rate"], "shared": bucket["shared"]}

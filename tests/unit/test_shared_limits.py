@@ -224,3 +224,26 @@ async def test_an_unreachable_redis_at_start_leaves_the_local_share_in_force(red
         assert not limits.link.usable
         await limiter.acquire()
         assert limiter.snapshot()["rate"] == 10 and limiter.snapshot()["burst"] == 1
+
+
+async def test_a_hanging_redis_costs_one_timeout_then_the_local_share_answers(redis_server):
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        limits = await open_limits(redis_server.url, clock, stack, instances=2, timeout=0.2)
+        limiter = limits.limiter("openai requests", 10, 1.0, burst=1)
+        breaker = limits.breaker("provider openai", failure_threshold=1, window=60, cooldown=30)
+        await clock.run_until_complete(limiter.acquire(), poll=POLL)
+        redis_server.freeze()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await clock.run_until_complete(limiter.acquire(), poll=POLL)  # not failed: the local share let it go
+
+        async def upstream() -> str:
+            return "ok"
+
+        assert await breaker.call(upstream) == "ok"  # no Redis asked: the link is down
+        assert loop.time() - started < 2.0  # one timeout of 0.2 s, not redis-py's own retries
+        assert not limits.link.usable and limiter.snapshot()["shared"] is False
+        redis_server.thaw()
+        await clock.run_until_complete(clock.sleep(120), poll=POLL)
+        assert limits.link.usable
