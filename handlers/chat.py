@@ -17,6 +17,7 @@ from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDe
 from integrations.errors import CircuitOpen, UpstreamError
 from integrations.llm import ModelRef
 from integrations.model_policy import is_account_error
+from integrations.usage_meter import UsageMeter
 from state.history import StoredMessage
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ async def _generate(
     model: ModelRef | None = None
     started_by: ModelRef | None = None
     marker = ""
+    # What the models cost however the answer ends: a stream cut by /cancel or a shutdown was billed too.
+    meter = UsageMeter()
+    charged = False
     try:
         await services.history.begin(stored)
         prefix = await fresh_start_note(services, stored) + prefix
@@ -152,7 +156,7 @@ async def _generate(
         preferred = turn.model or await _users_model(services, message.user_id)
         system = (await chat_prompt(services, message.chat_id)).text
         stream.start()
-        async for event in services.chain.stream(
+        async for event in meter.chain(services.chain).stream(
             context, system=system, max_tokens=services.chat.max_tokens, preferred=preferred
         ):
             if isinstance(event, TextDelta):
@@ -175,10 +179,13 @@ async def _generate(
                     why = "can't see images" if blind else "was unavailable"
                     marker += fallback_footer(started_by or event.model, first[0].ref if first else None, why=why)
                 await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, event.usage))
+                charged = True
     except asyncio.CancelledError:
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
         # is not caught here.
         _uncancel()
+        if not charged:  # what the cut stream reported, or an estimate (integrations/usage_meter.py)
+            await _record_usage(services, message, meter.spent())
         if services.lanes.cancel_reason(message.chat_id) != USER_CANCEL:
             # A shutdown (or a cancel nobody explained): left unfinished on purpose, answered in
             # full after the restart, replacing this.

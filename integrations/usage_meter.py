@@ -8,8 +8,9 @@ reported and fills in the rest from the request and the text received (`estimate
 estimate the rate limiter reserves by). A call refused before it sent any text (an error status)
 is charged only what it reported, which is normally nothing; a finished one, what it reported.
 
-`UsageMeter.metered(model)` wraps a chain model's provider; the meter sees every stream opened
-through it (retries included) and `spent()` gives each one's usage, in order.
+`UsageMeter.metered(model)` wraps a chain model's provider (`chain(...)` every model of a chain);
+the meter sees every stream opened through it (retries included) and `spent()` gives each one's
+usage, in order.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
-from integrations.chain import ChainModel
+from integrations.chain import ChainModel, ModelChain
 from integrations.context_window import CHARS_PER_TOKEN, estimate_tokens
 from integrations.errors import UpstreamError
 from integrations.llm import ChatProvider, ChatRequest, ModelRef, StreamResult, Usage
@@ -73,6 +74,13 @@ class UsageMeter:
     def metered(self, model: ChainModel) -> ChainModel:
         """`model` with its streams recorded by this meter."""
         return replace(model, provider=_MeteredProvider(model.provider, model.ref, self._calls))
+
+    def chain(self, chain: ModelChain) -> ModelChain:
+        """`chain` with every model metered. While the offline model is still starting and no other
+        model is there, the chain as it is (that model costs nothing)."""
+        if not chain.models:
+            return chain
+        return replace(chain, models=[self.metered(model) for model in chain.models], starting=None)
 
     def spent(self) -> tuple[tuple[ModelRef, Usage], ...]:
         """Each call's usage (reported, or estimated where it was cut), calls that cost nothing left out."""
