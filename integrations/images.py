@@ -22,8 +22,11 @@ from PIL import Image as PILImage, UnidentifiedImageError
 
 # What both providers take as they are; anything else Pillow reads is converted (to PNG or JPEG).
 ACCEPTED_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
-# A decompression bomb (a tiny file that unpacks to gigapixels) is refused, not decoded.
+# A decompression bomb (a tiny file that unpacks to gigapixels) is refused, not decoded. This
+# check replaces Pillow's own, which only warns (through the process-wide warnings filters, not
+# thread-safe to change) below twice its limit.
 MAX_PIXELS = 80_000_000
+PILImage.MAX_IMAGE_PIXELS = None
 
 
 class UnreadableImage(ValueError):
@@ -67,7 +70,7 @@ def read_image(data: bytes) -> Image:
             if media_type is not None and not animated:
                 return Image(media_type, data, width, height)
             return _encoded(picture, width, height)
-    except (UnidentifiedImageError, OSError, SyntaxError, PILImage.DecompressionBombError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise UnreadableImage(str(error) or type(error).__name__) from None
 
 
@@ -83,7 +86,11 @@ def fit(image: Image, limits: ImageLimits) -> Image:
         smaller = picture.resize(size, PILImage.Resampling.LANCZOS) if scale < 1.0 else picture.copy()
     fitted = _encoded(smaller, *size, like=image.media_type)
     quality = 85
-    while _base64_size(fitted.data) > limits.max_base64_bytes and quality > 30:
+    while _base64_size(fitted.data) > limits.max_base64_bytes:
+        if quality < 40:  # a lower quality is not enough: fewer pixels, from a good quality again
+            size = (max(1, size[0] * 3 // 4), max(1, size[1] * 3 // 4))
+            smaller = smaller.resize(size, PILImage.Resampling.LANCZOS)
+            quality = 85
         fitted = _jpeg(smaller, *size, quality=quality)
         quality -= 15
     return fitted
