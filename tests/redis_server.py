@@ -1,15 +1,13 @@
-"""A real redis-server for the tests: one per test session on a free loopback port, no persistence.
+"""A real redis-server for the tests, on a free loopback port in a temporary directory, no persistence.
 
-`redis_url` (a fixture: import it into a test module) starts the server the first time a test
-needs it, flushes it before every test, and the server is stopped when the test process ends.
+The fixtures in tests/conftest.py start one per test session (`redis_session`), flush it before
+every test that asks for `redis_server` or `redis_url`, and stop it after the session.
 A test may `stop()` it (Redis "dies") and `start()` it again on the same port, or `freeze()` it
-(Redis hangs) and `thaw()` it. Without the
-redis-server program (`make test` installs Debian's package) the tests that need it are skipped,
-saying so.
+(Redis hangs) and `thaw()` it. Without the redis-server program (`make test` installs Debian's
+package) the tests that need it are skipped, saying so.
 """
 from __future__ import annotations
 
-import atexit
 import shutil
 import signal
 import socket
@@ -17,9 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
-import pytest
 import redis
 
 
@@ -85,38 +81,6 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-_server: RedisServer | None = None
-
-
-def session_server() -> RedisServer:
-    """The test session's server, started on first use and stopped when the process exits."""
-    global _server
-    program = shutil.which("redis-server")
-    if program is None:
-        pytest.skip("redis-server is not installed here; `make test` installs it (apt-get install redis-server)")
-    if _server is None:
-        _server = RedisServer(program)
-        atexit.register(_server.close)
-    if not _server.running:
-        _server.start()
-    return _server
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = session_server()
-    server.flush()
-    yield server
-    server.thaw()
-    if not server.running:  # a test that killed it: the next one gets it back
-        server.start()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
 
 
 def _free_port() -> int:

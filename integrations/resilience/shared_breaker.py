@@ -163,7 +163,7 @@ class SharedCircuitBreaker(CircuitBreaker):
 
     async def _open_shared(self, cooldown: float, reason: str) -> None:
         now = self._link.now()
-        args = [now, now + cooldown, reason[:200], STALE_AFTER_MS]
+        args: list[str | float] = [now, now + cooldown, reason[:200], STALE_AFTER_MS]
         await self._link.run(lambda client: self._open_script(keys=[self._state_key, self._probe_key], args=args))
 
     async def _close_shared(self, *, force: bool) -> None:

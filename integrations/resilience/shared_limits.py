@@ -30,20 +30,21 @@ class SharedLimits(LocalLimits):
     def __init__(self, clock: Clock, link: RedisLink) -> None:
         super().__init__(clock)
         self.link = link
+        self.redis_link = link  # the same, typed as present (LocalLimits.link may be None)
 
     def limiter(self, name: str, rate: float, per: float, *, burst: int | None = None) -> RateLimiter:
-        return SharedRateLimiter(name, rate, per, self.clock, self.link, burst=burst)
+        return SharedRateLimiter(name, rate, per, self.clock, self.redis_link, burst=burst)
 
     def token_budget(self, name: str, tokens_per_minute: int) -> TokenBudget:
-        return SharedTokenBudget(name, tokens_per_minute, self.clock, self.link)
+        return SharedTokenBudget(name, tokens_per_minute, self.clock, self.redis_link)
 
     def breaker(self, name: str, *, failure_threshold: int, window: float, cooldown: float) -> CircuitBreaker:
         return SharedCircuitBreaker(
-            name, self.clock, self.link, failure_threshold=failure_threshold, window=window, cooldown=cooldown
+            name, self.clock, self.redis_link, failure_threshold=failure_threshold, window=window, cooldown=cooldown
         )
 
     def flood_governor(self, **pacing: Any) -> FloodGovernor:
-        return SharedFloodGovernor(self.clock, self.link, **pacing)
+        return SharedFloodGovernor(self.clock, self.redis_link, **pacing)
 
     def registry(self, *, failure_threshold: int, window: float, cooldown: float) -> ResilienceRegistry:
         return _SharedRegistry(self, failure_threshold=failure_threshold, window=window, cooldown=cooldown)
@@ -64,8 +65,7 @@ class _SharedRegistry(ResilienceRegistry):
         return self._breakers[name]
 
     def snapshot(self) -> dict[str, object]:
-        assert self._limits.link is not None
-        return {**super().snapshot(), "shared_limits": self._limits.link.snapshot()}
+        return {**super().snapshot(), "shared_limits": self._limits.redis_link.snapshot()}
 
 
 async def open_limits(

@@ -5,7 +5,6 @@ import socket
 
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.integration.test_cli import KEY, clean_env, run_cli
-from tests.redis_server import redis_server, redis_url  # noqa: F401
 
 
 async def test_check_says_redis_answers_and_how_many_instances_share_the_limits(tmp_path, redis_url):

@@ -10,7 +10,6 @@ from tests.fakes import anthropic_server as anth
 from tests.fakes.notion_server import FakeNotion
 from tests.fakes.telegram import new_message_event
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
-from tests.redis_server import redis_server, redis_url  # noqa: F401
 
 NOTION_TOKEN = "secret_shared-limits-notion-token-00000000000000"
 CLAUDE = "anthropic:claude-test"

@@ -12,7 +12,6 @@ from integrations.errors import CircuitOpen, RateLimited, Unavailable
 from integrations.resilience.clock import ManualClock
 from integrations.resilience.ratelimit import WaitTooLong
 from integrations.resilience.shared_limits import LocalLimits, SharedLimits, open_limits
-from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 
 # Real I/O to Redis runs between the clock's jumps: give it time before time moves on.
 POLL = 0.05
