@@ -342,9 +342,15 @@ def incoming_from_event(event: Any, bot: BotIdentity) -> IncomingMessage | None:
         attachment=attachment,
         sent_at=message.date,
         media=describe_media(message),
-        reply_to=getattr(message.reply_to, "reply_to_msg_id", None),
+        reply_to=replied_to_id(message),
         quote=getattr(message.reply_to, "quote_text", None) or None,
     )
+
+
+def replied_to_id(message: Any) -> int | None:
+    """The id of the message this one replies to (in the same chat), or None."""
+    header = getattr(message, "reply_to", None)
+    return None if getattr(header, "reply_to_peer_id", None) is not None else getattr(header, "reply_to_msg_id", None)
 
 
 # Telethon's Message properties for what a message can carry, most specific first (a voice note
@@ -433,6 +439,14 @@ class TelegramMedia:
         if not data:
             raise BadRequest("download failed: Telegram sent no data", upstream=UPSTREAM, status=400)
         return bytes(data)
+
+    async def reply_of(self, chat_id: int, message_id: int) -> tuple[int, str | None] | None:
+        """The id of the message that message `message_id` replies to and the part of it quoted,
+        read again from Telegram (after a restart); None when it replies to none (or is gone)."""
+        with translated_errors("fetching a message"):
+            message = await self._client.get_messages(chat_id, ids=message_id)
+        target = replied_to_id(message)
+        return None if target is None else (target, getattr(message.reply_to, "quote_text", None) or None)
 
     async def replied_to(self, chat_id: int, message_id: int) -> Quote | None:
         """The message that message `message_id` replies to, as Telethon's get_reply_message

@@ -12,13 +12,15 @@ first found first:
 
 The job (`with_quote`, run by the router inside the message's lifecycle) writes the question with
 its quote into the history before answering, so the answer, a restart mid-answer and later turns
-all see the same words. A quote that cannot be found (deleted, Telegram unreachable) is left out:
+all see the same words. A message taken up after a restart before that was written (stored during
+a shutdown, or the bot stopped in between) is read again from Telegram for what it replies to
+(`with_quote_again`). A quote that cannot be found (deleted, Telegram unreachable) is left out:
 the question is answered as it is, never held up.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol, runtime_checkable
 
 from handlers.chat import CONTINUE_REQUEST
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 QUOTE_MAX_CHARS = 1500
 
 Author = Literal["bot", "user", "someone"]
+# How a question with its quote begins (also how a resumed one is known to have it already).
+QUOTED_MARK = "[Replying to "
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class RepliedMessages(Protocol):
         """None when there is none with text (deleted, or media only); raises UpstreamError."""
         ...
 
+    async def reply_of(self, chat_id: int, message_id: int) -> tuple[int, str | None] | None:
+        """What message `message_id` replies to, read again (its id and Telegram's partial quote);
+        None when it replies to none; raises UpstreamError."""
+        ...
+
 
 @dataclass(frozen=True)
 class QuotesFeature:
@@ -68,9 +77,37 @@ def is_reply(services: Services, message: IncomingMessage) -> bool:
 
 async def with_quote(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage:
     """The job of a reply: the message with the text it quotes above it, to be answered."""
-    quote = await find_quote(services, message)
+    quote = await find_quote(services, message) if message.reply_to is not None else None
     text = quoted_question(quote, stored.text) if quote is not None else stored.text
     return await services.history.record_transcript(stored, text)
+
+
+def may_reply(services: Services, stored: StoredMessage) -> bool:
+    """Whether a chat message taken up after a restart may be a reply whose quote is not written
+    down yet (the last run stopped before it was): Telegram is asked again (`with_quote_again`)."""
+    feature = services.features.quotes
+    return (
+        feature is not None
+        and feature.telegram is not None
+        and stored.kind == "chat"
+        and stored.telegram_message_id is not None
+        and not stored.text.startswith(QUOTED_MARK)
+        and stored.text != CONTINUE_REQUEST
+    )
+
+
+async def with_quote_again(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage:
+    """`with_quote` for a message resumed after a restart, whose reply header was not stored."""
+    feature = services.features.quotes
+    assert feature is not None and feature.telegram is not None
+    try:
+        header = await feature.telegram.reply_of(message.chat_id, message.message_id)
+    except UpstreamError as error:
+        log.warning("could not read again what message %s in chat %s replies to: %s", message.message_id, message.chat_id, error)
+        header = None
+    if header is not None:
+        message = replace(message, reply_to=header[0], quote=header[1])
+    return await with_quote(services, message, stored)
 
 
 async def find_quote(services: Services, message: IncomingMessage) -> Quote | None:
@@ -100,7 +137,7 @@ def quoted_question(quote: Quote, question: str) -> str:
     if whose is None:
         whose = f"a message from {quote.name}" if quote.name else "an earlier message"
     lines = "\n".join(f"> {line}" for line in bounded(quote.text).splitlines())
-    return f"[Replying to {whose}:]\n{lines}\n\n{question}"
+    return f"{QUOTED_MARK}{whose}:]\n{lines}\n\n{question}"
 
 
 def bounded(text: str) -> str:

@@ -243,6 +243,9 @@ class Router:
             if command is not None and parsed is not None and command.answer is not None:
                 self._submit(message, stored, None, answer=_answer_job(command, parsed.args))
                 continue
+            if command is None and quoted.may_reply(services, stored):
+                self._submit(message, stored, quoted.with_quote_again)
+                continue
             self._submit(message, stored, _command_job(command, parsed.args) if command and parsed else None)
         return resumed
     def help_text(self, user_id: int) -> str:

@@ -145,3 +145,35 @@ async def test_a_restart_mid_answer_keeps_the_quote(tmp_path):
         expected = "[Replying to my earlier message:]\n> Name a French city.\n\nAnother one?"
         assert last_question(claude, 1) == last_question(claude, 2) == expected
         assert bot.texts() == ["Lyon.", "Lyon."] and await bot.statuses() == ["answered", "answered"]
+
+
+async def test_a_reply_taken_during_a_shutdown_is_quoted_after_the_restart(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            first = next(MESSAGE_IDS)
+            await bot.user_says("Name a French city.", message_id=first)
+            bot.app.router.stop_accepting()  # stored, answered after the restart
+            await send(bot, replying("Another one?", first, quote="French city"))
+            assert await bot.statuses() == ["answered", "pending"]
+        bot = await start_telegram_bot(stack, settings, clock=bot.clock, client=bot.client)
+        await bot.settle()
+        assert last_question(claude) == "[Replying to my earlier message:]\n> French city\n\nAnother one?"
+        assert await bot.statuses() == ["answered", "answered"]
+
+
+async def test_a_plain_message_resumed_after_a_restart_is_answered_as_it_is(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            bot.app.router.stop_accepting()
+            await bot.user_says("Name a French city.")
+        bot.client.fail_next("get_messages", errors.RpcCallFailError(request=None), times=20)
+        bot = await start_telegram_bot(stack, settings, clock=bot.clock, client=bot.client)
+        await bot.settle()
+        assert last_question(claude) == "Name a French city."
+        assert bot.texts() == ["Lyon."] and await bot.statuses() == ["answered"]
