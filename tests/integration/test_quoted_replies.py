@@ -23,6 +23,12 @@ async def started(stack: AsyncExitStack, tmp_path, answer: str = "Paris is the c
     return claude, bot
 
 
+async def restartable(stack: AsyncExitStack, tmp_path):
+    """Claude answering "Lyon.", and the settings of a bot to start, stop and start again."""
+    claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
+    return claude, settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+
+
 def replying(text: str, reply_to: int, *, quote: str | None = None, chat_id: int = USER, sender_id: int = USER, **extra):
     return new_message_event(
         chat_id=chat_id, sender_id=sender_id, text=text, message_id=next(MESSAGE_IDS), reply_to=reply_to, quote=quote, **extra
@@ -128,8 +134,7 @@ async def test_a_quote_that_cannot_be_fetched_is_left_out_and_the_question_answe
 
 async def test_a_restart_mid_answer_keeps_the_quote(tmp_path):
     async with AsyncExitStack() as stack:
-        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
-        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        claude, settings = await restartable(stack, tmp_path)
         first_run = AsyncExitStack()
         bot = await start_telegram_bot(first_run, settings)
         first = next(MESSAGE_IDS)
@@ -149,8 +154,7 @@ async def test_a_restart_mid_answer_keeps_the_quote(tmp_path):
 
 async def test_a_reply_taken_during_a_shutdown_is_quoted_after_the_restart(tmp_path):
     async with AsyncExitStack() as stack:
-        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
-        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        claude, settings = await restartable(stack, tmp_path)
         async with AsyncExitStack() as first_run:
             bot = await start_telegram_bot(first_run, settings)
             first = next(MESSAGE_IDS)
@@ -166,8 +170,7 @@ async def test_a_reply_taken_during_a_shutdown_is_quoted_after_the_restart(tmp_p
 
 async def test_a_plain_message_resumed_after_a_restart_is_answered_as_it_is(tmp_path):
     async with AsyncExitStack() as stack:
-        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
-        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        claude, settings = await restartable(stack, tmp_path)
         async with AsyncExitStack() as first_run:
             bot = await start_telegram_bot(first_run, settings)
             bot.app.router.stop_accepting()
