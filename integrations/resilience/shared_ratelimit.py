@@ -10,13 +10,15 @@ expiry; while it is set the script grants nothing.
 
 Fallback: the inherited `RateLimiter` is the local stand-in at 1/N of the rate (N instances each
 keeping their share), used whenever the link is down, and for a call whose reservation fails
-because Redis stopped answering. A cancelled waiter gives its slot back (in the background).
+because Redis stopped answering. A cancelled waiter gives its slot back (in the background), and a
+waiter woken late pushes the slots not yet reserved back by as much.
 Header reports (`tighten`) stay per instance, as each sees the account-wide counts in its own
 responses.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 from integrations.resilience.clock import Clock
@@ -26,6 +28,8 @@ from integrations.resilience.redis_link import RedisLink, SharedUnavailable
 
 # Float rounding on timestamps must not cost a second sleep (as in ratelimit.py).
 _EPSILON = 1e-9
+# A grant later than its slot by more than this pushes the slots after it back.
+_LATE = 1e-3
 
 # Numbers go to and from Lua as text with every digit: Redis turns a Lua number reply into an
 # integer, and Lua's tostring keeps only 14 digits.
@@ -157,6 +161,11 @@ class SharedRateLimiter(RateLimiter):
                 except asyncio.CancelledError:
                     self._link.spawn(self._charge_shared(-cost))
                     raise
+            if (late := self._clock.monotonic() - slot) > _LATE:
+                # Woken late (a busy loop): slots not yet handed out move back by as much, so the
+                # next grant still keeps its distance from this one, as in the local limiter.
+                with contextlib.suppress(SharedUnavailable):  # the slot was ours all the same
+                    await self._charge_shared(late / self._shared_interval)
             self._take_reserved(cost)
             return
 

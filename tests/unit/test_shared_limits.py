@@ -56,6 +56,31 @@ async def test_two_instances_stay_within_one_limit_together(redis_url, seed):
     assert min(gaps) >= 0.1 - 1e-6
 
 
+class Oversleeping:
+    """`clock`, but every sleep wakes `extra` seconds late, as on a busy event loop."""
+
+    def __init__(self, clock: ManualClock, extra: float) -> None:
+        self.clock, self.extra = clock, extra
+        self.monotonic, self.now = clock.monotonic, clock.now
+
+    async def sleep(self, seconds: float) -> None:
+        await self.clock.sleep(seconds + self.extra if seconds > 0 else seconds)
+
+
+async def test_a_grant_woken_late_pushes_the_next_ones_back(redis_url):
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        late = await open_limits(redis_url, Oversleeping(clock, 0.03), stack)  # type: ignore[arg-type]
+        on_time = await open_limits(redis_url, clock, stack)
+        a, b = late.limiter("notion requests", 10, 1.0, burst=1), on_time.limiter("notion requests", 10, 1.0, burst=1)
+        granted = []
+        for limiter in (b, a, b, a, b):
+            await clock.run_until_complete(limiter.acquire(), poll=POLL)
+            granted.append(clock.monotonic())
+    gaps = [round(later - earlier, 6) for earlier, later in zip(granted, granted[1:])]
+    assert gaps == [0.13, 0.1, 0.13, 0.1]  # A's slot came 0.03 late; B's next kept its 0.1 from it
+
+
 async def test_two_instances_without_redis_each_spend_the_whole_limit(redis_url):
     """The check above can fail: two local limiters together go over the one limit."""
     clock = ManualClock()
