@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from state.db import Database
+from state.database import Database
 
 # How many of a chat's newest replies are searched for a bot message id.
 RECENT_REPLIES = 500
