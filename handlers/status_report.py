@@ -202,7 +202,11 @@ class _Report:
                 text = f"Redis at {where} reachable; a running bot shares its limits there"
         elif state.get("down_since"):
             since = escape_markdown(str(state["down_since"])[11:19])
-            text = f"**Redis unreachable since {since} UTC, local {share}** (each instance keeps {share} of every limit)"
+            error = self._text(state.get("last_error") or "no answer")
+            text = (
+                f"**Redis unreachable since {since} UTC, local {share}** "
+                f"(each instance keeps {share} of every limit; last error: {error})"
+            )
         else:
             error = self._text(state.get("last_error") or "no answer")
             text = f"**Redis at {where} unreachable** ({error}): a running bot keeps local {share} of every limit"

@@ -76,6 +76,7 @@ async def test_status_says_when_redis_is_unreachable_and_when_it_is_back(tmp_pat
         await bot.user_says("/status")
         report = bot.texts()[-1]
         assert "Redis unreachable since 12:00:" in report and "local 1/2" in report
+        assert "last error: ConnectionError" in report
         assert "anthropic: 25 requests a minute" in report  # half of the 50 the two share
         assert "anthropic: 200,000 tokens a minute" in report
 
