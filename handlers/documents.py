@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from handlers.reply import DOCUMENT_CUT_STREAM, DOCUMENT_DELAYED_STREAM, notify_once, reply
 from handlers.services import Services
+from handlers.status_report import escape_markdown
 from handlers.transport import IncomingMessage, Media, MediaSource
 from handlers.voice import AnswerLater, end_with_note
 from integrations.document_text import DocumentKind, DocumentText, Unreadable, document_kind, file_extension, read_document
@@ -105,7 +106,8 @@ async def read(services: Services, message: IncomingMessage, stored: StoredMessa
         if media is None:
             await end_with_note(services, message, stored, GONE.format(name="this file"), "the file is gone")
             return None
-        name = _name(media)
+        title = media.file_name or "this file"
+        name = escape_markdown(title)  # in replies, shown as it is
         kind = document_kind(media.file_name, media.mime_type)
         refusal = _refusal(feature, media, kind, name)
         if refusal is not None or kind is None or kind == "image":
@@ -132,13 +134,16 @@ async def read(services: Services, message: IncomingMessage, stored: StoredMessa
     if not document.text.strip():
         await reply(services, message, EMPTY.format(name=name))
         return None
-    block, cut = context_block(name, document, feature.max_chars)
+    block, cut = context_block(title, document, feature.max_chars)
     if caption:
         if cut:
             await notify_once(services, message, f"📄 {name}: {cut}", stream=DOCUMENT_CUT_STREAM)
         return await services.history.record_document(stored, f"{block}\n\n{caption}")
-    acknowledgement = GOT_IT.format(name=name, extent=_extent(document, len(data))) + (f"\n\n_({cut})_" if cut else "")
-    return await services.history.record_document(stored, block, acknowledgement=acknowledgement)
+    extent = _extent(document, len(data))
+    # The conversation keeps the plain words; the user sees them as Markdown (the name escaped).
+    words = GOT_IT.format(name=title, extent=extent) + (f"\n\n({cut})" if cut else "")
+    shown = GOT_IT.format(name=name, extent=extent) + (f"\n\n_({cut})_" if cut else "")
+    return await services.history.record_document(stored, block, acknowledgement=words, shown=shown)
 
 
 def context_block(name: str, document: DocumentText, max_chars: int) -> tuple[str, str]:
@@ -181,7 +186,7 @@ async def _download_failed(
     services: Services, message: IncomingMessage, stored: StoredMessage, error: UpstreamError, attempt: int
 ) -> None:
     """Telegram did not hand the file over: gone for good, or to be tried again later."""
-    name = _name(message.media) if message.media is not None else "this file"
+    name = escape_markdown(message.media.file_name or "this file") if message.media is not None else "this file"
     log.warning("could not download document %s in chat %s: %s", stored.id, message.chat_id, error)
     if not error.retryable:
         await end_with_note(services, message, stored, GONE.format(name=name), f"download failed: {error}")
@@ -192,10 +197,6 @@ async def _download_failed(
         return
     await notify_once(services, message, NOT_NOW.format(name=name), stream=DOCUMENT_DELAYED_STREAM)
     raise AnswerLater(f"download failed: {error}")
-
-
-def _name(media: Media) -> str:
-    return media.file_name or "this file"
 
 
 def _too_large(feature: DocumentsFeature, size: int, name: str) -> str:

@@ -185,23 +185,25 @@ class HistoryStore:
         return replace(incoming, text=text, kind="chat", status="pending")
 
     async def record_document(
-        self, incoming: StoredMessage, text: str, *, acknowledgement: str | None = None
+        self, incoming: StoredMessage, text: str, *, acknowledgement: str | None = None, shown: str | None = None
     ) -> StoredMessage:
         """A document's text (with its caption, if any) becomes the message's text, as a
         transcript does. Without a caption there is no question to answer: `acknowledgement`
-        is then stored as the bot's answer and as the reply still to be shown ('delivering'),
-        in the same transaction, so the next question has the document in its context and a
-        restart delivers the acknowledgement without reading the file again."""
+        is then stored as the bot's answer, and `shown` (its Markdown for the user; by default
+        the same) as the reply still to be shown ('delivering'), in the same transaction, so the
+        next question has the document in its context and a restart delivers the
+        acknowledgement without reading the file again."""
         if acknowledgement is None:
             return await self.record_transcript(incoming, text)
+        reply_text = shown or acknowledgement
         async with self._db.transaction():
             await self._db.execute(
                 "UPDATE messages SET content = ?, kind = 'chat', status = 'delivering', reply_text = ?"
                 " WHERE id = ? AND status IN ('pending', 'answering')",
-                (text, acknowledgement, incoming.id),
+                (text, reply_text, incoming.id),
             )
             await self._insert_answer(incoming.id, incoming.chat_id, acknowledgement, DOCUMENT_READER, self._now())
-        return replace(incoming, text=text, kind="chat", status="delivering", reply_text=acknowledgement)
+        return replace(incoming, text=text, kind="chat", status="delivering", reply_text=reply_text)
 
     async def record_shown(self, stored_id: int, message_ids: Iterable[int]) -> None:
         """The bot's messages that show this message's reply (added to those recorded before)."""

@@ -84,10 +84,13 @@ async def test_code_files_and_untyped_text_files_are_read_but_binaries_are_not(t
         # Telegram apps label what they do not know application/octet-stream: read if it is text.
         await send(bot, sent(document_file("NOTES", b"buy milk\n", mime_type="application/octet-stream")))
         await send(bot, sent(document_file("blob", bytes(range(256)) * 4, mime_type="application/octet-stream")))
+        # A name is shown as it is, never taken for Markdown.
+        await send(bot, sent(document_file("my_*draft*_[v2].md", b"# Draft", mime_type="text/markdown")))
         assert bot.texts() == [
             "Got it: greet.py, 1 kB; ask me about it.",
             "Got it: NOTES, 1 kB; ask me about it.",
             documents.NOT_TEXT.format(name="blob"),
+            "Got it: my_*draft*_[v2].md, 1 kB; ask me about it.",
         ]
 
 
