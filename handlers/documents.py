@@ -163,8 +163,8 @@ def _refusal(feature: DocumentsFeature, media: Media, kind: DocumentKind | None,
     if kind is None:
         extension = file_extension(media.file_name)
         if extension:
-            return UNSUPPORTED.format(extension=extension)
-        return UNSUPPORTED_UNNAMED.format(mime=media.mime_type or "no type given")
+            return UNSUPPORTED.format(extension=escape_markdown(extension))
+        return UNSUPPORTED_UNNAMED.format(mime=escape_markdown(media.mime_type or "no type given"))
     if media.size is not None and media.size > feature.max_bytes:
         return _too_large(feature, media.size, name)
     return None
