@@ -116,7 +116,7 @@ def test_an_audio_file_keeps_its_name_and_a_photo_is_not_audio():
         "audio", "audio file", 30.0, "memo.mp3", True,
     )  # fmt: skip
     described = describe_media(new_message_event(chat_id=USER, sender_id=USER, text="", media=photo()).message)
-    assert (described.kind, described.words, described.is_audio) == ("other", "photo", False)
+    assert (described.kind, described.words, described.is_audio) == ("image", "photo", False)
 
 
 def test_an_incoming_voice_note_carries_its_description():
