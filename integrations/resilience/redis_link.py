@@ -81,7 +81,9 @@ class RedisLink:
 
     @classmethod
     def from_url(cls, url: str, clock: Clock, *, instances: int = 1, timeout: float = 0.5) -> "RedisLink":
-        """A link to `url`; redis-py's own retries are off, so a dead server costs one timeout, not several."""
+        """A link to `url`. redis-py retries once at once, no more: a pooled connection that a
+        restarted server closed fails its first command, and a dead server costs two quick
+        refusals or two timeouts rather than redis-py's default backoff."""
         return cls(_client(url, timeout), clock, location=redis_location(url), instances=instances)
 
     @property
@@ -202,7 +204,7 @@ class RedisLink:
 
 def _client(url: str, timeout: float) -> Redis:
     return Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1), decode_responses=True
     )
 
 

@@ -13,7 +13,8 @@ trip) and follows it:
                            the others fail fast until its outcome is written
 
 A probe that succeeds deletes the hash (unless someone opened it again meanwhile); one that fails
-writes a later T. When Redis is unreachable the breaker works alone, as `CircuitBreaker`.
+writes a later T. When Redis is unreachable the breaker works alone, as `CircuitBreaker`; a circuit
+it opened meanwhile is written once Redis answers again.
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         self._following = False  # changing state because the shared one says so: nothing to write
         self._force_close = False
         self._probe_won = False  # this instance holds the shared probe slot
+        self._open_unshared = False  # opened here while Redis was unreachable: to be written
         self._writes_pending = 0
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -119,7 +121,11 @@ class SharedCircuitBreaker(CircuitBreaker):
 
     def _follow(self, reply: list[str], now: float) -> None:
         if not reply:
-            if self._state != CLOSED:
+            if self._open_unshared and self._state == OPEN:
+                # Opened while Redis was away: the others learn of it now, rather than it closing.
+                self._open_unshared = False
+                self._write(self._open_shared(self._retry_at - self._clock.monotonic(), self._last_error or ""))
+            elif self._state != CLOSED:
                 self._close()
             return
         ends, reason, probe = float(reply[0]), reply[1], int(reply[2])
@@ -140,13 +146,18 @@ class SharedCircuitBreaker(CircuitBreaker):
     def _open(self, now: float, cooldown: float) -> None:
         super()._open(now, cooldown)
         self._probe_won = False
-        if not self._following and self._link.usable:
-            self._write(self._open_shared(cooldown, self._last_error or ""))
+        self._open_unshared = False
+        if not self._following:
+            if self._link.usable:
+                self._write(self._open_shared(cooldown, self._last_error or ""))
+            else:
+                self._open_unshared = True
 
     def _close(self) -> None:
         was_open = self._state != CLOSED
         super()._close()
         self._probe_won = False
+        self._open_unshared = False
         if was_open and not self._following and not self._force_close and self._link.usable:
             self._write(self._close_shared(force=False))
 

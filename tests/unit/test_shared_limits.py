@@ -271,3 +271,29 @@ async def test_a_hanging_redis_costs_one_timeout_then_the_local_share_answers(re
         redis_server.thaw()
         await clock.run_until_complete(clock.sleep(120), poll=POLL)
         assert limits.link.usable
+
+
+async def test_a_breaker_opened_while_redis_was_away_is_shared_once_it_is_back(redis_server):
+    clock = ManualClock()
+
+    async def failing() -> str:
+        raise Unavailable("503", upstream="openai")
+
+    async def upstream() -> str:
+        return "ok"
+
+    async with AsyncExitStack() as stack:
+        first, second = await two_instances(stack, redis_server.url, clock)
+        a = first.breaker("model openai:gpt", failure_threshold=1, window=60, cooldown=300)
+        b = second.breaker("model openai:gpt", failure_threshold=1, window=60, cooldown=300)
+        redis_server.stop()
+        with pytest.raises(Unavailable):
+            await a.call(failing)  # opens here, alone
+        assert a.snapshot()["state"] == "open"
+        redis_server.start()
+        await clock.run_until_complete(clock.sleep(5), poll=POLL)  # both probers find Redis again
+        with pytest.raises(CircuitOpen):
+            await a.call(upstream)  # still open here, and now written for the others
+        await first.link.settle()
+        with pytest.raises(CircuitOpen):
+            await b.call(upstream)
