@@ -156,7 +156,7 @@ class HistoryStore:
             private = chat_id > 0 if is_private is None else is_private
             message_id = await self._insert_id(
                 "INSERT INTO messages (conversation_id, chat_id, user_id, telegram_message_id, role, kind,"
-                " content, status, created_at, is_private) VALUES (?, ?, ?, ?, 'user', ?, ?, 'pending', ?, ?)",
+                " content, status, created_at, is_private) VALUES (?, ?, ?, ?, 'user', ?, ?, 'pending', ?, ?) RETURNING id",
                 (conversation_id, chat_id, user_id, telegram_message_id, kind, text, now, int(private)),
             )
         return StoredMessage(
@@ -352,7 +352,7 @@ class HistoryStore:
             conversation_id = await self._open_conversation(chat_id, now)
             question_id = await self._insert_id(
                 "INSERT INTO messages (conversation_id, chat_id, user_id, role, content, status,"
-                " created_at) VALUES (?, ?, ?, 'user', ?, 'answered', ?)",
+                " created_at) VALUES (?, ?, ?, 'user', ?, 'answered', ?) RETURNING id",
                 (conversation_id, chat_id, user_id, question, now),
             )
             await self._insert_answer(question_id, chat_id, answer, model, now)
@@ -417,11 +417,13 @@ class HistoryStore:
         )
         if row is not None:
             return int(row["id"])
-        return await self._insert_id("INSERT INTO conversations (chat_id, started_at) VALUES (?, ?)", (chat_id, now))
+        return await self._insert_id(
+            "INSERT INTO conversations (chat_id, started_at) VALUES (?, ?) RETURNING id", (chat_id, now)
+        )
 
-    async def _insert_id(self, insert: str, params: tuple[object, ...]) -> int:
-        """Run `insert` (one row) and return the new row's id."""
-        row = await self._db.fetchone(f"{insert} RETURNING id", params)
+    async def _insert_id(self, insert_returning_id: str, params: tuple[object, ...]) -> int:
+        """Run `insert_returning_id` (one row, `... RETURNING id`) and return the new row's id."""
+        row = await self._db.fetchone(insert_returning_id, params)
         assert row is not None
         return int(row["id"])
 
