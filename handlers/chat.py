@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from handlers.idle_reset import fresh_start_note
 from handlers.lanes import USER_CANCEL
@@ -15,7 +15,7 @@ from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage
 from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDelta, drop_overlap
 from integrations.errors import CircuitOpen, UpstreamError
-from integrations.llm import ModelRef
+from integrations.llm import ModelRef, Usage
 from integrations.model_policy import is_account_error
 from integrations.usage_meter import UsageMeter
 from state.history import StoredMessage
@@ -118,8 +118,10 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
             return
         generated = await _generate(services, message, stored, stream, turn)
         if generated is not None:
-            shown, words, model = generated
-            await _despite_user_cancel(services, stored, lambda: _record(services, stored, turn, words, model, shown))
+            shown, words, model, usage = generated
+            await _despite_user_cancel(
+                services, stored, lambda: _record(services, message, stored, turn, words, model, shown, usage)
+            )
             await _deliver(services, stream, stored, shown)
             answered = True
     except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
@@ -134,16 +136,17 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
 
 async def _generate(
     services: Services, message: IncomingMessage, stored: StoredMessage, stream: ReplyStream, turn: Turn
-) -> tuple[str, str, str] | None:
+) -> tuple[str, str, str, Sequence[tuple[ModelRef, Usage]]] | None:
     """Stream the model's answer into `stream`: (final text shown, the answer's words for the
-    history, model), or None when the message's lifecycle already ended here (failed, stopped) or
-    must go on after a restart (shutdown). Notes about the answer (which model, an attachment it
+    history, model, what it used: recorded with the answer), or None when the message's lifecycle
+    already ended here (failed, stopped) or must go on after a restart (shutdown). Notes about the answer (which model, an attachment it
     could not read) are shown but not kept in history, so the model does not learn to repeat them."""
     prefix = _attachment_note(message)
     text = ""
     model: ModelRef | None = None
     started_by: ModelRef | None = None
     marker = ""
+    usage: Sequence[tuple[ModelRef, Usage]] = ()
     # What the models cost however the answer ends: a stream cut by /cancel or a shutdown was billed too.
     meter = UsageMeter()
     charged = False
@@ -178,7 +181,7 @@ async def _generate(
                     blind = bool(first) and not first[0].sees_images and any(m.images for m in context)
                     why = "can't see images" if blind else "was unavailable"
                     marker += fallback_footer(started_by or event.model, first[0].ref if first else None, why=why)
-                await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, event.usage))
+                usage = event.usage  # recorded with the answer, in its transaction (`_record`)
                 charged = True
     except asyncio.CancelledError:
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
@@ -192,7 +195,9 @@ async def _generate(
             await stream.finish(prefix + (text or "…") + INTERRUPTED_NOTE)
             return None
         final = prefix + (text or "…") + STOPPED_NOTE
-        await _record(services, stored, turn, text or "(stopped before answering)", str(model or "cancelled"), final)
+        await _record(
+            services, message, stored, turn, text or "(stopped before answering)", str(model or "cancelled"), final, usage
+        )
         await _deliver(services, stream, stored, final)
         return None
     except AllModelsFailed as error:
@@ -202,7 +207,7 @@ async def _generate(
         final = failure_text(error)
         if error.partial_text:
             await _despite_user_cancel(
-                services, stored, lambda: _record(services, stored, turn, error.partial_text, "partial", final)
+                services, stored, lambda: _record(services, message, stored, turn, error.partial_text, "partial", final)
             )
             await _deliver(services, stream, stored, final)
         else:
@@ -210,7 +215,7 @@ async def _generate(
         return None
     if turn.question.text == CONTINUE_REQUEST:
         text = await _without_repeat(services, turn.question, text)
-    return prefix + text + marker, text, str(model)
+    return prefix + text + marker, text, str(model), usage
 
 
 async def _users_model(services: Services, user_id: int) -> ModelRef | None:
@@ -219,10 +224,22 @@ async def _users_model(services: Services, user_id: int) -> ModelRef | None:
     return services.chain.find(name) if name else None
 
 
-async def _record(services: Services, stored: StoredMessage, turn: Turn, text: str, model: str, shown: str) -> None:
-    """The answer (`text`) joins the conversation, answering `turn`'s question; `shown` is what
-    the user is still to see."""
-    await services.history.record_answer(stored, text, model, reply_text=shown, answers=turn.question)
+async def _record(
+    services: Services,
+    message: IncomingMessage,
+    stored: StoredMessage,
+    turn: Turn,
+    text: str,
+    model: str,
+    shown: str,
+    usage: Sequence[tuple[ModelRef, Usage]] = (),
+) -> None:
+    """The answer (`text`) joins the conversation, answering `turn`'s question, in one transaction
+    with what it cost (`usage`); `shown` is what the user is still to see."""
+    await services.history.record_answer(
+        stored, text, model, reply_text=shown, answers=turn.question,
+        together=(lambda: _record_usage(services, message, usage)) if usage else None,
+    )
 
 
 async def _without_repeat(services: Services, question: StoredMessage, continuation: str) -> str:

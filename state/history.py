@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Iterable, Literal
+from typing import Awaitable, Callable, Iterable, Literal
 
 from integrations.context_window import with_summary
 from integrations.llm import ChatMessage
@@ -143,34 +143,50 @@ class HistoryStore:
         kind: Kind = "chat",
         is_private: bool | None = None,
     ) -> StoredMessage | None:
-        """Store a user message as pending; None if this message (chat and id) was stored before."""
-        async with self._db.transaction():
-            seen = await self._db.fetchone(
+        """Store a user message as pending; None if this message (chat and id) was stored before.
+
+        Two statements, each atomic, and no transaction (this runs for every message): the
+        chat's open conversation is made if there is none, then the message joins it unless the
+        unique index on (chat_id, telegram_message_id) says it is stored already. A crash in
+        between leaves an open conversation without messages, which the next message uses."""
+        now = self._now()
+        private = chat_id > 0 if is_private is None else is_private
+        while True:
+            await self._db.execute(
+                "INSERT INTO conversations (chat_id, started_at) VALUES (?, ?)"
+                " ON CONFLICT (chat_id) WHERE ended_at IS NULL DO NOTHING",
+                (chat_id, now),
+            )
+            row = await self._db.fetchone(
+                "INSERT INTO messages (conversation_id, chat_id, user_id, telegram_message_id, role, kind,"
+                " content, status, created_at, is_private)"
+                " SELECT id, ?, ?, ?, 'user', ?, ?, 'pending', ?, ? FROM conversations"
+                " WHERE chat_id = ? AND ended_at IS NULL"
+                " ON CONFLICT (chat_id, telegram_message_id) WHERE role = 'user' AND telegram_message_id IS NOT NULL"
+                " DO NOTHING RETURNING id",
+                (chat_id, user_id, telegram_message_id, kind, text, now, int(private), chat_id),
+            )
+            if row is not None:
+                break
+            if await self._db.fetchone(
                 "SELECT 1 FROM messages WHERE chat_id = ? AND telegram_message_id = ? AND role = 'user'",
                 (chat_id, telegram_message_id),
-            )
-            if seen is not None:
+            ):
                 return None
-            now = self._now()
-            conversation_id = await self._open_conversation(chat_id, now)
-            private = chat_id > 0 if is_private is None else is_private
-            message_id = await self._insert_id(
-                "INSERT INTO messages (conversation_id, chat_id, user_id, telegram_message_id, role, kind,"
-                " content, status, created_at, is_private) VALUES (?, ?, ?, ?, 'user', ?, ?, 'pending', ?, ?) RETURNING id",
-                (conversation_id, chat_id, user_id, telegram_message_id, kind, text, now, int(private)),
-            )
+            # Neither stored nor a duplicate: a /reset ended the conversation in between.
         return StoredMessage(
-            message_id, chat_id, user_id, telegram_message_id, text, "pending", now, kind=kind, is_private=private
+            int(row["id"]), chat_id, user_id, telegram_message_id, text, "pending", now, kind=kind, is_private=private
         )
 
     async def begin(self, incoming: StoredMessage) -> int:
         """Answering begins (again): returns how many times it has begun, this time included."""
-        await self._db.execute(
+        row = await self._db.fetchone(
             "UPDATE messages SET status = 'answering', attempts = attempts + 1"
-            " WHERE id = ? AND status IN ('pending', 'answering')",
+            " WHERE id = ? AND status IN ('pending', 'answering') RETURNING attempts",
             (incoming.id,),
         )
-        row = await self._db.fetchone("SELECT attempts FROM messages WHERE id = ?", (incoming.id,))
+        if row is None:  # its answering has moved on (or ended): nothing begins
+            row = await self._db.fetchone("SELECT attempts FROM messages WHERE id = ?", (incoming.id,))
         return int(row["attempts"]) if row else 0
 
     async def record_transcript(self, incoming: StoredMessage, text: str) -> StoredMessage:
@@ -310,14 +326,19 @@ class HistoryStore:
         *,
         reply_text: str | None = None,
         answers: StoredMessage | None = None,
+        together: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Store the bot's answer (`text`, as the conversation keeps it) and move `incoming` on,
         both or neither: to 'answered', or, given the `reply_text` the user is still to see, to
         'delivering' (then `mark_delivered`).
 
         `answers`: the earlier question `incoming` (a /retry) answers again. Its answer so far is
-        marked replaced by `incoming`, and leaves the context, in the same transaction."""
+        marked replaced by `incoming`, and leaves the context, in the same transaction.
+        `together`: more statements for the same transaction (what the answer cost), so that
+        the user waits for one transaction, not two, before seeing the final text."""
         async with self._db.transaction():
+            if together is not None:
+                await together()
             question = incoming
             if answers is not None and answers.id != incoming.id:
                 question = answers

@@ -17,6 +17,11 @@ from state.database import Database
 from state.periods import period_start
 
 
+# What one call used, as added to usage_daily: day, user, model, tokens in and out, cost in
+# dollars, 1 if the model has no known price, and seconds of audio transcribed.
+_UsageRow = tuple[str, int, str, int, int, float, int, float]
+
+
 @dataclass(frozen=True)
 class UsageLine:
     """What one user spent on one model over a span of days."""
@@ -104,25 +109,33 @@ class UsageRecorder:
         row = (self.today().isoformat(), user_id, f"{AUDIO_MODEL_PREFIX}{model}", 0, 0, cost.usd, 0 if cost.priced else 1, max(0.0, seconds))
         await self._add([row])
 
-    async def _add(self, rows: Sequence[tuple[object, ...]]) -> None:
+    async def _add(self, rows: Sequence[_UsageRow]) -> None:
+        """One statement, so it is atomic on its own and can join a caller's transaction (an
+        answer and what it cost are stored together: `HistoryStore.record_answer`). Rows of the
+        same day, user and model are summed first: one statement may change a row only once."""
         if not rows:
             return
-        async with self._db.transaction():
-            for row in rows:
-                await self._db.execute(
-                    "INSERT INTO usage_daily"
-                    " (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced, audio_seconds)"
-                    " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (day, user_id, model) DO UPDATE SET"
-                    # The table's name on the old values: PostgreSQL finds a bare name ambiguous.
-                    " requests = usage_daily.requests + 1,"
-                    " input_tokens = usage_daily.input_tokens + excluded.input_tokens,"
-                    " output_tokens = usage_daily.output_tokens + excluded.output_tokens,"
-                    " cost_usd = usage_daily.cost_usd + excluded.cost_usd,"
-                    " unpriced = usage_daily.unpriced + excluded.unpriced,"
-                    " audio_seconds = usage_daily.audio_seconds + excluded.audio_seconds",
-                    row,
-                )
+        totals: dict[tuple[str, int, str], list[float]] = {}
+        for day, user_id, model, *amounts in rows:
+            total = totals.setdefault((day, user_id, model), [0, 0, 0, 0.0, 0, 0.0])
+            # requests, tokens in and out, cost, unpriced requests, seconds of audio
+            for column, amount in enumerate((1, *amounts)):
+                total[column] += amount
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(totals))
+        await self._db.execute(
+            "INSERT INTO usage_daily"
+            " (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced, audio_seconds)"
+            f" VALUES {values}"
+            " ON CONFLICT (day, user_id, model) DO UPDATE SET"
+            # The table's name on the old values: PostgreSQL finds a bare name ambiguous.
+            " requests = usage_daily.requests + excluded.requests,"
+            " input_tokens = usage_daily.input_tokens + excluded.input_tokens,"
+            " output_tokens = usage_daily.output_tokens + excluded.output_tokens,"
+            " cost_usd = usage_daily.cost_usd + excluded.cost_usd,"
+            " unpriced = usage_daily.unpriced + excluded.unpriced,"
+            " audio_seconds = usage_daily.audio_seconds + excluded.audio_seconds",
+            tuple(value for key, total in totals.items() for value in (*key, *total)),
+        )
 
     async def spending(self, user_id: int) -> UserSpending:
         """What `user_id` used today and this month so far (UTC)."""

@@ -58,6 +58,30 @@ async def test_redelivered_update_is_not_stored_twice(history):
     assert len(await history.pending()) == 1
 
 
+async def test_a_message_redelivered_after_a_reset_is_still_not_stored_twice(history):
+    first = await ask(history, 5, "hello")
+    await history.record_answer(first, "hi", "m")
+    await history.reset(CHAT)
+
+    assert await history.record_incoming(CHAT, USER, 5, "hello") is None
+    after = await ask(history, 6, "a new start")
+    assert await history.context_for(after) == [user("a new start")]
+
+
+async def test_the_answer_and_what_it_cost_are_stored_together_or_not_at_all(history, db):
+    question = await ask(history, 5, "hello")
+
+    async def cost_fails() -> None:
+        await db.execute("INSERT INTO usage_daily (day, user_id, model, requests) VALUES ('2026-11-26', 1, 'm', 1)")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        await history.record_answer(question, "hi", "m", reply_text="hi", together=cost_fails)
+    assert await db.fetchall("SELECT * FROM usage_daily") == []
+    assert [m.status for m in await history.pending()] == ["pending"]
+    assert await history.context_for(question) == [user("hello")]
+
+
 async def test_same_telegram_message_id_in_another_chat_is_a_new_message(history):
     await ask(history, 5, "hello")
 
