@@ -1,11 +1,10 @@
 """An LLM's Markdown as Telegram text plus entities, rendered whole or as it grows.
 
-`render_markdown` tokenizes with markdown-it (CommonMark, plus strikethrough and tables) and writes
-plain text while recording entities in UTF-16 code units. Half-written Markdown must come out
-readable, as a streaming reply shows every prefix: CommonMark already runs an unclosed fence to
-the end of the document and leaves an unclosed `**` as literal asterisks. Rendering may simplify
-formatting but never drops words: blocks nested past markdown-it's nesting limit come out as
-plain paragraphs instead of being skipped.
+`render_markdown` reads the events of pyromark (pulldown-cmark: CommonMark, plus strikethrough
+and tables) and writes plain text while recording entities in UTF-16 code units. Half-written
+Markdown must come out readable, as a streaming reply shows every prefix: CommonMark already runs
+an unclosed fence to the end of the document and leaves an unclosed `**` as literal asterisks.
+Rendering may simplify formatting but never drops words.
 
 `MarkdownStream` renders the successive versions of one growing reply exactly as
 `render_markdown` would, but parses and renders each completed top-level block once: a top-level
@@ -16,14 +15,12 @@ sendable parts is `handlers/split.py`.
 from __future__ import annotations
 
 import bisect
-import functools
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
-from markdown_it import MarkdownIt
-from markdown_it.rules_block import StateBlock
-from markdown_it.token import Token
+import pyromark
 
 from handlers.richtext import SPLITTABLE, VERBATIM, Entity, EntityKind, RichText, entity_order, utf16_len
 
@@ -33,63 +30,30 @@ _LINK_SCHEMES = ("http://", "https://", "tg://", "mailto:")
 _HORIZONTAL_RULE = "———"
 _NESTED_INDENT = "  "
 _NESTS_ONCE: frozenset[EntityKind] = SPLITTABLE | {"blockquote", "text_url"}
+_OPTIONS = pyromark.Options.ENABLE_TABLES | pyromark.Options.ENABLE_STRIKETHROUGH
+
+# One parser event and the byte range (UTF-8) of the source it came from.
+Event = tuple[Any, Any]
 
 
-@functools.lru_cache(maxsize=1)
-def _parser() -> MarkdownIt:
-    # Building a parser compiles its rule chains; do it once, not on every streamed prefix.
-    parser = MarkdownIt("commonmark").enable(["strikethrough", "table"])
-    # First, so that near the nesting limit no container rule nests any deeper.
-    first_rule = parser.block.ruler.get_all_rules()[0]
-    parser.block.ruler.before(first_rule, "flat_when_too_deep", _flat_when_too_deep)
-    return parser
+def _events(source: str) -> list[Event]:
+    """`source` (newlines and NULs already normalized) as pulldown-cmark's events."""
+    return list(pyromark.events_with_range(source, options=_OPTIONS))
 
 
-_QUOTE_MARKERS = re.compile(r"^[ \t]*(?:>[ \t]*)+", re.MULTILINE)
-
-
-def _flat_when_too_deep(state: StateBlock, start_line: int, end_line: int, silent: bool) -> bool:
-    """Near the nesting limit, take each block as a plain paragraph rather than lose it.
-
-    At its limit markdown-it skips the rest of the document. The limit guards its recursion, so
-    the blocks past it stay flat instead: their text, nested list markers included, without quote
-    markers (Telegram merges nested quotes into one anyway).
-    """
-    # A list opens two levels (list, item) before its items' blocks are parsed.
-    if silent or state.level < state.md.options.maxNesting - 2:
-        return False
-    next_line = _flat_block_end(state, start_line, end_line)
-    content = _QUOTE_MARKERS.sub("", state.getLines(start_line, next_line, state.blkIndent, False)).strip()
-    state.line = next_line
-    if content:
-        state.push("paragraph_open", "p", 1).map = [start_line, next_line]
-        inline = state.push("inline", "", 0)
-        inline.content = content
-        inline.map = [start_line, next_line]
-        inline.children = []
-        state.push("paragraph_close", "p", -1)
-    return True
-
-
-def _flat_block_end(state: StateBlock, start_line: int, end_line: int) -> int:
-    """Where a paragraph starting at `start_line` would end, if no other block could interrupt it."""
-    if not _QUOTE_MARKERS.sub("", state.getLines(start_line, start_line + 1, state.blkIndent, False)).strip():
-        return start_line + 1  # an empty quote: no paragraph that the next lines could continue
-    next_line = start_line + 1
-    while next_line < end_line and not state.isEmpty(next_line):
-        # Lazy continuation lines have a negative indent; a line outdented past blkIndent belongs
-        # to an enclosing list item.
-        if 0 <= state.sCount[next_line] < state.blkIndent:
-            break
-        next_line += 1
-    return next_line
+def _normalize(markdown: str) -> str:
+    """Line endings and NULs as CommonMark reads them, so the stream's prefixes compare alike."""
+    if "\r" in markdown:
+        markdown = _NEWLINES.sub("\n", markdown)
+    return markdown.replace("\0", "\ufffd") if "\0" in markdown else markdown
 
 
 def render_markdown(markdown: str) -> RichText:
     """Render Markdown to text and entities; on any internal failure, return the Markdown as is."""
     try:
+        source = _normalize(markdown)
         writer = _Writer()
-        _render_blocks(writer, _parser().parse(markdown))
+        _render_blocks(writer, _events(source), source)
         return writer.finish()
     except Exception:
         logger.warning("Markdown rendering failed; sending the reply as plain text", exc_info=True)
@@ -103,7 +67,7 @@ class MarkdownStream:
     the writer's state after them, and their entities, normalized. A block is completed once a
     later top-level block starts on a complete line that is followed by another complete line:
     no text appended can then move that start (the furthest any block rule looks ahead is a
-    table's delimiter row, the line after its start). A top-level block is tokenized the same
+    table's delimiter row, the line after its start). A top-level block is parsed the same
     whatever precedes it, so each version parses only the text after the completed blocks; its
     entities, which never cross a block, are normalized alone. Link reference definitions are the
     exception, as they change links anywhere: a version with one is rendered whole. A version that
@@ -126,13 +90,12 @@ class MarkdownStream:
         try:
             rest = self._rest(markdown)
             complete = rest[: rest.rfind("\n") + 1]  # an unfinished line may still change any block
-            env: dict[str, object] = {}
-            tokens = _parser().parse(complete, env)
-            if env.get("references"):
+            if _has_references(complete):
                 return
-            completed, line = _completed_blocks(tokens, complete.count("\n"))
+            events = _events(complete)
+            completed, line = _completed_blocks(events, complete, complete.count("\n"))
             if completed:
-                self._complete(tokens[:completed], rest, line)
+                self._complete(events[:completed], rest, line)
         except Exception:
             self._reset()
 
@@ -141,7 +104,7 @@ class MarkdownStream:
         return len(markdown) - len(self._source)
 
     def _reset(self) -> None:
-        self._source = ""  # the completed blocks' Markdown, newlines normalized as markdown-it does
+        self._source = ""  # the completed blocks' Markdown, newlines normalized as CommonMark does
         self._text = ""  # their text, not yet stripped
         self._writer = _Writer()  # where the completed blocks left off (it keeps no text itself)
         self._document = _Container(tight=False)
@@ -150,32 +113,31 @@ class MarkdownStream:
 
     def _rest(self, markdown: str) -> str:
         """The Markdown after the completed blocks (all of it, if it does not extend them)."""
-        source = _NULLS.sub("\ufffd", _NEWLINES.sub("\n", markdown))
+        source = _normalize(markdown)
         if not source.startswith(self._source):
             self._reset()
         return source[len(self._source) :]
 
     def _render(self, markdown: str) -> RichText:
         rest = self._rest(markdown)
-        env: dict[str, object] = {}
-        tokens = _parser().parse(rest, env)
-        if env.get("references"):
+        if _has_references(rest):
             return render_markdown(markdown)
-        completed, line = _completed_blocks(tokens, rest.count("\n"))
+        events = _events(rest)
+        completed, line = _completed_blocks(events, rest, rest.count("\n"))
         if completed:
-            self._complete(tokens[:completed], rest, line)
-            tokens = tokens[completed:]
+            self._complete(events[:completed], rest, line)
+            events = events[completed:]
         writer = self._writer.continued()
-        _render_blocks(writer, tokens, _Container(tight=False, has_child=self._document.has_child))
+        _render_blocks(writer, events, rest, _Container(tight=False, has_child=self._document.has_child))
         text = (self._text + "".join(writer.chunks)).rstrip()
         length = utf16_len(text)
         if length < self._writer.pos:  # nothing visible after the completed blocks' trailing space
             return RichText(text, _normalized(self._raw_entities + writer.entities, length))
         return RichText(text, self._entities + _normalized(writer.entities, length))
 
-    def _complete(self, tokens: list[Token], rest: str, line: int) -> None:
-        """Render `tokens`, the completed blocks in `rest`'s first `line` lines, once for good."""
-        _render_blocks(self._writer, tokens, self._document)
+    def _complete(self, events: list[Event], rest: str, line: int) -> None:
+        """Render `events`, the completed blocks in `rest`'s first `line` lines, once for good."""
+        _render_blocks(self._writer, events, rest, self._document)
         self._text += "".join(self._writer.chunks)
         self._raw_entities += self._writer.entities
         self._entities += _normalized(self._writer.entities, self._writer.pos)
@@ -186,18 +148,36 @@ class MarkdownStream:
         self._source += rest[:end]
 
 
-_NEWLINES = re.compile(r"\r\n?|\n")  # as markdown-it's own normalize step
-_NULLS = re.compile(r"\0")
+_NEWLINES = re.compile(r"\r\n?|\n")  # as CommonMark reads line endings
+# Where a link reference definition may be (then confirmed by pyromark's block pass alone).
+_MAYBE_REFERENCE = re.compile(r"\]:")
 
 
-def _completed_blocks(tokens: list[Token], complete_lines: int) -> tuple[int, int]:
-    """How many leading tokens make up completed top-level blocks, and the line after them (see
+def _has_references(source: str) -> bool:
+    return _MAYBE_REFERENCE.search(source) is not None and bool(pyromark.reference_definitions(source))
+
+
+def _completed_blocks(events: list[Event], source: str, complete_lines: int) -> tuple[int, int]:
+    """How many leading events make up completed top-level blocks, and the line after them (see
     `MarkdownStream`); (0, 0) for none."""
-    for index in range(len(tokens) - 1, 0, -1):
-        token = tokens[index]
-        if token.level == 0 and token.nesting >= 0 and token.map and token.map[0] + 1 < complete_lines:
-            return index, token.map[0]
-    return 0, 0
+    data: str | bytes = source if source.isascii() else source.encode()  # ranges count UTF-8 bytes
+    newline: str | bytes = "\n" if isinstance(data, str) else b"\n"
+    depth = 0
+    last = (0, 0)
+    for index, (event, span) in enumerate(events):
+        if isinstance(event, dict) and "End" in event:
+            depth -= 1
+            continue
+        top = depth == 0 and index > 0 and (isinstance(event, dict) and "Start" in event or event == "Rule")
+        if top:
+            line = data.count(newline, 0, span["start"])  # type: ignore[arg-type]
+            if line + 1 < complete_lines:
+                last = (index, line)
+            else:
+                break
+        if isinstance(event, dict) and "Start" in event:
+            depth += 1
+    return last
 
 
 @dataclass(eq=False)
@@ -276,12 +256,12 @@ class _Writer:
         self.pos += utf16_len(text)
 
 
-_BLOCK_STARTS = frozenset(
-    {
-        "paragraph_open", "heading_open", "bullet_list_open", "ordered_list_open", "blockquote_open",
-        "fence", "code_block", "hr", "html_block", "table_open",
-    }
-)
+# Tags whose start begins a block (a Rule is an event of its own, also a block).
+_BLOCKS = frozenset({"Paragraph", "Heading", "List", "BlockQuote", "CodeBlock", "HtmlBlock", "Table"})
+_INLINE_STYLES: dict[str, EntityKind] = {"Strong": "bold", "Emphasis": "italic", "Strikethrough": "strike"}
+# Inline content directly in a list item is a tight item's paragraph, which pulldown-cmark leaves
+# implicit: these events open it.
+_INLINE_CONTENT = frozenset({"Text", "Code", "InlineHtml", "Html", "FootnoteReference", "InlineMath"})
 
 
 @dataclass
@@ -298,65 +278,128 @@ class _List:
     next_number: int | None  # None for a bulleted list
 
 
-def _render_blocks(writer: _Writer, tokens: list[Token], document: _Container | None = None) -> None:
-    # A walk over markdown-it's flat token stream; building its syntax tree first costs a third
-    # of the render time, and this runs on every streamed prefix.
+def _tag(value: Any) -> str:
+    """The name of a Start or End event's tag ("Paragraph", or the key of {"Heading": {...}})."""
+    return value if isinstance(value, str) else next(iter(value))
+
+
+def _render_blocks(writer: _Writer, events: Sequence[Event], source: str, document: _Container | None = None) -> None:
+    # One pass over pulldown-cmark's flat event stream; `source` gives table cells their text.
     containers = [document or _Container(tight=False)]
     lists: list[_List] = []
     marks: list[_Mark] = []
+    opened: list[tuple[_Mark, dict[str, Any] | None]] = []  # inline styles and links (their attributes)
+    in_text = False  # inside a paragraph or heading, or a tight item's implicit paragraph
+    code: list[str] | None = None  # a code or HTML block's text, while in one
+    language: str | None = None
     index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        kind = token.type
-        if kind in _BLOCK_STARTS:
-            container = containers[-1]
-            if container.has_child:
-                writer.separate(blank_line=not container.tight)
-            container.has_child = True
-
-        if kind == "inline":
-            _render_inlines(writer, token.children or [])
-        elif kind == "heading_open":
-            marks.append(writer.start_entity())
-        elif kind == "heading_close":
-            writer.end_entity("bold", marks.pop())
-        elif kind in ("bullet_list_open", "ordered_list_open"):
-            number = int(token.attrs.get("start", 1)) if kind == "ordered_list_open" else None
-            lists.append(_List(writer.indent, number))
-            containers.append(_Container(tight=True))
-        elif kind in ("bullet_list_close", "ordered_list_close"):
-            lists.pop()
-            containers.pop()
-        elif kind == "list_item_open":
-            _open_list_item(writer, lists[-1], containers[-1], empty=tokens[index + 1].type == "list_item_close")
-            containers.append(_Container(tight=True))
-        elif kind == "list_item_close":
-            containers.pop()
-            writer.indent = lists[-1].outer_indent
-        elif kind == "blockquote_open":
-            marks.append(writer.start_entity())
-            writer.quote_depth += 1
-            containers.append(_Container(tight=False))
-        elif kind == "blockquote_close":
-            containers.pop()
-            writer.quote_depth -= 1
-            # Telegram refuses a blockquote inside a blockquote; the inner one merges into the outer.
-            if writer.quote_depth == 0:
-                writer.end_entity("blockquote", marks.pop())
-            else:
-                writer.drop(marks.pop())
-        elif kind in ("fence", "code_block"):
-            language = token.info.split(maxsplit=1)[0] if token.info.strip() else None
-            _render_pre(writer, token.content.rstrip("\n"), language)
-        elif kind == "table_open":
-            end = next(later for later in range(index, len(tokens)) if tokens[later].type == "table_close")
-            _render_pre(writer, _table_text(tokens[index:end]), None)
-            index = end
-        elif kind == "hr":
-            writer.write(_HORIZONTAL_RULE)
-        elif kind == "html_block":
-            writer.write(token.content.rstrip())
+    while index < len(events):
+        event = events[index][0]
         index += 1
+        if isinstance(event, str):  # SoftBreak, HardBreak, Rule
+            if event == "Rule":
+                _start_block(writer, containers[-1])
+                writer.write(_HORIZONTAL_RULE)
+                in_text = False
+            elif code is None:
+                # A chat reader sees the LLM's line breaks as it meant them, not joined into one line.
+                writer.write("\n")
+            continue
+        kind, value = next(iter(event.items()))
+        if kind == "Start":
+            tag = _tag(value)
+            if tag in _BLOCKS:
+                in_text = tag in ("Paragraph", "Heading")
+                _start_block(writer, containers[-1])
+            elif not in_text and (tag in _INLINE_STYLES or tag in ("Link", "Image")):
+                in_text = True
+                _start_block(writer, containers[-1])
+            if tag == "Heading":
+                marks.append(writer.start_entity())
+            elif tag in _INLINE_STYLES:
+                opened.append((writer.start_entity(), None))
+            elif tag == "Link":
+                opened.append((writer.start_entity(), value["Link"]))
+            elif tag == "Image":
+                index = _render_image(writer, events, index, value["Image"])
+            elif tag == "List":
+                lists.append(_List(writer.indent, value["List"]))
+                containers.append(_Container(tight=True))
+            elif tag == "Item":
+                in_text = False
+                empty = index < len(events) and events[index][0] == {"End": "Item"}
+                _open_list_item(writer, lists[-1], containers[-1], empty=empty)
+                containers.append(_Container(tight=True))
+            elif tag == "BlockQuote":
+                in_text = False
+                marks.append(writer.start_entity())
+                writer.quote_depth += 1
+                containers.append(_Container(tight=False))
+            elif tag in ("CodeBlock", "HtmlBlock"):
+                code = []
+                language = _code_language(value)
+            elif tag == "Table":
+                index = _render_table(writer, events, index, source)
+        elif kind == "End":
+            tag = _tag(value)
+            if tag in ("Paragraph", "Heading"):
+                in_text = False
+                if tag == "Heading":
+                    writer.end_entity("bold", marks.pop())
+            elif tag in _INLINE_STYLES:
+                writer.end_entity(_INLINE_STYLES[tag], opened.pop()[0])
+            elif tag == "Link":
+                mark, link = opened.pop()
+                assert link is not None
+                _close_link(writer, mark, link)
+            elif tag == "List":
+                lists.pop()
+                containers.pop()
+            elif tag == "Item":
+                in_text = False
+                containers.pop()
+                writer.indent = lists[-1].outer_indent
+            elif tag == "BlockQuote":
+                in_text = False
+                containers.pop()
+                writer.quote_depth -= 1
+                # Telegram refuses a blockquote inside a blockquote; the inner one merges into the outer.
+                if writer.quote_depth == 0:
+                    writer.end_entity("blockquote", marks.pop())
+                else:
+                    writer.drop(marks.pop())
+            elif tag == "CodeBlock" and code is not None:
+                _render_pre(writer, "".join(code).rstrip("\n"), language)
+                code = None
+            elif tag == "HtmlBlock" and code is not None:
+                writer.write("".join(code).rstrip())
+                code = None
+        elif code is not None:
+            code.append(value)
+        else:
+            if not in_text and kind in _INLINE_CONTENT:
+                in_text = True
+                _start_block(writer, containers[-1])
+            if kind == "Code":
+                mark = writer.start_entity()
+                writer.write(value)
+                writer.end_entity("code", mark)
+            elif kind in _INLINE_CONTENT:
+                writer.write(value)
+
+
+def _start_block(writer: _Writer, container: _Container) -> None:
+    if container.has_child:
+        writer.separate(blank_line=not container.tight)
+    container.has_child = True
+
+
+def _code_language(block: Any) -> str | None:
+    """A fenced code block's language: the first word of its info string."""
+    fence = block.get("CodeBlock") if isinstance(block, dict) else None
+    if isinstance(fence, dict) and str(fence.get("Fenced", "")).strip():
+        return str(fence["Fenced"]).split(maxsplit=1)[0]
+    return None
 
 
 def _open_list_item(writer: _Writer, items: _List, container: _Container, empty: bool) -> None:
@@ -379,81 +422,73 @@ def _render_pre(writer: _Writer, code: str, language: str | None) -> None:
     writer.end_entity("pre", mark, language=language)
 
 
-def _table_text(tokens: list[Token]) -> str:
-    """The table's cells as source text, in aligned columns, to be shown monospaced."""
+def _render_table(writer: _Writer, events: Sequence[Event], index: int, source: str) -> int:
+    """The table starting before `index`, shown as its cells' source text in aligned columns
+    (monospaced); returns the index after its End."""
+    data: str | bytes = source if source.isascii() else source.encode()  # ranges count UTF-8 bytes
     rows: list[list[str]] = []
     head_rows = 0
-    for token in tokens:
-        if token.type == "tr_open":
-            rows.append([])
-        elif token.type in ("th_open", "td_open"):
-            rows[-1].append("")
-        elif token.type == "inline":
-            rows[-1][-1] = token.content.strip()
-        elif token.type == "thead_close":
-            head_rows = len(rows)
+    in_head = False
+    while index < len(events):
+        event, span = events[index]
+        index += 1
+        if not isinstance(event, dict):
+            continue
+        if "Start" in event:
+            tag = _tag(event["Start"])
+            if tag in ("TableHead", "TableRow"):
+                in_head = tag == "TableHead"
+                rows.append([])
+            elif tag == "TableCell":
+                cell = data[span["start"] : span["end"]]
+                rows[-1].append((cell if isinstance(cell, str) else cell.decode()).strip())
+        elif "End" in event:
+            tag = _tag(event["End"])
+            if tag == "TableHead" and in_head:
+                head_rows = len(rows)
+            elif tag == "Table":
+                break
     columns = max((len(row) for row in rows), default=0)
     rows = [row + [""] * (columns - len(row)) for row in rows]
     widths = [max(len(row[column]) for row in rows) for column in range(columns)]
     lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows]
     if head_rows:
         lines.insert(head_rows, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    return "\n".join(lines)
+    _render_pre(writer, "\n".join(lines), None)
+    return index
 
 
-_INLINE_STYLES: dict[str, EntityKind] = {"strong_open": "bold", "em_open": "italic", "s_open": "strike"}
-_INLINE_CLOSES = frozenset({"strong_close", "em_close", "s_close", "link_close"})
+def _render_image(writer: _Writer, events: Sequence[Event], index: int, image: dict[str, Any]) -> int:
+    """An image as its alt text and address; returns the index after its End."""
+    parts: list[str] = []
+    depth = 1
+    while index < len(events) and depth:
+        event = events[index][0]
+        index += 1
+        if isinstance(event, str):
+            if event in ("SoftBreak", "HardBreak"):
+                parts.append(" ")
+        elif "Start" in event:
+            depth += 1
+        elif "End" in event:
+            depth -= 1
+        else:
+            parts.append(str(next(iter(event.values()))))
+    alt, src = "".join(parts), str(image.get("dest_url", ""))
+    writer.write(f"{alt} ({src})" if alt else src)
+    return index
 
 
-def _render_inlines(writer: _Writer, tokens: list[Token]) -> None:
-    opened: list[tuple[_Mark, Token]] = []
-    for token in tokens:
-        kind = token.type
-        if kind in ("text", "html_inline"):
-            writer.write(token.content)
-        elif kind in ("softbreak", "hardbreak"):
-            # A chat reader sees the LLM's line breaks as it meant them, not joined into one line.
-            writer.write("\n")
-        elif kind == "code_inline":
-            mark = writer.start_entity()
-            writer.write(token.content)
-            writer.end_entity("code", mark)
-        elif kind in _INLINE_STYLES or kind == "link_open":
-            opened.append((writer.start_entity(), token))
-        elif kind in _INLINE_CLOSES:
-            mark, opener = opened.pop()
-            if opener.type == "link_open":
-                _close_link(writer, mark, opener)
-            else:
-                writer.end_entity(_INLINE_STYLES[opener.type], mark)
-        elif kind == "image":
-            alt = _plain_text(token.children or [])
-            src = str(token.attrs.get("src", ""))
-            writer.write(f"{alt} ({src})" if alt else src)
-
-
-def _close_link(writer: _Writer, mark: _Mark, opener: Token) -> None:
-    url = str(opener.attrs.get("href", ""))
+def _close_link(writer: _Writer, mark: _Mark, link: dict[str, Any]) -> None:
+    url = str(link.get("dest_url", ""))
     if mark.pos is None:  # no visible text: show the address instead
         writer.drop(mark)
         writer.write(url)
-    elif opener.markup != "autolink" and url.lower().startswith(_LINK_SCHEMES):
+    elif link.get("link_type") not in ("Autolink", "Email") and url.lower().startswith(_LINK_SCHEMES):
         # Autolinks already show their URL, and Telegram links those itself.
         writer.end_entity("text_url", mark, url=url)
     else:
         writer.drop(mark)
-
-
-def _plain_text(tokens: list[Token]) -> str:
-    parts: list[str] = []
-    for token in tokens:
-        if token.type in ("softbreak", "hardbreak"):
-            parts.append(" ")
-        elif token.type == "image":
-            parts.append(_plain_text(token.children or []))
-        else:
-            parts.append(token.content)
-    return "".join(parts)
 
 
 def _normalized(entities: list[Entity], text_length: int) -> tuple[Entity, ...]:

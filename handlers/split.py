@@ -49,17 +49,22 @@ class SplitSoFar:
     later part has begun: they are kept as they were cut then, and only the text from the last
     part on is split again. The final text is split whole (`split_rich_text`), so a seam chosen
     a little differently for a preview costs one edit at the end, never a lost word. When the
-    text no longer begins with what the kept parts covered, the split starts over.
+    text no longer begins with what the kept parts covered, or its formatting there changed (a
+    line below a paragraph can make it a heading), the split starts over.
     """
 
     def __init__(self, limit: int = TELEGRAM_TEXT_LIMIT) -> None:
         self._limit = max(limit, 2)
         self._kept: list[RichText] = []
         self._covered = ""  # the text the kept parts were cut from, seams included
+        self._covered_entities: tuple[Entity, ...] = ()  # the entities over it, cut at its end
 
     def parts(self, text: RichText) -> list[RichText]:
-        if self._covered and not text.text.startswith(self._covered):
-            self._kept, self._covered = [], ""
+        if self._covered and (
+            not text.text.startswith(self._covered)
+            or _cut_at(text.entities, utf16_len(self._covered)) != self._covered_entities
+        ):
+            self._kept, self._covered, self._covered_entities = [], "", ()
         rest = _from(text, len(self._covered))
         if not rest.text.strip():
             return list(self._kept)
@@ -70,7 +75,18 @@ class SplitSoFar:
         if len(parts) > 1:
             self._kept += parts[:-1]
             self._covered = text.text[: len(self._covered) + splitter.starts[-1]]
+            self._covered_entities = _cut_at(text.entities, utf16_len(self._covered))
         return [*self._kept, parts[-1]]
+
+
+def _cut_at(entities: tuple[Entity, ...], end: int) -> tuple[Entity, ...]:
+    """The entities that begin before UTF-16 offset `end`, each cut there."""
+    return tuple(
+        Entity(entity.kind, entity.offset, min(entity.offset + entity.length, end) - entity.offset, entity.url,
+               entity.language)
+        for entity in entities
+        if entity.offset < end
+    )
 
 
 def _from(text: RichText, start: int) -> RichText:

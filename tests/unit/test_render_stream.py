@@ -98,6 +98,17 @@ def test_a_growing_text_keeps_its_earlier_parts_and_its_last_part_is_current():
     assert parts == split_rich_text(RichText.plain(text))
 
 
+def test_a_growing_text_whose_earlier_formatting_changes_is_split_again():
+    # "=" under a quoted paragraph makes it a heading: the kept parts' text is the same, but it
+    # is bold now (found by the property test below).
+    markdown = "PA J0Grs\n> Y mmSTE « " + "(" * 53 + "ziu" + ")" * 53 + "\n> =\n> A\n> # A"
+    split, stream = SplitSoFar(limit=2), MarkdownStream()
+    for end in (113, len(markdown)):
+        rendered = stream.render(markdown[:end])
+        assert_parts_valid(rendered, split.parts(rendered), 2)
+    assert split.parts(rendered) == split_rich_text(rendered, 2)
+
+
 def test_a_growing_text_that_changes_before_its_last_part_is_split_again():
     split = SplitSoFar(limit=20)
     split.parts(RichText.plain("first part here. second part there. third"))

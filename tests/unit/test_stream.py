@@ -264,3 +264,24 @@ async def test_a_long_reply_previews_as_drafts_of_its_last_part():
     assert drafts[-1].endswith("word 11")
     await stream.finish(text)
     assert " ".join(transport.texts(CHAT)).split() == text.split()
+
+
+async def test_a_long_code_block_is_rendered_ahead_every_few_hundred_characters_not_every_chunk(monkeypatch):
+    # A block that goes on (here 3.6 kB of code) never completes, so rendering ahead parses all of
+    # it each time: that must happen every RENDER_AHEAD characters, not on every 40-character chunk.
+    from handlers import render
+    from handlers.stream import RENDER_AHEAD
+
+    parsed: list[int] = []
+    real_events = render._events
+    monkeypatch.setattr(render, "_events", lambda source: parsed.append(len(source)) or real_events(source))
+    clock = ManualClock()
+    transport = RecordingTransport(clock)
+    stream = ReplyStream(transport, clock, CHAT, use_drafts=True)
+    code = "".join(f"line {i} = {i} * 2  # a comment\n" for i in range(120))
+    chunks = ["Here:\n\n```py\n", *(code[i : i + 40] for i in range(0, len(code), 40))]
+    final = await stream_words(clock, stream, chunks, gap=0.01)
+    await stream.finish(final)
+    assert transport.texts(CHAT) == [f"Here:\n\n{code.rstrip()}"]
+    assert len(parsed) <= len(final) // RENDER_AHEAD + 3, "rendered ahead on every chunk"
+    assert sum(parsed) < 20 * len(final)
