@@ -238,7 +238,7 @@ async def _record(
     with what it cost (`usage`); `shown` is what the user is still to see."""
     await services.history.record_answer(
         stored, text, model, reply_text=shown, answers=turn.question,
-        together=(lambda: _record_usage(services, message, usage)) if usage else None,
+        together=(lambda: _record_usage(services, message, usage, in_transaction=True)) if usage else None,
     )
 
 
@@ -313,7 +313,7 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-async def _record_usage(services: Services, message: IncomingMessage, usage) -> None:
+async def _record_usage(services: Services, message: IncomingMessage, usage, *, in_transaction: bool = False) -> None:
     recorder = services.features.usage
     if recorder is not None:
-        await recorder.record(message.user_id, usage)
+        await recorder.record(message.user_id, usage, in_transaction=in_transaction)

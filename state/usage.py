@@ -17,6 +17,20 @@ from state.database import Database
 from state.periods import period_start
 
 
+_UPSERT = (
+    "INSERT INTO usage_daily"
+    " (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced, audio_seconds)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (day, user_id, model) DO UPDATE SET"
+    # The table's name on the old values: PostgreSQL finds a bare name ambiguous.
+    " requests = usage_daily.requests + excluded.requests,"
+    " input_tokens = usage_daily.input_tokens + excluded.input_tokens,"
+    " output_tokens = usage_daily.output_tokens + excluded.output_tokens,"
+    " cost_usd = usage_daily.cost_usd + excluded.cost_usd,"
+    " unpriced = usage_daily.unpriced + excluded.unpriced,"
+    " audio_seconds = usage_daily.audio_seconds + excluded.audio_seconds"
+)
+
 # What one call used, as added to usage_daily: day, user, model, tokens in and out, cost in
 # dollars, 1 if the model has no known price, and seconds of audio transcribed.
 _UsageRow = tuple[str, int, str, int, int, float, int, float]
@@ -90,8 +104,11 @@ class UsageRecorder:
     def today(self) -> date:
         return self._clock.now().astimezone(timezone.utc).date()
 
-    async def record(self, user_id: int, usage: Sequence[tuple[ModelRef, Usage]]) -> None:
-        """Add each model's tokens and cost to today's totals for `user_id`."""
+    async def record(
+        self, user_id: int, usage: Sequence[tuple[ModelRef, Usage]], *, in_transaction: bool = False
+    ) -> None:
+        """Add each model's tokens and cost to today's totals for `user_id` (`in_transaction`:
+        as part of the caller's transaction)."""
         day = self.today().isoformat()
         rows = []
         for ref, used in usage:
@@ -100,7 +117,7 @@ class UsageRecorder:
                 continue  # the model failed before it was charged for anything
             cost = self._prices.cost(ref, Usage(input_tokens, output_tokens))
             rows.append((day, user_id, str(ref), input_tokens, output_tokens, cost.usd, 0 if cost.priced else 1, 0.0))
-        await self._add(rows)
+        await self._add(rows, in_transaction=in_transaction)
 
     async def record_audio(self, user_id: int, model: str, seconds: float) -> None:
         """Add one transcription of `seconds` of audio, priced per minute, to today's totals for
@@ -109,33 +126,27 @@ class UsageRecorder:
         row = (self.today().isoformat(), user_id, f"{AUDIO_MODEL_PREFIX}{model}", 0, 0, cost.usd, 0 if cost.priced else 1, max(0.0, seconds))
         await self._add([row])
 
-    async def _add(self, rows: Sequence[_UsageRow]) -> None:
-        """One statement, so it is atomic on its own and can join a caller's transaction (an
-        answer and what it cost are stored together: `HistoryStore.record_answer`). Rows of the
-        same day, user and model are summed first: one statement may change a row only once."""
-        if not rows:
-            return
+    async def _add(self, rows: Sequence[_UsageRow], *, in_transaction: bool = False) -> None:
+        """One upsert per day, user and model (rows of the same model summed: a model tried twice
+        in one answer). `in_transaction`: inside the caller's transaction (an answer and what it
+        cost are stored together: `HistoryStore.record_answer`); otherwise in one of its own when
+        there is more than one upsert, so that all or none are kept."""
         totals: dict[tuple[str, int, str], list[float]] = {}
         for day, user_id, model, *amounts in rows:
             total = totals.setdefault((day, user_id, model), [0, 0, 0, 0.0, 0, 0.0])
             # requests, tokens in and out, cost, unpriced requests, seconds of audio
             for column, amount in enumerate((1, *amounts)):
                 total[column] += amount
-        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(totals))
-        await self._db.execute(
-            "INSERT INTO usage_daily"
-            " (day, user_id, model, requests, input_tokens, output_tokens, cost_usd, unpriced, audio_seconds)"
-            f" VALUES {values}"
-            " ON CONFLICT (day, user_id, model) DO UPDATE SET"
-            # The table's name on the old values: PostgreSQL finds a bare name ambiguous.
-            " requests = usage_daily.requests + excluded.requests,"
-            " input_tokens = usage_daily.input_tokens + excluded.input_tokens,"
-            " output_tokens = usage_daily.output_tokens + excluded.output_tokens,"
-            " cost_usd = usage_daily.cost_usd + excluded.cost_usd,"
-            " unpriced = usage_daily.unpriced + excluded.unpriced,"
-            " audio_seconds = usage_daily.audio_seconds + excluded.audio_seconds",
-            tuple(value for key, total in totals.items() for value in (*key, *total)),
-        )
+
+        async def upsert_all() -> None:
+            for key, total in totals.items():
+                await self._db.execute(_UPSERT, (*key, *total))
+
+        if in_transaction or len(totals) <= 1:
+            await upsert_all()
+        else:
+            async with self._db.transaction():
+                await upsert_all()
 
     async def spending(self, user_id: int) -> UserSpending:
         """What `user_id` used today and this month so far (UTC)."""

@@ -127,10 +127,8 @@ async def test_transcriptions_are_kept_as_seconds_of_audio_and_their_cost_beside
     assert (line.requests, line.audio_seconds, line.input_tokens) == (2, 120, 0)
 
 
-async def test_a_model_tried_twice_in_one_answer_counts_two_requests_in_one_statement(db, clock):
-    # The chain tries a model that stalled once more: its usage comes twice in one answer, and
-    # the one upsert that records an answer's usage must add both (PostgreSQL refuses a
-    # statement that changes a row twice, so they are summed before).
+async def test_a_model_tried_twice_in_one_answer_counts_two_requests(db, clock):
+    # The chain tries a model that stalled once more: its usage comes twice in one answer.
     usage = UsageRecorder(db, clock, PriceTable())
     gpt = ModelRef.parse("openai:gpt-5.1")
     await usage.record(USER, [(SONNET, Usage(100_000, 0)), (gpt, Usage(10, 1)), (SONNET, Usage(100_000, 10_000))])
