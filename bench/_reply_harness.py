@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.app import App, build_app  # noqa: E402
 from bot.config import LimitSettings, Secret, Settings  # noqa: E402
-from bot.telegram import TelegramRunner, TelegramTransport  # noqa: E402
+from bot.telegram.flood_governor import FloodGovernor, GovernedTransport  # noqa: E402
+from bot.telegram.transport import TelegramRunner, TelegramTransport  # noqa: E402
 from handlers.richtext import RichText  # noqa: E402
+from integrations.clock import SystemClock  # noqa: E402
 from integrations.llm import ModelRef  # noqa: E402
-from integrations.resilience.clock import SystemClock  # noqa: E402
-from integrations.resilience.governor import FloodGovernor, GovernedTransport  # noqa: E402
 from tests.fakes.telegram import FakeTelegramClient, new_message_event  # noqa: E402
 
 API_KEY = "sk-bench-0000000000000000"

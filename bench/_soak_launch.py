@@ -186,7 +186,7 @@ def serve(control: socket.socket) -> int:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
     import bot.__main__
     import bot.app  # the heavy part: every SDK the bot uses
-    import bot.telegram_service
+    import bot.telegram.service
     from bench import _soak_telegram_child
 
     entries: dict[str, Callable[[list[str]], int]] = {

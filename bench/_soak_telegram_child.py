@@ -172,15 +172,16 @@ class SocketTelegramClient:
 
 
 async def serve(port: int) -> int:
-    """`bot.telegram_service.run_telegram`, with the socket client in place of Telethon's."""
+    """`bot.telegram.service.run_telegram`, with the socket client in place of Telethon's."""
     from bot.app import build_app
     from bot.config import Secret, load_settings
-    from bot.logs import Redactor, configure_logging
+    from bot.logs import configure_logging
     from bot.systemd import Notifier
-    from bot.telegram import TelegramRunner, TelegramTransport
-    from bot.telegram_service import TelegramService
-    from integrations.resilience.clock import SystemClock
-    from integrations.resilience.governor import FloodGovernor, GovernedTransport
+    from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
+    from bot.telegram.service import TelegramService
+    from bot.telegram.transport import TelegramRunner, TelegramTransport
+    from integrations.clock import SystemClock
+    from integrations.redaction import Redactor
     from state.lock import StateLock
 
     settings = load_settings()

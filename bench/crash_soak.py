@@ -55,7 +55,7 @@ from bench._soak_state import StateProbe  # noqa: E402
 from bench._soak_tally import Tally, count_unquoted, report  # noqa: E402
 from bench._soak_telegram_server import SoakTelegram  # noqa: E402
 from handlers.router import QUEUED_NOTICE  # noqa: E402
-from integrations.resilience.clock import SystemClock  # noqa: E402
+from integrations.clock import SystemClock  # noqa: E402
 from tests.fakes.notion_server import FakeNotion  # noqa: E402
 
 PYTHON = sys.executable

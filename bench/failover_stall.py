@@ -31,8 +31,8 @@ from bot.app import build_chain, build_model_policy, build_providers  # noqa: E4
 from bot.config import Secret, Settings  # noqa: E402
 from bot.logs import DeprecationSignals  # noqa: E402
 from integrations.chain import AllModelsFailed, Completed, ModelChain, TextDelta  # noqa: E402
+from integrations.clock import SystemClock  # noqa: E402
 from integrations.llm import ChatMessage, ModelRef  # noqa: E402
-from integrations.resilience.clock import SystemClock  # noqa: E402
 from integrations.resilience.registry import ResilienceRegistry  # noqa: E402
 from tests.fakes import anthropic_server as anth  # noqa: E402
 from tests.fakes import openai_server as oai  # noqa: E402

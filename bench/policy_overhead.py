@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from integrations.clock import SystemClock  # noqa: E402
 from integrations.resilience.breaker import CircuitBreaker  # noqa: E402
-from integrations.resilience.clock import SystemClock  # noqa: E402
 from integrations.resilience.compose import Upstream  # noqa: E402
 from integrations.resilience.ratelimit import RateLimiter  # noqa: E402
 

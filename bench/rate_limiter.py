@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fake_rate_limited_server import FixedWindowProxy, RollingWindowServer  # noqa: E402
 from bot.config import LimitSettings  # noqa: E402
 from integrations.chain import AllModelsFailed, ChainModel, ModelChain, TextDelta  # noqa: E402
+from integrations.clock import SystemClock  # noqa: E402
 from integrations.llm import ChatMessage, ModelRef  # noqa: E402
 from integrations.model_policy import ModelCallPolicy, ProviderGuard  # noqa: E402
 from integrations.openai import OpenAIChat  # noqa: E402
 from integrations.resilience.breaker import CircuitBreaker  # noqa: E402
-from integrations.resilience.clock import SystemClock  # noqa: E402
 from integrations.resilience.ratelimit import RateLimiter  # noqa: E402
 from integrations.resilience.registry import ResilienceRegistry  # noqa: E402
 from integrations.resilience.tokens import TokenBudget  # noqa: E402

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _paced_llm  # noqa: E402
 from bench._reply_harness import start_bot  # noqa: E402
-from integrations.resilience.clock import SystemClock  # noqa: E402
-from integrations.resilience.governor import FloodGovernor  # noqa: E402
+from bot.telegram.flood_governor import FloodGovernor  # noqa: E402
+from integrations.clock import SystemClock  # noqa: E402
 
 
 async def trace(base_url: str, model: str) -> list[tuple[float, str]]:

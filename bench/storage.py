@@ -25,7 +25,7 @@ from typing import Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from integrations.resilience.clock import SystemClock  # noqa: E402
+from integrations.clock import SystemClock  # noqa: E402
 from state.cache import SqliteCache  # noqa: E402
 from state.db import Database, iso_timestamp  # noqa: E402
 from state.history import CONTEXT_QUERY, HistoryStore  # noqa: E402

@@ -26,15 +26,15 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.telegram import TelegramTransport  # noqa: E402
-from handlers.stream import ReplyStream  # noqa: E402
-from integrations.resilience.clock import ManualClock  # noqa: E402
-from integrations.resilience.governor import (  # noqa: E402
+from bot.telegram.flood_governor import (  # noqa: E402
     FloodGovernor,
     GovernedTransport,
     _ChatScope,
     _SlidingWindow,
 )
+from bot.telegram.transport import TelegramTransport  # noqa: E402
+from handlers.stream import ReplyStream  # noqa: E402
+from integrations.clock import ManualClock  # noqa: E402
 from tests.fakes.telegram import FakeTelegramClient  # noqa: E402
 
 T = TypeVar("T")

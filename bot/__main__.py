@@ -10,7 +10,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings, telegram_hint
-from bot.logs import Redactor, configure_logging
+from bot.logs import configure_logging
+from integrations.redaction import Redactor
 from state.db import StorageFault, check_directory, check_storage
 from state.lock import StateDirectoryBusy
 
@@ -104,7 +105,7 @@ async def run_console_mode(
     from bot.app import build_app
     from bot.console import CONSOLE_USER_ID, ConsoleSession, ConsoleTransport
     from bot.shutdown import drain
-    from integrations.resilience.clock import SystemClock
+    from integrations.clock import SystemClock
 
     stdout = stdout or sys.stdout
     clock = SystemClock()
@@ -152,7 +153,7 @@ async def run_check(settings: Settings, *, offline: bool) -> int:
 
 async def print_status(settings: Settings, stdout=None) -> int:
     from bot.app import DATABASE_NAME
-    from integrations.resilience.clock import SystemClock
+    from integrations.clock import SystemClock
 
     stdout = stdout or sys.stdout
     database = settings.state_dir / DATABASE_NAME
@@ -175,7 +176,7 @@ async def print_status(settings: Settings, stdout=None) -> int:
 
 
 async def run_telegram_mode(settings: Settings) -> int:
-    from bot.telegram_service import run_telegram
+    from bot.telegram.service import run_telegram
 
     return await run_telegram(settings)
 

@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 
 from bot.config import NotionSettings, Settings
 from bot.console import HELP as CONSOLE_HELP
-from bot.logs import DeprecationSignals, Redactor, UpstreamLog
+from bot.logs import DeprecationSignals, UpstreamLog
 from bot.recent_errors_handler import RecentErrorsHandler
 from handlers.access import AccessPolicy
 from handlers.admin import admin_commands
@@ -18,7 +18,6 @@ from handlers.chat_admins import ChatAdmins
 from handlers.compaction import Compaction, CompactionSettings
 from handlers.conversation import conversation_commands
 from handlers.documents import DocumentsFeature
-from handlers.quoted import QuotesFeature, RepliedMessages
 from handlers.health import HealthProbe
 from handlers.lanes import ChatLanes
 from handlers.limits import UserLimits
@@ -26,16 +25,18 @@ from handlers.note_delivery import NoteDelivery, Notify
 from handlers.notes import NotesFeature, chat_notifier, notes_commands
 from handlers.operator_alerts import OperatorAlerts
 from handlers.photos import PhotoFeature
+from handlers.quoted import QuotesFeature, RepliedMessages
 from handlers.recent_errors import RecentErrors
 from handlers.router import Router
 from handlers.search import SearchConfig, SearchService, search_commands
 from handlers.services import ChatSettings, Features, Services
-from handlers.voice import VoiceFeature
 from handlers.status_report import StatusContext
 from handlers.stream import StreamPacing
 from handlers.transport import MediaSource, Transport
 from handlers.usage import usage_commands
+from handlers.voice import VoiceFeature
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
+from integrations.clock import Clock
 from integrations.errors import UpstreamError
 from integrations.llm import ChatProvider, ModelRef
 from integrations.local_model import (
@@ -52,7 +53,7 @@ from integrations.model_policy import ModelCallPolicy, ProviderGuard
 from integrations.notion import NotionApi
 from integrations.notion_notes import NotionNotes
 from integrations.prices import PriceTable
-from integrations.resilience.clock import Clock
+from integrations.redaction import Redactor
 from integrations.resilience.compose import AttemptObserver, Upstream
 from integrations.resilience.local_limits import LocalLimits
 from integrations.resilience.ratelimit import RateLimiter
@@ -70,9 +71,9 @@ from state.engines import open_database
 from state.history import HistoryStore
 from state.images import ImageStore
 from state.lock import StateLock
-from state.quoted_messages import StoredMessages
 from state.outbox import Outbox
 from state.preferences import UserPreferences
+from state.quoted_messages import StoredMessages
 from state.schema_cache import SchemaCache
 from state.usage import ErrorJournal, UsageRecorder
 

@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 
 from bot.app import DATABASE_NAME
 from bot.config import Settings
-from bot.logs import Redactor
+from integrations.clock import Clock, SystemClock, wait_for
 from integrations.errors import AuthFailed, ModelNotFound, Unavailable, UpstreamError
-from integrations.resilience.clock import Clock, SystemClock, wait_for
+from integrations.redaction import Redactor
 from state import engines
 from state.db import StorageFault, bundled_migrations, check_directory, inspect_database, load_migrations
 
@@ -190,7 +190,7 @@ async def postgres_check(url: str, *, timeout: float) -> CheckResult:
 
 
 def _session_file(session_path: Path) -> Path:
-    # As bot.telegram.session_file_for, without importing Telethon for a path.
+    # As bot.telegram.transport.session_file_for, without importing Telethon for a path.
     return session_path if str(session_path).endswith(".session") else Path(f"{session_path}.session")
 
 

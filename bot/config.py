@@ -839,7 +839,7 @@ def _redis(read: _Reader) -> RedisSettings | None:
         return None
     parts = urlsplit(url.reveal())
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
         parts = parts._replace(netloc="")  # a port that is no number: reported below
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):

@@ -22,7 +22,7 @@ from typing import Any
 
 from bot.app import App
 from handlers.lanes import SHUTDOWN
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from handlers.render import render_markdown
 from handlers.status_report import StatusSources, build_status
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.cache import SqliteCache
 from state.engines import open_database
 from state.outbox import Outbox

@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping
 
-from integrations.resilience.clock import Clock, wait_for
+from integrations.clock import Clock, wait_for
 
 log = logging.getLogger(__name__)
 

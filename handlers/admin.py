@@ -13,7 +13,6 @@ import re
 from datetime import timedelta
 from typing import Any, cast
 
-from bot.logs import Redactor
 from handlers.commands import Command
 from handlers.health import chat_probes, format_health, run_probes
 from handlers.limits import ADJECTIVE, UserLimits
@@ -23,9 +22,10 @@ from handlers.status_report import StatusSources, build_status, escape_markdown
 from handlers.transport import IncomingMessage
 from handlers.voice import audio_words
 from integrations.prices import format_usd
+from integrations.redaction import Redactor
+from integrations.resilience.registry import ResilienceRegistry
 from state.admin_settings import AdminSettings
 from state.cache import KINDS as CACHE_KINDS
-from integrations.resilience.registry import ResilienceRegistry
 from state.periods import PERIODS, Period
 from state.usage import AUDIO_MODEL_PREFIX, UsageLine
 
@@ -143,7 +143,7 @@ async def usage_report(services: Services, message: IncomingMessage, args: str) 
             if line.unpriced:
                 unpriced.add(line.model)
         today_cost = sum(line.cost_usd for (u, _), line in today.items() if u == uid)
-        total = f"Total: today {format_usd(today_cost)}, {USAGE_DAYS} days {format_usd(sum(l.cost_usd for l in mine))}"
+        total = f"Total: today {format_usd(today_cost)}, {USAGE_DAYS} days {format_usd(sum(line.cost_usd for line in mine))}"
         if limits is not None:
             total += f" ({_describe_budget(limits, uid)})"
         lines.append(total)

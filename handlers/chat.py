@@ -203,15 +203,16 @@ async def _generate(
     except AllModelsFailed as error:
         services.lanes.finishing(message.chat_id)
         log.warning("no model answered in chat %s: %s", message.chat_id, error)
-        await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, error.usage))
-        final = failure_text(error)
-        if error.partial_text:
+        # The callbacks below run after this block: they take values, not the exception's name.
+        spent, partial, reason, final = error.usage, error.partial_text, str(error)[:200], failure_text(error)
+        await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, spent))
+        if partial:
             await _despite_user_cancel(
-                services, stored, lambda: _record(services, message, stored, turn, error.partial_text, "partial", final)
+                services, stored, lambda: _record(services, message, stored, turn, partial, "partial", final)
             )
             await _deliver(services, stream, stored, final)
         else:
-            await _deliver(services, stream, stored, final, end=lambda: services.history.mark_failed(stored, str(error)[:200]))
+            await _deliver(services, stream, stored, final, end=lambda: services.history.mark_failed(stored, reason))
         return None
     if turn.question.text == CONTINUE_REQUEST:
         text = await _without_repeat(services, turn.question, text)

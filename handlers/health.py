@@ -5,11 +5,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
-from bot.logs import Redactor
 from handlers.recent_errors import describe_error
 from handlers.status_report import escape_markdown
 from integrations.chain import ChainModel
-from integrations.resilience.clock import Clock, wait_for
+from integrations.clock import Clock, wait_for
+from integrations.redaction import Redactor
 
 HEALTH_TIMEOUT = 10.0
 

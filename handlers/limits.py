@@ -15,8 +15,8 @@ from collections import deque
 from typing import Protocol
 
 from handlers.access import AccessPolicy
+from integrations.clock import Clock
 from integrations.prices import format_usd
-from integrations.resilience.clock import Clock
 from state.admin_settings import AdminSettings
 from state.periods import Period, next_start
 from state.usage import UsageRecorder

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Awaitable, Callable, Literal
 
+from integrations.clock import Clock
 from integrations.errors import AuthFailed, BadRequest, RateLimited, UpstreamError
 from integrations.notion_blocks import Block, markdown_to_blocks, request_batches
 from integrations.notion_notes import NotionNotes
 from integrations.notion_schema import NoteContent
-from integrations.resilience.clock import Clock
 from state.outbox import Outbox, OutboxEntry
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import logging
 from typing import Awaitable, Callable, Collection, Mapping
 
 from handlers.richtext import RichText
+from integrations.clock import Clock
 from integrations.errors import AuthFailed, QuotaExhausted, UpstreamError
-from integrations.resilience.clock import Clock
 
 log = logging.getLogger(__name__)
 

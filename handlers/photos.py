@@ -37,11 +37,11 @@ from handlers.services import Services
 from handlers.transport import IMAGE_FILE, PHOTO, IncomingMessage, MediaSource
 from handlers.voice import AnswerLater
 from integrations.chain import ModelChain
+from integrations.clock import Clock
 from integrations.errors import UpstreamError
 from integrations.images import Image, UnreadableImage, read_image
 from integrations.llm import ChatMessage
 from integrations.local_model.bundle import LOCAL_PROVIDER
-from integrations.resilience.clock import Clock
 from state.history import StoredMessage
 from state.images import ImageStore, StoredImage
 

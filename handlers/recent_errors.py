@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from bot.logs import Redactor
+from integrations.clock import Clock
 from integrations.errors import UpstreamError
-from integrations.resilience.clock import Clock
+from integrations.redaction import Redactor
 from state.db import iso_timestamp
 from state.usage import ErrorEntry, ErrorJournal
 

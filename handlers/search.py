@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urlsplit
 
+from handlers.chat import CUT_NOTE
 from handlers.commands import Command
 from handlers.lanes import USER_CANCEL
-from handlers.chat import CUT_NOTE
 from handlers.reply import open_stream, reply
-from handlers.stream import ReplyStream
 from handlers.services import Services
+from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage
 from integrations.errors import (
     AuthFailed,

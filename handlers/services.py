@@ -12,7 +12,7 @@ from handlers.modes import BUILTIN_MODES, Mode
 from handlers.stream import StreamPacing
 from handlers.transport import Transport
 from integrations.chain import ModelChain
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.chat_prompts import ChatPrompts
 from state.history import HistoryStore
 from state.preferences import UserPreferences

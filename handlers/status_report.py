@@ -15,12 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
-from bot.logs import Redactor
 from handlers.access import AccessPolicy
 from handlers.lanes import ChatLanes
 from handlers.recent_errors import ERROR_TEXT_LIMIT, RecentErrors, describe_error
+from integrations.clock import Clock, SystemClock
 from integrations.prices import PriceTable, format_usd
-from integrations.resilience.clock import Clock, SystemClock
+from integrations.redaction import Redactor
 from integrations.resilience.registry import Snapshotting
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
@@ -28,7 +28,7 @@ from state.database import Database
 from state.usage import ErrorJournal, UsageRecorder
 
 if TYPE_CHECKING:
-    from integrations.resilience.governor import GovernorSnapshot
+    from bot.telegram.flood_governor import GovernorSnapshot
 
 log = logging.getLogger(__name__)
 

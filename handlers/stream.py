@@ -31,8 +31,8 @@ from handlers.render import MarkdownStream, render_markdown
 from handlers.richtext import RichText
 from handlers.split import SplitSoFar, split_rich_text
 from handlers.transport import DraftsUnsupported, PreviewGate, Transport
+from integrations.clock import Clock
 from integrations.errors import BadRequest, PreviewDeferred, RateLimited, UpstreamError
-from integrations.resilience.clock import Clock
 
 log = logging.getLogger(__name__)
 

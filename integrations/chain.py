@@ -14,14 +14,15 @@ a lone one at most two.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
+from integrations.clock import Clock, Watchdog, wait_for
 from integrations.context_window import estimate_tokens, trim_to_budget
 from integrations.errors import BadRequest, ContextTooLong, MalformedResponse, Unavailable, UpstreamError
 from integrations.llm import ChatMessage, ChatProvider, ChatRequest, ModelRef, StreamResult, Usage
-from integrations.resilience.clock import Clock, Watchdog, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ class ModelChain:
         while True:
             request = ChatRequest(model.ref.model, trim_to_budget(conversation, budget), system, max_tokens)
             try:
-                return await self.open_policy(model.ref, request, lambda: self._first_token(model, request))
+                return await self.open_policy(model.ref, request, functools.partial(self._first_token, model, request))
             except ContextTooLong:
                 if trimmed_once or len(request.messages) <= 1:
                     raise

@@ -18,7 +18,8 @@ import base64
 import io
 from dataclasses import dataclass
 
-from PIL import Image as PILImage, UnidentifiedImageError
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
 
 # What both providers take as they are; anything else Pillow reads is converted (to PNG or JPEG).
 ACCEPTED_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}

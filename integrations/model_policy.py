@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, TypeVar
 
 from integrations.chain import OpenedStream
+from integrations.clock import Clock
 from integrations.context_window import estimate_tokens
 from integrations.errors import AuthFailed, QuotaExhausted, UpstreamError
 from integrations.http_errors import LimitHint
 from integrations.llm import ChatRequest, ModelRef
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import Clock
 from integrations.resilience.compose import AttemptObserver, compose, limiter_policy, retry_policy
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry

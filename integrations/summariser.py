@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from integrations.chain import AllModelsFailed, ChainModel, Completed, ModelChain, TextDelta
+from integrations.clock import Clock, wait_for
 from integrations.context_window import estimate_tokens
 from integrations.llm import ChatMessage, ModelRef, Usage
 from integrations.prices import PriceTable
-from integrations.resilience.clock import Clock, wait_for
 from integrations.usage_meter import UsageMeter
 
 OFFLINE_PROVIDERS = frozenset({"local"})

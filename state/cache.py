@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.database import Database
 from state.db import iso_timestamp
 

@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator, Iterator, Literal, Mapping, Sequence
 
 import aiosqlite
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.database import Database
 from state.db import Database as SQLiteDatabase
 from state.db import StorageFault

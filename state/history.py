@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Awaitable, Callable, Iterable, Literal
 
+from integrations.clock import Clock
 from integrations.context_window import with_summary
 from integrations.llm import ChatMessage
-from integrations.resilience.clock import Clock
 from state.database import Database, Row
 from state.db import iso_timestamp
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Mapping
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.database import Database, Row
 from state.db import iso_timestamp
 

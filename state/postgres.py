@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.database import Dialect, Params
 from state.db import Migration, MigrationError, StorageFault, iso_timestamp, load_migrations
 from state.placeholders import numbered

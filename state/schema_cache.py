@@ -5,7 +5,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.database import Database
 from state.db import iso_timestamp
 

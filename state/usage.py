@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta, timezone
 from typing import Any, Sequence
 
+from integrations.clock import Clock
 from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable
-from integrations.resilience.clock import Clock
 from state.database import Database
 from state.periods import period_start
-
 
 _UPSERT = (
     "INSERT INTO usage_daily"

@@ -11,13 +11,12 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from state.database import Database
 from state.db import Database as SQLiteDatabase
 from state.db import bundled_migrations
 from state.postgres import PostgresDatabase, bundled_postgres_migrations, connect
 from tests.pg import PostgresCluster
-
 
 _TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
 

@@ -9,7 +9,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from state.database import Database
 from tests.backends import PostgresBackend, SQLiteBackend, StateBackend
 from tests.pg import PostgresCluster, server_binaries

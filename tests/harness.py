@@ -15,8 +15,8 @@ from handlers.router import Router
 from handlers.services import ChatSettings, Services
 from handlers.transport import IncomingMessage
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
+from integrations.clock import ManualClock
 from integrations.llm import ChatProvider, ModelRef
-from integrations.resilience.clock import ManualClock
 from state.chat_prompts import ChatPrompts
 from state.database import Database
 from state.engines import open_database

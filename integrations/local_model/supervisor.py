@@ -28,7 +28,7 @@ import httpx
 from integrations.local_model.bundle import LOCAL_ALIAS, LOCAL_CONTEXT_TOKENS, LOCAL_THREADS
 
 if TYPE_CHECKING:
-    from integrations.resilience.clock import Clock
+    from integrations.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Awaitable, Callable, TypeVar
 
+from integrations.clock import Clock
 from integrations.errors import (
     AuthFailed,
     CircuitOpen,
@@ -27,7 +28,6 @@ from integrations.errors import (
     Unavailable,
     UpstreamError,
 )
-from integrations.resilience.clock import Clock
 from integrations.resilience.ratelimit import WaitTooLong
 
 logger = logging.getLogger(__name__)

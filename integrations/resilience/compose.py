@@ -15,9 +15,9 @@ import asyncio
 import functools
 from typing import Any, Awaitable, Callable, TypeVar, cast
 
+from integrations.clock import Clock
 from integrations.errors import AuthFailed, RateLimited, Unavailable
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import Clock
 from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
 from integrations.resilience.retry import AuthReload, RetryPolicy, retry_call
 

@@ -1,16 +1,16 @@
 """Where the bot's limits come from: by default this instance's own (no REDIS_URL).
 
-The composition root asks one limits source for every rate limiter, token budget, breaker, the
-registry and the flood governor. `LocalLimits` builds the classes of this package;
-`shared_limits.SharedLimits` builds their Redis-backed twins behind the same methods.
+The composition root asks one limits source for every rate limiter, token budget, breaker and the
+registry. `LocalLimits` builds the classes of this package; `shared_limits.SharedLimits` builds
+their Redis-backed twins behind the same methods. The Telegram flood governor follows its `link`
+(`bot.telegram.flood_governor.flood_governor_for`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from integrations.clock import Clock
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import Clock
-from integrations.resilience.governor import FloodGovernor
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.tokens import TokenBudget
@@ -36,8 +36,6 @@ class LocalLimits:
     def breaker(self, name: str, *, failure_threshold: int, window: float, cooldown: float) -> CircuitBreaker:
         return CircuitBreaker(name, self.clock, failure_threshold=failure_threshold, window=window, cooldown=cooldown)
 
-    def flood_governor(self, **pacing: Any) -> FloodGovernor:
-        return FloodGovernor(self.clock, **pacing)
 
     def registry(self, *, failure_threshold: int, window: float, cooldown: float) -> ResilienceRegistry:
         return ResilienceRegistry(self.clock, failure_threshold=failure_threshold, window=window, cooldown=cooldown)

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Mapping, Sequence
 
+from integrations.clock import Clock, wait_for
 from integrations.errors import RateLimited
-from integrations.resilience.clock import Clock, wait_for
 from integrations.resilience.upstream_window import UpstreamWindow
 
 logger = logging.getLogger(__name__)

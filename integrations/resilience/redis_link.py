@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 
 log = logging.getLogger(__name__)
 

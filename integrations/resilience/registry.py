@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Protocol, TypeVar
 
+from integrations.clock import Clock
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import Clock
 from integrations.resilience.compose import Upstream
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.tokens import TokenBudget

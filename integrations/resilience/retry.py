@@ -18,8 +18,8 @@ from typing import Awaitable, Callable, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState
 
+from integrations.clock import Clock
 from integrations.errors import AuthFailed, UpstreamError
-from integrations.resilience.clock import Clock
 
 logger = logging.getLogger(__name__)
 

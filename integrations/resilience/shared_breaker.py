@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, TypeVar
 
+from integrations.clock import Clock
 from integrations.resilience.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, _Guard
-from integrations.resilience.clock import Clock
 from integrations.resilience.redis_link import RedisLink, SharedUnavailable
 
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """Limits shared by all instances through Redis (REDIS_URL): the shared twin of `LocalLimits`.
 
-`SharedLimits` builds the shared versions of the limiters, budgets, breakers and flood governor on
-one `RedisLink`, each falling back to its local 1/N share while Redis is unreachable. The registry
+`SharedLimits` builds the shared versions of the limiters, budgets and breakers on one `RedisLink`
+(the Telegram flood governor shares its pauses through the same link: `bot.telegram.shared_flood`), each falling back to its local 1/N share while Redis is unreachable. The registry
 it builds also makes the breakers created on first use (one per model) shared ones, and adds the
 link's state to its snapshot for /status. Imports redis-py (the optional `redis` group): only
 imported when REDIS_URL is set.
@@ -9,17 +9,14 @@ imported when REDIS_URL is set.
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from typing import Any
 
+from integrations.clock import Clock
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import Clock
-from integrations.resilience.governor import FloodGovernor
 from integrations.resilience.local_limits import LocalLimits
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.redis_link import RedisLink
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.shared_breaker import SharedCircuitBreaker
-from integrations.resilience.shared_flood import SharedFloodGovernor
 from integrations.resilience.shared_ratelimit import SharedRateLimiter, SharedTokenBudget
 from integrations.resilience.tokens import TokenBudget
 
@@ -43,8 +40,6 @@ class SharedLimits(LocalLimits):
             name, self.clock, self.redis_link, failure_threshold=failure_threshold, window=window, cooldown=cooldown
         )
 
-    def flood_governor(self, **pacing: Any) -> FloodGovernor:
-        return SharedFloodGovernor(self.clock, self.redis_link, **pacing)
 
     def registry(self, *, failure_threshold: int, window: float, cooldown: float) -> ResilienceRegistry:
         return _SharedRegistry(self, failure_threshold=failure_threshold, window=window, cooldown=cooldown)

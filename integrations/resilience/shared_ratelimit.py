@@ -21,10 +21,10 @@ import asyncio
 import contextlib
 import math
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from integrations.resilience.ratelimit import _TICKETS, RateLimiter
-from integrations.resilience.tokens import TokenBudget
 from integrations.resilience.redis_link import RedisLink, SharedUnavailable
+from integrations.resilience.tokens import TokenBudget
 
 # Float rounding on timestamps must not cost a second sleep (as in ratelimit.py).
 _EPSILON = 1e-9

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from integrations.resilience.ratelimit import RateLimiter
 
 

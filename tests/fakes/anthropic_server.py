@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
-from tests.fakes.http_server import FakeUpstream, HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.http_server import HANG_UP, RESET, STALL, FakeUpstream, Fault, HttpServer, RecordedRequest, Response
 from tests.fakes.openai_server import split_text
 from tests.fakes.vision import SeenImage, anthropic_tokens, decode
 

@@ -33,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from integrations.resilience.clock import Clock
-from tests.fakes.http_server import FakeUpstream, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
+from integrations.clock import Clock
+from tests.fakes.http_server import RESET, STALL, FakeUpstream, Fault, HttpServer, RecordedRequest, Response
 
 NOTION_VERSION = "2025-09-03"
 MAX_TEXT = 2000

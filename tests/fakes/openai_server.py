@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from tests.fakes.http_server import FakeUpstream, HANG_UP, RESET, STALL, Fault, HttpServer, RecordedRequest, Response
+from tests.fakes.http_server import HANG_UP, RESET, STALL, FakeUpstream, Fault, HttpServer, RecordedRequest, Response
 from tests.fakes.vision import SeenImage, decode, openai_tokens
 
 UNSUPPORTED_IMAGE = (

@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable, Literal, NoReturn, TypeVar
 from PIL import Image
 from telethon import errors, events, functions, types, utils
 
-from integrations.resilience.clock import Clock
+from integrations.clock import Clock
 from tests.fakes.telegram_members import MEMBER_REQUESTS, ChatMembers
 
 FaultKind = Literal[

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 from handlers.richtext import RichText, utf16_len
 from handlers.transport import DraftsUnsupported
+from integrations.clock import Clock
 from integrations.errors import BadRequest
-from integrations.resilience.clock import Clock
 
 
 @dataclass

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 from bot.app import App, build_app
 from bot.config import Secret, Settings
-from bot.telegram import TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport
+from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
+from bot.telegram.transport import TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport
+from integrations.clock import ManualClock
 from integrations.llm import ModelRef
-from integrations.resilience.clock import ManualClock
-from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from tests.fakes.telegram import FakeTelegramClient, new_message_event
 
 USER = 4242

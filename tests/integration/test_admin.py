@@ -7,26 +7,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from bot.logs import Redactor
+from bot.status import status_from_database
+from bot.telegram.flood_governor import FloodGovernor
 from handlers.admin import admin_commands
 from handlers.basic import basic_commands
-from handlers.limits import UserLimits
-from handlers.router import Router
-from bot.status import status_from_database
 from handlers.health import HealthProbe
+from handlers.limits import UserLimits
 from handlers.notes import NotesFeature
 from handlers.recent_errors import RecentErrors
+from handlers.router import Router
 from handlers.services import Features
 from handlers.status_report import StatusContext
 from handlers.transport import IncomingMessage
 from handlers.usage import usage_commands
+from integrations.clock import ManualClock
 from integrations.errors import AuthFailed, RateLimited
 from integrations.llm import ChatProvider, ModelRef, Usage
 from integrations.openai import OpenAIChat
 from integrations.prices import PriceTable
+from integrations.redaction import Redactor
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
-from integrations.resilience.governor import FloodGovernor
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.tokens import TokenBudget

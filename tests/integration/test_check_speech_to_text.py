@@ -9,11 +9,11 @@ from dataclasses import replace
 
 from bot.check import check_command
 from bot.config import Secret, SttSettings
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.transcription_server import FakeTranscription
-from tests.integration.test_cli import clean_env, run_cli
 from tests.integration.telegram_bot import ANTHROPIC_KEY, OPENAI_KEY, settings_for
+from tests.integration.test_cli import clean_env, run_cli
 
 CLAUDE = "anthropic:claude-test"
 STT_KEY = "sk-sentinel-check-stt-key-000000000000000"

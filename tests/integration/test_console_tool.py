@@ -4,8 +4,8 @@ import asyncio
 import json
 from contextlib import AsyncExitStack
 
-from handlers.richtext import Entity, RichText
 from bot.console import ConsoleTransport
+from handlers.richtext import Entity, RichText
 from integrations.chain import ChainModel, ModelChain
 from integrations.llm import ModelRef
 from tests.fakes import anthropic_server as anth

@@ -11,7 +11,6 @@ from tests.fakes import anthropic_server as anth
 from tests.fakes import openai_server as oai
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import FakeOpenAI
-from tests.integration.test_cli import clean_env, run_cli
 from tests.integration.telegram_bot import (
     ANTHROPIC_KEY,
     OPENAI_KEY,
@@ -20,6 +19,7 @@ from tests.integration.telegram_bot import (
     settings_for,
     start_telegram_bot,
 )
+from tests.integration.test_cli import clean_env, run_cli
 
 CLAUDE = "anthropic:claude-test"
 GPT = "openai:gpt-test"

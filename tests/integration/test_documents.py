@@ -6,6 +6,8 @@ import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
+from telethon import errors
+
 from bot.config import DocumentSettings
 from handlers import documents
 from tests.fakes import anthropic_server as anth
@@ -13,7 +15,6 @@ from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.pdfs import damaged_pdf, scanned_pdf, text_pdf
 from tests.fakes.telegram import document_file, new_message_event
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
-from telethon import errors
 
 CLAUDE = "anthropic:claude-test"
 POLL = 0.05

@@ -34,13 +34,13 @@ import integrations.openai
 from bot.app import App, build_app
 from bot.config import Secret
 from bot.shutdown import drain
-from bot.telegram import TelegramRunner, TelegramTransport
+from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
+from bot.telegram.transport import TelegramRunner, TelegramTransport
 from handlers.chat import SOMETHING_WENT_WRONG
 from handlers.router import ALREADY_FINISHING, NOT_ACCEPTED, QUEUED_NOTICE
+from integrations.clock import ManualClock
 from integrations.errors import Unavailable
 from integrations.llm import ChatRequest, StreamResult, Usage
-from integrations.resilience.clock import ManualClock
-from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from state.lock import StateLock
 from tests.fakes.telegram import FakeTelegramClient, new_message_event
 from tests.integration.telegram_bot import settings_for

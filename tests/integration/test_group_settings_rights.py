@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 
 from telethon import errors
 
-from bot.telegram import TelegramChatAdmins
+from bot.telegram.transport import TelegramChatAdmins
 from handlers.chat_admins import ADMINS_ONLY, CANNOT_CHECK
 from handlers.modes import BUILTIN_MODES
 from tests.fakes import anthropic_server as anth

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import LimitSettings, NotionSettings, PerplexitySettings, Secret
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from tests.fakes import perplexity_server as pplx
 from tests.fakes.http_server import RESET, Fault, RecordedRequest, Response
 from tests.fakes.notion_server import (

@@ -2,10 +2,10 @@
 from contextlib import AsyncExitStack
 
 from bot.config import NotionSettings, Secret
+from integrations.clock import ManualClock
 from tests.fakes import anthropic_server as anth
 from tests.fakes.notion_server import FakeNotion
 from tests.integration.telegram_bot import ANTHROPIC_KEY, USER, settings_for, start_telegram_bot
-from integrations.resilience.clock import ManualClock
 
 NOTION_TOKEN = "secret_wiring-sentinel-notion-token-0000000000000"
 CLAUDE = "anthropic:claude-test"

@@ -26,7 +26,7 @@ from bot.__main__ import main  # the command line's own imports first
 from bot.app import build_app
 from bot.config import load_settings
 from bot.console import CONSOLE_USER_ID, ConsoleTransport
-from integrations.resilience.clock import SystemClock
+from integrations.clock import SystemClock
 
 
 async def build() -> None:

@@ -19,6 +19,7 @@ import pytest
 import tests.fakes.anthropic_server as anthropic_fake
 import tests.fakes.openai_server as openai_fake
 from integrations.anthropic import AnthropicChat
+from integrations.clock import ManualClock, wait_for
 from integrations.errors import (
     AuthFailed,
     BadRequest,
@@ -33,7 +34,6 @@ from integrations.errors import (
 from integrations.http_errors import LimitHint
 from integrations.llm import ChatMessage, ChatRequest, StreamResult, Usage
 from integrations.openai import OpenAIChat
-from integrations.resilience.clock import ManualClock, wait_for
 from tests.fakes.anthropic_server import PREFILL_REFUSAL, FakeAnthropic
 from tests.fakes.http_server import RESET
 from tests.fakes.openai_server import FakeOpenAI

@@ -27,6 +27,7 @@ from handlers.router import Router
 from handlers.services import ChatSettings
 from handlers.transport import IncomingMessage
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain
+from integrations.clock import ManualClock
 from integrations.errors import ContextTooLong, Unavailable
 from integrations.llm import ChatMessage, ChatRequest, ModelRef, StreamResult
 from integrations.local_model import (
@@ -39,7 +40,6 @@ from integrations.local_model import (
     local_model_available,
 )
 from integrations.openai import OpenAIChat
-from integrations.resilience.clock import ManualClock
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.providers import Script, ScriptedProvider
 from tests.harness import USER, start_bot
@@ -258,7 +258,7 @@ async def test_server_dies_with_the_bot_even_when_the_bot_is_killed(tmp_path):
         "import asyncio, sys\n"
         "from pathlib import Path\n"
         "from integrations.local_model import LocalModelServer\n"
-        "from integrations.resilience.clock import SystemClock\n"
+        "from integrations.clock import SystemClock\n"
         "async def main():\n"
         "    server = LocalModelServer(SystemClock(), model_path=Path(sys.argv[1]), log_path=Path(sys.argv[2]))\n"
         "    await server.start()\n"
@@ -314,7 +314,7 @@ async def until_gone(pid: int) -> None:
 
 async def test_in_the_service_the_offline_model_starts_in_the_background_and_answers_once_up(tmp_path):
     from bot.app import build_app
-    from integrations.resilience.clock import SystemClock
+    from integrations.clock import SystemClock
     from tests.fakes.transport import RecordingTransport
     from tests.integration.telegram_bot import settings_for
 

@@ -18,12 +18,12 @@ from handlers.basic import basic_commands
 from handlers.notes import NotesFeature, chat_notifier, notes_commands, numbered_sources
 from handlers.router import Router
 from handlers.services import Features
+from integrations.clock import ManualClock
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable
 from integrations.notion import NotionApi
-from integrations.notion_schema import hashtags
 from integrations.notion_blocks import markdown_to_blocks, request_batches
+from integrations.notion_schema import hashtags
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.compose import Upstream
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.retry import RetryPolicy

@@ -295,8 +295,8 @@ async def test_retry_asks_about_the_photo_again_with_the_image(tmp_path):
 
 def test_the_reply_without_a_model_that_can_see_names_the_offline_model():
     from integrations.chain import ChainModel, ModelChain
+    from integrations.clock import ManualClock
     from integrations.local_model.bundle import LOCAL_MARKER
-    from integrations.resilience.clock import ManualClock
 
     offline = ChainModel(ModelRef("local", "smollm2"), provider=None, marker=LOCAL_MARKER, sees_images=False)
     claude = ChainModel(ModelRef.parse(CLAUDE), provider=None)

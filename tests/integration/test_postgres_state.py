@@ -7,13 +7,13 @@ from contextlib import AsyncExitStack
 from bot.check import check_command
 from bot.config import Secret
 from bot.status import status_from_database
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from state.postgres import connect
-from tests.fakes.providers import Script, ScriptedProvider
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.integration.telegram_bot import ANTHROPIC_KEY, settings_for, start_telegram_bot
+from tests.fakes.providers import Script, ScriptedProvider
 from tests.harness import start_bot
+from tests.integration.telegram_bot import ANTHROPIC_KEY, settings_for, start_telegram_bot
 from tests.pg import PASSWORD
 
 CLAUDE = "anthropic:claude-test"

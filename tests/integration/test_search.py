@@ -15,9 +15,9 @@ from handlers.basic import basic_commands
 from handlers.router import Router
 from handlers.search import SearchConfig, SearchService, search_commands
 from handlers.services import Features
+from integrations.clock import ManualClock
 from integrations.errors import AuthFailed, BadRequest, MalformedResponse, RateLimited, Unavailable
 from integrations.perplexity import PerplexitySearch, SearchAnswer, SearchQuery, SearchRunFailed, TextDelta
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.compose import Upstream
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry

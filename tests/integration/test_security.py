@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers.render import render_markdown
 from handlers.health import HealthProbe
+from handlers.render import render_markdown
+from integrations.clock import ManualClock
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
 from state.cache import SqliteCache
 from state.db import Database
 from tests.fakes.providers import ScriptedProvider

@@ -19,13 +19,13 @@ from bot.check import check_command
 from bot.config import LimitSettings, NotionSettings, Secret, TelegramSettings
 from bot.shutdown import FINALISE_SECONDS, drain
 from bot.systemd import Notifier
-from bot.telegram import TelegramRunner, TelegramTransport
-from bot.telegram_service import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK, LOGIN_PATIENCE, TelegramService
+from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
+from bot.telegram.service import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK, LOGIN_PATIENCE, TelegramService
+from bot.telegram.transport import TelegramRunner, TelegramTransport
 from handlers.notes import NotesFeature
 from handlers.router import QUEUED_NOTICE
+from integrations.clock import ManualClock
 from integrations.errors import AuthFailed
-from integrations.resilience.clock import ManualClock
-from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from state.outbox import Outbox
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
@@ -297,7 +297,7 @@ async def test_login_refused_exits_with_the_status_that_stops_restarts(tmp_path,
 
 
 def login_warnings(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "bot.telegram_service" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "bot.telegram.service" and r.levelno >= logging.WARNING]
 
 
 async def test_telegram_unreachable_at_start_is_tried_again_with_one_line_each_time(tmp_path, systemd_socket, caplog):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 from bot.config import NotionSettings, RedisSettings, Secret
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from tests.fakes import anthropic_server as anth
 from tests.fakes.notion_server import FakeNotion
 from tests.fakes.telegram import new_message_event

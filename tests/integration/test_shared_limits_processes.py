@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from integrations.resilience.clock import SystemClock
+from integrations.clock import SystemClock
 from tests.fakes.notion_server import FakeNotion
 from tests.integration.test_cli import clean_env, run_cli
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bot.app import DATABASE_NAME
-from integrations.resilience.clock import ManualClock
-from state.db import Database, PROBE_BYTES, bundled_migrations, load_migrations
+from integrations.clock import ManualClock
+from state.db import PROBE_BYTES, Database, bundled_migrations, load_migrations
 from tests.integration.test_cli import clean_env, run_cli
 
 KNOWN = len(load_migrations(bundled_migrations()))

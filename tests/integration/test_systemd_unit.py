@@ -10,7 +10,7 @@ import pytest
 
 from bot.config import LimitSettings, load_settings
 from bot.shutdown import FINALISE_SECONDS
-from bot.telegram_service import EXIT_NEEDS_OPERATOR
+from bot.telegram.service import EXIT_NEEDS_OPERATOR
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "switchboard.service"

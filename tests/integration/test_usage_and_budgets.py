@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 
 from bot.config import LimitSettings
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from tests.fakes import anthropic_server as anth
 from tests.harness import USER as HARNESS_USER
 from tests.integration.telegram_bot import ANTHROPIC_KEY, USER, settings_for, start_telegram_bot

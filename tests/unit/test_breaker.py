@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from integrations.clock import ManualClock
 from integrations.errors import (
     AuthFailed,
     BadRequest,
@@ -17,7 +18,6 @@ from integrations.errors import (
     UpstreamError,
 )
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
 
 
 class Upstream:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from state.cache import SqliteCache
 
 

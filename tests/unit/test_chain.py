@@ -12,11 +12,11 @@ from integrations.chain import (
     TextDelta,
     drop_overlap,
 )
+from integrations.clock import ManualClock
 from integrations.errors import BadRequest, ContextTooLong, RateLimited, Unavailable
 from integrations.llm import ChatMessage, ModelRef
 from integrations.model_policy import ModelCallPolicy, ProviderGuard
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.tokens import TokenBudget

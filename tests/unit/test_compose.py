@@ -6,9 +6,9 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
+from integrations.clock import ManualClock
 from integrations.errors import AuthFailed, CircuitOpen, RateLimited, Unavailable
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.compose import (
     Upstream,
     breaker_policy,

@@ -3,7 +3,7 @@ import io
 from bot.console import ConsoleTransport
 from handlers.richtext import RichText
 from handlers.stream import ReplyStream
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 
 
 async def test_live_console_prints_each_edit_as_it_grows():

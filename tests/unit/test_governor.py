@@ -5,12 +5,12 @@ import asyncio
 import pytest
 from telethon import errors
 
-from bot.telegram import TelegramTransport
+from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
+from bot.telegram.transport import TelegramTransport
 from handlers.richtext import RichText
 from handlers.transport import DraftsUnsupported
+from integrations.clock import ManualClock
 from integrations.errors import PreviewDeferred, RateLimited
-from integrations.resilience.clock import ManualClock
-from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from tests.fakes.telegram import FakeTelegramClient
 
 USER = 4242

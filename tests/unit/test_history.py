@@ -1,7 +1,7 @@
 import pytest
 
+from integrations.clock import ManualClock
 from integrations.llm import ChatMessage
-from integrations.resilience.clock import ManualClock
 from state.history import HistoryStore, StoredMessage
 
 CHAT = 100

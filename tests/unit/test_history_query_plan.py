@@ -1,7 +1,7 @@
 """Loading a conversation's context reads an index in order: SQLite never sorts it in a temporary B-tree."""
 import pytest
 
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from state.db import Database
 from state.history import CONTEXT_QUERY, HistoryStore
 

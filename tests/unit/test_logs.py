@@ -11,10 +11,11 @@ import pytest
 from telethon.crypto import AuthKey
 from telethon.sessions import StringSession
 
-from bot.logs import DeprecationSignals, Redactor, UpstreamLog, configure_logging, log_upstream_call
+from bot.logs import DeprecationSignals, UpstreamLog, configure_logging, log_upstream_call
+from integrations.clock import ManualClock
 from integrations.errors import ModelNotFound, RateLimited, Unavailable
+from integrations.redaction import Redactor
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.compose import Upstream
 from integrations.resilience.retry import RetryPolicy, retry_call
 

@@ -1,10 +1,10 @@
 """The governed transport says, without a call, whether it would take a preview now."""
 import asyncio
 
+from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
 from handlers.richtext import RichText
+from integrations.clock import ManualClock
 from integrations.errors import RateLimited
-from integrations.resilience.clock import ManualClock
-from integrations.resilience.governor import FloodGovernor, GovernedTransport
 from tests.fakes.transport import RecordingTransport
 
 USER = 4242

@@ -5,11 +5,11 @@ import asyncio
 from typing import AsyncIterator
 
 from integrations.chain import ChainModel, ChainTimeouts, Completed, ModelChain
+from integrations.clock import ManualClock
 from integrations.http_errors import LimitHint
 from integrations.llm import ChatMessage, ChatRequest, ModelRef, StreamResult
 from integrations.model_policy import ModelCallPolicy, ProviderGuard
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.tokens import TokenBudget

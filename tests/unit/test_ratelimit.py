@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
+from integrations.clock import ManualClock
 from integrations.errors import RateLimited
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
 from integrations.resilience.tokens import TokenBudget
 

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from handlers import render
 from handlers.render import render_markdown
-from handlers.split import split_rich_text
 from handlers.richtext import Entity, RichText, utf16_len
+from handlers.split import split_rich_text
 
 VERBATIM = {"pre", "code"}
 SPLITTABLE = {"bold", "italic", "underline", "strike", "spoiler"}

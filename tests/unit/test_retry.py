@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from integrations.clock import ManualClock
 from integrations.errors import (
     AuthFailed,
     BadRequest,
@@ -17,7 +18,6 @@ from integrations.errors import (
     Unavailable,
     UpstreamError,
 )
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.retry import RetryPolicy, retry_call
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.systemd import Notifier, heartbeat
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 
 # sun_path holds 108 bytes; pytest's tmp_path can be longer than that for long test names.
 _SUN_PATH_MAX = 107

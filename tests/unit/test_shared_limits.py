@@ -8,8 +8,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from bot.telegram.flood_governor import flood_governor_for
+from integrations.clock import ManualClock
 from integrations.errors import CircuitOpen, RateLimited, Unavailable
-from integrations.resilience.clock import ManualClock
 from integrations.resilience.ratelimit import WaitTooLong
 from integrations.resilience.shared_limits import LocalLimits, SharedLimits, open_limits
 
@@ -197,7 +198,7 @@ async def test_a_flood_pause_set_by_one_instance_pauses_the_other(redis_url):
 
     async with AsyncExitStack() as stack:
         first, second = await two_instances(stack, redis_url, clock)
-        a, b = first.flood_governor(), second.flood_governor()
+        a, b = flood_governor_for(first, clock), flood_governor_for(second, clock)
         start = clock.monotonic()
         await clock.run_until_complete(a.run(-100, False, send_first), poll=POLL)
         await first.link.settle()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations.resilience.clock import ManualClock
+from integrations.clock import ManualClock
 from state.db import (
     Database,
     MigrationError,

@@ -2,8 +2,8 @@ import asyncio
 
 from handlers.richtext import RichText
 from handlers.stream import ReplyStream, StreamPacing
+from integrations.clock import ManualClock
 from integrations.errors import BadRequest, RateLimited
-from integrations.resilience.clock import ManualClock
 from tests.fakes.transport import RecordingTransport
 from tests.unit.test_watchdog import CountingTasks
 

@@ -9,7 +9,7 @@ import pytest
 from telethon import errors, functions, types
 
 from bot.config import DcOverride, Secret, TelegramSettings
-from bot.telegram import (
+from bot.telegram.transport import (
     BotIdentity,
     TelegramRunner,
     TelegramTransport,
@@ -19,8 +19,8 @@ from bot.telegram import (
 )
 from handlers.richtext import Entity, RichText
 from handlers.transport import DraftsUnsupported, IncomingMessage
+from integrations.clock import ManualClock
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable
-from integrations.resilience.clock import ManualClock
 from tests.fakes.telegram import FakeTelegramClient, new_message_event
 
 USER = 4242
@@ -385,7 +385,7 @@ async def test_a_failing_command_menu_is_a_warning_not_a_stop(
         received.append(message)
 
     runner = TelegramRunner(client, Secret(TOKEN), on_message, commands=[("bad command", "x")])
-    with caplog.at_level(logging.WARNING, logger="bot.telegram"):
+    with caplog.at_level(logging.WARNING, logger="bot.telegram.transport"):
         await runner.start()
     await client.deliver(new_message_event(chat_id=USER, sender_id=USER, text="still there?"))
 
@@ -404,7 +404,7 @@ async def test_a_handler_that_raises_is_logged_and_the_next_message_is_still_han
             raise RuntimeError("handler bug")
 
     await TelegramRunner(client, Secret(TOKEN), on_message).start()
-    with caplog.at_level(logging.ERROR, logger="bot.telegram"):
+    with caplog.at_level(logging.ERROR, logger="bot.telegram.transport"):
         await client.deliver(new_message_event(chat_id=USER, sender_id=USER, text="boom"))
         await client.deliver(new_message_event(chat_id=USER, sender_id=USER, text="next", message_id=2))
 

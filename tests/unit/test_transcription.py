@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, load_settings
-from bot.telegram import TelegramMedia, describe_media, incoming_from_event, BotIdentity
+from bot.telegram.transport import BotIdentity, TelegramMedia, describe_media, incoming_from_event
 from handlers.render import render_markdown
 from handlers.transport import Media
 from handlers.voice import TRANSCRIPT_SHOWN_CHARS, transcript_quote
+from integrations.clock import ManualClock
 from integrations.errors import BadRequest
 from integrations.prices import PriceTable
-from integrations.resilience.clock import ManualClock
 from integrations.transcription import upload_name
 from tests.fakes.telegram import FakeTelegramClient, audio_file, new_message_event, photo, voice_note
 

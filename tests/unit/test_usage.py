@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.logs import Redactor
 from bot.recent_errors_handler import RecentErrorsHandler
 from handlers.access import AccessPolicy
 from handlers.limits import MessageRate, UserLimits
 from handlers.recent_errors import RecentErrors
+from integrations.clock import ManualClock
 from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable, format_usd
-from integrations.resilience.clock import ManualClock
+from integrations.redaction import Redactor
 from state.admin_settings import AdminSettings, BudgetOverride
 from state.db import Database
 from state.usage import _SPENDING_QUERY, ErrorJournal, UsageRecorder

@@ -3,10 +3,10 @@ chain with scripted providers and a manual clock."""
 import math
 
 from integrations.chain import AllModelsFailed, ChainModel, ChainTimeouts, ModelChain
+from integrations.clock import ManualClock, wait_for
 from integrations.context_window import CHARS_PER_TOKEN, estimate_tokens
 from integrations.errors import BadRequest, Unavailable
 from integrations.llm import ChatMessage, ModelRef, Usage
-from integrations.resilience.clock import ManualClock, wait_for
 from integrations.usage_meter import UsageMeter
 from tests.fakes.providers import Script, ScriptedProvider
 

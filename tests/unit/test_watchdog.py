@@ -4,8 +4,8 @@ import asyncio
 import pytest
 
 from integrations.chain import ChainModel, ChainTimeouts, ModelChain, TextDelta
+from integrations.clock import ManualClock, Watchdog
 from integrations.llm import ChatMessage, ModelRef
-from integrations.resilience.clock import ManualClock, Watchdog
 
 MODEL = ModelRef("openai", "paced")
 

@@ -25,14 +25,15 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Sequence, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol, Sequence, TypeVar, overload
 
+from integrations.clock import Clock
 from integrations.errors import PreviewDeferred, RateLimited
-from integrations.resilience.clock import Clock
 
 if TYPE_CHECKING:
     from handlers.richtext import RichText
     from handlers.transport import Transport
+    from integrations.resilience.redis_link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -411,3 +412,19 @@ class GovernedTransport:
 
     async def delete(self, chat_id: int, message_ids: Sequence[int]) -> None:
         await self._governor.run(chat_id, chat_id > 0, lambda: self._inner.delete(chat_id, message_ids), "edit")
+
+
+class LimitsSource(Protocol):
+    """Where the other limits come from (`LocalLimits` or `SharedLimits`): its Redis link, if any."""
+
+    @property
+    def link(self) -> "RedisLink | None": ...
+
+
+def flood_governor_for(limits: LimitsSource, clock: Clock, **pacing: Any) -> FloodGovernor:
+    """This instance's governor; with Redis, one whose flood pauses every instance follows."""
+    if limits.link is None:
+        return FloodGovernor(clock, **pacing)
+    from bot.telegram.shared_flood import SharedFloodGovernor  # imports redis-py, only set up with REDIS_URL
+
+    return SharedFloodGovernor(clock, limits.link, **pacing)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+from bot.telegram.flood_governor import CallKind, FloodGovernor, _ChatScope
+from integrations.clock import Clock
 from integrations.errors import RateLimited
-from integrations.resilience.clock import Clock
-from integrations.resilience.governor import CallKind, FloodGovernor, _ChatScope
 from integrations.resilience.redis_link import RedisLink, SharedUnavailable
 from integrations.resilience.shared_ratelimit import PAUSE
 

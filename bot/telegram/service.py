@@ -27,10 +27,10 @@ from bot.app import App, build_app, open_shared_limits
 from bot.config import Settings
 from bot.shutdown import drain
 from bot.systemd import Notifier, heartbeat
-from bot.telegram import BotIdentity, TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport, build_client
+from bot.telegram.flood_governor import GovernedTransport, flood_governor_for
+from bot.telegram.transport import BotIdentity, TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport, build_client
+from integrations.clock import Clock, SystemClock, wait_for
 from integrations.errors import AuthFailed, Unavailable, UpstreamError
-from integrations.resilience.clock import Clock, SystemClock, wait_for
-from integrations.resilience.governor import GovernedTransport
 from integrations.resilience.retry import RetryPolicy, retry_call
 from state.db import storage_faults
 from state.lock import StateLock
@@ -211,7 +211,7 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
             client = build_client(settings.telegram)
         # Shared through Redis when REDIS_URL is set: flood pauses too, so the governor comes from them.
         limits = await open_shared_limits(settings, clock, stack)
-        governor = limits.flood_governor()
+        governor = flood_governor_for(limits, clock)
         transport = GovernedTransport(TelegramTransport(client), governor)
         app = await build_app(
             settings,

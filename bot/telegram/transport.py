@@ -21,7 +21,16 @@ from telethon import TelegramClient, errors, events, functions, types
 
 from handlers.quoted import Quote
 from handlers.richtext import Entity, RichText
-from handlers.transport import AUDIO_FILE, IMAGE_FILE, VOICE_MESSAGE, DraftsUnsupported, IncomingMessage, Media, MediaKind, MessageHandler
+from handlers.transport import (
+    AUDIO_FILE,
+    IMAGE_FILE,
+    VOICE_MESSAGE,
+    DraftsUnsupported,
+    IncomingMessage,
+    Media,
+    MediaKind,
+    MessageHandler,
+)
 from integrations.errors import AuthFailed, BadRequest, RateLimited, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
