@@ -57,14 +57,14 @@ class SplitSoFar:
         self._limit = max(limit, 2)
         self._kept: list[RichText] = []
         self._covered = ""  # the text the kept parts were cut from, seams included
-        self._covered_entities: tuple[Entity, ...] = ()  # the entities over it, cut at its end
+        # The entities that begin in it, as they came and cut at its end (a growing reply's
+        # rendering keeps its earlier entities as they were: comparing those is cheap).
+        self._covered_entities: tuple[Entity, ...] = ()
+        self._covered_cut: tuple[Entity, ...] = ()
 
     def parts(self, text: RichText) -> list[RichText]:
-        if self._covered and (
-            not text.text.startswith(self._covered)
-            or _cut_at(text.entities, utf16_len(self._covered)) != self._covered_entities
-        ):
-            self._kept, self._covered, self._covered_entities = [], "", ()
+        if self._covered and not (text.text.startswith(self._covered) and self._same_formatting(text.entities)):
+            self._kept, self._covered, self._covered_entities, self._covered_cut = [], "", (), ()
         rest = _from(text, len(self._covered))
         if not rest.text.strip():
             return list(self._kept)
@@ -75,17 +75,34 @@ class SplitSoFar:
         if len(parts) > 1:
             self._kept += parts[:-1]
             self._covered = text.text[: len(self._covered) + splitter.starts[-1]]
-            self._covered_entities = _cut_at(text.entities, utf16_len(self._covered))
+            end = utf16_len(self._covered)
+            self._covered_entities = _beginning_before(text.entities, end)
+            self._covered_cut = _cut_at(self._covered_entities, end)
         return [*self._kept, parts[-1]]
+
+    def _same_formatting(self, entities: tuple[Entity, ...]) -> bool:
+        """Whether `entities` format the covered text as they did when it was split."""
+        if entities[: len(self._covered_entities)] == self._covered_entities:
+            # The same objects, mostly: those of the completed blocks are kept from render to render.
+            if len(entities) == len(self._covered_entities):
+                return True
+            if entities[len(self._covered_entities)].offset >= utf16_len(self._covered):
+                return True
+        end = utf16_len(self._covered)
+        return _cut_at(_beginning_before(entities, end), end) == self._covered_cut
+
+
+def _beginning_before(entities: tuple[Entity, ...], end: int) -> tuple[Entity, ...]:
+    """The entities that begin before UTF-16 offset `end` (they come sorted by where they begin)."""
+    return entities[: bisect.bisect_left([entity.offset for entity in entities], end)]
 
 
 def _cut_at(entities: tuple[Entity, ...], end: int) -> tuple[Entity, ...]:
-    """The entities that begin before UTF-16 offset `end`, each cut there."""
+    """`entities`, each cut at UTF-16 offset `end`."""
     return tuple(
         Entity(entity.kind, entity.offset, min(entity.offset + entity.length, end) - entity.offset, entity.url,
                entity.language)
         for entity in entities
-        if entity.offset < end
     )
 
 
