@@ -26,6 +26,7 @@ from integrations.errors import (
     RateLimited,
     Unavailable,
     UpstreamError,
+    Where,
 )
 from integrations.http_errors import LimitHint, anthropic_limit_hint, error_class_for_status
 from integrations.images import ANTHROPIC_IMAGE_LIMITS, as_base64, fit
@@ -86,7 +87,7 @@ class AnthropicChat(ChatSdkAdapter):
         return anthropic_limit_hint(headers, now)
 
     def _translate(self, err: anthropic.AnthropicError, *, request_id: str | None) -> UpstreamError:
-        where = {"upstream": self.name, "request_id": request_id}
+        where: Where = {"upstream": self.name, "request_id": request_id}
         if isinstance(err, anthropic.APITimeoutError):
             return Unavailable("timed out", **where)
         if isinstance(err, anthropic.APIConnectionError):
@@ -103,7 +104,7 @@ class AnthropicChat(ChatSdkAdapter):
         status = err.status_code if err.status_code >= 300 else None
         if status is not None:
             self._report_limits(headers)
-        where: dict[str, Any] = {
+        where: Where = {
             "upstream": self.name,
             "status": status,
             "request_id": err.request_id or _body_request_id(err) or request_id,
@@ -182,12 +183,12 @@ def _as_blocks(content: Content) -> list[dict[str, Any]]:
 
 def _take(event: RawMessageStreamEvent, result: StreamResult) -> str:
     """Record usage and the stop reason from one raw stream event; return its text."""
-    kind = event.type
-    if kind == "message_start":
+    # Comparing `event.type` itself (not a copy) lets the type checker narrow the SDK's event union.
+    if event.type == "message_start":
         usage = event.message.usage
         result.usage.input_tokens = usage.input_tokens or 0
         result.usage.output_tokens = usage.output_tokens or 0
-    elif kind == "message_delta":
+    elif event.type == "message_delta":
         if event.delta.stop_reason:
             result.stop_reason = event.delta.stop_reason
         if event.usage is not None:
@@ -195,7 +196,7 @@ def _take(event: RawMessageStreamEvent, result: StreamResult) -> str:
             result.usage.output_tokens = event.usage.output_tokens or result.usage.output_tokens
             if event.usage.input_tokens:
                 result.usage.input_tokens = event.usage.input_tokens
-    elif kind == "content_block_delta" and event.delta.type == "text_delta":
+    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
         return event.delta.text or ""
     return ""
 

@@ -6,6 +6,16 @@ the upstream's error type/message, never from request headers.
 """
 from __future__ import annotations
 
+from typing import TypedDict
+
+
+class Where(TypedDict, total=False):
+    """Where a failed call went, as every `UpstreamError` takes it: `SomeError(message, **where)`."""
+
+    upstream: str
+    status: int | None
+    request_id: str | None
+
 
 class UpstreamError(Exception):
     """A call to an upstream failed. `retryable` says whether the same call may succeed later."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Mapping, Sequence, TypedDict
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import httpx
 from notion_client import AsyncClient
@@ -30,6 +30,7 @@ from integrations.errors import (
     RateLimited,
     Unavailable,
     UpstreamError,
+    Where,
 )
 from integrations.http_errors import retry_after_seconds, utc_now
 
@@ -41,14 +42,6 @@ SHARE_HINT = (
     "open the database in Notion, choose ••• → Connections and add the bot's integration, "
     "and check that NOTION_DATABASE_ID is the id from the database's URL"
 )
-
-
-class _Where(TypedDict):
-    """Where a failed call went, as every `UpstreamError` takes it."""
-
-    upstream: str
-    status: int
-    request_id: str | None
 
 
 class NotionApi:
@@ -169,7 +162,7 @@ class NotionApi:
         status = err.status
         code = str(getattr(err.code, "value", err.code))
         request_id = err.request_id
-        where: _Where = {"upstream": self.name, "status": status, "request_id": request_id}
+        where: Where = {"upstream": self.name, "status": status, "request_id": request_id}
         message = _short(str(err))
         if status in (429, 529):
             wait = retry_after_seconds(err.headers, self._now())

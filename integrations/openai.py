@@ -23,6 +23,7 @@ from integrations.errors import (
     RateLimited,
     Unavailable,
     UpstreamError,
+    Where,
 )
 from integrations.http_errors import LimitHint, error_class_for_status, openai_limit_hint
 from integrations.images import OPENAI_IMAGE_LIMITS, as_base64, fit
@@ -76,20 +77,20 @@ class OpenAIChat(ChatSdkAdapter):
         return openai_limit_hint(headers)
 
     def _translate(self, err: openai.OpenAIError, *, request_id: str | None) -> UpstreamError:
-        where = {"upstream": self.name}
+        where: Where = {"upstream": self.name, "request_id": request_id}
         if isinstance(err, openai.APITimeoutError):
-            return Unavailable("timed out", **where, request_id=request_id)
+            return Unavailable("timed out", **where)
         if isinstance(err, openai.APIConnectionError):
-            return Unavailable(f"connection failed ({root_cause_name(err)})", **where, request_id=request_id)
+            return Unavailable(f"connection failed ({root_cause_name(err)})", **where)
         if isinstance(err, openai.APIResponseValidationError):
-            return MalformedResponse("response does not follow the documented schema", **where, request_id=request_id)
+            return MalformedResponse("response does not follow the documented schema", **where)
         if isinstance(err, openai.APIStatusError):
             self._report_limits(err.response.headers)
             return self._from_status(err)
         if isinstance(err, openai.APIError):
             # An {"error": ...} object inside a 200 stream: no status, only the error's type and code.
             return self._from_body(None, err, request_id=request_id)
-        return Unavailable(f"client error ({type(err).__name__})", **where, request_id=request_id)
+        return Unavailable(f"client error ({type(err).__name__})", **where)
 
     def _from_status(self, err: openai.APIStatusError) -> UpstreamError:
         status = err.status_code
@@ -104,7 +105,7 @@ class OpenAIChat(ChatSdkAdapter):
         return self._from_body(status, err, request_id=err.request_id)
 
     def _from_body(self, status: int | None, err: openai.APIError, *, request_id: str | None) -> UpstreamError:
-        where: dict[str, Any] = {"upstream": self.name, "status": status, "request_id": request_id}
+        where: Where = {"upstream": self.name, "status": status, "request_id": request_id}
         code, kind = err.code or "", err.type or ""
         if status in (401, 403) or code == "invalid_api_key" or kind == "authentication_error":
             # The upstream's text can echo part of the key, so say only what kind of refusal it was.
@@ -173,8 +174,9 @@ def _mentions_context(err: openai.APIError) -> bool:
 
 def _upstream_message(err: openai.APIError) -> str:
     body = err.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(message, str):
+        return message
     if isinstance(body, str):
         return body
     return ""

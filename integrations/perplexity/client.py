@@ -15,7 +15,7 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping
 
-from integrations.errors import AuthFailed, MalformedResponse, ModelNotFound, RateLimited, Unavailable, UpstreamError
+from integrations.errors import AuthFailed, MalformedResponse, ModelNotFound, RateLimited, Unavailable, UpstreamError, Where
 from integrations.http_errors import LimitHint, error_class_for_status, openai_limit_hint, utc_now
 from integrations.perplexity.answer import SearchEvent, TextDelta
 from integrations.perplexity.errors import SearchRunFailed, describe, error_from_event
@@ -160,7 +160,7 @@ class PerplexitySearch(SdkAdapter):
     def _translate(self, err: Exception, *, request_id: str | None) -> UpstreamError:
         import openai
 
-        where: dict[str, Any] = {"upstream": self.name, "request_id": request_id}
+        where: Where = {"upstream": self.name, "request_id": request_id}
         if isinstance(err, openai.APITimeoutError):
             return Unavailable("timed out", **where)
         if isinstance(err, openai.APIConnectionError):
@@ -178,7 +178,7 @@ class PerplexitySearch(SdkAdapter):
     def _from_status(self, err: openai.APIStatusError) -> UpstreamError:
         status = err.status_code
         headers = err.response.headers
-        where: dict[str, Any] = {"upstream": self.name, "status": status, "request_id": err.request_id}
+        where: Where = {"upstream": self.name, "status": status, "request_id": err.request_id}
         body = err.body if isinstance(err.body, Mapping) else {}
         kind = str(body.get("type") or "")
         if status in (401, 403):

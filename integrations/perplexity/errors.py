@@ -1,9 +1,9 @@
 """Which project error a Perplexity error object (an `error` event, a failed run's `error`) stands for."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Unpack
 
-from integrations.errors import AuthFailed, BadRequest, ModelNotFound, RateLimited, Unavailable, UpstreamError
+from integrations.errors import AuthFailed, BadRequest, ModelNotFound, RateLimited, Unavailable, UpstreamError, Where
 from integrations.http_errors import error_class_for_status
 from integrations.provider import describe_error
 
@@ -11,7 +11,7 @@ from integrations.provider import describe_error
 class SearchRunFailed(Unavailable):
     """Perplexity took the request, but the run ended `failed` or `cancelled` instead of answering."""
 
-    def __init__(self, message: str, *, run_status: str, **where: Any) -> None:
+    def __init__(self, message: str, *, run_status: str, **where: Unpack[Where]) -> None:
         super().__init__(message, **where)
         self.run_status = run_status
 
@@ -24,11 +24,11 @@ def error_from_event(
     error = inner if isinstance(inner, Mapping) else body
     code = error.get("code")
     kind = str(error.get("type") or "")
-    where: dict[str, Any] = {"upstream": upstream, "request_id": request_id}
-    message = describe(error, redact)
     status = _status_code(code)
+    where: Where = {"upstream": upstream, "status": status, "request_id": request_id}
+    message = describe(error, redact)
     if status is not None:
-        return error_class_for_status(status)(message, status=status, **where)
+        return error_class_for_status(status)(message, **where)
     words = f"{code or ''} {kind}".lower()
     if "rate_limit" in words:
         return RateLimited(message, **where)

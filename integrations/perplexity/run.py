@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from integrations.errors import MalformedResponse, Unavailable
+from integrations.errors import MalformedResponse, Unavailable, Where
 from integrations.perplexity import wire
 from integrations.perplexity.answer import SearchAnswer, SearchUsage
 from integrations.perplexity.errors import SearchRunFailed, describe, error_from_event
@@ -62,7 +62,7 @@ class StreamedRun:
             sources = response.sources()
         except (ValidationError, ValueError) as err:
             raise self.malformed(f"the final response does not follow the documented format ({_first_problem(err)})") from err
-        where: dict[str, Any] = {"upstream": self.upstream, "request_id": self.request_id or response.id}
+        where: Where = {"upstream": self.upstream, "request_id": self.request_id or response.id}
         if response.status == "failed":
             detail = describe(response.error.model_dump() if response.error else {})
             raise SearchRunFailed(f"the search run failed ({detail})", run_status="failed", **where)
@@ -98,7 +98,8 @@ def _as_dict(event: Any) -> dict[str, Any]:
     if to_dict is None:
         return event if isinstance(event, dict) else {}
     # The SDK builds Perplexity's own output items into OpenAI classes leniently; that is expected.
-    return to_dict(mode="json", warnings=False)
+    as_json: dict[str, Any] = to_dict(mode="json", warnings=False)
+    return as_json
 
 
 def _first_problem(err: Exception) -> str:
