@@ -57,14 +57,13 @@ class SplitSoFar:
         self._limit = max(limit, 2)
         self._kept: list[RichText] = []
         self._covered = ""  # the text the kept parts were cut from, seams included
-        # The entities that begin in it, as they came and cut at its end (a growing reply's
-        # rendering keeps its earlier entities as they were: comparing those is cheap).
+        # The entities that begin in it, as they came (a growing reply's rendering keeps its
+        # earlier entities as they were: comparing those is cheap).
         self._covered_entities: tuple[Entity, ...] = ()
-        self._covered_cut: tuple[Entity, ...] = ()
 
     def parts(self, text: RichText) -> list[RichText]:
         if self._covered and not (text.text.startswith(self._covered) and self._same_formatting(text.entities)):
-            self._kept, self._covered, self._covered_entities, self._covered_cut = [], "", (), ()
+            self._kept, self._covered, self._covered_entities = [], "", ()
         rest = _from(text, len(self._covered))
         if not rest.text.strip():
             return list(self._kept)
@@ -75,9 +74,7 @@ class SplitSoFar:
         if len(parts) > 1:
             self._kept += parts[:-1]
             self._covered = text.text[: len(self._covered) + splitter.starts[-1]]
-            end = utf16_len(self._covered)
-            self._covered_entities = _beginning_before(text.entities, end)
-            self._covered_cut = _cut_at(self._covered_entities, end)
+            self._covered_entities = _beginning_before(text.entities, utf16_len(self._covered))
         return [*self._kept, parts[-1]]
 
     def _same_formatting(self, entities: tuple[Entity, ...]) -> bool:
@@ -88,8 +85,8 @@ class SplitSoFar:
                 return True
             if entities[len(self._covered_entities)].offset >= utf16_len(self._covered):
                 return True
-        end = utf16_len(self._covered)
-        return _cut_at(_beginning_before(entities, end), end) == self._covered_cut
+        end = utf16_len(self._covered)  # else compare them cut where the covered text ends
+        return _cut_at(_beginning_before(entities, end), end) == _cut_at(self._covered_entities, end)
 
 
 def _beginning_before(entities: tuple[Entity, ...], end: int) -> tuple[Entity, ...]:
