@@ -22,7 +22,7 @@ import asyncio
 import json
 import sys
 import threading
-from typing import Awaitable, Callable, TextIO
+from typing import Awaitable, Callable, Sequence, TextIO
 
 from handlers.lanes import USER_CANCEL, ChatLanes
 from handlers.richtext import RichText
@@ -114,7 +114,7 @@ class ConsoleTransport:
     async def typing(self, chat_id: int) -> None:
         return None
 
-    async def delete(self, chat_id: int, message_ids) -> None:
+    async def delete(self, chat_id: int, message_ids: Sequence[int]) -> None:
         """A terminal cannot take back what it printed; a scripted run just never prints them."""
         for message_id in message_ids:
             self._messages.pop(message_id, None)
@@ -323,7 +323,7 @@ class ConsoleSession:
             return None
         return text
 
-    def _write_json(self, value: dict) -> None:
+    def _write_json(self, value: dict[str, object]) -> None:
         self._stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
         self._stdout.flush()
 

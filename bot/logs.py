@@ -304,7 +304,14 @@ class DeprecationSignals:
                 warnings.filterwarnings("default", category=category)
             previous = warnings.showwarning
 
-            def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            def show(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: TextIO | None = None,
+                line: str | None = None,
+            ) -> None:
                 if not self.from_warning(message, category, filename, raised_in=_warning_raised_in()):
                     previous(message, category, filename, lineno, file, line)
 

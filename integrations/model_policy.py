@@ -25,7 +25,7 @@ from integrations.errors import AuthFailed, QuotaExhausted, UpstreamError
 from integrations.http_errors import LimitHint
 from integrations.llm import ChatRequest, ModelRef
 from integrations.resilience.breaker import CircuitBreaker
-from integrations.resilience.compose import AttemptObserver, compose, limiter_policy, retry_policy
+from integrations.resilience.compose import AttemptObserver, Policy, compose, limiter_policy, retry_policy
 from integrations.resilience.ratelimit import RateLimiter
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.retry import RetryPolicy
@@ -46,7 +46,7 @@ class _NotThisScope(Exception):
         self.error = error
 
 
-def scoped_breaker_policy(breaker: CircuitBreaker, counts: Callable[[BaseException], bool]):
+def scoped_breaker_policy(breaker: CircuitBreaker, counts: Callable[[BaseException], bool]) -> Policy:
     """A breaker that only counts the errors of its scope; the others pass through untouched."""
 
     async def guarded(call: Callable[[], Awaitable[T]]) -> T:

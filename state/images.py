@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from state.database import Database
+from state.database import Database, Row
 from state.history import StoredMessage
 
 
@@ -111,7 +111,7 @@ class ImageStore:
         return [_image(row) for row in rows]
 
 
-def _image(row) -> StoredImage:
+def _image(row: Row) -> StoredImage:
     _, _, caption = row["content"].partition("\n")
     return StoredImage(
         row["message_id"], row["chat_id"], row["telegram_message_id"], row["album"], row["size"], caption.strip()

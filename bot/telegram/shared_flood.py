@@ -24,7 +24,7 @@ class SharedFloodGovernor(FloodGovernor):
         self._link = link
         self._pause_script = link.script(PAUSE)
 
-    async def run(  # type: ignore[override]
+    async def run(
         self,
         chat_id: int,
         is_private: bool,

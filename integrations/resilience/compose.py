@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Awaitable, Callable, TypeVar, cast
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from integrations.clock import Clock
 from integrations.errors import AuthFailed, RateLimited, Unavailable
@@ -22,18 +22,24 @@ from integrations.resilience.ratelimit import RateLimiter, WaitTooLong
 from integrations.resilience.retry import AuthReload, RetryPolicy, retry_call
 
 T = TypeVar("T")
+R = TypeVar("R")
 
-Call = Callable[[], Awaitable[Any]]
+Call = Callable[[], Awaitable[T]]
 # Wraps one call so that each of its attempts is observed (logged with upstream, operation,
 # status, latency, attempt and request id); given (upstream, operation, call).
 AttemptObserver = Callable[[str, str, Callable[[], Awaitable[Any]]], Callable[[], Awaitable[Any]]]
-Policy = Callable[[Call], Awaitable[Any]]
+
+
+class Policy(Protocol):
+    """A layer around one call: it runs the call, doing whatever it does around it, and passes its result through."""
+
+    def __call__(self, call: Call[T], /) -> Awaitable[T]: ...
 
 
 def compose(*policies: Policy) -> Policy:
     """One policy that applies `policies` in order, the first outermost."""
 
-    async def composed(call: Call) -> Any:
+    async def composed(call: Call[T]) -> T:
         for policy in reversed(policies):
             call = functools.partial(policy, call)
         return await call()
@@ -46,7 +52,7 @@ def breaker_policy(breaker: CircuitBreaker) -> Policy:
 
 
 def retry_policy(policy: RetryPolicy, clock: Clock, on_auth_failed: AuthReload | None = None) -> Policy:
-    def retried(call: Call) -> Awaitable[Any]:
+    def retried(call: Call[T]) -> Awaitable[T]:
         return retry_call(call, policy, clock, on_auth_failed=on_auth_failed)
 
     return retried
@@ -60,7 +66,7 @@ def limiter_policy(limiter: RateLimiter, *, max_pause: float | None = None, max_
     A call that would wait longer than `max_wait` for its token fails fast with `WaitTooLong`.
     """
 
-    async def limited(call: Call) -> Any:
+    async def limited(call: Call[T]) -> T:
         await limiter.acquire(max_pause=max_pause, max_wait=max_wait)
         try:
             return await call()
@@ -81,7 +87,7 @@ def timeout_policy(seconds: float, clock: Clock, upstream: str) -> Policy:
     the success path of every upstream call.
     """
 
-    async def timed(call: Call) -> Any:
+    async def timed(call: Call[T]) -> T:
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
@@ -108,10 +114,15 @@ def timeout_policy(seconds: float, clock: Clock, upstream: str) -> Policy:
     return timed
 
 
-def cache_policy(lookup: Callable[[], Awaitable[Any]], store: Callable[[Any], Awaitable[None]]) -> Policy:
-    """`lookup()` returning anything but None is a hit and skips the call; a fresh result is stored."""
+def cache_policy(
+    lookup: Callable[[], Awaitable[R | None]], store: Callable[[R], Awaitable[None]]
+) -> Callable[[Call[R]], Awaitable[R]]:
+    """`lookup()` returning anything but None is a hit and skips the call; a fresh result is stored.
 
-    async def cached(call: Call) -> Any:
+    Unlike the other layers it holds results of one type, so it wraps only calls of that type.
+    """
+
+    async def cached(call: Call[R]) -> R:
         hit = await lookup()
         if hit is not None:
             return hit
@@ -154,8 +165,7 @@ class Upstream:
         if self._observe is not None:
             fn = self._observe(self.name, operation, fn)
         try:
-            # Policies pass a call's result through untouched, whatever its type.
-            return cast(T, await self._policy(fn))
+            return await self._policy(fn)
         except AuthFailed as error:
             # The retry already tried a reloaded credential: every other caller would be refused
             # too, so fail them fast until the cooldown's probe.
