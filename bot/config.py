@@ -923,8 +923,13 @@ def _photos(read: _Reader) -> PhotoSettings:
 
 def _limits(read: _Reader) -> LimitSettings:
     default = LimitSettings()
-    budget = lambda name, value: read.parsed(name, value, positive_float, "a positive amount of US dollars")
-    number = lambda name, value: read.parsed(name, value, positive_float, "a positive number")
+
+    def budget(name: str, default: float | None) -> float | None:
+        return read.parsed(name, default, positive_float, "a positive amount of US dollars")
+
+    def number(name: str, default: float) -> float:
+        return read.parsed(name, default, positive_float, "a positive number")
+
     return LimitSettings(
         anthropic_requests_per_minute=number("ANTHROPIC_REQUESTS_PER_MINUTE", default.anthropic_requests_per_minute),
         anthropic_tokens_per_minute=read.count("ANTHROPIC_TOKENS_PER_MINUTE", default.anthropic_tokens_per_minute),

@@ -135,7 +135,8 @@ class UserLimits:
 
     async def _over_budget(self, user_id: int) -> str | None:
         # The month first: when both are spent, its reset is the one the user waits for.
-        budgets = [(period, self.budget_for(user_id, period)) for period in ("month", "day")]
+        periods: tuple[Period, ...] = ("month", "day")
+        budgets = [(period, self.budget_for(user_id, period)) for period in periods]
         if all(budget is None for _, budget in budgets):
             return None
         spending = await self._usage.spending(user_id)

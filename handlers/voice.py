@@ -128,21 +128,24 @@ async def transcribe(services: Services, message: IncomingMessage, stored: Store
     try:
         media = message.media or await feature.media.describe(message.chat_id, message.message_id)
         if media is None:
-            return await end_with_note(services, message, stored, GONE.format(what=what), "the recording is gone")
+            await end_with_note(services, message, stored, GONE.format(what=what), "the recording is gone")
+            return None
         refusal = _over_size(feature, media, what)
         if refusal is not None:
             await reply(services, message, refusal)
             return None
         limit = await services.limits.check(message.user_id)
         if limit is not None:
-            return await end_with_note(services, message, stored, limit, "over the user's limits")
+            await end_with_note(services, message, stored, limit, "over the user's limits")
+            return None
         audio = await feature.media.download(message.chat_id, message.message_id)
         if len(audio) > feature.max_bytes:
             await reply(services, message, _too_large(feature, len(audio), what))
             return None
         transcript = await feature.transcribe(media, audio)
     except UpstreamError as error:
-        return await _failed(services, message, stored, error, what, attempt)
+        await _failed(services, message, stored, error, what, attempt)
+        return None
     await _record_usage(services, feature, message, transcript.seconds or media.duration or 0.0)
     if not transcript.text:
         await reply(services, message, NO_WORDS.format(what=what))

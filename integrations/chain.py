@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
+from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from integrations.clock import Clock, Watchdog, wait_for
 from integrations.context_window import estimate_tokens, trim_to_budget
@@ -195,7 +195,7 @@ class ModelChain:
         system: str | None,
         max_tokens: int,
         preferred: ModelRef | None = None,
-    ) -> AsyncIterator[ChainEvent]:
+    ) -> AsyncGenerator[ChainEvent, None]:
         await self._started()
         failures: list[Failure] = []
         usage: list[tuple[ModelRef, Usage]] = []
