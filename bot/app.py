@@ -57,7 +57,7 @@ from integrations.redaction import Redactor
 from integrations.resilience.compose import AttemptObserver, Upstream
 from integrations.resilience.local_limits import LocalLimits
 from integrations.resilience.ratelimit import RateLimiter
-from integrations.resilience.registry import ResilienceRegistry, Snapshotting
+from integrations.resilience.registry import ReportsPacing, ResilienceRegistry
 from integrations.resilience.retry import RetryPolicy
 from integrations.resilience.tokens import TokenBudget
 from integrations.summariser import Summariser
@@ -279,7 +279,7 @@ async def build_app(
     *,
     extra_admins: frozenset[int] = frozenset(),
     pacing: StreamPacing = StreamPacing(),
-    governor: Snapshotting | None = None,
+    governor: ReportsPacing | None = None,
     redactor: Redactor | None = None,
     telegram_connected: Callable[[], bool] | None = None,
     state_lock: StateLock | None = None,

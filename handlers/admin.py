@@ -11,7 +11,6 @@ import logging
 import math
 import re
 from datetime import timedelta
-from typing import Any, cast
 
 from handlers.commands import Command
 from handlers.health import chat_probes, format_health, run_probes
@@ -24,6 +23,7 @@ from handlers.voice import audio_words
 from integrations.prices import format_usd
 from integrations.redaction import Redactor
 from integrations.resilience.registry import ResilienceRegistry
+from integrations.resilience.snapshots import BreakerSnapshot
 from state.admin_settings import AdminSettings
 from state.cache import KINDS as CACHE_KINDS
 from state.periods import PERIODS, Period
@@ -200,9 +200,9 @@ async def breaker(services: Services, message: IncomingMessage, args: str) -> No
     await reply(services, message, f"Closed the circuit breaker `{matches[0]}`: calls go through again.")
 
 
-def _breakers(registry: ResilienceRegistry) -> dict[str, dict[str, Any]]:
+def _breakers(registry: ResilienceRegistry) -> dict[str, BreakerSnapshot]:
     """Each breaker's snapshot by name (as `CircuitBreaker.snapshot` gives it)."""
-    return cast("dict[str, dict[str, Any]]", registry.snapshot()["breakers"])
+    return registry.snapshot()["breakers"]
 
 
 def _breaker_list(registry: ResilienceRegistry) -> str:

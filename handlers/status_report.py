@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from handlers.access import AccessPolicy
 from handlers.lanes import ChatLanes
@@ -22,13 +22,17 @@ from integrations.clock import Clock, SystemClock
 from integrations.prices import PriceTable, format_usd
 from integrations.redaction import Redactor
 from integrations.resilience.registry import Snapshotting
+from integrations.resilience.snapshots import (
+    BreakerSnapshot,
+    GovernorSnapshot,
+    LimiterSnapshot,
+    ResilienceSnapshot,
+    TokenBudgetSnapshot,
+)
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
 from state.database import Database
 from state.usage import ErrorJournal, UsageRecorder
-
-if TYPE_CHECKING:
-    from bot.telegram.flood_governor import GovernorSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +161,19 @@ class RateBucket:
 class _Report:
     def __init__(self, sources: StatusSources) -> None:
         self._s = sources
-        self._snapshot: dict[str, Any] | None = None
+        self._snapshot: ResilienceSnapshot | None = None
 
     def _text(self, value: object) -> str:
         return escape_markdown(self._s.redactor(str(value)))
 
-    def _resilience(self) -> dict[str, Any]:
+    def _resilience(self) -> ResilienceSnapshot:
         if self._snapshot is None:
             resilience = self._s.resilience
-            self._snapshot = dict(resilience.snapshot()) if resilience is not None else {}
+            self._snapshot = (
+                resilience.snapshot()
+                if resilience is not None
+                else {"breakers": {}, "limiters": {}, "token_budgets": {}, "governor": None}
+            )
         return self._snapshot
 
     async def header(self) -> list[str]:
@@ -213,7 +221,7 @@ class _Report:
         return ["", f"**Shared limits**: {text}"]
 
     async def breakers(self) -> list[str]:
-        breakers: Mapping[str, Mapping[str, Any]] = self._resilience().get("breakers") or {}
+        breakers: Mapping[str, BreakerSnapshot] = self._resilience()["breakers"]
         lines = ["", "**Circuit breakers**"]
         if not breakers:
             return lines + ["none registered"]
@@ -234,24 +242,25 @@ class _Report:
 
     async def limiters(self) -> list[str]:
         snapshot = self._resilience()
-        limiters: Mapping[str, Mapping[str, Any]] = snapshot.get("limiters") or {}
-        budgets: Mapping[str, Mapping[str, Any]] = snapshot.get("token_budgets") or {}
+        limiters: Mapping[str, LimiterSnapshot] = snapshot["limiters"]
+        budgets: Mapping[str, TokenBudgetSnapshot] = snapshot["token_budgets"]
         lines = ["", "**Rate limits**"]
         if not limiters and not budgets:
             return lines + ["none registered"]
-        for name, snap in limiters.items():
-            bucket = RateBucket(*(float(snap[key]) for key in ("rate", "per", "burst", "available")))
-            lines.append(self._limit_line(name, "request", bucket, snap))
-        for name, snap in budgets.items():
-            per_minute = float(snap["tokens_per_minute"])
-            bucket = RateBucket(per_minute, 60.0, per_minute, float(snap["available"]))
-            lines.append(self._limit_line(name, "token", bucket, snap))
+        for name, limiter in limiters.items():
+            bucket = RateBucket(*(float(limiter[key]) for key in ("rate", "per", "burst", "available")))
+            lines.append(self._limit_line(name, "request", bucket, limiter, paused=limiter["paused_for"]))
+        for name, budget in budgets.items():
+            per_minute = float(budget["tokens_per_minute"])
+            bucket = RateBucket(per_minute, 60.0, per_minute, float(budget["available"]))
+            lines.append(self._limit_line(name, "token", bucket, budget, paused=0.0))  # budgets are never paused
         return lines
 
-    def _limit_line(self, name: str, unit: str, bucket: RateBucket, snap: Mapping[str, Any]) -> str:
+    def _limit_line(
+        self, name: str, unit: str, bucket: RateBucket, snap: LimiterSnapshot | TokenBudgetSnapshot, *, paused: float
+    ) -> str:
         """'anthropic: 50 requests a minute, 7 left now, full again in 1.2 s', and what holds it back."""
         line = f"• {self._text(name.removesuffix(f' {unit}s'))}: {bucket.pace(unit)}"
-        paused = float(snap.get("paused_for", 0.0))  # token budgets are never paused
         if paused > 0:
             line += f", **paused {format_seconds(paused)}** (the upstream asked us to wait)"
         else:
@@ -264,7 +273,7 @@ class _Report:
         return line
 
     async def flood_waits(self) -> list[str]:
-        governor: GovernorSnapshot | None = self._resilience().get("governor")
+        governor: GovernorSnapshot | None = self._resilience()["governor"]
         lines = ["", "**Telegram flood waits**"]
         if governor is None:
             return lines + ["no flood governor (console or test transport)"]

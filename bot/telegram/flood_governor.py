@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol, S
 
 from integrations.clock import Clock
 from integrations.errors import PreviewDeferred, RateLimited
+from integrations.resilience.snapshots import ChatPace, GovernorSnapshot
 
 if TYPE_CHECKING:
     from handlers.richtext import RichText
@@ -42,23 +43,6 @@ CallKind = Literal["send", "edit", "draft", "typing"]
 
 # Float rounding on a clock that wakes at `now + (deadline - now)` must not cost a second wait.
 _TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class ChatPace:
-    paused_for: float
-    calls: int
-    flood_waits: int
-    waiting: int
-
-
-@dataclass(frozen=True)
-class GovernorSnapshot:
-    chats: dict[int, ChatPace]
-    calls: int
-    flood_waits: int
-    typing_dropped: int
-    previews_deferred: int = 0
 
 
 @dataclass

@@ -29,6 +29,7 @@ from integrations.errors import (
     UpstreamError,
 )
 from integrations.resilience.ratelimit import WaitTooLong
+from integrations.resilience.snapshots import BreakerSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class CircuitBreaker:
         logger.info("%s: reset by operator", self.name)
         self._close()
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> BreakerSnapshot:
         now = self._clock.monotonic()
         state = self.state
         self._forget_old_failures(now)

@@ -40,6 +40,7 @@ from typing import Mapping, Sequence
 
 from integrations.clock import Clock, wait_for
 from integrations.errors import RateLimited
+from integrations.resilience.snapshots import LimiterSnapshot
 from integrations.resilience.upstream_window import UpstreamWindow
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class RateLimiter:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - self._clock.monotonic())
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> LimiterSnapshot:
         now = self._clock.monotonic()
         return {
             "name": self.name,

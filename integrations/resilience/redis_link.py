@@ -25,6 +25,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from integrations.clock import Clock
+from integrations.resilience.snapshots import SharedLimitsSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class RedisLink:
         )
         self._prober = asyncio.ensure_future(self._probe())
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> SharedLimitsSnapshot:
         return {
             "state": SHARED if self.usable else LOCAL,
             "location": self.location,

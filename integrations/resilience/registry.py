@@ -13,13 +13,20 @@ from integrations.clock import Clock
 from integrations.resilience.breaker import CircuitBreaker
 from integrations.resilience.compose import Upstream
 from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.snapshots import GovernorSnapshot, ResilienceSnapshot
 from integrations.resilience.tokens import TokenBudget
 
 V = TypeVar("V")
 
 
+class ReportsPacing(Protocol):
+    """The Telegram flood governor, as the registry sees it: something that reports its pacing."""
+
+    def snapshot(self) -> GovernorSnapshot: ...
+
+
 class Snapshotting(Protocol):
-    def snapshot(self) -> dict[str, object]: ...
+    def snapshot(self) -> ResilienceSnapshot: ...
 
 
 class ResilienceRegistry:
@@ -38,7 +45,7 @@ class ResilienceRegistry:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._limiters: dict[str, RateLimiter] = {}
         self._budgets: dict[str, TokenBudget] = {}
-        self._governor: Snapshotting | None = None
+        self._governor: ReportsPacing | None = None
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The breaker called `name`, created with the registry's defaults on first use."""
@@ -71,7 +78,7 @@ class ResilienceRegistry:
             self.register_limiter(upstream.limiter)
         return upstream
 
-    def register_governor(self, governor: Snapshotting) -> None:
+    def register_governor(self, governor: ReportsPacing) -> None:
         """The Telegram flood governor (one per bot)."""
         if self._governor is not None:
             raise ValueError("a governor is already registered")
@@ -81,15 +88,14 @@ class ResilienceRegistry:
         """Close the breaker `name`; KeyError if there is none."""
         self._breakers[name].reset()
 
-    def snapshot(self) -> dict[str, object]:
-        return copy.deepcopy(
-            {
-                "breakers": {name: b.snapshot() for name, b in sorted(self._breakers.items())},
-                "limiters": {name: limiter.snapshot() for name, limiter in sorted(self._limiters.items())},
-                "token_budgets": {name: t.snapshot() for name, t in sorted(self._budgets.items())},
-                "governor": self._governor.snapshot() if self._governor is not None else None,
-            }
-        )
+    def snapshot(self) -> ResilienceSnapshot:
+        snapshot: ResilienceSnapshot = {
+            "breakers": {name: b.snapshot() for name, b in sorted(self._breakers.items())},
+            "limiters": {name: limiter.snapshot() for name, limiter in sorted(self._limiters.items())},
+            "token_budgets": {name: t.snapshot() for name, t in sorted(self._budgets.items())},
+            "governor": self._governor.snapshot() if self._governor is not None else None,
+        }
+        return copy.deepcopy(snapshot)
 
 
 def _add(table: dict[str, V], name: str, item: V) -> V:

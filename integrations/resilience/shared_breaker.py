@@ -23,6 +23,7 @@ from typing import Awaitable, Callable, TypeVar
 from integrations.clock import Clock
 from integrations.resilience.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, _Guard
 from integrations.resilience.redis_link import RedisLink, SharedUnavailable
+from integrations.resilience.snapshots import BreakerSnapshot
 
 T = TypeVar("T")
 
@@ -97,7 +98,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         if self._link.usable:
             self._write(self._close_shared(force=True))
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> BreakerSnapshot:
         return {**super().snapshot(), "shared": self._link.usable}
 
     async def follow_shared(self) -> None:

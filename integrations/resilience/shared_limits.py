@@ -18,6 +18,7 @@ from integrations.resilience.redis_link import RedisLink
 from integrations.resilience.registry import ResilienceRegistry
 from integrations.resilience.shared_breaker import SharedCircuitBreaker
 from integrations.resilience.shared_ratelimit import SharedRateLimiter, SharedTokenBudget
+from integrations.resilience.snapshots import ResilienceSnapshot
 from integrations.resilience.tokens import TokenBudget
 
 
@@ -59,7 +60,7 @@ class _SharedRegistry(ResilienceRegistry):
             self._breakers[name] = self._limits.breaker(name, failure_threshold=failure_threshold, window=window, cooldown=cooldown)
         return self._breakers[name]
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> ResilienceSnapshot:
         return {**super().snapshot(), "shared_limits": self._limits.redis_link.snapshot()}
 
 

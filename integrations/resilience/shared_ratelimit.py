@@ -24,6 +24,7 @@ import math
 from integrations.clock import Clock
 from integrations.resilience.ratelimit import _TICKETS, RateLimiter
 from integrations.resilience.redis_link import RedisLink, SharedUnavailable
+from integrations.resilience.snapshots import LimiterSnapshot, TokenBudgetSnapshot
 from integrations.resilience.tokens import TokenBudget
 
 # Float rounding on timestamps must not cost a second sleep (as in ratelimit.py).
@@ -118,7 +119,7 @@ class SharedRateLimiter(RateLimiter):
         if self._link.usable:
             self._link.spawn(self._pause_shared(seconds))
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> LimiterSnapshot:
         snapshot = super().snapshot()
         if not self._link.usable:
             return {**snapshot, "shared": False}
@@ -202,7 +203,7 @@ class SharedTokenBudget(TokenBudget):
         super().__init__(name, tokens_per_minute, clock)
         self._bucket = SharedRateLimiter(name, tokens_per_minute, 60.0, clock, link, burst=tokens_per_minute)
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> TokenBudgetSnapshot:
         """As `TokenBudget.snapshot`, the budget in force: the local share while Redis is unreachable."""
         bucket = self._bucket.snapshot()
         return {**super().snapshot(), "tokens_per_minute": bucket["rate"], "shared": bucket["shared"]}

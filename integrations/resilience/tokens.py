@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from integrations.clock import Clock
 from integrations.resilience.ratelimit import RateLimiter
+from integrations.resilience.snapshots import TokenBudgetSnapshot
 
 
 @dataclass
@@ -43,7 +44,7 @@ class TokenBudget:
         """Headers say only `remaining` tokens (of `limit`) are left until the reset: spend no more before it."""
         self._bucket.tighten(remaining, reset_after, limit)
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> TokenBudgetSnapshot:
         bucket = self._bucket.snapshot()
         return {
             "name": self.name,
