@@ -8,6 +8,7 @@ import signal
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TextIO
 
 from bot.config import ConfigError, Settings, load_settings, telegram_hint
 from bot.logs import configure_logging
@@ -100,7 +101,7 @@ def _level_number(name: str) -> int:
 
 
 async def run_console_mode(
-    settings: Settings, *, interactive: bool, jsonl: bool = False, stdin=None, stdout=None
+    settings: Settings, *, interactive: bool, jsonl: bool = False, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
     from bot.app import build_app
     from bot.console import CONSOLE_USER_ID, ConsoleSession, ConsoleTransport
@@ -151,7 +152,7 @@ async def run_check(settings: Settings, *, offline: bool) -> int:
     return await check_command(settings, sys.stdout, offline=offline)
 
 
-async def print_status(settings: Settings, stdout=None) -> int:
+async def print_status(settings: Settings, stdout: TextIO | None = None) -> int:
     from bot.app import DATABASE_NAME
     from integrations.clock import SystemClock
 

@@ -20,6 +20,7 @@ hits systemd's start limit and stays down.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -231,14 +232,14 @@ async def upstream_checks(
         endpoint = ModelList.of(name, settings)
         try:
             results.append(
-                await probe(f"{name} models", lambda p=provider, w=wanted, e=endpoint: _list_models(p, w, e), clock, timeout)
+                await probe(f"{name} models", functools.partial(_list_models, provider, wanted, endpoint), clock, timeout)
             )
         finally:
             await provider.aclose()
     if any(ref.provider == "local" for ref in settings.llm_models):
         results.append(CheckResult("local model", None, "not probed: it runs inside the bot"))
     if settings.redis is not None:
-        results.append(await probe("redis", lambda r=settings.redis: _redis_answers(r), clock, timeout))
+        results.append(await probe("redis", functools.partial(_redis_answers, settings.redis), clock, timeout))
     for name, section in (("perplexity", settings.perplexity), ("notion", settings.notion)):
         if section is None:
             continue
@@ -246,7 +247,7 @@ async def upstream_checks(
         if hook is None:
             results.append(CheckResult(name, None, f"not probed: {KNOWLEDGE_PROBES[name]} has no probe() yet"))
         else:
-            results.append(await probe(name, lambda h=hook, s=section: h(s), clock, timeout))
+            results.append(await probe(name, functools.partial(hook, section), clock, timeout))
     results.append(await _speech_to_text_check(settings, clock, timeout))
     return results
 

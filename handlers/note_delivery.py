@@ -67,7 +67,7 @@ class DeliveryPolicy:
             return self.auth_wait
         if error.retry_after is not None:
             return max(0.0, error.retry_after)
-        return min(self.cap, self.first * 2 ** max(0, attempts - 1))
+        return min(self.cap, self.first * 2.0 ** max(0, attempts - 1))
 
 
 def outcome_text(outcome: Outcome) -> str:

@@ -21,7 +21,7 @@ import random
 import signal
 import sys
 from contextlib import AsyncExitStack
-from typing import Mapping
+from typing import Awaitable, Mapping
 
 from bot.app import App, build_app, open_shared_limits
 from bot.config import Settings
@@ -186,7 +186,7 @@ class TelegramService:
             log.info("finishing %d message(s) left unfinished by the last run", resumed)
 
     @staticmethod
-    async def _first_of(*awaitables):
+    async def _first_of(*awaitables: Awaitable[object]) -> object:
         """The result of whichever finishes first; the others are cancelled."""
         tasks = [asyncio.ensure_future(a) for a in awaitables]
         try:

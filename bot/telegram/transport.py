@@ -164,7 +164,9 @@ class TelegramTransport:
                 link_preview=False,
                 parse_mode=None,
             )
-        return message.id
+        # Telethon ships no types: say what its message id is.
+        message_id: int = message.id
+        return message_id
 
     async def _send_keyed(
         self, chat_id: int, text: str, entities: list[types.TypeMessageEntity], reply_to: int | None, key: int
@@ -253,11 +255,15 @@ class TelegramTransport:
 def sent_message_id(result: Any, random_id: int) -> int | None:
     """The id of the message a `messages.sendMessage` made, from its answer: a private chat's
     short answer carries it, a group's `Updates` map our random id to it (`updateMessageID`)."""
+    # Telethon ships no types: its message ids are ints.
+    message_id: int
     if isinstance(result, types.UpdateShortSentMessage):
-        return result.id
+        message_id = result.id
+        return message_id
     for update in getattr(result, "updates", None) or ():
         if isinstance(update, types.UpdateMessageID) and update.random_id == random_id:
-            return update.id
+            message_id = update.id
+            return message_id
     return None
 
 
