@@ -5,7 +5,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from bot.config import NotionSettings, Settings
 from bot.console import HELP as CONSOLE_HELP
@@ -263,7 +263,7 @@ def build_chain(
 
 async def _chain_with_local_model(
     settings: Settings, clock: Clock, stack: AsyncExitStack, providers: dict[str, ChatProvider], policy: ModelCallPolicy
-) -> list[ChainModel]:
+) -> Sequence[ChainModel]:
     """The chain's models once the offline model is up (or without it, if it cannot start)."""
     local = await start_local_model(settings, clock, stack)
     if local is not None:

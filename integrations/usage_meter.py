@@ -63,6 +63,9 @@ class _MeteredProvider:
             raise
         call.finished = True
 
+    async def list_models(self) -> list[str]:
+        return await self._provider.list_models()
+
     async def aclose(self) -> None:
         await self._provider.aclose()
 
