@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from integrations.clock import Clock, Watchdog, wait_for
-from integrations.context_window import estimate_tokens, trim_to_budget
+from integrations.context_window import estimate_conversation, estimate_tokens, trim_to_budget
 from integrations.errors import BadRequest, ContextTooLong, MalformedResponse, Unavailable, UpstreamError
 from integrations.llm import ChatMessage, ChatProvider, ChatRequest, ModelRef, StreamResult, Usage
 
@@ -253,7 +253,7 @@ class ModelChain:
         budget = model.context_tokens - max_tokens - estimate_tokens(system or "")
         trimmed_once = False
         while True:
-            request = ChatRequest(model.ref.model, trim_to_budget(conversation, budget), system, max_tokens)
+            request = ChatRequest(model.ref.model, trim_to_budget(conversation, budget, model.ref.provider), system, max_tokens)
             try:
                 return await self.open_policy(model.ref, request, functools.partial(self._first_token, model, request))
             except ContextTooLong:
@@ -261,7 +261,7 @@ class ModelChain:
                     raise
                 # Our estimate was too generous for this model: drop the older half and try once more.
                 trimmed_once = True
-                budget = sum(estimate_tokens(m.content) for m in request.messages) // 2
+                budget = estimate_conversation(request.messages, model.ref.provider) // 2
 
     async def _first_token(self, model: ChainModel, request: ChatRequest) -> OpenedStream:
         result = StreamResult()

@@ -20,7 +20,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from integrations.chain import OpenedStream
 from integrations.clock import Clock
-from integrations.context_window import estimate_tokens
+from integrations.context_window import estimate_conversation, estimate_tokens
 from integrations.errors import AuthFailed, QuotaExhausted, UpstreamError
 from integrations.http_errors import LimitHint
 from integrations.llm import ChatRequest, ModelRef
@@ -139,7 +139,8 @@ class ModelCallPolicy:
         guard = self.guards.get(ref.provider)
         if guard is None:
             return await scoped_breaker_policy(self.model_breaker(ref), is_model_error)(call)
-        estimate = sum(estimate_tokens(m.content) for m in request.messages) + estimate_tokens(request.system or "") + request.max_tokens
+        # Images count too: a photo's question reserves what the provider will charge for it.
+        estimate = estimate_conversation(request.messages, ref.provider) + estimate_tokens(request.system or "") + request.max_tokens
 
         async def within_token_budget() -> OpenedStream:
             reservation = await guard.budget.reserve(estimate, max_wait=self.max_wait)

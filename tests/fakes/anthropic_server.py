@@ -4,7 +4,9 @@ Scripted like `FakeOpenAI`: each message request takes the next behaviour (`Repl
 bare fault such as RESET), or the default once the script is empty. Like Sonnet 4.6 and later, it
 refuses a conversation that ends with an assistant message (no prefill). Image blocks (base64)
 are checked as the API checks them (type, 5 MB, 8000 px, the data matching its declared type; a
-`blind_models` model takes none) and their tokens added to the reported input tokens.
+`blind_models` model takes none) and their tokens added to the reported input tokens. A model
+given a context window (`windows`) refuses a prompt over it, text (about 4 characters a token)
+and images counted, with the API's "prompt is too long: N tokens > M maximum".
 """
 from __future__ import annotations
 
@@ -122,6 +124,7 @@ class FakeAnthropic(FakeUpstream):
         default: Behaviour = Reply(),
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         limits: Mapping[str, tuple[int, int, float]] | None = None,
+        windows: Mapping[str, int] | None = None,
     ) -> None:
         """`limits` maps a limit name (requests, tokens, input-tokens, output-tokens) to
         (limit, remaining, seconds until reset), sent as anthropic-ratelimit-* headers."""
@@ -131,6 +134,8 @@ class FakeAnthropic(FakeUpstream):
         self.blind_models = set(blind_models)
         # Every image the API accepted, in the order received.
         self.images: list[SeenImage] = []
+        # Each model's context window in tokens, where a test wants one enforced.
+        self.windows = dict(windows or {})
         self.default = default
         self.now = now
         self.limits = dict(limits or {"requests": (50, 49, 1.2), "tokens": (80_000, 79_000, 0.5)})
@@ -206,6 +211,8 @@ class FakeAnthropic(FakeUpstream):
         images: list[SeenImage] = []
         if refusal is None:
             refusal = _image_problem(body, self.blind_models, images)
+        if refusal is None:
+            refusal = _over_window(body, images, self.windows.get(body["model"]))
         if refusal is not None:
             return _error(refusal, headers, request_id)
         self.images += images
@@ -272,6 +279,23 @@ def _message_problem(message: Any) -> str | None:
         if isinstance(block, dict) and block.get("type") == "text" and not block.get("text"):
             return "text content blocks must be non-empty"
     return None
+
+
+def _over_window(body: dict[str, Any], images: Sequence[SeenImage], window: int | None) -> Fail | None:
+    """The API's refusal of a prompt (text, images and max_tokens) larger than the model's window."""
+    if window is None:
+        return None
+    texts = [body.get("system") if isinstance(body.get("system"), str) else ""]
+    for message in body["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            texts.append(content)
+        else:
+            texts += [block.get("text", "") for block in content if isinstance(block, dict) and block.get("type") == "text"]
+    tokens = sum(len(text) for text in texts) // 4 + sum(anthropic_tokens(image) for image in images)
+    if tokens + body["max_tokens"] <= window:
+        return None
+    return Fail(400, "invalid_request_error", f"prompt is too long: {tokens} tokens > {window - body['max_tokens']} maximum")
 
 
 def _image_problem(body: dict[str, Any], blind_models: set[str], seen: list[SeenImage]) -> Fail | None:
