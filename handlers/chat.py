@@ -314,7 +314,9 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-async def _record_usage(services: Services, message: IncomingMessage, usage, *, in_transaction: bool = False) -> None:
+async def _record_usage(
+    services: Services, message: IncomingMessage, usage: Sequence[tuple[ModelRef, Usage]], *, in_transaction: bool = False
+) -> None:
     recorder = services.features.usage
     if recorder is not None:
         await recorder.record(message.user_id, usage, in_transaction=in_transaction)

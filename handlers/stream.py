@@ -22,6 +22,7 @@ wants on every message it sends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass
@@ -142,9 +143,9 @@ class ReplyStream:
         for index, part in enumerate(parts):
             if index < len(self._message_ids):
                 if self._shown_parts[index] != part:
-                    await self._deliver_final(lambda p=part, i=index: self._edit(i, p))
+                    await self._deliver_final(functools.partial(self._edit, index, part))
             else:
-                await self._deliver_final(lambda p=part: self._send(p))
+                await self._deliver_final(functools.partial(self._send, part))
         await self._delete_unneeded(len(parts))
         return self.message_ids
 
