@@ -12,9 +12,8 @@ UNFINISHED_MESSAGES = "SELECT COUNT(*) FROM messages WHERE role = 'user' AND sta
 UNFINISHED_NOTES = "SELECT COUNT(*) FROM note_outbox WHERE status = 'pending' OR user_told = 0"
 
 
-class StateProbe:
-    def __init__(self, state_dir: Path) -> None:
-        self._database = state_dir / DATABASE_NAME
+class StateQueries:
+    """What the soak asks of the bot's database, whichever engine holds it (`_rows` reads it)."""
 
     def stored_texts(self) -> set[str]:
         """What users sent that the bot has stored (accepted), whatever became of it since."""
@@ -27,6 +26,16 @@ class StateProbe:
     def unfinished(self) -> int:
         """Messages and notes whose lifecycle has not ended (0 when the bot has nothing left to do)."""
         return sum(row[0] for query in (UNFINISHED_MESSAGES, UNFINISHED_NOTES) for row in self._rows(query))
+
+    def _rows(self, query: str) -> list[tuple]:
+        raise NotImplementedError
+
+
+class StateProbe(StateQueries):
+    """The state directory's SQLite database."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._database = state_dir / DATABASE_NAME
 
     def _rows(self, query: str) -> list[tuple]:
         if not self._database.exists():

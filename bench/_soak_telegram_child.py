@@ -178,6 +178,7 @@ async def serve(port: int) -> int:
     from bot.logs import configure_logging
     from bot.systemd import Notifier
     from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
+    from bot.telegram.leadership import open_leadership, stand_by
     from bot.telegram.service import TelegramService
     from bot.telegram.transport import TelegramRunner, TelegramTransport
     from integrations.clock import SystemClock
@@ -189,6 +190,10 @@ async def serve(port: int) -> int:
     clock = SystemClock()
     async with AsyncExitStack() as stack:
         state_lock = stack.enter_context(StateLock(settings.state_dir))
+        # With DATABASE_URL (bench/standby_soak.py): a standby until it holds the leader lease.
+        leadership = await open_leadership(settings, clock, stack)
+        if leadership is not None and not await stand_by(leadership, Notifier.from_environment({})):
+            return 0
         client = SocketTelegramClient(port)
         governor = FloodGovernor(clock)
         transport = GovernedTransport(TelegramTransport(client), governor)
@@ -197,7 +202,9 @@ async def serve(port: int) -> int:
         )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, Secret(BOT_TOKEN), app.router.handle, commands=menu)
-        service = TelegramService(app, runner, Notifier.from_environment({}), clock, grace=settings.limits.shutdown_grace)
+        service = TelegramService(
+            app, runner, Notifier.from_environment({}), clock, grace=settings.limits.shutdown_grace, leadership=leadership
+        )
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, service.request_stop)
         return await service.run()
 

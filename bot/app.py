@@ -70,6 +70,7 @@ from state.database import Database
 from state.engines import open_database
 from state.history import HistoryStore
 from state.images import ImageStore
+from state.instances import InstanceRegistry
 from state.lock import StateLock
 from state.outbox import Outbox
 from state.preferences import UserPreferences
@@ -669,5 +670,7 @@ async def build_operations(
         deprecations=lambda: [signal.describe() for signal in signals.list()],
         errors=errors,
         redactor=redactor,
+        # Instances share the state only in PostgreSQL; SQLite keeps one bot per state directory.
+        instances=InstanceRegistry(database, clock) if database.dialect == "postgresql" else None,
     )
     return Operations(usage, admin_settings, limits, status)

@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
@@ -277,6 +278,18 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class InstanceSettings:
+    """Several instances against one PostgreSQL (DATABASE_URL): one leads (holds Telegram), the
+    others stand by and take over when it dies."""
+
+    # INSTANCE_NAME: how /status names this instance; give each instance on one host its own.
+    name: str = field(default_factory=socket.gethostname)
+    # LEASE_SECONDS: a leader that cannot confirm its lease for this long stops receiving; a
+    # standby tries to take the lease every second.
+    lease_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """How hard the bot may push each upstream, and how long it waits on one."""
 
@@ -361,6 +374,7 @@ class Settings:
     stt: SttSettings | None = None
     photos: PhotoSettings = field(default_factory=PhotoSettings)
     redis: RedisSettings | None = None
+    instance: InstanceSettings = field(default_factory=InstanceSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
     documents: DocumentSettings = field(default_factory=DocumentSettings)
@@ -478,6 +492,7 @@ def load_settings(
         stt=_stt(read, openai_api_key),
         photos=_photos(read),
         redis=_redis(read),
+        instance=_instance(read),
         limits=_limits(read),
         llm_prices=_prices(read),
         conversation=_conversation(read),
@@ -858,6 +873,30 @@ def _redis(read: _Reader) -> RedisSettings | None:
         )
         return None
     return RedisSettings(url, instances, timeout)
+
+
+def _instance(read: _Reader) -> InstanceSettings:
+    """INSTANCE_NAME and LEASE_SECONDS (used only with DATABASE_URL, where instances share the state)."""
+    name = read.raw("INSTANCE_NAME")
+    if name is not None and not _INSTANCE_NAME.fullmatch(name):
+        read.problem(
+            "INSTANCE_NAME",
+            "must be 1-64 letters, digits, dots, dashes, underscores or colons (e.g. bot-a or host1:2), "
+            f"not {name!r}.",
+        )
+        name = None
+    lease = read.seconds("LEASE_SECONDS", InstanceSettings.lease_seconds)
+    if not 2 <= lease <= 300:
+        read.problem(
+            "LEASE_SECONDS",
+            f"must be between 2 and 300 seconds (a standby takes over within about this long after the "
+            f"leader's host vanishes; at once when its process dies), not {lease:g}.",
+        )
+        lease = InstanceSettings.lease_seconds
+    return InstanceSettings(name, lease) if name is not None else InstanceSettings(lease_seconds=lease)
+
+
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def _modes(read: _Reader) -> tuple[Mode, ...]:

@@ -9,6 +9,7 @@ from handlers.status_report import StatusSources, build_status
 from integrations.clock import Clock
 from state.cache import SqliteCache
 from state.engines import open_database
+from state.instances import InstanceRegistry
 from state.outbox import Outbox
 
 
@@ -34,6 +35,7 @@ async def status_from_database(
             cache=SqliteCache(database, clock),
             outbox=Outbox(database, clock),
             shared_limits=shared_limits,
+            instances=InstanceRegistry(database, clock),
         )
         report = await build_status(sources)
     finally:

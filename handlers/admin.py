@@ -91,6 +91,7 @@ def status_sources(services: Services) -> StatusSources:
         errors=context.errors if context else None,
         deprecations=context.deprecations if context else lambda: (),
         redactor=context.redactor if context else Redactor(),
+        instances=context.instances if context else None,
     )
 
 

@@ -32,11 +32,15 @@ from integrations.resilience.snapshots import (
 from state.admin_settings import AdminSettings
 from state.cache import SqliteCache
 from state.database import Database
+from state.instances import InstanceRegistry
 from state.usage import ErrorJournal, UsageRecorder
 
 log = logging.getLogger(__name__)
 
 RECENT_ERRORS_SHOWN = 5
+# An instance reports itself at least every minute (LEASE_SECONDS / 5 at most): one not seen for
+# longer is marked as silent.
+SILENT_INSTANCE = 90.0
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()#+\-.!<>|~{}=])")
 
 
@@ -58,6 +62,8 @@ class StatusContext:
     deprecations: Callable[[], Sequence[str]] = lambda: ()
     errors: RecentErrors | None = None
     redactor: Redactor = field(default_factory=Redactor)
+    # The instances sharing a PostgreSQL database (DATABASE_URL); None with SQLite.
+    instances: InstanceRegistry | None = None
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,13 @@ class StatusSources:
     redactor: Redactor = field(default_factory=Redactor)
     # From the shell: asks Redis (REDIS_URL) whether it answers; a running bot's registry says instead.
     shared_limits: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
+    # The instances sharing the database and their queue (state/instances.py).
+    instances: InstanceRegistry | None = None
 
 
 async def build_status(sources: StatusSources) -> str:
     report = _Report(sources)
-    sections: list[Callable[[], Awaitable[list[str]]]] = [report.header, report.shared_limits]
+    sections: list[Callable[[], Awaitable[list[str]]]] = [report.header, report.shared_limits, report.instances]
     if sources.running:
         sections += [report.breakers, report.limiters, report.flood_waits]
     sections += [report.cache, report.outbox, report.usage, report.settings, report.errors, report.deprecations]
@@ -219,6 +227,30 @@ class _Report:
             error = self._text(state.get("last_error") or "no answer")
             text = f"**Redis at {where} unreachable** ({error}): a running bot keeps local {share} of every limit"
         return ["", f"**Shared limits**: {text}"]
+
+    async def instances(self) -> list[str]:
+        """The instances sharing the database (PostgreSQL), who leads, and the queue; none with one bot."""
+        if self._s.instances is None:
+            return []
+        rows = await self._s.instances.listing()
+        if not rows:
+            return []
+        now = self._s.clock.now()
+        lines = ["", "**Instances** (the leader holds Telegram; a standby takes over when it dies)"]
+        for row in rows:
+            seen = (now - row.last_seen).total_seconds()
+            line = f"• {self._text(row.name)}: "
+            if row.role == "leader" and row.leader_since is not None:
+                line += f"**leader**, lease held {format_seconds((now - row.leader_since).total_seconds())}"
+            else:
+                line += row.role
+            line += f", last seen {format_seconds(seen)} ago"
+            if row.role != "stopped" and seen > SILENT_INSTANCE:
+                line += " (**silent**: stopped or cut off?)"
+            lines.append(line + f" (pid {row.pid} on {self._text(row.host)})")
+        waiting = await self._s.instances.queue_depth()
+        lines.append(f"Queue: {_plural(waiting, 'message')} waiting for or getting an answer")
+        return lines
 
     async def breakers(self) -> list[str]:
         breakers: Mapping[str, BreakerSnapshot] = self._resilience()["breakers"]

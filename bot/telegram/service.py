@@ -28,6 +28,7 @@ from bot.config import Settings
 from bot.shutdown import drain
 from bot.systemd import Notifier, heartbeat
 from bot.telegram.flood_governor import GovernedTransport, flood_governor_for
+from bot.telegram.leadership import Leadership, open_leadership, stand_by
 from bot.telegram.transport import BotIdentity, TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport, build_client
 from integrations.clock import Clock, SystemClock, wait_for
 from integrations.errors import AuthFailed, Unavailable, UpstreamError
@@ -64,6 +65,7 @@ class TelegramService:
         grace: float,
         login_retry: RetryPolicy = LOGIN_RETRY,
         rng: random.Random | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.app = app
         self.runner = runner
@@ -72,6 +74,8 @@ class TelegramService:
         self.grace = grace
         self.login_retry = login_retry
         self._rng = rng
+        # With DATABASE_URL: the lease this instance leads by; losing it ends the service at once.
+        self.leadership = leadership
         self.stop = asyncio.Event()
         self.hurry = asyncio.Event()
         self._phase = "connecting to Telegram"
@@ -107,7 +111,7 @@ class TelegramService:
     async def _run(self) -> int:
         self.notifier.status(self._phase)
         try:
-            me = await self._first_of(self._log_in(), self.stop.wait())
+            me = await self._first_of(self._log_in(), self.stop.wait(), *self._lease_lost())
         except AuthFailed as error:
             message = (
                 f"Telegram refused to log in: {error}. "
@@ -123,8 +127,10 @@ class TelegramService:
             await self.runner.stop()
             return EXIT_FAILED
         if not isinstance(me, BotIdentity):
-            log.info("stopped while connecting to Telegram")
             await self.runner.stop()
+            if self._deposed():
+                return EXIT_FAILED
+            log.info("stopped while connecting to Telegram")
             return EXIT_OK
         self._me = me
         models = ", ".join(str(ref) for ref in self.app.services.chain.refs) or "none"
@@ -135,13 +141,19 @@ class TelegramService:
         serving = asyncio.ensure_future(self.runner.run_until_disconnected())
         stopping = asyncio.ensure_future(self.stop.wait())
         safety_net = asyncio.ensure_future(self.app.router.keep_resuming())
+        deposing = self._lease_lost()
         try:
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({serving, stopping, *deposing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopping.cancel()
-            safety_net.cancel()
-        requested = self.stop.is_set()
-        if not requested:
+            for task in (stopping, safety_net, *deposing):
+                task.cancel()
+        if self._deposed():
+            # Another instance may be receiving already: not one more update here, not one more
+            # send; what was in flight stays pending for the new leader (as after a crash).
+            await self.runner.stop()
+            self.hurry.set()
+        requested = self.stop.is_set() and not self._deposed()
+        if not requested and not self._deposed():
             failure = serving.exception() if serving.done() and not serving.cancelled() else None
             log.error("Telegram disconnected for good; stopping so that systemd restarts the bot", exc_info=failure)
         self._phase = "stopping: letting replies in flight finish"
@@ -180,6 +192,15 @@ class TelegramService:
         self._phase = f"connecting to Telegram: attempt {attempt} failed ({error.message}); next in {wait:.0f} s"
         self.notifier.extend_timeout(self._login_deadline - self.clock.monotonic() + LOGIN_MARGIN, self._phase)
 
+    def _lease_lost(self) -> list[asyncio.Task[bool]]:
+        """Waits for the lease to be lost (none without a lease)."""
+        if self.leadership is None:
+            return []
+        return [asyncio.ensure_future(self.leadership.lost.wait())]
+
+    def _deposed(self) -> bool:
+        return self.leadership is not None and self.leadership.lost.is_set()
+
     async def _resume(self) -> None:
         resumed = await self.app.router.resume_pending()
         if resumed:
@@ -207,6 +228,10 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
         # Before the session file is opened: another bot may be using it.
         with storage_faults(settings.state_dir):
             state_lock = stack.enter_context(StateLock(settings.state_dir))
+        # With PostgreSQL, instances share the state: only the lease holder goes on from here.
+        leadership = await open_leadership(settings, clock, stack)
+        if leadership is not None and not await stand_by(leadership, notifier):
+            return EXIT_OK
         with storage_faults(settings.telegram.session_path):
             client = build_client(settings.telegram)
         # Shared through Redis when REDIS_URL is set: flood pauses too, so the governor comes from them.
@@ -229,7 +254,9 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
         )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)
-        service = TelegramService(app, runner, notifier, clock, grace=settings.limits.shutdown_grace)
+        service = TelegramService(
+            app, runner, notifier, clock, grace=settings.limits.shutdown_grace, leadership=leadership
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, service.request_stop)

@@ -1,0 +1,162 @@
+"""Leader or standby: with DATABASE_URL, only the holder of the leader lease serves Telegram.
+
+An instance starts as a standby: it reports itself (state/instances.py) and tries the lease
+(state/lease.py) every `try_every` seconds. Once it holds the lease it becomes the leader: only then
+is the bot built, the notes worker started, Telegram logged in and the messages left unfinished
+resumed, so a standby never answers, delivers or resumes anything. While leading it confirms the
+lease every `lease_seconds / 5`; the moment it cannot, `lost` is set and the Telegram service
+disconnects at once and exits (bot/telegram/service.py), so two instances never receive together.
+systemd (Restart=on-failure) starts it again, as a standby.
+
+SQLite keeps one bot per state directory (state/lock.py): there is no lease, and `open_leadership`
+gives None.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Awaitable
+
+from bot.config import Settings
+from bot.systemd import Notifier, heartbeat
+from integrations.clock import Clock
+from state.db import StorageFault
+from state.engines import postgres
+from state.instances import InstanceRegistry, Role
+from state.lease import LeaderLease
+
+log = logging.getLogger(__name__)
+
+# How often a standby tries the lease: a SIGKILLed leader's lock is free at once, so this sets the
+# takeover time together with the login.
+TRY_EVERY = 1.0
+
+
+class Leadership:
+    def __init__(
+        self, lease: LeaderLease, registry: InstanceRegistry, clock: Clock, *, name: str, try_every: float = TRY_EVERY
+    ) -> None:
+        self.lease = lease
+        self.registry = registry
+        self.clock = clock
+        self.name = name
+        self.try_every = try_every
+        self.lost = asyncio.Event()
+        self.role: Role = "standby"
+        self._started_at = clock.now()
+        self._leader_since: datetime | None = None
+        self._pid = os.getpid()
+        self._host = socket.gethostname()
+        self._keeping: asyncio.Task[None] | None = None
+        self.tries = 0  # of the lease, as a standby
+
+    async def wait_to_lead(self, stop: asyncio.Event) -> bool:
+        """Stand by until this instance holds the lease (True), or until `stop` is set (False)."""
+        log.info("instance %s: standing by for the leader lease", self.name)
+        while not stop.is_set():
+            self.tries += 1
+            if await self.lease.try_take():
+                await self._become_leader()
+                return True
+            await self._report("standby")
+            await _first_of(self.clock.sleep(self.try_every), stop.wait())
+        return False
+
+    def keep(self) -> None:
+        """Start confirming the lease in the background; `lost` is set when that fails."""
+        self._keeping = asyncio.ensure_future(self._keep())
+
+    async def close(self) -> None:
+        """Give the lease up (if held) and say this instance stopped."""
+        if self._keeping is not None:
+            self._keeping.cancel()
+            await asyncio.gather(self._keeping, return_exceptions=True)
+        await self.lease.release()
+        self._leader_since = None
+        await self._report("stopped")
+
+    async def _become_leader(self) -> None:
+        self._leader_since = self.clock.now()
+        log.info("instance %s: took the leader lease; logging in to Telegram", self.name)
+        await self._report("leader")
+        try:
+            await self.registry.depose_others(self.name)
+        except StorageFault as error:
+            log.warning("could not mark earlier leaders as standby: %s", error)
+
+    async def _keep(self) -> None:
+        while True:
+            await self.clock.sleep(self.lease.renew_every)
+            if not await self.lease.renew():
+                self.role = "standby"
+                self._leader_since = None
+                log.error("instance %s: no longer the leader; disconnecting from Telegram now", self.name)
+                self.lost.set()
+                return
+            await self._report("leader")
+
+    async def _report(self, role: Role) -> None:
+        """This instance's row; a database that does not answer costs a log line, not the lease."""
+        self.role = role
+        try:
+            await self.registry.report(
+                self.name, role, pid=self._pid, host=self._host, started_at=self._started_at,
+                leader_since=self._leader_since,
+            )  # fmt: skip
+        except StorageFault as error:
+            log.warning("could not record instance %s as %s: %s", self.name, role, error)
+
+
+async def open_leadership(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Leadership | None:
+    """The leadership of this instance when the state is in PostgreSQL, closed by `stack`; None with SQLite."""
+    if settings.database_url is None:
+        return None
+    url = settings.database_url.reveal()
+    # Its own connection for the instance rows (migrating first, so the table exists), the lease another.
+    database = await postgres().PostgresDatabase.open(url, clock)
+    stack.push_async_callback(database.close)
+    lease = LeaderLease(url, clock, lease_seconds=settings.instance.lease_seconds)
+    leadership = Leadership(lease, InstanceRegistry(database, clock), clock, name=settings.instance.name)
+    stack.push_async_callback(leadership.close)
+    return leadership
+
+
+async def stand_by(leadership: Leadership, notifier: Notifier) -> bool:
+    """Wait for the lease as a service does: READY=1 at once (a standby is up and doing its job),
+    STATUS= and watchdog pings while waiting; SIGTERM or SIGINT end the wait (False)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    waiting = f"standby {leadership.name}: waiting for the leader lease"
+    notifier.ready(waiting)
+
+    async def summary() -> str:
+        return waiting
+
+    beat = asyncio.ensure_future(heartbeat(notifier, leadership.clock, summary))
+    try:
+        leading = await leadership.wait_to_lead(stop)
+    finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    if leading:
+        leadership.keep()
+    return leading
+
+
+async def _first_of(*awaitables: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,22 @@
+"""Two real `switchboard` Telegram processes against one PostgreSQL (bench/standby_soak.py's
+machinery): the leader is SIGKILLed while messages wait and replies stream, the standby takes over,
+and every message is answered exactly once."""
+from __future__ import annotations
+
+import pytest
+
+from bench.standby_soak import TAKEOVER_TARGET, soak
+
+
+@pytest.mark.timeout(400)
+async def test_the_standby_takes_over_a_killed_leader_and_every_message_is_answered_once(tmp_path, postgres_cluster):
+    url = postgres_cluster.url(postgres_cluster.create_database())
+    bench = await soak(kills=3, seed=7, workdir=tmp_path, database_url=url)
+    tally = bench.tally
+    assert tally.problems == []
+    assert tally.kills == 3 and len(bench.takeovers) == 3
+    assert tally.questions > 0 and tally.once == tally.questions
+    assert (tally.twice, tally.never, tally.partial) == (0, 0, 0)
+    assert tally.notes_once == tally.notes and tally.links_once == tally.notes
+    assert max(bench.takeovers) <= TAKEOVER_TARGET
+    assert bench.sent_leaderless > 0, "some messages arrived while nobody led"
