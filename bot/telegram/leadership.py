@@ -24,7 +24,9 @@ from typing import Awaitable
 
 from bot.config import Settings
 from bot.systemd import Notifier, heartbeat
+from bot.telegram.catch_up import SharedCatchUp
 from integrations.clock import Clock
+from state.catch_up import CatchUpStore
 from state.db import StorageFault
 from state.engines import postgres
 from state.instances import InstanceRegistry, Role
@@ -39,9 +41,18 @@ TRY_EVERY = 1.0
 
 class Leadership:
     def __init__(
-        self, lease: LeaderLease, registry: InstanceRegistry, clock: Clock, *, name: str, try_every: float = TRY_EVERY
+        self,
+        lease: LeaderLease,
+        registry: InstanceRegistry,
+        clock: Clock,
+        *,
+        name: str,
+        try_every: float = TRY_EVERY,
+        catch_up: SharedCatchUp | None = None,
     ) -> None:
         self.lease = lease
+        # Where Telegram's catch-up starts, handed from leader to leader (bot/telegram/catch_up.py).
+        self.catch_up = catch_up
         self.registry = registry
         self.clock = clock
         self.name = name
@@ -121,7 +132,9 @@ async def open_leadership(settings: Settings, clock: Clock, stack: AsyncExitStac
     database = await postgres().PostgresDatabase.open(url, clock)
     stack.push_async_callback(database.close)
     lease = LeaderLease(url, clock, lease_seconds=settings.instance.lease_seconds)
-    leadership = Leadership(lease, InstanceRegistry(database, clock), clock, name=settings.instance.name)
+    name = settings.instance.name
+    catch_up = SharedCatchUp(CatchUpStore(database, clock), clock, name)
+    leadership = Leadership(lease, InstanceRegistry(database, clock), clock, name=name, catch_up=catch_up)
     stack.push_async_callback(leadership.close)
     return leadership
 

@@ -234,6 +234,11 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
             return EXIT_OK
         with storage_faults(settings.telegram.session_path):
             client = build_client(settings.telegram)
+        if leadership is not None and leadership.catch_up is not None:
+            # Catch up from where the last leader was, not from this session's own (older) state.
+            await leadership.catch_up.seed(client)
+            keeping = asyncio.ensure_future(leadership.catch_up.keep(client))
+            stack.callback(keeping.cancel)
         # Shared through Redis when REDIS_URL is set: flood pauses too, so the governor comes from them.
         limits = await open_shared_limits(settings, clock, stack)
         governor = flood_governor_for(limits, clock)
