@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence, TypeVar
 
+from handlers import photos
 from handlers.idle_reset import fresh_start_note
 from handlers.lanes import USER_CANCEL
 from handlers.modes import chat_prompt
@@ -13,6 +14,7 @@ from handlers.reply import open_stream
 from handlers.services import Services
 from handlers.stream import ReplyStream
 from handlers.transport import IncomingMessage
+from handlers.voice import AnswerLater
 from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDelta, drop_overlap
 from integrations.errors import CircuitOpen, UpstreamError
 from integrations.llm import ModelRef, Usage
@@ -124,8 +126,13 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
             )
             await _deliver(services, stream, stored, shown)
             answered = True
+    except AnswerLater:
+        raise  # left for the router's safety net, the user told (a photo Telegram did not hand over)
     except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
-        log.exception("answering message %s in chat %s failed", stored.id, message.chat_id)
+        if isinstance(error, photos.ImagesUnavailable):
+            log.warning("message %s in chat %s not answered: %s", stored.id, message.chat_id, error)
+        else:
+            log.exception("answering message %s in chat %s failed", stored.id, message.chat_id)
         await _report_failure(services, stream, stored, error)
     finally:
         await stream.close()
@@ -154,8 +161,8 @@ async def _generate(
         await services.history.begin(stored)
         prefix = await fresh_start_note(services, stored) + prefix
         context = await services.history.context_for(turn.question)
-        if services.features.photos is not None:  # a photo's question is asked with its images
-            context = await services.features.photos.with_images(turn.question, context)
+        # A photo's question is asked with its images (fetched again from Telegram if need be).
+        context = await photos.asked_with_images(services, message, stored, turn.question, context)
         preferred = turn.model or await _users_model(services, message.user_id)
         system = (await chat_prompt(services, message.chat_id)).text
         stream.start()
@@ -293,7 +300,7 @@ async def _despite_user_cancel(services: Services, stored: StoredMessage, step: 
 async def _report_failure(services: Services, stream: ReplyStream, stored: StoredMessage, error: Exception) -> None:
     reason = f"{type(error).__name__}: {error}"[:200]
     try:
-        await stream.finish(SOMETHING_WENT_WRONG)
+        await stream.finish(error.note if isinstance(error, photos.ImagesUnavailable) else SOMETHING_WENT_WRONG)
     except Exception as delivery_error:
         log.warning("could not tell chat %s that answering failed: %s", stored.chat_id, delivery_error)
     try:

@@ -22,7 +22,12 @@ photo whose caption names it does. Its other photos count too (`joins_addressed_
 What the conversation keeps: the placeholder and the caption, never the image. Later turns carry
 "[photo]\\nWhat is this?" as the user's words, so a follow-up question is understood without
 sending (and paying for) the image again each turn. Asking again (/retry, or an answer resumed
-after a restart) fetches the images again from Telegram, which keeps them.
+after a restart) fetches the images again from Telegram, which keeps them (`asked_with_images`):
+a download that fails in a way that may pass is told once and left for the safety net, as on the
+first attempt; one that cannot pass ends the message with a note (`ImagesUnavailable`).
+
+Images downloaded for a question wait in memory (`keep_ready`) only until its answer takes them;
+whatever becomes of the answer, the router's lifecycle `release`s them at its end.
 """
 from __future__ import annotations
 
@@ -147,6 +152,10 @@ class PhotoFeature:
         """Images downloaded for `question`, for its answer to take (not downloaded twice)."""
         self._ready[question.id] = images
 
+    def release(self, message_id: int) -> None:
+        """Forget the images kept for a question whose answer ended (or never began) without them."""
+        self._ready.pop(message_id, None)
+
     async def download(self, images: Sequence[StoredImage]) -> tuple[Image, ...]:
         """Each image fetched from Telegram and read (decoding takes CPU time: in a thread, so
         that other chats' replies go on meanwhile)."""
@@ -167,6 +176,47 @@ class PhotoFeature:
         if not images or not context or context[-1].role != "user":
             return context
         return [*context[:-1], replace(context[-1], images=images)]
+
+
+class ImagesUnavailable(Exception):
+    """A photo's question asked again whose images cannot be had any more: `note` tells the user."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note
+
+
+async def asked_with_images(
+    services: Services, message: IncomingMessage, answering: StoredMessage, question: StoredMessage, context: list[ChatMessage]
+) -> list[ChatMessage]:
+    """`PhotoFeature.with_images` for the answer to `answering` (the question itself, or a /retry
+    of it); a download that fails as on the first attempt: told once and left for later
+    (`AnswerLater`), or, when it cannot pass (or on the last attempt), `ImagesUnavailable`."""
+    feature = services.features.photos
+    if feature is None:
+        return context
+    what = _what_was_asked(question)
+    try:
+        return await feature.with_images(question, context)
+    except UnreadableImage as error:
+        log.info("message %s in chat %s: its image no longer reads (%s)", question.id, question.chat_id, error)
+        raise ImagesUnavailable(UNREADABLE.format(what=what)) from None
+    except UpstreamError as error:
+        log.warning("could not download again the images of message %s in chat %s: %s", question.id, question.chat_id, error)
+        if not error.retryable:
+            raise ImagesUnavailable(GONE.format(what=what)) from None
+        attempt = answering.attempts + 1  # the answer began this attempt
+        if attempt >= services.chat.max_attempts:
+            raise ImagesUnavailable(GAVE_UP.format(what=what, attempts=attempt)) from None
+        await notify_once(services, message, NOT_NOW.format(what=what), stream=PHOTO_DELAYED_STREAM)
+        raise AnswerLater(f"image download failed: {error}") from None
+
+
+def _what_was_asked(question: StoredMessage) -> str:
+    """"photo", "image" or "album", from the question's placeholder."""
+    match = _PLACEHOLDER.match(question.text)
+    placeholder = match.group(1) if match else PHOTO
+    return placeholder if placeholder in (PHOTO, IMAGE_FILE) else "album"
 
 
 def asks_about_images(question: StoredMessage) -> bool:

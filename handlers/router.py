@@ -301,6 +301,8 @@ class Router:
                     await answer(self._services, message, stored)
                 else:
                     await self._lifecycle(message, stored, run)
+            except voice.AnswerLater as later:  # a resumed photo's question Telegram did not hand over
+                self._leave_for_later(message, stored, later)
             finally:
                 self._claimed.discard(stored.id)
 
@@ -323,8 +325,7 @@ class Router:
                 return
             await history.mark_delivered(stored)
         except voice.AnswerLater as later:
-            log.info("message %s in chat %s is left for later: %s", stored.id, message.chat_id, later)
-            self._later.add(stored.id)
+            self._leave_for_later(message, stored, later)
         except asyncio.CancelledError:
             if self._services.lanes.cancel_reason(message.chat_id) != USER_CANCEL:
                 raise  # a shutdown: left unfinished, run again after the restart
@@ -341,6 +342,12 @@ class Router:
                 log.error("could not record that message %s failed: %s", stored.id, storage_error)
         finally:
             self._claimed.discard(stored.id)
+            if self._services.features.photos is not None:  # images its answer did not take
+                self._services.features.photos.release(stored.id)
+
+    def _leave_for_later(self, message: IncomingMessage, stored: StoredMessage, later: voice.AnswerLater) -> None:
+        log.info("message %s in chat %s is left for later: %s", stored.id, message.chat_id, later)
+        self._later.add(stored.id)
 
     def _is_live(self, message: IncomingMessage) -> bool:
         """Sent just now, not caught up after a stop (a user who wrote while the bot was away

@@ -3,9 +3,15 @@ counted in the context window, an image download resumed after a restart, downlo
 freed on every path, quotes for voice notes and documents, resumed messages asking Telegram only
 when they are replies, /retry after a document's acknowledgement, AES-encrypted PDFs, and what
 `switchboard check` says of voice on the console."""
+import asyncio
+import sqlite3
 from contextlib import AsyncExitStack
 
+from telethon import errors
+
 from bot.config import ConversationSettings
+from handlers import photos
+from handlers.chat import SOMETHING_WENT_WRONG
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.telegram import new_message_event, photo
@@ -19,6 +25,16 @@ def sent(media, *, text: str = "", album: int | None = None, reply_to: int | Non
     return new_message_event(
         chat_id=USER, sender_id=USER, text=text, message_id=next(MESSAGE_IDS), media=media, grouped_id=album
     )
+
+
+def user_content(request) -> list:
+    """The last user message's content blocks of a recorded Anthropic request."""
+    return request.json["messages"][-1]["content"]
+
+
+def chat_text_gone(bot) -> bool:
+    """Nothing says "something went wrong": the user was told what happened instead."""
+    return SOMETHING_WENT_WRONG not in bot.texts()
 
 
 async def send(bot, *events) -> None:
@@ -64,3 +80,70 @@ def test_image_tokens_are_counted_as_each_provider_documents():
     # Unknown: the larger of the two.
     assert image_tokens(big, "local") == 2459
     assert message_tokens(ChatMessage("user", "hi", images=(big, big)), "openai") == 5 + 2 * 765
+
+
+async def test_an_answer_resumed_after_a_restart_whose_photo_telegram_will_not_hand_over_is_answered_later(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("A cat on a mat.")))
+        claude.script(anth.stall_after(1, "A cat on a mat, sitting."))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        crashed_run = AsyncExitStack()
+        bot = await start_telegram_bot(crashed_run, settings)
+        await bot.client.deliver(sent(photo(), text="What is it?"))
+        await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
+        client, clock = bot.client, bot.clock
+        await crashed_run.aclose()  # killed mid-answer
+
+        # After the restart Telegram's file servers fail every retry for a while.
+        client.fail_next("download", errors.ServerError(request=None, message="RPC_CALL_FAIL", code=500), times=10)
+        bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
+        await bot.settle()
+        # (The killed run's last words, if Telegram got them, are replaced by the answer below.)
+        assert photos.NOT_NOW.format(what="photo") in bot.texts()
+        assert claude.calls == 1 and await bot.statuses() == ["answering"]
+
+        client._faults["download"].clear()  # Telegram is back
+        safety_net = asyncio.ensure_future(bot.app.router.keep_resuming(every=300, older_than=120))
+        await bot.clock.run_until(lambda: "A cat on a mat." in bot.texts(), poll=POLL)
+        await bot.settle()
+        safety_net.cancel()
+        assert sorted(bot.texts()) == sorted([photos.NOT_NOW.format(what="photo"), "A cat on a mat."])  # told once
+        assert user_content(claude.message_requests[-1])[0]["type"] == "image"
+        assert await bot.statuses() == ["answered"]
+
+
+async def test_a_resumed_photo_question_whose_photo_was_deleted_ends_with_a_clear_note(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("A cat on a mat.")))
+        claude.script(anth.stall_after(1, "A cat on a mat, sitting."))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        crashed_run = AsyncExitStack()
+        bot = await start_telegram_bot(crashed_run, settings)
+        await bot.client.deliver(sent(photo(), text="What is it?"))
+        await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
+        client, clock = bot.client, bot.clock
+        await crashed_run.aclose()  # killed mid-answer
+
+        client.fail_next("download", errors.MessageIdInvalidError(request=None), times=10)  # deleted meanwhile
+        bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
+        await bot.settle()
+        assert bot.texts()[-1] == photos.GONE.format(what="photo") and chat_text_gone(bot)
+        assert claude.calls == 1 and await bot.statuses() == ["failed"]
+
+
+async def test_images_downloaded_for_an_answer_that_fails_first_are_not_kept(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("A cat on a mat.")))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        history = bot.app.services.history
+
+        async def disk_full(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        real_context_for, history.context_for = history.context_for, disk_full  # the answer fails before it takes the images
+        await send(bot, sent(photo(), text="What is it?"))
+        await send(bot, sent(photo(), text="And this?"))
+        history.context_for = real_context_for
+        assert bot.texts() == [SOMETHING_WENT_WRONG, SOMETHING_WENT_WRONG]
+        assert bot.client.downloads(USER) == 2 and claude.calls == 0
+        assert bot.app.services.features.photos._ready == {}  # the downloaded images were let go
