@@ -122,7 +122,8 @@ def _read_pdf(data: bytes, max_pages: int) -> DocumentText:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             # Many PDFs are encrypted with an empty password (only editing or printing is restricted):
-            # those open. AES needs the `cryptography` package, which is not installed: also refused.
+            # those open, RC4 and AES alike (AES through pypdf's `crypto` extra, `cryptography`; an
+            # install without it refuses them as encrypted rather than failing).
             try:
                 opened = reader.decrypt("")
             except (DependencyError, NotImplementedError) as error:

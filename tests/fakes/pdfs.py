@@ -8,10 +8,10 @@ from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 
-def text_pdf(*pages: str, password: str | None = None) -> bytes:
+def text_pdf(*pages: str, password: str | None = None, algorithm: str = "RC4-128") -> bytes:
     """A PDF with one page per text (lines split on newlines), in Helvetica, with a text layer.
-    `password`: encrypted (RC4, which pypdf handles without the cryptography package) with that
-    user password; "" makes a PDF that opens without one but is still encrypted."""
+    `password`: encrypted with that user password ("" makes a PDF that opens without one but is
+    still encrypted), by `algorithm` (RC4 in pure Python; "AES-128" or "AES-256" need `cryptography`)."""
     writer = PdfWriter()
     font = writer._add_object(
         DictionaryObject(
@@ -29,7 +29,7 @@ def text_pdf(*pages: str, password: str | None = None) -> bytes:
         content.set_data(_text_operators(text))
         page[NameObject("/Contents")] = writer._add_object(content)
     if password is not None:
-        writer.encrypt(user_password=password, owner_password="owner", algorithm="RC4-128")
+        writer.encrypt(user_password=password, owner_password="owner", algorithm=algorithm)
     return _written(writer)
 
 

@@ -10,11 +10,12 @@ from contextlib import AsyncExitStack
 from telethon import errors
 
 from bot.config import ConversationSettings
-from handlers import photos
+from handlers import documents, photos
 from handlers.chat import SOMETHING_WENT_WRONG
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.fakes.telegram import new_message_event, photo
+from tests.fakes.pdfs import text_pdf
+from tests.fakes.telegram import document_file, new_message_event, photo
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
 
 CLAUDE = "anthropic:claude-test"
@@ -147,3 +148,19 @@ async def test_images_downloaded_for_an_answer_that_fails_first_are_not_kept(tmp
         assert bot.texts() == [SOMETHING_WENT_WRONG, SOMETHING_WENT_WRONG]
         assert bot.client.downloads(USER) == 2 and claude.calls == 0
         assert bot.app.services.features.photos._ready == {}  # the downloaded images were let go
+
+
+async def test_an_aes_encrypted_pdf_without_a_user_password_is_read(tmp_path):
+    """What PDF readers open silently (AES-128 and AES-256, only printing restricted) is read."""
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("It is about Paris.")))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        for algorithm in ("AES-128", "AES-256"):
+            pdf = text_pdf(f"Sealed with {algorithm}, readable by anyone.", password="", algorithm=algorithm)
+            await send(bot, sent(document_file("sealed.pdf", pdf, mime_type="application/pdf"), text="Summarise"))
+            assert f"Sealed with {algorithm}, readable by anyone." in claude.message_requests[-1].json["messages"][-1]["content"]
+        assert bot.texts() == ["It is about Paris.", "It is about Paris."]
+        # One with a real user password is still refused clearly.
+        locked = text_pdf("Secret.", password="hunter2", algorithm="AES-256")
+        await send(bot, sent(document_file("locked.pdf", locked, mime_type="application/pdf"), text="Summarise"))
+        assert bot.texts()[-1] == documents.ENCRYPTED.format(name="locked.pdf")
