@@ -127,8 +127,15 @@ def _local(name: str, check: Callable[[], str]) -> CheckResult:
 def _settings_summary(settings: Settings) -> str:
     mode = "Telegram" if settings.telegram is not None else "console (no TELEGRAM_* settings)"
     models = ", ".join(str(ref) for ref in settings.llm_models) or "none listed in LLM_MODELS"
-    extras = [name for name, on in (("/search", settings.perplexity), ("/note", settings.notion), ("voice", settings.stt)) if on]
-    return f"valid; {mode}; models {models}" + (f"; {' and '.join(extras)} on" if extras else "")
+    on_telegram = settings.telegram is not None
+    extras = [
+        name for name, on in (("/search", settings.perplexity), ("/note", settings.notion), ("voice", settings.stt and on_telegram)) if on
+    ]
+    summary = f"valid; {mode}; models {models}" + (f"; {' and '.join(extras)} on" if extras else "")
+    if settings.stt is not None and not on_telegram:
+        # Speech to text is set up, but the console can only be typed into: say so, not "voice on".
+        summary += "; voice on Telegram only (the console takes no voice messages)"
+    return summary
 
 
 def _check_some_model_answers(settings: Settings) -> str:

@@ -36,7 +36,8 @@ async def test_a_working_endpoint_that_offers_the_model_passes(tmp_path):
         code, out = await run_check(settings_for(tmp_path, anthropic=claude, models=[CLAUDE], stt=stt_settings))
     assert code == 0, out
     assert stt_line(out) == f"✓ speech to text: {stt.base_url}: 1 model offered, including whisper-1 (0 ms)"
-    assert "voice on" in out.splitlines()[0], "the settings line says voice is on"
+    # The console cannot receive voice messages: the settings line does not say voice is on.
+    assert "voice on Telegram only (the console takes no voice messages)" in out.splitlines()[0]
 
 
 async def test_a_refused_key_fails_naming_the_setting_and_never_shows_the_key(tmp_path):

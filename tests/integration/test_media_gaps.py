@@ -6,6 +6,7 @@ when they are replies, /retry after a document's acknowledgement, AES-encrypted 
 import asyncio
 import sqlite3
 from contextlib import AsyncExitStack
+from dataclasses import replace
 
 from telethon import errors
 
@@ -164,3 +165,18 @@ async def test_an_aes_encrypted_pdf_without_a_user_password_is_read(tmp_path):
         locked = text_pdf("Secret.", password="hunter2", algorithm="AES-256")
         await send(bot, sent(document_file("locked.pdf", locked, mime_type="application/pdf"), text="Summarise"))
         assert bot.texts()[-1] == documents.ENCRYPTED.format(name="locked.pdf")
+
+
+def test_check_says_voice_is_on_only_where_voice_messages_can_arrive(tmp_path):
+    from bot.check import _settings_summary
+    from bot.config import Secret, SttSettings, TelegramSettings
+
+    stt = SttSettings("whisper-1", Secret("sk-sentinel-stt-0000000000000000000000"), base_url="http://127.0.0.1:9/v1")
+    console = settings_for(tmp_path, models=[CLAUDE], stt=stt)
+    assert _settings_summary(console) == (
+        f"valid; console (no TELEGRAM_* settings); models {CLAUDE}; "
+        "voice on Telegram only (the console takes no voice messages)"
+    )
+    telegram = replace(console, telegram=TelegramSettings(1, Secret("0" * 32), Secret("1:" + "a" * 35), tmp_path / "bot.session"))
+    assert _settings_summary(telegram) == f"valid; Telegram; models {CLAUDE}; voice on"
+    assert _settings_summary(replace(console, stt=None)) == f"valid; console (no TELEGRAM_* settings); models {CLAUDE}"
