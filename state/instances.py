@@ -2,7 +2,8 @@
 
 Each process writes its own row (`report`) when it starts, each time it tries or renews the
 leader lease, and when it stops; nobody writes another's row, except that a new leader marks the
-rows that still say "leader" as standby (their holder lost the lease, or it would not be leading).
+rows that still say "leader" as stopped: their holder lost the lease, so it died or is exiting (a
+leader that loses its lease exits; started again, it reports itself as a standby).
 `listing` reads them all for /status and `switchboard status`, with the queue they share
 (`queue_depth`).
 """
@@ -51,9 +52,9 @@ class InstanceRegistry:
         )  # fmt: skip
 
     async def depose_others(self, name: str) -> None:
-        """Rows of earlier leaders say standby now: `name` holds the lease."""
+        """Rows of earlier leaders say stopped now: `name` holds the lease."""
         await self._db.execute(
-            "UPDATE instances SET role = 'standby', leader_since = NULL WHERE role = 'leader' AND name <> ?", (name,)
+            "UPDATE instances SET role = 'stopped', leader_since = NULL WHERE role = 'leader' AND name <> ?", (name,)
         )
 
     async def listing(self) -> list[InstanceRow]:

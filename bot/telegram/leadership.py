@@ -98,7 +98,7 @@ class Leadership:
         try:
             await self.registry.depose_others(self.name)
         except StorageFault as error:
-            log.warning("could not mark earlier leaders as standby: %s", error)
+            log.warning("could not mark earlier leaders as stopped: %s", error)
 
     async def _keep(self) -> None:
         while True:

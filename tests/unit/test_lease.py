@@ -107,7 +107,7 @@ async def test_a_standby_takes_over_within_a_second_of_the_leaders_session_endin
     await clock.run_until_complete(waiting, poll=POLL)
     assert waiting.result() is True
     assert clock.monotonic() - killed_at <= b.try_every
-    assert [(row.name, row.role) for row in await b.registry.listing()] == [("bot-b", "leader"), ("bot-a", "standby")]
+    assert [(row.name, row.role) for row in await b.registry.listing()] == [("bot-b", "leader"), ("bot-a", "stopped")]
     await clock.run_until(a.lost.is_set, poll=POLL, limit=a.lease.renew_every)
     assert a.lost.is_set(), "the old leader learns it lost the lease at its next confirmation"
     await a.close()
