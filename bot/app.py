@@ -75,6 +75,7 @@ from state.lock import StateLock
 from state.outbox import Outbox
 from state.preferences import UserPreferences
 from state.quoted_messages import StoredMessages
+from state.reply_headers import ReplyHeaders
 from state.schema_cache import SchemaCache
 from state.usage import ErrorJournal, UsageRecorder
 
@@ -381,7 +382,9 @@ async def build_app(
         voice=voice[0] if voice is not None else None,
         photos=build_photos(settings, clock, database, media),
         documents=build_documents(settings, media),
-        quotes=QuotesFeature(StoredMessages(database), media if isinstance(media, RepliedMessages) else None),
+        quotes=QuotesFeature(
+            StoredMessages(database), ReplyHeaders(database), media if isinstance(media, RepliedMessages) else None
+        ),
         compaction=build_compaction(settings, clock, chain, database),
     )
     services = replace(core, features=features, health_probes=tuple(probes))

@@ -12,10 +12,13 @@ first found first:
 
 The job (`with_quote`, run by the router inside the message's lifecycle) writes the question with
 its quote into the history before answering, so the answer, a restart mid-answer and later turns
-all see the same words. A message taken up after a restart before that was written (stored during
-a shutdown, or the bot stopped in between) is read again from Telegram for what it replies to
-(`with_quote_again`). A quote that cannot be found (deleted, Telegram unreachable) is left out:
-the question is answered as it is, never held up.
+all see the same words. What a message replies to is written down when it arrives (`remember`,
+state/reply_headers.py), so a message taken up after a restart before its quote was written
+(stored during a shutdown, or the bot stopped in between) is quoted from that; only one stored
+before that table existed is read again from Telegram for what it replies to (`with_quote_again`).
+A voice note or a document that replies to a message gets the same quote above its transcript
+or text (`with_quote_of_medium`). A quote that cannot be found (deleted, Telegram unreachable) is
+left out: the question is answered as it is, never held up.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from handlers.transport import IncomingMessage
 from integrations.errors import UpstreamError
 from state.history import StoredMessage
 from state.quoted_messages import StoredMessages
+from state.reply_headers import ReplyHeaders
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class RepliedMessages(Protocol):
 @dataclass(frozen=True)
 class QuotesFeature:
     stored: StoredMessages
+    headers: ReplyHeaders
     # None where the transport cannot fetch messages (the console).
     telegram: RepliedMessages | None = None
 
@@ -73,6 +78,33 @@ def is_reply(services: Services, message: IncomingMessage) -> bool:
     """Whether the message replies to another whose text should go with it. Not /continue: it
     asks for the rest of the last answer, as it is, whatever it replies to."""
     return message.reply_to is not None and services.features.quotes is not None and message.text != CONTINUE_REQUEST
+
+
+async def remember(services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+    """Write down what a just stored message replies to (nothing for one that replies to nothing)."""
+    feature = services.features.quotes
+    if feature is not None and message.reply_to is not None:
+        await feature.headers.note(stored, message.reply_to, message.quote)
+
+
+async def with_quote_of_medium(services: Services, message: IncomingMessage, said: StoredMessage) -> StoredMessage:
+    """A voice note's transcript or a document's text (`said`, recorded by its job) with the text
+    its message quotes above it, as for a typed reply; as it is when it replies to nothing or is
+    only acknowledged (a document without a caption: there is no question)."""
+    feature = services.features.quotes
+    if feature is None or said.status == "delivering" or said.text.startswith(QUOTED_MARK):
+        return said
+    if message.reply_to is None:
+        if message.trace is None or not message.trace.resumed:
+            return said  # as it arrived: it replies to nothing
+        header = await feature.headers.of(said)  # taken up after a restart: as it was written down
+        if header is None or header.reply_to is None:
+            return said
+        message = replace(message, reply_to=header.reply_to, quote=header.quote)
+    quote = await find_quote(services, message)
+    if quote is None:
+        return said
+    return await feature.headers.quote_into(said, quoted_question(quote, said.text))
 
 
 async def with_quote(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage:
@@ -97,16 +129,22 @@ def may_reply(services: Services, stored: StoredMessage) -> bool:
 
 
 async def with_quote_again(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage:
-    """`with_quote` for a message resumed after a restart, whose reply header was not stored."""
+    """`with_quote` for a chat message resumed after a restart, its quote not written yet: by the
+    reply header written down when it arrived; Telegram is asked only for a message stored before
+    headers were (one that is not a reply costs no call)."""
     feature = services.features.quotes
     assert feature is not None and feature.telegram is not None
-    try:
-        header = await feature.telegram.reply_of(message.chat_id, message.message_id)
-    except UpstreamError as error:
-        log.warning("could not read again what message %s in chat %s replies to: %s", message.message_id, message.chat_id, error)
-        header = None
-    if header is not None:
-        message = replace(message, reply_to=header[0], quote=header[1])
+    header = await feature.headers.of(stored)
+    if header is not None and header.reply_to is not None:
+        message = replace(message, reply_to=header.reply_to, quote=header.quote)
+    elif header is not None:
+        try:
+            asked = await feature.telegram.reply_of(message.chat_id, message.message_id)
+        except UpstreamError as error:
+            log.warning("could not read again what message %s in chat %s replies to: %s", message.message_id, message.chat_id, error)
+            asked = None
+        if asked is not None:
+            message = replace(message, reply_to=asked[0], quote=asked[1])
     return await with_quote(services, message, stored)
 
 

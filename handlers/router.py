@@ -319,6 +319,9 @@ class Router:
         try:
             await history.begin(stored)
             as_chat = await run(self._services, message, stored)
+            if as_chat is not None and (voice.stored_as_audio(stored) or documents.stored_as_document(stored)):
+                # A voice note or a document that replies to a message: quoted like a typed reply.
+                as_chat = await quoted.with_quote_of_medium(self._services, message, as_chat)
             if as_chat is not None:
                 typed = replace(message, text=as_chat.text, attachment=None, media=None)
                 await chat.answer(self._services, typed, as_chat)
@@ -379,8 +382,18 @@ class Router:
                 return None
             if stored is None:
                 log.info("message %s in chat %s was already handled", message.message_id, message.chat_id)
+            elif quoted.is_reply(self._services, message):
+                await self._remember_reply(message, stored)
             return stored
         return None
+
+    async def _remember_reply(self, message: IncomingMessage, stored: StoredMessage) -> None:
+        """What the message replies to, for its quote after a restart; without it (storage failing
+        now) such a quote is only left out, so the message goes on."""
+        try:
+            await quoted.remember(self._services, message, stored)
+        except STORAGE_ERRORS as error:
+            log.warning("could not note what message %s in chat %s replies to: %s", stored.id, message.chat_id, error)
 
     async def _unsupported(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
         await reply(services, message, UNSUPPORTED_NOTE.format(what=message.attachment or "message"))

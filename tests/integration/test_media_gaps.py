@@ -10,16 +10,18 @@ from dataclasses import replace
 
 from telethon import errors
 
-from bot.config import ConversationSettings
+from bot.config import ConversationSettings, Secret, SttSettings
 from handlers import documents, photos
 from handlers.chat import SOMETHING_WENT_WRONG
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.pdfs import text_pdf
-from tests.fakes.telegram import document_file, new_message_event, photo
+from tests.fakes.telegram import document_file, new_message_event, photo, voice_note
+from tests.fakes.transcription_server import FakeTranscription, Heard
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
 
 CLAUDE = "anthropic:claude-test"
+STT_KEY = "sk-sentinel-media-gaps-stt-000000000000"
 POLL = 0.05
 
 
@@ -27,6 +29,10 @@ def sent(media, *, text: str = "", album: int | None = None, reply_to: int | Non
     return new_message_event(
         chat_id=USER, sender_id=USER, text=text, message_id=next(MESSAGE_IDS), media=media, grouped_id=album
     )
+
+
+def last_question(claude: FakeAnthropic) -> str:
+    return claude.message_requests[-1].json["messages"][-1]["content"]
 
 
 def user_content(request) -> list:
@@ -169,7 +175,7 @@ async def test_an_aes_encrypted_pdf_without_a_user_password_is_read(tmp_path):
 
 def test_check_says_voice_is_on_only_where_voice_messages_can_arrive(tmp_path):
     from bot.check import _settings_summary
-    from bot.config import Secret, SttSettings, TelegramSettings
+    from bot.config import TelegramSettings
 
     stt = SttSettings("whisper-1", Secret("sk-sentinel-stt-0000000000000000000000"), base_url="http://127.0.0.1:9/v1")
     console = settings_for(tmp_path, models=[CLAUDE], stt=stt)
@@ -180,3 +186,68 @@ def test_check_says_voice_is_on_only_where_voice_messages_can_arrive(tmp_path):
     telegram = replace(console, telegram=TelegramSettings(1, Secret("0" * 32), Secret("1:" + "a" * 35), tmp_path / "bot.session"))
     assert _settings_summary(telegram) == f"valid; Telegram; models {CLAUDE}; voice on"
     assert _settings_summary(replace(console, stt=None)) == f"valid; console (no TELEGRAM_* settings); models {CLAUDE}"
+
+
+def replying(reply_to: int, *, media=None, text: str = "", quote: str | None = None, message_id: int | None = None):
+    return new_message_event(
+        chat_id=USER, sender_id=USER, text=text, message_id=message_id or next(MESSAGE_IDS), media=media, reply_to=reply_to, quote=quote
+    )
+
+
+async def test_a_voice_note_and_a_document_that_reply_to_a_message_carry_its_quote(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon is second.")))
+        stt = await stack.enter_async_context(FakeTranscription(api_key=STT_KEY, default=Heard("Why that one?")))
+        stt_settings = SttSettings("whisper-1", Secret(STT_KEY), base_url=stt.base_url)
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE], stt=stt_settings))
+        await bot.user_says("Name the second city of France.")
+        answer_id = bot.client.messages(USER)[-1].id
+
+        await send(bot, replying(answer_id, media=voice_note()))
+        assert last_question(claude) == "[Replying to your earlier message:]\n> Lyon is second.\n\nWhy that one?"
+
+        await send(bot, replying(answer_id, media=document_file("facts.txt", b"Lyon has 520,000 people."), text="Bigger than this?", quote="Lyon"))
+        asked = last_question(claude)
+        assert asked.startswith("[Replying to your earlier message:]\n> Lyon\n\n[Document \"facts.txt\"]\nLyon has 520,000 people.")
+        assert asked.endswith("Bigger than this?")
+        assert await bot.statuses() == ["answered"] * 3
+
+
+async def test_a_voice_reply_taken_during_a_shutdown_is_quoted_after_the_restart(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
+        stt = await stack.enter_async_context(FakeTranscription(api_key=STT_KEY, default=Heard("Another one?")))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE], stt=SttSettings("whisper-1", Secret(STT_KEY), base_url=stt.base_url))
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            first = next(MESSAGE_IDS)
+            await bot.user_says("Name a French city.", message_id=first)
+            bot.app.router.stop_accepting()  # stored, transcribed and answered after the restart
+            await send(bot, replying(first, media=voice_note()))
+        bot = await start_telegram_bot(stack, settings, clock=bot.clock, client=bot.client)
+        await bot.settle()
+        assert last_question(claude) == "[Replying to my earlier message:]\n> Name a French city.\n\nAnother one?"
+        assert await bot.statuses() == ["answered", "answered"]
+
+
+async def test_messages_resumed_after_a_restart_ask_telegram_nothing_unless_they_are_replies(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("Lyon.")))
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            first = next(MESSAGE_IDS)
+            await bot.user_says("Name a French city.", message_id=first)
+            bot.app.router.stop_accepting()  # stored, answered after the restart
+            for n in range(3):
+                await bot.user_says(f"Plain question {n}")
+            await send(bot, replying(first, text="Another one?", quote="French city"))
+        calls_before = len(bot.client.calls)
+        bot = await start_telegram_bot(stack, settings, clock=bot.clock, client=bot.client)
+        await bot.settle()
+        assert [call for call in bot.client.calls[calls_before:] if call.kind == "get_messages"] == []
+        assert [r.json["messages"][-1]["content"] for r in claude.message_requests[1:]] == [
+            "Plain question 0", "Plain question 1", "Plain question 2",
+            "[Replying to my earlier message:]\n> French city\n\nAnother one?",
+        ]
+        assert await bot.statuses() == ["answered"] * 5
