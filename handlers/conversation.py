@@ -5,7 +5,7 @@ admins and the bot's operators (handlers/chat_admins.py).
 """
 from __future__ import annotations
 
-from handlers import chat
+from handlers import chat, documents
 from handlers.basic import no_such_model, pick_model
 from handlers.chat_admins import refusal_to_change
 from handlers.commands import Command
@@ -17,6 +17,9 @@ from handlers.transport import IncomingMessage
 from state.history import StoredMessage
 
 NOTHING_TO_RETRY = "Nothing to retry: this conversation has no answer yet. Ask me something first."
+NOTHING_TO_RETRY_AFTER_DOCUMENT = (
+    "Nothing to retry: I've only read {name}, there is no answer to it yet. Ask me about it and I'll answer."
+)
 NOT_A_CHAT_ANSWER = (
     "The last answer here came from a command (such as /search), not from a question to me: "
     "send that command again for a fresh one."
@@ -37,6 +40,9 @@ async def retry(services: Services, message: IncomingMessage, stored: StoredMess
             return NOTHING_TO_RETRY
         if question.telegram_message_id is None:  # recorded by a command (history.record_exchange)
             return NOT_A_CHAT_ANSWER
+        document = documents.only_read(question)
+        if document is not None:  # "Got it: …" is no answer to retry; the file stays in the context
+            return NOTHING_TO_RETRY_AFTER_DOCUMENT.format(name=escape_markdown(document))
         return chat.Turn(question, model)
 
     await chat.answer(services, message, stored, plan)

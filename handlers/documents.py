@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 
 from handlers.reply import DOCUMENT_CUT_STREAM, DOCUMENT_DELAYED_STREAM, notify_once, reply
@@ -36,6 +37,9 @@ from integrations.errors import UpstreamError
 from state.history import StoredMessage
 
 log = logging.getLogger(__name__)
+
+# A document's text as `context_block` makes it, and nothing after it (no caption).
+_BLOCK_ALONE = re.compile(r'\A\[Document "(?P<name>.*?)"(?:, \d+ pages?)?\]\n.*\n\[End of document "(?P=name)"\]\Z', re.DOTALL)
 
 # How a user calls what Telegram calls a document (the transport's word for it).
 DOCUMENT = "file"
@@ -144,6 +148,13 @@ async def read(services: Services, message: IncomingMessage, stored: StoredMessa
     words = GOT_IT.format(name=title, extent=extent) + (f"\n\n({cut})" if cut else "")
     shown = GOT_IT.format(name=name, extent=extent) + (f"\n\n_({cut})_" if cut else "")
     return await services.history.record_document(stored, block, acknowledgement=words, shown=shown)
+
+
+def only_read(question: StoredMessage) -> str | None:
+    """The file's name if `question` is a document sent without a caption (acknowledged, not
+    answered: its text is the document's block alone), else None."""
+    match = _BLOCK_ALONE.match(question.text)
+    return match.group("name") if match else None
 
 
 def context_block(name: str, document: DocumentText, max_chars: int) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from telethon import errors
 
 from bot.config import ConversationSettings, Secret, SttSettings
-from handlers import documents, photos
+from handlers import conversation, documents, photos
 from handlers.chat import SOMETHING_WENT_WRONG
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
@@ -251,3 +251,20 @@ async def test_messages_resumed_after_a_restart_ask_telegram_nothing_unless_they
             "[Replying to my earlier message:]\n> French city\n\nAnother one?",
         ]
         assert await bot.statuses() == ["answered"] * 5
+
+
+async def test_retry_right_after_a_documents_acknowledgement_says_there_is_no_answer_to_retry(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("We land in Paris.")))
+        bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+        await send(bot, sent(document_file("trip_plan.md", b"We land in Paris on Monday.")))
+        await bot.user_says("/retry")
+        assert bot.texts()[-1] == conversation.NOTHING_TO_RETRY_AFTER_DOCUMENT.format(name="trip_plan.md")  # shown as it is
+        assert claude.calls == 0
+        # The acknowledgement is still what the conversation keeps, and the file still in view.
+        await bot.user_says("Where do we land?")
+        context = claude.message_requests[-1].json["messages"]
+        assert context[0]["content"].startswith('[Document "trip_plan.md"]') and context[1]["content"].startswith("Got it: trip_plan.md")
+        # Once answered, /retry answers that question again.
+        await bot.user_says("/retry")
+        assert claude.calls == 2 and claude.message_requests[-1].json["messages"][-1]["content"] == "Where do we land?"
