@@ -1,6 +1,7 @@
 """A whole bot, built by the real composition root, on a fake Telegram and fake LLM servers."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
@@ -114,3 +115,45 @@ async def start_telegram_bot(
     await runner.start(before_messages=app.router.resume_pending)
     stack.push_async_callback(runner.stop)
     return TelegramBot(clock, client, app, runner, governor)
+
+
+
+
+class Killed(BaseException):
+    """Raised into whatever a killed bot's leftover code still tries to do (it is not an Exception,
+    so no handler of ours catches it)."""
+
+
+class _DeadConnection:
+    """The database connection of a killed process: every statement meets `Killed`."""
+
+    def _dead(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise Killed()
+
+    execute = executescript = executemany = commit = rollback = close = _dead
+
+
+async def kill(bot: TelegramBot, run: AsyncExitStack) -> None:
+    """SIGKILL, as near as one process can play it: the database takes nothing more (what was not
+    committed is rolled back), and only then is the rest of `run` closed.
+
+    Closing `run` alone would let a reply in progress meet its closing HTTP client first and answer
+    with an error note, stored and shown, which a killed process never does."""
+    database = bot.app.database
+    connection, database._conn = database._conn, _DeadConnection()
+    await connection.close()
+    for lane in list(bot.app.services.lanes._lanes.values()):
+        for task in (lane.worker, lane.running):
+            if task is not None:
+                # Its end (Killed, most likely) is looked at whenever it comes, so asyncio does not
+                # report it from a garbage collection in the middle of something else.
+                task.add_done_callback(_look_at_the_end)
+    try:
+        await run.aclose()
+    except Killed:
+        pass  # a task of the killed bot met the dead database while its run was closed
+
+
+def _look_at_the_end(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

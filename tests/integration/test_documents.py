@@ -14,7 +14,7 @@ from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.pdfs import damaged_pdf, scanned_pdf, text_pdf
 from tests.fakes.telegram import document_file, new_message_event
-from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
+from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, kill, settings_for, start_telegram_bot
 
 CLAUDE = "anthropic:claude-test"
 POLL = 0.05
@@ -196,7 +196,7 @@ async def test_a_restart_mid_answer_answers_again_without_reading_the_document_a
         await bot.client.deliver(sent(document_file("trip.md", b"We land in Paris."), text="Where do we land?"))
         await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
         client, clock = bot.client, bot.clock
-        await crashed_run.aclose()  # killed mid-answer
+        await kill(bot, crashed_run)  # killed mid-answer
 
         bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
         await bot.settle()

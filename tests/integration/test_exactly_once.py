@@ -19,7 +19,7 @@ from state.lock import StateLock
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.telegram import new_message_event, photo, sticker, voice_note
-from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
+from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, kill, settings_for, start_telegram_bot
 from tests.integration.test_cli import clean_env, run_cli
 
 CLAUDE = "anthropic:claude-test"
@@ -286,7 +286,7 @@ async def test_the_answer_after_a_crash_replaces_the_partial_reply_instead_of_ad
         [partial] = bot.texts(GROUP)
         assert partial != STORY
         client, clock = bot.client, bot.clock
-        await crashed_run.aclose()  # the process is gone: nothing of it runs any more
+        await kill(bot, crashed_run)  # the process is gone: nothing of it runs any more
         claude.default = anth.Reply("Once upon a time, the end.")
         bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
         await bot.settle()
@@ -312,7 +312,7 @@ async def test_killed_after_telegram_took_the_answer_but_before_it_was_recorded_
         # In a group the first preview is the message sent; in a private chat, the answer.
         await bot.clock.run_until(lambda: len(bot.texts(chat_id)) == 1, poll=POLL)
         client, clock = bot.client, bot.clock
-        await crashed_run.aclose()  # SIGKILL: the record of the sent message never happened
+        await kill(bot, crashed_run)  # SIGKILL: the record of the sent message never happened
 
         bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
         await bot.settle()

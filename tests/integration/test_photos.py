@@ -16,7 +16,7 @@ from tests.fakes import openai_server as oai
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.telegram import image_bytes, image_document, new_message_event, photo
-from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, OPENAI_KEY, USER, settings_for, start_telegram_bot
+from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, OPENAI_KEY, USER, kill, settings_for, start_telegram_bot
 
 CLAUDE = "anthropic:claude-test"
 BLIND = "openai:gpt-test"
@@ -242,7 +242,7 @@ async def test_a_restart_mid_answer_fetches_the_photo_again_and_answers_once(tmp
         await bot.client.deliver(sent(photo(), text="What is it?"))
         await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
         client, clock = bot.client, bot.clock
-        await crashed_run.aclose()  # killed mid-answer
+        await kill(bot, crashed_run)  # killed mid-answer
 
         bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
         await bot.settle()

@@ -16,7 +16,7 @@ from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import rate_limited, server_error
 from tests.fakes.telegram import audio_file, new_message_event, voice_note
 from tests.fakes.transcription_server import FakeTranscription, Heard, too_large
-from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
+from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, kill, settings_for, start_telegram_bot
 
 CLAUDE = "anthropic:claude-test"
 STT_KEY = "sk-sentinel-stt-key-00000000000000000000"
@@ -326,7 +326,7 @@ async def test_a_restart_after_the_transcription_answers_without_transcribing_ag
         await bot.client.deliver(spoken())
         await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
         client, clock = bot.client, bot.clock
-        await crashed_run.aclose()  # killed mid-answer
+        await kill(bot, crashed_run)  # killed mid-answer
 
         bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
         await bot.settle()
