@@ -194,9 +194,12 @@ async def _generate(
         # Keep what was shown and say why it stopped. A second cancel (a shutdown out of time)
         # is not caught here.
         _uncancel()
-        if not charged:  # what the cut stream reported, or an estimate (integrations/usage_meter.py)
-            await _record_usage(services, message, meter.spent())
-        if services.lanes.cancel_reason(message.chat_id) != USER_CANCEL:
+        shutdown = services.lanes.cancel_reason(message.chat_id) != USER_CANCEL
+        if not charged or shutdown:
+            # What the cut stream reported, or an estimate (integrations/usage_meter.py); a finished
+            # stream's own report when a shutdown leaves it unrecorded (a user's stop records it below).
+            await _record_usage(services, message, usage if charged else meter.spent())
+        if shutdown:
             # A shutdown (or a cancel nobody explained): left unfinished on purpose, answered in
             # full after the restart, replacing this.
             await stream.finish(prefix + (text or "…") + INTERRUPTED_NOTE)
