@@ -1,7 +1,9 @@
 """The one source of time: everything that waits or expires reads an injected clock.
 
 `SystemClock` is the real one. `ManualClock` only moves when a test (or a benchmark) advances it,
-so waits of minutes take no real time and results do not depend on machine speed.
+so waits of minutes take no real time and results do not depend on machine speed. Code that waits
+on a thread or a socket (a database statement) says so with `with clock.real_work():`, so a
+`ManualClock` never jumps time while that work, invisible to the event loop, is still running.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import heapq
 import itertools
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
@@ -24,6 +27,13 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def real_work(self) -> AbstractContextManager[None]:
+        """Hold around a wait on a thread or a socket: time must not jump while it runs."""
+        ...
+
+
+_NOTHING_TO_HOLD: AbstractContextManager[None] = nullcontext()
+
 
 class SystemClock:
     def monotonic(self) -> float:
@@ -35,6 +45,22 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
+    def real_work(self) -> AbstractContextManager[None]:
+        return _NOTHING_TO_HOLD  # real time passes by itself
+
+
+class _RealWorkCount:
+    """How many `real_work()` blocks are open: a counter, so holding it costs next to nothing."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+    def __enter__(self) -> None:
+        self.open += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self.open -= 1
+
 
 class ManualClock:
     """A clock whose time moves only through `advance`; sleepers wake in deadline order."""
@@ -45,6 +71,7 @@ class ManualClock:
         self._wall_start = wall_start or datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._real_work = _RealWorkCount()
 
     def monotonic(self) -> float:
         return self._now
@@ -59,6 +86,14 @@ class ManualClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
         await future
+
+    def real_work(self) -> AbstractContextManager[None]:
+        return self._real_work
+
+    @property
+    def real_work_in_flight(self) -> int:
+        """How many `real_work()` blocks are open (a statement on its thread, a request on its socket)."""
+        return self._real_work.open
 
     @property
     def sleepers(self) -> int:
@@ -95,7 +130,8 @@ class ManualClock:
         """Run `awaitable`, jumping time to the next deadline whenever it is waiting on the clock.
 
         Real I/O (local fake servers, SQLite threads) gets `poll` seconds of real time to make
-        progress before time jumps. Time never jumps past `limit` seconds from the start: a
+        progress before time jumps, and time never jumps while a `real_work()` block is open (a
+        statement still on its thread, however slow the machine). Time never jumps past `limit` seconds from the start: a
         deadline beyond it (a generous timeout) is left alone while real I/O finishes, and
         `real_limit` seconds of real time end a run that is stuck for good.
         """
@@ -115,6 +151,8 @@ class ManualClock:
             await self.settle()
             if task.done():
                 break
+            if self._real_work.open:
+                continue  # a thread or a socket is still working: what it returns may move a deadline
             deadline = self.next_deadline()
             if deadline is None or deadline - started > limit:
                 continue

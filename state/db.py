@@ -251,7 +251,8 @@ class Database:
                 if sidecar.exists():
                     _tighten(sidecar, _PRIVATE_FILE)
             # isolation_level=None: no implicit BEGINs, transactions are exactly the ones we open.
-            connection = await aiosqlite.connect(path, isolation_level=None)
+            with clock.real_work():
+                connection = await aiosqlite.connect(path, isolation_level=None)
         try:
             connection.row_factory = sqlite3.Row
             database = cls(connection, path, clock)
@@ -259,7 +260,8 @@ class Database:
                 await database._configure(len(pending))
             await database._migrate(pending)
         except BaseException:
-            await connection.close()
+            with clock.real_work():
+                await connection.close()
             raise
         return database
 
@@ -327,19 +329,27 @@ class Database:
             if self._closed:
                 return
             self._closed = True
-            await self._conn.close()
+            with self._clock.real_work():
+                await self._conn.close()
 
     @asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
+        """This task's turn at the connection, for one statement on aiosqlite's thread.
+
+        The clock is told real work is in flight only once the turn is ours: a task waiting for
+        the lock waits on another task, which may be waiting on the clock."""
         if self._owner is not None and self._owner is asyncio.current_task():
-            yield  # inside this task's own transaction
+            with self._clock.real_work():
+                yield  # inside this task's own transaction
             return
         async with self._lock:
-            yield
+            with self._clock.real_work():
+                yield
 
     async def _run(self, sql: str) -> None:
-        async with self._conn.execute(sql):
-            pass
+        with self._clock.real_work():
+            async with self._conn.execute(sql):
+                pass
 
     async def _rollback(self) -> None:
         # Always queued, even when BEGIN seems not to have run: a cancelled task may have queued a
@@ -357,8 +367,9 @@ class Database:
         row = await self.fetchone("PRAGMA user_version")
         self._version = int(row[0]) if row else 0
         refuse_newer(self._version, known, self._path)
-        async with self._conn.execute("PRAGMA journal_mode=WAL") as cursor:
-            row = await cursor.fetchone()
+        with self._clock.real_work():
+            async with self._conn.execute("PRAGMA journal_mode=WAL") as cursor:
+                row = await cursor.fetchone()
         if row is None or str(row[0]).lower() != "wal":
             logger.warning("SQLite refused WAL mode for %s; using %s", self._path, row and row[0])
         await self._run("PRAGMA synchronous=NORMAL")
@@ -368,8 +379,9 @@ class Database:
             # PRAGMA cannot take parameters; the version is an int parsed from our own file name.
             script = f"BEGIN IMMEDIATE;\n{migration.sql}\n;\nPRAGMA user_version = {migration.version:d};\nCOMMIT;"
             try:
-                async with self._conn.executescript(script):
-                    pass
+                with self._clock.real_work():
+                    async with self._conn.executescript(script):
+                        pass
             except BaseException as exc:
                 await self._rollback()
                 if isinstance(exc, sqlite3.Error):

@@ -122,14 +122,15 @@ class PostgresDatabase:
         async with self._turns.owning():
             conn = await self._connection()
             transaction = conn.transaction()
-            with _connection_faults(self._url, conn):
+            with _connection_faults(self._url, conn), self._clock.real_work():
                 await transaction.start()
             try:
                 yield
             except BaseException:
-                await _quietly(transaction.rollback)
+                with self._clock.real_work():
+                    await _quietly(transaction.rollback)
                 raise
-            with _connection_faults(self._url, conn):
+            with _connection_faults(self._url, conn), self._clock.real_work():
                 await transaction.commit()
 
     async def close(self) -> None:
@@ -148,7 +149,7 @@ class PostgresDatabase:
         query, args = numbered(sql, params)
         async with self._turns.turn():
             conn = await self._connection()
-            with _connection_faults(self._url, conn):
+            with _connection_faults(self._url, conn), self._clock.real_work():
                 return await call(conn, query, args)
 
     async def _connection(self) -> asyncpg.Connection:
