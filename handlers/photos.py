@@ -224,6 +224,15 @@ def asks_about_images(question: StoredMessage) -> bool:
     return _PLACEHOLDER.match(question.text) is not None
 
 
+def split_placeholder(text: str) -> tuple[str, str]:
+    """A photo's question as its placeholder line ("[photo]\\n") and what was asked; ("", text)
+    for any other text. A quote goes between them: the placeholder must stay first."""
+    match = _PLACEHOLDER.match(text)
+    if match is None:
+        return "", text
+    return text[: match.end()], text[match.end() :]
+
+
 def stored_as_image(stored: StoredMessage) -> bool:
     """Whether a stored medium is a photo or image file not yet asked about."""
     return stored.kind == "media" and stored.text.partition("\n")[0] in (f"[{PHOTO}]", f"[{IMAGE_FILE}]")

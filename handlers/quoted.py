@@ -17,8 +17,10 @@ state/reply_headers.py), so a message taken up after a restart before its quote 
 (stored during a shutdown, or the bot stopped in between) is quoted from that; only one stored
 before that table existed is read again from Telegram for what it replies to (`with_quote_again`).
 A voice note or a document that replies to a message gets the same quote above its transcript
-or text (`with_quote_of_medium`). A quote that cannot be found (deleted, Telegram unreachable) is
-left out: the question is answered as it is, never held up.
+or text (`with_quote_of_medium`); a photo or an album, after its placeholder ("[photo]", which
+photos code knows its question by), above its caption (`with_quote_of_images`): the history
+keeps the quote in words, the image is not sent again on later turns. A quote that cannot be
+found (deleted, Telegram unreachable) is left out: the question is answered as it is, never held up.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, runtime_checkable
 
+from handlers import photos
 from handlers.chat import CONTINUE_REQUEST
 from handlers.services import Services
 from handlers.transport import IncomingMessage
@@ -92,7 +95,7 @@ async def with_quote_of_medium(services: Services, message: IncomingMessage, sai
     its message quotes above it, as for a typed reply; as it is when it replies to nothing or is
     only acknowledged (a document without a caption: there is no question)."""
     feature = services.features.quotes
-    if feature is None or said.status == "delivering" or said.text.startswith(QUOTED_MARK):
+    if feature is None or said.status == "delivering" or has_quote(said.text):
         return said
     if message.reply_to is None:
         if message.trace is None or not message.trace.resumed:
@@ -107,6 +110,41 @@ async def with_quote_of_medium(services: Services, message: IncomingMessage, sai
     return await feature.headers.quote_into(said, quoted_question(quote, said.text))
 
 
+async def with_quote_of_images(services: Services, message: IncomingMessage, question: StoredMessage) -> StoredMessage:
+    """A photo's (or an album's) question, settled by its job, with the text quoted by the photo
+    that replies (by the reply headers written down when they arrived: in an album, any of its
+    photos, the job's own or another) between its placeholder and its caption; as it is when
+    none replies."""
+    feature = services.features.quotes
+    if feature is None or question.status == "delivering" or has_quote(question.text):
+        return question
+    replying = await _replying_photo(services, feature, message, question)
+    quote = await find_quote(services, replying) if replying is not None else None
+    if quote is None:
+        return question
+    placeholder, asked = photos.split_placeholder(question.text)
+    return await feature.headers.quote_into(question, placeholder + quoted_question(quote, asked))
+
+
+async def _replying_photo(
+    services: Services, feature: QuotesFeature, message: IncomingMessage, question: StoredMessage
+) -> IncomingMessage | None:
+    """The message of the question's photos that replies to one, as `find_quote` reads it."""
+    images = await services.features.photos.store.asked_with(question.id) if services.features.photos else []
+    found = await feature.headers.first_reply_among([image.message_id for image in images])
+    if found is None:
+        # Its header could not be written (storage failing then): the live message still says.
+        return message if message.reply_to is not None else None
+    message_id, header = found
+    telegram_id = next(image.telegram_message_id for image in images if image.message_id == message_id)
+    return replace(message, message_id=telegram_id, reply_to=header.reply_to, quote=header.quote)
+
+
+def has_quote(text: str) -> bool:
+    """Whether a question carries its quote already (after a photo's placeholder, if it has one)."""
+    return photos.split_placeholder(text)[1].startswith(QUOTED_MARK)
+
+
 async def with_quote(services: Services, message: IncomingMessage, stored: StoredMessage) -> StoredMessage:
     """The job of a reply: the message with the text it quotes above it, to be answered."""
     quote = await find_quote(services, message) if message.reply_to is not None else None
@@ -116,14 +154,15 @@ async def with_quote(services: Services, message: IncomingMessage, stored: Store
 
 def may_reply(services: Services, stored: StoredMessage) -> bool:
     """Whether a chat message taken up after a restart may be a reply whose quote is not written
-    down yet (the last run stopped before it was): Telegram is asked again (`with_quote_again`)."""
+    down yet (the last run stopped before it was): Telegram is asked again (`with_quote_again`);
+    a photo's question is quoted by its photos' reply headers alone."""
     feature = services.features.quotes
     return (
         feature is not None
-        and feature.telegram is not None
+        and (feature.telegram is not None or photos.asks_about_images(stored))
         and stored.kind == "chat"
         and stored.telegram_message_id is not None
-        and not stored.text.startswith(QUOTED_MARK)
+        and not has_quote(stored.text)
         and stored.text != CONTINUE_REQUEST
     )
 
@@ -132,6 +171,10 @@ async def with_quote_again(services: Services, message: IncomingMessage, stored:
     """`with_quote` for a chat message resumed after a restart, its quote not written yet: by the
     reply header written down when it arrived; Telegram is asked only for a message stored before
     headers were (one that is not a reply costs no call)."""
+    if photos.asks_about_images(stored):
+        # By its photos' headers; recorded as `with_quote` does (this attempt is the answer's).
+        question = await with_quote_of_images(services, message, stored)
+        return await services.history.record_transcript(stored, question.text)
     feature = services.features.quotes
     assert feature is not None and feature.telegram is not None
     header = await feature.headers.of(stored)

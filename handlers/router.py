@@ -319,7 +319,10 @@ class Router:
         try:
             await history.begin(stored)
             as_chat = await run(self._services, message, stored)
-            if as_chat is not None and (voice.stored_as_audio(stored) or documents.stored_as_document(stored)):
+            if as_chat is not None and photos.stored_as_image(stored):
+                # A photo or an album that replies to a message: the quote after its placeholder.
+                as_chat = await quoted.with_quote_of_images(self._services, message, as_chat)
+            elif as_chat is not None and (voice.stored_as_audio(stored) or documents.stored_as_document(stored)):
                 # A voice note or a document that replies to a message: quoted like a typed reply.
                 as_chat = await quoted.with_quote_of_medium(self._services, message, as_chat)
             if as_chat is not None:

@@ -9,6 +9,7 @@ asked, as before).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 from state.database import Database
 from state.history import StoredMessage
@@ -37,6 +38,19 @@ class ReplyHeaders:
         """What `stored` replies to; None when it replies to nothing."""
         row = await self._db.fetchone("SELECT reply_to, quote FROM reply_headers WHERE message_id = ?", (stored.id,))
         return None if row is None else ReplyHeader(row["reply_to"], row["quote"])
+
+    async def first_reply_among(self, message_ids: Sequence[int]) -> tuple[int, ReplyHeader] | None:
+        """The first of `message_ids` (an album's messages) known to reply to a message, with what it
+        replies to; None when none does."""
+        if not message_ids:
+            return None
+        marks = ", ".join("?" for _ in message_ids)
+        row = await self._db.fetchone(
+            f"SELECT message_id, reply_to, quote FROM reply_headers WHERE message_id IN ({marks})"
+            " AND reply_to IS NOT NULL ORDER BY message_id LIMIT 1",
+            tuple(message_ids),
+        )
+        return None if row is None else (row["message_id"], ReplyHeader(row["reply_to"], row["quote"]))
 
     async def quote_into(self, stored: StoredMessage, text: str) -> StoredMessage:
         """`stored`'s text becomes `text` (its words with the quote above them), its lifecycle and

@@ -24,10 +24,11 @@ VISION_GPT = "openai:gpt-5.1"
 POLL = 0.05
 
 
-def sent(media, *, text: str = "", album: int | None = None, message_id: int | None = None):
+def sent(media, *, text: str = "", album: int | None = None, message_id: int | None = None, reply_to: int | None = None):
     """A photo (or other media) as the user sends it; an album's photos share `album`."""
     return new_message_event(
-        chat_id=USER, sender_id=USER, text=text, message_id=message_id or next(MESSAGE_IDS), media=media, grouped_id=album
+        chat_id=USER, sender_id=USER, text=text, message_id=message_id or next(MESSAGE_IDS), media=media, grouped_id=album,
+        reply_to=reply_to,
     )
 
 
@@ -355,3 +356,85 @@ async def test_in_a_group_an_album_whose_caption_names_the_bot_is_answered_with_
         await send(bot, *[new_message_event(chat_id=group, sender_id=USER, text="", message_id=next(MESSAGE_IDS), media=photo(), grouped_id=5_550_005) for _ in range(2)])
         assert bot.texts(group) == ["Three cats."] and claude.calls == 1
         assert await bot.statuses(group) == ["answered", "answered", "answered"]
+
+
+QUOTED_CAT = "[Replying to your earlier message:]\n> A cat on a mat.\n\n"
+
+
+async def answered_once(stack: AsyncExitStack, tmp_path):
+    """Claude, a bot that has answered one question, and the Telegram id of that answer."""
+    claude = await claude_upstream(stack)
+    bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
+    await bot.user_says("What sits on a mat?")
+    return claude, bot, bot.client.messages(USER)[-1].id
+
+
+async def test_a_captioned_photo_replying_to_the_bots_answer_is_asked_with_the_quote(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, bot, answer_id = await answered_once(stack, tmp_path)
+        await send(bot, sent(photo(), text="Is it this one?", reply_to=answer_id))
+
+        assert bot.texts() == ["A cat on a mat.", "A cat on a mat."]
+        image, question = user_content(claude.message_requests[1])
+        assert image["type"] == "image"
+        # The placeholder still opens the question; the quote sits next to the caption.
+        assert question == {"type": "text", "text": f"[photo]\n{QUOTED_CAT}Is it this one?"}
+        # A follow-up carries the quoted question in words, not the image again.
+        await bot.user_says("Thanks")
+        assert claude.message_requests[2].json["messages"][2] == {"role": "user", "content": f"[photo]\n{QUOTED_CAT}Is it this one?"}
+        assert len(claude.images) == 1
+        assert await bot.statuses() == ["answered", "answered", "answered"]
+
+
+async def test_an_album_whose_captioned_photo_replies_is_one_question_with_the_quote(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude, bot, answer_id = await answered_once(stack, tmp_path)
+        album = 5_550_014
+        # The caption (and the reply) on the second photo: the job belongs to the first.
+        await send(bot, sent(photo(640, 480), album=album), sent(photo(320, 240), album=album, text="Which one?", reply_to=answer_id))
+
+        assert claude.calls == 2 and bot.texts() == ["A cat on a mat.", "A cat on a mat."]
+        blocks = user_content(claude.message_requests[1])
+        assert [b["type"] for b in blocks] == ["image", "image", "text"]
+        assert blocks[-1]["text"] == f"[2 photos]\n{QUOTED_CAT}Which one?"
+        assert await bot.statuses() == ["answered", "answered", "answered"]
+
+
+async def test_a_photo_reply_keeps_its_quote_after_a_restart_mid_answer(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await claude_upstream(stack)
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        crashed_run = AsyncExitStack()
+        bot = await start_telegram_bot(crashed_run, settings)
+        await bot.user_says("What sits on a mat?")
+        answer_id = bot.client.messages(USER)[-1].id
+        claude.script(anth.stall_after(1, "A cat on a mat, sitting."))
+        await bot.client.deliver(sent(photo(), text="Is it this one?", reply_to=answer_id))
+        await bot.clock.run_until(lambda: claude.calls == 2 and bool(bot.client.drafts(USER)), poll=POLL)
+        client, clock = bot.client, bot.clock
+        await kill(bot, crashed_run)  # killed mid-answer
+
+        bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
+        await bot.settle()
+        assert bot.texts() == ["A cat on a mat.", "A cat on a mat."]
+        expected = f"[photo]\n{QUOTED_CAT}Is it this one?"
+        assert [user_content(claude.message_requests[i])[-1]["text"] for i in (1, 2)] == [expected, expected]
+        assert user_content(claude.message_requests[2])[0]["type"] == "image"
+        assert claude.calls == 3 and await bot.statuses() == ["answered", "answered"]
+
+
+async def test_a_photo_reply_taken_during_a_shutdown_is_quoted_after_the_restart(tmp_path):
+    async with AsyncExitStack() as stack:
+        claude = await claude_upstream(stack)
+        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+        async with AsyncExitStack() as first_run:
+            bot = await start_telegram_bot(first_run, settings)
+            await bot.user_says("What sits on a mat?")
+            answer_id = bot.client.messages(USER)[-1].id
+            bot.app.router.stop_accepting()  # stored, looked at after the restart
+            await send(bot, sent(photo(), text="Is it this one?", reply_to=answer_id))
+            assert await bot.statuses() == ["answered", "pending"]
+        bot = await start_telegram_bot(stack, settings, clock=bot.clock, client=bot.client)
+        await bot.settle()
+        assert user_content(claude.message_requests[-1])[-1]["text"] == f"[photo]\n{QUOTED_CAT}Is it this one?"
+        assert claude.calls == 2 and await bot.statuses() == ["answered", "answered"]
