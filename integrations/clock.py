@@ -12,6 +12,8 @@ import heapq
 import itertools
 import math
 import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -62,6 +64,24 @@ class _RealWorkCount:
         self.open -= 1
 
 
+class _CountedThreadPool(ThreadPoolExecutor):
+    """The loop's default executor (`asyncio.to_thread`, `loop.getaddrinfo` for every HTTP
+    connection), holding `real_work` from each job's submission until its result is on its way
+    back to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: _RealWorkCount) -> None:
+        super().__init__(thread_name_prefix="manual-clock")
+        self._loop = loop
+        self._count = count
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self._count.__enter__()
+        future = super().submit(fn, *args, **kwargs)
+        # Registered before asyncio's own callback, so the count drops before the result arrives.
+        future.add_done_callback(lambda _: self._loop.call_soon_threadsafe(self._count.__exit__))
+        return future
+
+
 class ManualClock:
     """A clock whose time moves only through `advance`; sleepers wake in deadline order."""
 
@@ -72,6 +92,7 @@ class ManualClock:
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._real_work = _RealWorkCount()
+        self._counted_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
     def monotonic(self) -> float:
         return self._now
@@ -131,13 +152,46 @@ class ManualClock:
 
         Real I/O (local fake servers, SQLite threads) gets `poll` seconds of real time to make
         progress before time jumps, and time never jumps while a `real_work()` block is open (a
-        statement still on its thread, however slow the machine). Time never jumps past `limit` seconds from the start: a
-        deadline beyond it (a generous timeout) is left alone while real I/O finishes, and
-        `real_limit` seconds of real time end a run that is stuck for good.
+        statement still on its thread, however slow the machine). Time never jumps past `limit`
+        seconds from the start: a deadline beyond it (a generous timeout) is left alone while real
+        I/O finishes, and `real_limit` seconds of real time end a run that is stuck for good.
         """
         task = asyncio.ensure_future(awaitable)
+        await self._drive(task, poll=poll, limit=limit, real_limit=real_limit)
+        return task.result()
+
+    async def run_until(self, predicate: Callable[[], bool], *, poll: float = 0.005, limit: float = 3600.0) -> None:
+        """Let time run (as in `run_until_complete`) until `predicate()` holds.
+
+        The predicate is asked before every jump, so time never jumps past the moment it came true
+        (asked only by a task polling in real time, a loaded machine could miss that moment and
+        jump over a timeout the test means to come later)."""
+
+        async def condition() -> None:
+            while not predicate():
+                await asyncio.sleep(poll / 4)
+
+        task = asyncio.ensure_future(condition())
+        try:
+            await self._drive(task, poll=poll, limit=limit, real_limit=60.0, reached=predicate)
+        finally:
+            task.cancel()
+
+    async def _drive(
+        self,
+        task: asyncio.Future[Any],
+        *,
+        poll: float,
+        limit: float,
+        real_limit: float,
+        reached: Callable[[], bool] = lambda: False,
+    ) -> None:
         started = self._now
         loop = asyncio.get_running_loop()
+        if loop not in self._counted_loops:
+            # Jobs on the loop's threads are real work too; the loop closes the executor with itself.
+            loop.set_default_executor(_CountedThreadPool(loop, self._real_work))
+            self._counted_loops.add(loop)
         give_up_at = loop.time() + real_limit
         while not task.done():
             done, _ = await asyncio.wait({task}, timeout=poll)
@@ -149,7 +203,7 @@ class ManualClock:
             # A busy machine can spend `poll` before the loop got round to work that needs no
             # time at all: let that run first, so time only jumps for what is truly waiting.
             await self.settle()
-            if task.done():
+            if task.done() or reached():
                 break
             if self._real_work.open:
                 continue  # a thread or a socket is still working: what it returns may move a deadline
@@ -157,16 +211,6 @@ class ManualClock:
             if deadline is None or deadline - started > limit:
                 continue
             await self.advance(max(0.0, deadline - self._now))
-        return task.result()
-
-    async def run_until(self, predicate: Callable[[], bool], *, poll: float = 0.005, limit: float = 3600.0) -> None:
-        """Let time run (as in `run_until_complete`) until `predicate()` holds."""
-
-        async def condition() -> None:
-            while not predicate():
-                await asyncio.sleep(poll / 4)
-
-        await self.run_until_complete(condition(), poll=poll, limit=limit)
 
     def _drop_cancelled(self) -> None:
         while self._sleepers and self._sleepers[0][2].done():

@@ -84,3 +84,29 @@ async def test_the_system_clock_holds_nothing() -> None:
     with clock.real_work(), clock.real_work():
         pass
     assert clock.real_work() is clock.real_work()  # one shared object: no allocation per statement
+
+
+async def test_run_until_stops_time_at_the_moment_the_condition_holds() -> None:
+    clock = ManualClock()
+    shown: list[str] = []
+
+    async def draft_then_stall() -> None:
+        await clock.sleep(1)
+        shown.append("draft")
+        await clock.sleep(29)  # a stall watchdog the test means to come later
+        shown.append("stalled")
+
+    started = clock.monotonic()
+    task = asyncio.ensure_future(draft_then_stall())
+    await clock.run_until(lambda: "draft" in shown)
+    assert (shown, clock.monotonic()) == (["draft"], started + 1)
+    task.cancel()
+
+
+async def test_a_job_on_the_loops_threads_is_not_timed_out_by_a_clock_jump() -> None:
+    clock = ManualClock()
+    started = clock.monotonic()
+    # asyncio.to_thread, and loop.getaddrinfo under every HTTP connection, run there.
+    result = await clock.run_until_complete(wait_for(clock, asyncio.to_thread(block_the_thread_for_50_ms), 30))
+    assert result == 1 and clock.monotonic() == started
+    assert clock.real_work_in_flight == 0
