@@ -36,21 +36,20 @@ class ReplyHeaders:
 
     async def of(self, stored: StoredMessage) -> ReplyHeader | None:
         """What `stored` replies to; None when it replies to nothing."""
-        row = await self._db.fetchone("SELECT reply_to, quote FROM reply_headers WHERE message_id = ?", (stored.id,))
+        return await self._header(stored.id)
+
+    async def _header(self, message_id: int) -> ReplyHeader | None:
+        row = await self._db.fetchone("SELECT reply_to, quote FROM reply_headers WHERE message_id = ?", (message_id,))
         return None if row is None else ReplyHeader(row["reply_to"], row["quote"])
 
     async def first_reply_among(self, message_ids: Sequence[int]) -> tuple[int, ReplyHeader] | None:
-        """The first of `message_ids` (an album's messages) known to reply to a message, with what it
-        replies to; None when none does."""
-        if not message_ids:
-            return None
-        marks = ", ".join("?" for _ in message_ids)
-        row = await self._db.fetchone(
-            f"SELECT message_id, reply_to, quote FROM reply_headers WHERE message_id IN ({marks})"
-            " AND reply_to IS NOT NULL ORDER BY message_id LIMIT 1",
-            tuple(message_ids),
-        )
-        return None if row is None else (row["message_id"], ReplyHeader(row["reply_to"], row["quote"]))
+        """The first of `message_ids` (an album's messages, at most a few) known to reply to a
+        message, with what it replies to; None when none does."""
+        for message_id in sorted(message_ids):
+            header = await self._header(message_id)
+            if header is not None and header.reply_to is not None:
+                return message_id, header
+        return None
 
     async def quote_into(self, stored: StoredMessage, text: str) -> StoredMessage:
         """`stored`'s text becomes `text` (its words with the quote above them), its lifecycle and
