@@ -31,13 +31,15 @@ from datetime import datetime, timezone
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Literal, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import aiosqlite
 
 from integrations.clock import Clock
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -287,21 +289,41 @@ class Database:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; returns the rowid of the row it inserted, if any (else 0)."""
-        async with self._turn(), self._conn.execute(sql, params) as cursor:
-            return cursor.lastrowid or 0
+        async with self._turn():
+            return await self._on_thread(_inserted_rowid, sql, params)
 
     async def execute_rowcount(self, sql: str, params: Params = ()) -> int:
         """Run one statement; returns how many rows it inserted, changed or deleted."""
-        async with self._turn(), self._conn.execute(sql, params) as cursor:
-            return cursor.rowcount
+        async with self._turn():
+            return await self._on_thread(_rowcount, sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        async with self._turn(), self._conn.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        async with self._turn():
+            return await self._on_thread(_first_row, sql, params)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        async with self._turn(), self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        async with self._turn():
+            return await self._on_thread(_all_rows, sql, params)
+
+    async def _on_thread(self, read: Callable[[sqlite3.Cursor], T], sql: str, params: Params) -> T:
+        """Run `sql` and `read` its cursor in one trip to aiosqlite's thread.
+
+        aiosqlite's own cursor API takes a trip to execute, another to fetch and another to close:
+        three hand-overs between threads for one statement, which cost more than the statement
+        itself on a busy machine and sit between the model's last word and the user's final text.
+        `Connection._execute` (aiosqlite's queue to its thread, private but stable across its 0.x
+        releases: constraints.txt pins it) runs the three as one call on that thread."""
+        connection: sqlite3.Connection = self._conn._conn
+
+        def statement() -> T:
+            cursor = connection.execute(sql, params)
+            try:
+                return read(cursor)
+            finally:
+                cursor.close()
+
+        on_thread: Callable[[Callable[[], T]], Awaitable[T]] = self._conn._execute  # untyped in aiosqlite
+        return await on_thread(statement)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -348,8 +370,7 @@ class Database:
 
     async def _run(self, sql: str) -> None:
         with self._clock.real_work():
-            async with self._conn.execute(sql):
-                pass
+            await self._on_thread(_nothing, sql, ())
 
     async def _rollback(self) -> None:
         # Always queued, even when BEGIN seems not to have run: a cancelled task may have queued a
@@ -419,3 +440,24 @@ def _tighten(target: Path, mode: int) -> None:
         return
     target.chmod(current & ~looser)
     logger.info("tightened %s from mode %o to %o", target, current, current & ~looser)
+
+
+def _inserted_rowid(cursor: sqlite3.Cursor) -> int:
+    return cursor.lastrowid or 0
+
+
+def _rowcount(cursor: sqlite3.Cursor) -> int:
+    return cursor.rowcount
+
+
+def _first_row(cursor: sqlite3.Cursor) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = cursor.fetchone()
+    return row
+
+
+def _all_rows(cursor: sqlite3.Cursor) -> list[sqlite3.Row]:
+    return cursor.fetchall()
+
+
+def _nothing(cursor: sqlite3.Cursor) -> None:
+    return None
