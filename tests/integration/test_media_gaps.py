@@ -18,7 +18,7 @@ from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.pdfs import text_pdf
 from tests.fakes.telegram import document_file, new_message_event, photo, voice_note
 from tests.fakes.transcription_server import FakeTranscription, Heard
-from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, settings_for, start_telegram_bot
+from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, USER, kill, settings_for, start_telegram_bot
 
 CLAUDE = "anthropic:claude-test"
 STT_KEY = "sk-sentinel-media-gaps-stt-000000000000"
@@ -90,17 +90,23 @@ def test_image_tokens_are_counted_as_each_provider_documents():
     assert message_tokens(ChatMessage("user", "hi", images=(big, big)), "openai") == 5 + 2 * 765
 
 
+async def photo_question_killed_mid_answer(stack: AsyncExitStack, tmp_path):
+    """A photo asked about, and the bot killed while it answered: the model, the settings, and the
+    Telegram and clock a restarted bot will see."""
+    claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("A cat on a mat.")))
+    claude.script(anth.stall_after(1, "A cat on a mat, sitting."))
+    settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
+    crashed_run = AsyncExitStack()
+    bot = await start_telegram_bot(crashed_run, settings)
+    await bot.client.deliver(sent(photo(), text="What is it?"))
+    await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
+    await kill(bot, crashed_run)
+    return claude, settings, bot.client, bot.clock
+
+
 async def test_an_answer_resumed_after_a_restart_whose_photo_telegram_will_not_hand_over_is_answered_later(tmp_path):
     async with AsyncExitStack() as stack:
-        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("A cat on a mat.")))
-        claude.script(anth.stall_after(1, "A cat on a mat, sitting."))
-        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
-        crashed_run = AsyncExitStack()
-        bot = await start_telegram_bot(crashed_run, settings)
-        await bot.client.deliver(sent(photo(), text="What is it?"))
-        await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
-        client, clock = bot.client, bot.clock
-        await crashed_run.aclose()  # killed mid-answer
+        claude, settings, client, clock = await photo_question_killed_mid_answer(stack, tmp_path)
 
         # After the restart Telegram's file servers fail every retry for a while.
         client.fail_next("download", errors.ServerError(request=None, message="RPC_CALL_FAIL", code=500), times=10)
@@ -122,15 +128,7 @@ async def test_an_answer_resumed_after_a_restart_whose_photo_telegram_will_not_h
 
 async def test_a_resumed_photo_question_whose_photo_was_deleted_ends_with_a_clear_note(tmp_path):
     async with AsyncExitStack() as stack:
-        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply("A cat on a mat.")))
-        claude.script(anth.stall_after(1, "A cat on a mat, sitting."))
-        settings = settings_for(tmp_path, anthropic=claude, models=[CLAUDE])
-        crashed_run = AsyncExitStack()
-        bot = await start_telegram_bot(crashed_run, settings)
-        await bot.client.deliver(sent(photo(), text="What is it?"))
-        await bot.clock.run_until(lambda: claude.calls == 1 and bool(bot.client.drafts(USER)), poll=POLL)
-        client, clock = bot.client, bot.clock
-        await crashed_run.aclose()  # killed mid-answer
+        claude, settings, client, clock = await photo_question_killed_mid_answer(stack, tmp_path)
 
         client.fail_next("download", errors.MessageIdInvalidError(request=None), times=10)  # deleted meanwhile
         bot = await start_telegram_bot(stack, settings, clock=clock, client=client)
