@@ -160,8 +160,8 @@ def _has_references(source: str) -> bool:
 def _completed_blocks(events: list[Event], source: str, complete_lines: int) -> tuple[int, int]:
     """How many leading events make up completed top-level blocks, and the line after them (see
     `MarkdownStream`); (0, 0) for none."""
-    data: str | bytes = source if source.isascii() else source.encode()  # ranges count UTF-8 bytes
-    newline: str | bytes = "\n" if isinstance(data, str) else b"\n"
+    # pyromark's ranges count UTF-8 bytes: counted in the text itself while it is ASCII.
+    encoded = None if source.isascii() else source.encode()
     depth = 0
     last = (0, 0)
     for index, (event, span) in enumerate(events):
@@ -170,7 +170,7 @@ def _completed_blocks(events: list[Event], source: str, complete_lines: int) -> 
             continue
         top = depth == 0 and index > 0 and (isinstance(event, dict) and "Start" in event or event == "Rule")
         if top:
-            line = data.count(newline, 0, span["start"])  # type: ignore[arg-type]
+            line = source.count("\n", 0, span["start"]) if encoded is None else encoded.count(b"\n", 0, span["start"])
             if line + 1 < complete_lines:
                 last = (index, line)
             else:

@@ -17,15 +17,15 @@ _TOKEN = re.compile(
 
 def numbered(sql: str, params: Params) -> tuple[str, list[Any]]:
     """`sql` with numbered placeholders and the arguments in their order."""
-    named = isinstance(params, Mapping)
-    positional = iter(()) if named else iter(params)
+    named = params if isinstance(params, Mapping) else None
+    positional = iter(()) if named is not None else iter(params)
     arguments: list[Any] = []
     numbers: dict[str, int] = {}
 
     def replace(match: re.Match[str]) -> str:
         token = match[0]
         if token == "?":
-            if named:
+            if named is not None:
                 raise ValueError("a `?` placeholder needs a sequence of parameters, not a mapping")
             try:
                 arguments.append(next(positional))
@@ -35,15 +35,15 @@ def numbered(sql: str, params: Params) -> tuple[str, list[Any]]:
         name = match[1]
         if name is None:
             return token  # a quoted string, an identifier, a comment or a cast
-        if not named:
+        if named is None:
             raise ValueError(f"`:{name}` needs a mapping of parameters")
         if name not in numbers:
-            arguments.append(params[name])  # type: ignore[index]
+            arguments.append(named[name])
             numbers[name] = len(arguments)
         return f"${numbers[name]}"
 
     translated = _TOKEN.sub(replace, sql)
-    if not named and next(positional, _END) is not _END:
+    if named is None and next(positional, _END) is not _END:
         raise ValueError(f"too many parameters for: {sql}")
     return translated, arguments
 
