@@ -852,11 +852,7 @@ def _redis(read: _Reader) -> RedisSettings | None:
     timeout = read.seconds("REDIS_TIMEOUT", RedisSettings.timeout)
     if url is None:
         return None
-    parts = urlsplit(url.reveal())
-    try:
-        _ = parts.port  # urlsplit checks the port only when it is read
-    except ValueError:
-        parts = parts._replace(netloc="")  # a port that is no number: reported below
+    parts = _split_url(url.reveal())
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
         # Not echoed: the URL may carry a password.
         read.problem(

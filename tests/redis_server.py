@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import redis
@@ -39,21 +38,21 @@ class RedisServer:
         self._process = subprocess.Popen(
             [
                 self.program, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning",
+                "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "notice",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
+        # Ready once it says so (its log, at notice level): waited for line by line, not polled.
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            if b"Ready to accept connections" in line:
                 break
-            except redis.ConnectionError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
+        else:
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+        client = redis.Redis(port=self.port)
+        # From now on only warnings, so the pipe nobody reads any more cannot fill up.
+        client.config_set("loglevel", "warning")
         client.close()
 
     def stop(self) -> None:

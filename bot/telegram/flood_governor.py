@@ -206,12 +206,16 @@ class FloodGovernor:
         scope = self._scope(chat_id, is_private)
         scope.users += 1
         try:
+            await self._follow_pause(chat_id, scope)
             if kind == "typing":
                 return await self._run_typing(chat_id, scope, call)
             async with scope.lock:
                 return await self._run_paced(chat_id, scope, call, kind, preview)
         finally:
             scope.users -= 1
+
+    async def _follow_pause(self, chat_id: int, scope: _ChatScope) -> None:
+        """Take on a pause this chat was given elsewhere: nothing here (one instance knows them all)."""
 
     def takes_preview(self, chat_id: int) -> bool:
         """Whether a preview in this chat would go out now rather than be deferred or held by a

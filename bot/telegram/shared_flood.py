@@ -9,9 +9,9 @@ works alone.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from bot.telegram.flood_governor import CallKind, FloodGovernor, _ChatScope
+from bot.telegram.flood_governor import FloodGovernor, _ChatScope
 from integrations.clock import Clock
 from integrations.errors import RateLimited
 from integrations.resilience.redis_link import RedisLink, SharedUnavailable
@@ -24,21 +24,7 @@ class SharedFloodGovernor(FloodGovernor):
         self._link = link
         self._pause_script = link.script(PAUSE)
 
-    async def run(
-        self,
-        chat_id: int,
-        is_private: bool,
-        call: Callable[[], Awaitable[Any]],
-        kind: CallKind = "send",
-        *,
-        preview: bool = False,
-    ) -> Any:
-        await self._follow_pause(chat_id, is_private)
-        if kind == "typing":
-            return await super().run(chat_id, is_private, call, "typing")
-        return await super().run(chat_id, is_private, call, kind, preview=preview)
-
-    async def _follow_pause(self, chat_id: int, is_private: bool) -> None:
+    async def _follow_pause(self, chat_id: int, scope: _ChatScope) -> None:
         """Take on a pause another instance was given in this chat."""
         if not self._link.usable:
             return
@@ -50,7 +36,6 @@ class SharedFloodGovernor(FloodGovernor):
             return
         left = float(ends) - self._link.now()
         if left > 0:
-            scope = self._scope(chat_id, is_private)
             scope.paused_until = max(scope.paused_until, self._clock.monotonic() + left)
 
     def _pause(self, chat_id: int, scope: _ChatScope, error: RateLimited, kind: str) -> None:
