@@ -30,7 +30,7 @@ from handlers.recent_errors import RecentErrors
 from handlers.router import Router
 from handlers.search import SearchConfig, SearchService, search_commands
 from handlers.services import ChatSettings, Features, Services
-from handlers.status_report import StatusContext
+from handlers.status_report import StatusContext, state_engine
 from handlers.stream import StreamPacing
 from handlers.transport import MediaSource, Transport
 from handlers.usage import usage_commands
@@ -675,5 +675,6 @@ async def build_operations(
         redactor=redactor,
         # Instances share the state only in PostgreSQL; SQLite keeps one bot per state directory.
         instances=InstanceRegistry(database, clock) if database.dialect == "postgresql" else None,
+        state=state_engine(database),
     )
     return Operations(usage, admin_settings, limits, status)

@@ -92,6 +92,7 @@ def status_sources(services: Services) -> StatusSources:
         deprecations=context.deprecations if context else lambda: (),
         redactor=context.redactor if context else Redactor(),
         instances=context.instances if context else None,
+        state=context.state if context else None,
     )
 
 

@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from urllib.parse import urlsplit
 
 from handlers.access import AccessPolicy
 from handlers.lanes import ChatLanes
@@ -64,6 +65,8 @@ class StatusContext:
     redactor: Redactor = field(default_factory=Redactor)
     # The instances sharing a PostgreSQL database (DATABASE_URL); None with SQLite.
     instances: InstanceRegistry | None = None
+    # Which engine holds the state, and where (`state_engine`): the header's "State:" line.
+    state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,19 @@ class StatusSources:
     shared_limits: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
     # The instances sharing the database and their queue (state/instances.py).
     instances: InstanceRegistry | None = None
+    # Which engine holds the state; from the shell, `database` says it when this is None.
+    state: str | None = None
+
+
+def state_engine(database: Database) -> str:
+    """'SQLite at /var/lib/switchboard/switchboard.sqlite3, schema 15' or 'PostgreSQL at
+    10.0.0.5:5432/switchboard, schema 16': the engine, where it is, never a password (nor the user:
+    the host, port and database name are what an operator looks for)."""
+    if database.dialect == "postgresql":
+        parts = urlsplit(database.where)  # already without its password (state.postgres.shown_url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"PostgreSQL at {parts.hostname or 'localhost'}{port}{parts.path}, schema {database.schema_version}"
+    return f"SQLite at {database.where}, schema {database.schema_version}"
 
 
 async def build_status(sources: StatusSources) -> str:
@@ -186,15 +202,19 @@ class _Report:
 
     async def header(self) -> list[str]:
         s = self._s
-        lines = ["**Switchboard status**", f"Version {escape_markdown(switchboard_version())}"]
+        version = f"Version {escape_markdown(switchboard_version())}"
+        if s.running and s.started_at is not None:
+            version += f", up {format_seconds(s.clock.monotonic() - s.started_at)}"
+        lines = ["**Switchboard status**", version]
+        state = s.state if s.state is not None else state_engine(s.database) if s.database is not None else None
+        if state is not None:
+            lines.append(f"State: {self._text(state)}")
         if not s.running:
             lines.append(
                 "_The bot is not running in this process: Telegram, breakers, rate limits, flood waits "
                 "and replies in flight are unavailable. Below is what the database knows._"
             )
             return lines
-        if s.started_at is not None:
-            lines[-1] += f", up {format_seconds(s.clock.monotonic() - s.started_at)}"
         if s.telegram_connected is None:
             lines.append("Telegram: no connection (console or test transport)")
         else:
