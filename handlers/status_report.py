@@ -329,17 +329,23 @@ class _Report:
         lines = ["", "**Telegram flood waits**"]
         if governor is None:
             return lines + ["no flood governor (console or test transport)"]
+        if governor.bot_paused_for > 0:
+            lines.append(
+                f"• **the whole bot: paused, {format_seconds(governor.bot_paused_for)} left** "
+                "(Telegram's limit for the bot as a whole was reached: every chat waits)"
+            )
         paused = [(chat_id, pace) for chat_id, pace in governor.chats.items() if pace.paused_for > 0]
         for chat_id, pace in sorted(paused, key=lambda item: -item[1].paused_for):
             lines.append(
                 f"• chat {self._text(chat_id)}: paused, {format_seconds(pace.paused_for)} left "
                 f"({pace.waiting} calls waiting)"
             )
-        if not paused:
+        if not paused and governor.bot_paused_for <= 0:
             lines.append("none active")
-        lines.append(
-            f"{_plural(governor.calls, 'Telegram call')} and {_plural(governor.flood_waits, 'flood wait')} since start"
-        )
+        since_start = f"{_plural(governor.calls, 'Telegram call')} and {_plural(governor.flood_waits, 'flood wait')}"
+        if governor.bot_pauses:
+            since_start += f" ({_plural(governor.bot_pauses, 'bot-wide')})"
+        lines.append(f"{since_start} since start")
         return lines
 
     async def cache(self) -> list[str]:

@@ -4,7 +4,8 @@ Telegram publishes no exact limits; the guidance is about one message a second i
 minute in a group and thirty a second for the whole bot, edits and drafts included. The governor
 keeps under that pace so flood waits stay rare. When one comes anyway it pauses exactly the chat
 that got it for exactly the time Telegram asked, then repeats the call: a reply's sends and final
-edits must land. Typing indicators are worthless once late, so instead of waiting they are dropped
+edits must land. Flood waits in several chats at once are the bot's overall limit: then every chat
+waits (`bot_pause.BotPause`). Typing indicators are worthless once late, so instead of waiting they are dropped
 while their chat is paused, or while the budget is down to the share kept for final texts.
 
 Telegram counts a call when it lands, at some moment between our sending it and its answer, and
@@ -27,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol, Sequence, TypeVar, overload
 
+from bot.telegram.bot_pause import BotPause
 from integrations.clock import Clock
 from integrations.errors import PreviewDeferred, RateLimited
 from integrations.resilience.snapshots import ChatPace, GovernorSnapshot
@@ -165,6 +167,7 @@ class FloodGovernor:
         self._prune_every = prune_every
         self._last_prune = clock.monotonic()
         self._chats: dict[int, _ChatScope] = {}
+        self._bot = BotPause()
         self._calls = 0
         self._flood_waits = 0
         self._typing_dropped = 0
@@ -223,7 +226,7 @@ class FloodGovernor:
         be taken. A no counts as a deferred preview."""
         scope = self._chats.get(chat_id)
         if self._has_headroom(scope.window if scope is not None else None) and not (
-            scope is not None and self._is_paused(scope)
+            self._is_paused(scope) if scope is not None else self._bot_paused()
         ):
             return True
         self._previews_deferred += 1
@@ -241,14 +244,33 @@ class FloodGovernor:
             )
             for chat_id, scope in self._chats.items()
         }
-        return GovernorSnapshot(chats, self._calls, self._flood_waits, self._typing_dropped, self._previews_deferred)
+        return GovernorSnapshot(
+            chats,
+            self._calls,
+            self._flood_waits,
+            self._typing_dropped,
+            self._previews_deferred,
+            bot_paused_for=self._bot.left(now),
+            bot_pauses=self._bot.count,
+        )
+
+    def pause_bot(self, seconds: float, why: str) -> None:
+        """Hold every chat for `seconds`: a flood wait of the bot as a whole (its overall limit, or a
+        call tied to no chat)."""
+        self._bot.count += 1
+        if self._bot.hold(self._clock.monotonic() + seconds):
+            log.warning("Telegram: the whole bot paused for %g s, every chat waits (%s)", seconds, why)
+            self._bot_paused_by_us(seconds)
+
+    def _bot_paused_by_us(self, seconds: float) -> None:
+        """A bot-wide pause taken here: nobody else to tell (one instance; see shared_flood)."""
 
     async def _run_paced(
         self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[T]], kind: str, preview: bool
     ) -> T:
         floods = 0
         while True:
-            await self._sleep_until(max(scope.next_slot, scope.paused_until))
+            await self._sleep_until(max(scope.next_slot, scope.paused_until, self._bot.until))
             if preview and not self._has_headroom(scope.window):
                 self._previews_deferred += 1
                 raise PreviewDeferred("busy: preview deferred", upstream="telegram", retry_after=scope.interval)
@@ -318,13 +340,18 @@ class FloodGovernor:
         scope.flood_waits += 1
         self._flood_waits += 1
         log.info("chat %s paused for %g s: flood wait on %s", chat_id, seconds, kind)
+        if self._bot.chat_flooded(chat_id, self._clock.monotonic()):
+            self.pause_bot(seconds, "flood waits in several chats at once: Telegram's overall limit for the bot")
 
     def _count_call(self, scope: _ChatScope) -> None:
         scope.calls += 1
         self._calls += 1
 
     def _is_paused(self, scope: _ChatScope) -> bool:
-        return scope.paused_until - self._clock.monotonic() > _TOLERANCE
+        return max(scope.paused_until, self._bot.until) - self._clock.monotonic() > _TOLERANCE
+
+    def _bot_paused(self) -> bool:
+        return self._bot.until - self._clock.monotonic() > _TOLERANCE
 
     async def _sleep_until(self, deadline: float) -> None:
         delay = deadline - self._clock.monotonic()

@@ -8,7 +8,9 @@ the shared limits are used again and that is logged once too. While the link is 
 the prober talks to Redis, so a dead server is not hammered by every call, and no call waits on it.
 
 Writes nobody waits for (a refund, a pause, a breaker opening) go through `spawn`: they run in the
-background and a failure there only marks the link down.
+background and a failure there only marks the link down. What an instance decided while the link
+was down (a Retry-After pause, a flood wait, an open breaker) is written once Redis answers again:
+each shared limit registers a `when_back` hook that writes what is still pending (the time left).
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ class RedisLink:
         self._last_error: str | None = None
         self._prober: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._when_back: list[Callable[[], int]] = []
         # See `now`: wall time read once, then carried on by the monotonic clock.
         self._epoch_offset = clock.now().timestamp() - SCRIPT_EPOCH - clock.monotonic()
 
@@ -123,6 +126,11 @@ class RedisLink:
         except (RedisError, OSError) as error:
             self.lost(error)
             raise SharedUnavailable(f"Redis at {self.location}: {type(error).__name__}") from error
+
+    def when_back(self, publish: Callable[[], int]) -> None:
+        """Call `publish` each time Redis answers again after being unreachable; it writes what it
+        decided alone meanwhile (through `spawn`) and says how many things that was."""
+        self._when_back.append(publish)
 
     def spawn(self, write: Coroutine[Any, Any, object]) -> None:
         """Run a write in the background; nobody waits for it, and a failure only marks the link down."""
@@ -188,11 +196,24 @@ class RedisLink:
                 self._last_error = type(error).__name__
                 wait = min(wait * 2, self._probe_max)
                 continue
-            log.info("shared limits: Redis at %s reachable again; limits are shared again", self.location)
             self._down_since = None
             self._last_error = None
             self._prober = None
+            published = self._publish_pending()
+            log.info(
+                "shared limits: Redis at %s reachable again; limits are shared again%s", self.location,
+                f"; {published} pause(s) and open breaker(s) taken while it was away written for the others" if published else "",
+            )
             return
+
+    def _publish_pending(self) -> int:
+        published = 0
+        for publish in self._when_back:
+            try:
+                published += publish()
+            except Exception:  # one limit's write must not keep the others' from Redis
+                log.exception("shared limits: writing what was decided while Redis was away failed")
+        return published
 
     async def _quietly(self, write: Coroutine[Any, Any, object]) -> None:
         try:

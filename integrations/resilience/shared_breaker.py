@@ -14,7 +14,8 @@ trip) and follows it:
 
 A probe that succeeds deletes the hash (unless someone opened it again meanwhile); one that fails
 writes a later T. When Redis is unreachable the breaker works alone, as `CircuitBreaker`; a circuit
-it opened meanwhile is written once Redis answers again.
+it opened meanwhile is written as soon as Redis answers again (the link's `when_back`), with the
+cooldown still left, whether or not this instance makes another call.
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         self._probe_won = False  # this instance holds the shared probe slot
         self._open_unshared = False  # opened here while Redis was unreachable: to be written
         self._writes_pending = 0
+        link.when_back(self._publish_pending_open)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         await self.follow_shared()
@@ -119,6 +121,17 @@ class SharedCircuitBreaker(CircuitBreaker):
             self._follow(reply, float(args[0]))
         finally:
             self._following = False
+
+    def _publish_pending_open(self) -> int:
+        """Redis is back: a circuit opened here while it was away is written for the others."""
+        if not self._open_unshared:
+            return 0
+        self._open_unshared = False
+        left = self._retry_at - self._clock.monotonic()
+        if self._state != OPEN or left <= 0:
+            return 0  # its cooldown is over: the next call here probes, as anywhere
+        self._write(self._open_shared(left, self._last_error or ""))
+        return 1
 
     def _follow(self, reply: list[str], now: float) -> None:
         if not reply:

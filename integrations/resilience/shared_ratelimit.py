@@ -10,7 +10,8 @@ expiry; while it is set the script grants nothing.
 
 Fallback: the inherited `RateLimiter` is the local stand-in at 1/N of the rate (N instances each
 keeping their share), used whenever the link is down, and for a call whose reservation fails
-because Redis stopped answering. A cancelled waiter gives its slot back (in the background), and a
+because Redis stopped answering. A pause taken while Redis was away is written, for the time
+still left, once it answers again. A cancelled waiter gives its slot back (in the background), and a
 waiter woken late pushes the slots not yet reserved back by as much.
 Header reports (`tighten`) stay per instance, as each sees the account-wide counts in its own
 responses.
@@ -86,6 +87,7 @@ class SharedRateLimiter(RateLimiter):
         # The shared TAT as last seen: (seconds it was ahead of shared time, when on our clock).
         self._seen_ahead = (0.0, clock.monotonic())
         self._shared_waiting = 0
+        link.when_back(self._publish_pending_pause)
 
     async def acquire(self, cost: float = 1.0, *, max_pause: float | None = None, max_wait: float | None = None) -> None:
         if cost < 0:
@@ -118,6 +120,14 @@ class SharedRateLimiter(RateLimiter):
         super().pause(seconds)  # holds this instance at once, and its local share if Redis goes
         if self._link.usable:
             self._link.spawn(self._pause_shared(seconds))
+
+    def _publish_pending_pause(self) -> int:
+        """Redis is back: a Retry-After pause still running here is written, for the time left."""
+        left = self._paused_until - self._clock.monotonic()
+        if left <= 0:
+            return 0
+        self._link.spawn(self._pause_shared(left))
+        return 1
 
     def snapshot(self) -> LimiterSnapshot:
         snapshot = super().snapshot()

@@ -68,6 +68,9 @@ class GovernorSnapshot:
     flood_waits: int
     typing_dropped: int
     previews_deferred: int = 0
+    # The whole bot held by a bot-wide flood wait (bot.telegram.bot_pause): seconds left, and how many.
+    bot_paused_for: float = 0.0
+    bot_pauses: int = 0
 
 
 class ResilienceSnapshot(TypedDict):
