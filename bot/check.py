@@ -82,7 +82,7 @@ async def check_command(
     redact = Redactor(settings.secret_values())
     results = local_checks(settings)
     if settings.database_url is not None:
-        results.append(await postgres_check(settings.database_url.reveal(), timeout=timeout))
+        results.append(await postgres_check(settings.database_url.reveal(), timeout=timeout, clock=clock or SystemClock()))
     if not offline:
         results += await upstream_checks(settings, clock or SystemClock(), timeout=timeout, knowledge=knowledge)
     for result in results:
@@ -179,15 +179,19 @@ def _check_database(path: Path) -> str:
     return f"{path} ({path.stat().st_size // 1024} KiB, {schema})"
 
 
-async def postgres_check(url: str, *, timeout: float) -> CheckResult:
+async def postgres_check(url: str, *, timeout: float, clock: Clock) -> CheckResult:
     """DATABASE_URL's server answers, takes the password, has the database, and its schema is one
-    this version can use. Writes nothing (the first start migrates)."""
+    this version can use, within `timeout` on `clock` (a server that takes the connection and then
+    says nothing is cut off too). Writes nothing (the first start migrates)."""
     started = time.monotonic()
+    postgres = engines.postgres()
     try:
-        postgres = engines.postgres()
-        version = await postgres.check_postgres(url, timeout)
+        version = await wait_for(clock, postgres.check_postgres(url, timeout), timeout)
     except StorageFault as problem:
         return CheckResult("database", False, str(problem))
+    except TimeoutError as error:
+        fault = postgres.connection_fault(error, url)
+        return CheckResult("database", False, str(fault) if fault is not None else f"no answer within {timeout:g} s")
     known = len(load_migrations(postgres.bundled_postgres_migrations()))
     schema = (
         "not migrated yet (the first start creates the tables)"
@@ -246,7 +250,7 @@ async def upstream_checks(
     if any(ref.provider == "local" for ref in settings.llm_models):
         results.append(CheckResult("local model", None, "not probed: it runs inside the bot"))
     if settings.redis is not None:
-        results.append(await probe("redis", functools.partial(_redis_answers, settings.redis), clock, timeout))
+        results.append(await probe("redis", functools.partial(_redis_answers, settings.redis, clock), clock, timeout))
     for name, section in (("perplexity", settings.perplexity), ("notion", settings.notion)):
         if section is None:
             continue
@@ -284,11 +288,19 @@ async def probe_speech_to_text(stt: Any, connect_timeout: float) -> str:
     return f"{_shown_url(stt.base_url)}: {offered}"
 
 
-async def _redis_answers(redis: Any) -> str:
-    """REDIS_URL answers: the limits will be shared (by INSTANCES instances)."""
+async def _redis_answers(redis: Any, clock: Clock) -> str:
+    """REDIS_URL answers: the limits will be shared (by INSTANCES instances). A failure is one line
+    naming what to fix in REDIS_URL (refused, wrong or missing password, no such database, no answer)."""
+    from redis.exceptions import RedisError
+
+    from integrations.resilience.redis_faults import redis_fault
     from integrations.resilience.redis_link import redis_version
 
-    version = await redis_version(redis.url.reveal(), timeout=max(redis.timeout, 2.0))
+    url, patience = redis.url.reveal(), max(redis.timeout, 2.0)
+    try:
+        version = await wait_for(clock, redis_version(url, timeout=patience), patience)
+    except (RedisError, OSError) as error:  # TimeoutError, the clock's, is an OSError
+        raise Unavailable(redis_fault(error, url, patience)) from error
     return f"{version}; limits shared by {redis.instances} instance{'s' if redis.instances != 1 else ''}"
 
 

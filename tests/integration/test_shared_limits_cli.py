@@ -27,7 +27,7 @@ async def test_check_names_an_unreachable_redis_without_its_password(tmp_path):
     code, out, err = await run_cli(["check"], env, tmp_path)
     assert code == 1, out + err
     [line] = [line for line in out.splitlines() if line[2:].startswith("redis:")]
-    assert line.startswith("✗ redis: ConnectionError") and f"127.0.0.1:{port}" in line
+    assert line.startswith(f"✗ redis: cannot reach Redis at redis://127.0.0.1:{port}/0 (connection refused): ")
     assert "sentinel" not in out + err
 
 
