@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence, TypeVar
 
 from handlers import photos
+from handlers.compaction import Asked
 from handlers.idle_reset import fresh_start_note
 from handlers.lanes import USER_CANCEL
 from handlers.modes import chat_prompt
@@ -17,7 +18,7 @@ from handlers.transport import IncomingMessage
 from handlers.voice import AnswerLater
 from integrations.chain import AllModelsFailed, Completed, ModelTookOver, TextDelta, drop_overlap
 from integrations.errors import CircuitOpen, UpstreamError
-from integrations.llm import ModelRef, Usage
+from integrations.llm import ChatMessage, ModelRef, Usage
 from integrations.model_policy import is_account_error
 from integrations.usage_meter import UsageMeter
 from state.history import StoredMessage
@@ -59,6 +60,19 @@ class Turn:
 
 # What a command answered like a chat message plans: a turn to answer, or a short reply instead.
 TurnPlan = Callable[[], Awaitable["Turn | str"]]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """An answer as it is stored: the final text shown, its words as the history keeps them, the
+    model, what it used (recorded with the answer), and what it was asked (for compaction; None
+    for an answer cut short, which compaction does not follow)."""
+
+    shown: str
+    words: str
+    model: str
+    usage: Sequence[tuple[ModelRef, Usage]]
+    asked: Asked | None
 
 
 def failure_text(error: AllModelsFailed) -> str:
@@ -108,7 +122,7 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
     lane stops taking user cancels, and one asked for a moment earlier is absorbed, so the
     ending is never cut in half. A shutdown may stop it anywhere; the restart takes it up."""
     stream = open_stream(services, message)
-    answered = False
+    answered: Generated | None = None
     try:
         if stored.status == "delivering" and stored.reply_text is not None:
             # Generated before a restart: only its delivery is left; the model is not asked again.
@@ -120,12 +134,9 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
             return
         generated = await _generate(services, message, stored, stream, turn)
         if generated is not None:
-            shown, words, model, usage = generated
-            await _despite_user_cancel(
-                services, stored, lambda: _record(services, message, stored, turn, words, model, shown, usage)
-            )
-            await _deliver(services, stream, stored, shown)
-            answered = True
+            await _despite_user_cancel(services, stored, lambda: _store_answer(services, message, stored, turn, generated))
+            await _deliver(services, stream, stored, generated.shown)
+            answered = generated
     except AnswerLater:
         raise  # left for the router's safety net, the user told (a photo Telegram did not hand over)
     except Exception as error:  # a bug or a storage fault: the user hears of it, never silence
@@ -136,16 +147,15 @@ async def answer(services: Services, message: IncomingMessage, stored: StoredMes
         await _report_failure(services, stream, stored, error)
     finally:
         await stream.close()
-    if answered and services.features.compaction is not None:
+    if answered is not None and services.features.compaction is not None:
         # Once the answer is delivered, in this chat's lane: why then, see handlers/compaction.py.
-        await services.features.compaction.after_answer(services, message, stored)
+        await services.features.compaction.after_answer(services, message, stored, answered.asked)
 
 
 async def _generate(
     services: Services, message: IncomingMessage, stored: StoredMessage, stream: ReplyStream, turn: Turn
-) -> tuple[str, str, str, Sequence[tuple[ModelRef, Usage]]] | None:
-    """Stream the model's answer into `stream`: (final text shown, the answer's words for the
-    history, model, what it used: recorded with the answer), or None when the message's lifecycle
+) -> Generated | None:
+    """Stream the model's answer into `stream`, or return None when the message's lifecycle
     already ended here (failed, stopped) or must go on after a restart (shutdown). Notes about the answer (which model, an attachment it
     could not read) are shown but not kept in history, so the model does not learn to repeat them."""
     prefix = _attachment_note(message)
@@ -160,10 +170,11 @@ async def _generate(
     try:
         await services.history.begin(stored)
         prefix = await fresh_start_note(services, stored) + prefix
-        context = await services.history.context_for(turn.question)
+        stored_context = await services.history.context_for(turn.question)
         # A photo's question is asked with its images (fetched again from Telegram if need be).
-        context = await photos.asked_with_images(services, message, stored, turn.question, context)
-        preferred = turn.model or await _users_model(services, message.user_id)
+        context = await photos.asked_with_images(services, message, stored, turn.question, stored_context)
+        users_model = None if turn.model is not None else await _users_model(services, message.user_id)
+        preferred = turn.model or users_model
         system = (await chat_prompt(services, message.chat_id)).text
         stream.start()
         async for event in meter.chain(services.chain).stream(
@@ -205,9 +216,8 @@ async def _generate(
             await stream.finish(prefix + (text or "…") + INTERRUPTED_NOTE)
             return None
         final = prefix + (text or "…") + STOPPED_NOTE
-        await _record(
-            services, message, stored, turn, text or "(stopped before answering)", str(model or "cancelled"), final, usage
-        )
+        stopped = Generated(final, text or "(stopped before answering)", str(model or "cancelled"), usage, None)
+        await _store_answer(services, message, stored, turn, stopped)
         await _deliver(services, stream, stored, final)
         return None
     except AllModelsFailed as error:
@@ -218,7 +228,7 @@ async def _generate(
         await _despite_user_cancel(services, stored, lambda: _record_usage(services, message, spent))
         if partial:
             await _despite_user_cancel(
-                services, stored, lambda: _record(services, message, stored, turn, partial, "partial", final)
+                services, stored, lambda: _store_answer(services, message, stored, turn, Generated(final, partial, "partial", (), None))
             )
             await _deliver(services, stream, stored, final)
         else:
@@ -226,7 +236,10 @@ async def _generate(
         return None
     if turn.question.text == CONTINUE_REQUEST:
         text = await _without_repeat(services, turn.question, text)
-    return prefix + text + marker, text, str(model), usage
+    asked = Asked(
+        [*stored_context, ChatMessage("assistant", text)], system, users_model, users_model_known=turn.model is None
+    )
+    return Generated(prefix + text + marker, text, str(model), usage, asked)
 
 
 async def _users_model(services: Services, user_id: int) -> ModelRef | None:
@@ -235,21 +248,15 @@ async def _users_model(services: Services, user_id: int) -> ModelRef | None:
     return services.chain.find(name) if name else None
 
 
-async def _record(
-    services: Services,
-    message: IncomingMessage,
-    stored: StoredMessage,
-    turn: Turn,
-    text: str,
-    model: str,
-    shown: str,
-    usage: Sequence[tuple[ModelRef, Usage]] = (),
+async def _store_answer(
+    services: Services, message: IncomingMessage, stored: StoredMessage, turn: Turn, answer: Generated
 ) -> None:
-    """The answer (`text`) joins the conversation, answering `turn`'s question, in one transaction
-    with what it cost (`usage`); `shown` is what the user is still to see."""
+    """The answer's words join the conversation, answering `turn`'s question, in one transaction
+    (one trip to the database) with what it cost; its final text is what the user is still to see."""
+    recorder = services.features.usage
     await services.history.record_answer(
-        stored, text, model, reply_text=shown, answers=turn.question,
-        together=(lambda: _record_usage(services, message, usage, in_transaction=True)) if usage else None,
+        stored, answer.words, answer.model, reply_text=answer.shown, answers=turn.question,
+        also=recorder.writes(message.user_id, answer.usage) if recorder is not None else (),
     )
 
 
@@ -324,9 +331,7 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-async def _record_usage(
-    services: Services, message: IncomingMessage, usage: Sequence[tuple[ModelRef, Usage]], *, in_transaction: bool = False
-) -> None:
+async def _record_usage(services: Services, message: IncomingMessage, usage: Sequence[tuple[ModelRef, Usage]]) -> None:
     recorder = services.features.usage
     if recorder is not None:
-        await recorder.record(message.user_id, usage, in_transaction=in_transaction)
+        await recorder.record(message.user_id, usage)

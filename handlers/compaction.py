@@ -20,7 +20,9 @@ requests. The summary's tokens are recorded in the user's usage, so they count a
 any answer, also when it failed or timed out (what it was billed, or a fair estimate).
 
 The size is measured with the system prompt the chat's answers use (its /mode or /prompt), since
-that is what every request carries.
+that is what every request carries. The answer just delivered says what it was asked with and
+what it said (`Asked`), so the check after it reads nothing from the database; the conversation is
+read again only when it has grown past the threshold, to pick the turns to summarise.
 """
 from __future__ import annotations
 
@@ -42,6 +44,19 @@ from state.history import StoredMessage, Summary, TurnMessage
 log = logging.getLogger(__name__)
 
 SUMMARY_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What an answer already knows when compaction looks at its conversation: the context it was
+    asked with as stored (summary included, no images) followed by its own words, the chat's
+    system prompt, and the user's /model pick (not known after a `/retry <model>`, which asked
+    another model: read again then)."""
+
+    messages: list[ChatMessage]
+    system: str
+    users_model: ModelRef | None
+    users_model_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,23 +83,30 @@ class Compaction:
         self._failures: dict[int, SummaryBackoff] | None = None
         self._loading = asyncio.Lock()
 
-    async def after_answer(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+    async def after_answer(
+        self, services: Services, message: IncomingMessage, stored: StoredMessage, asked: Asked | None = None
+    ) -> None:
         """Summarise the older turns of `stored`'s conversation if it has grown too long. Never
-        raises (but for cancellation): the user already has the answer."""
+        raises (but for cancellation): the user already has the answer. `asked`: what the answer
+        knows of it (else it is read)."""
         try:
-            await self._compact(services, message, stored)
+            await self._compact(services, message, stored, asked)
         except Exception:
             log.exception("compacting the conversation of chat %s failed; it is trimmed instead", stored.chat_id)
 
-    async def _compact(self, services: Services, message: IncomingMessage, stored: StoredMessage) -> None:
+    async def _compact(
+        self, services: Services, message: IncomingMessage, stored: StoredMessage, asked: Asked | None
+    ) -> None:
         chat_id = stored.chat_id
         failures = (await self._known_failures()).get(chat_id)
         if failures is not None and services.clock.now() < failures.retry_at:
             return
-        model = await _answering_model(services, message.user_id)
+        model = await _answering_model(services, message.user_id, asked)
         if model is None:
             return
         threshold = int(self._settings.compact_at * model.context_tokens)
+        if asked is not None and estimate_conversation(asked.messages) + estimate_tokens(asked.system) <= threshold:
+            return  # what the answer was asked and said is the conversation: nothing to read again
         summary, turns = await services.history.conversation_so_far(stored, with_its_answer=True)
         context = with_summary(summary.text if summary else None, [m for _, m in turns])
         size = estimate_conversation(context)
@@ -159,10 +181,14 @@ def _longest_prompt_tokens(services: Services) -> int:
     return max(estimate_tokens(prompt) for prompt in prompts)
 
 
-async def _answering_model(services: Services, user_id: int) -> ChainModel | None:
+async def _answering_model(services: Services, user_id: int, asked: Asked | None) -> ChainModel | None:
     """The model asked first for this user's next answer: their pick, else the chain's first."""
-    name = await services.preferences.model_for(user_id)
-    ordered = services.chain.ordered(services.chain.find(name) if name else None)
+    if asked is not None and asked.users_model_known:
+        pick = asked.users_model
+    else:
+        name = await services.preferences.model_for(user_id)
+        pick = services.chain.find(name) if name else None
+    ordered = services.chain.ordered(pick)
     return ordered[0] if ordered else None
 
 

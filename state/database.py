@@ -8,14 +8,27 @@ as datetime() or json_each(). Where the engines truly differ, a store branches o
 Rows are read by column name (`row["id"]`) or position (`row[0]`), and unpack like tuples.
 `transaction()` gives the calling task the connection until it commits or rolls back; every other
 task's statements wait for their turn, so nothing runs inside somebody else's transaction.
+`write_all()` runs statements whose results nobody reads as one transaction, in one trip to SQLite's
+thread (the answer the user waits for is stored that way).
 """
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence
 
 Params = Sequence[Any] | Mapping[str, Any]
 Dialect = Literal["sqlite", "postgresql"]
+
+
+@dataclass(frozen=True)
+class Write:
+    """One statement of `Database.write_all`. `missing`: when it changes no row, the whole batch
+    is undone and `LookupError(missing)` raised (a write that must find its row)."""
+
+    sql: str
+    params: Params = ()
+    missing: str | None = None
 
 
 class Row(Protocol):
@@ -58,5 +71,13 @@ class Database(Protocol):
     async def fetchall(self, sql: str, params: Params = ()) -> list[Any]: ...
 
     def transaction(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def write_all(self, writes: Sequence[Write]) -> None:
+        """All of `writes`, in order, in one transaction (or in the caller's own), or none of them.
+
+        Once begun it runs to its end even if the calling task is cancelled meanwhile: the cancel
+        then waits for it, and is raised at the task's next await if the writes were kept (so the
+        caller never takes kept writes for lost ones and repeats them)."""
+        ...
 
     async def close(self) -> None: ...

@@ -36,6 +36,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal, M
 import aiosqlite
 
 from integrations.clock import Clock
+from state.database import Write
+from state.run_to_end import run_to_end
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +307,20 @@ class Database:
         async with self._turn():
             return await self._on_thread(_all_rows, sql, params)
 
+    async def write_all(self, writes: Sequence[Write]) -> None:
+        """All of `writes` in one transaction (or in this task's own), in one trip to aiosqlite's
+        thread: BEGIN, each statement and COMMIT hand over between threads once, not once each.
+        A cancel of a transaction of their own waits for it (state/run_to_end.py); in this task's
+        transaction, a cancel rolls that back."""
+        connection: sqlite3.Connection = self._conn._conn
+        if self._owner is not None and self._owner is asyncio.current_task():
+            with self._clock.real_work():
+                await self._in_thread(lambda: _write_each(connection, writes))
+            return
+        async with self._lock:
+            with self._clock.real_work():
+                await run_to_end(self._in_thread(lambda: _write_in_transaction(connection, writes)))
+
     async def _on_thread(self, read: Callable[[sqlite3.Cursor], T], sql: str, params: Params) -> T:
         """Run `sql` and `read` its cursor in one trip to aiosqlite's thread.
 
@@ -322,8 +338,11 @@ class Database:
             finally:
                 cursor.close()
 
+        return await self._in_thread(statement)
+
+    def _in_thread(self, work: Callable[[], T]) -> Awaitable[T]:
         on_thread: Callable[[Callable[[], T]], Awaitable[T]] = self._conn._execute  # untyped in aiosqlite
-        return await on_thread(statement)
+        return on_thread(work)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -440,6 +459,30 @@ def _tighten(target: Path, mode: int) -> None:
         return
     target.chmod(current & ~looser)
     logger.info("tightened %s from mode %o to %o", target, current, current & ~looser)
+
+
+def _write_in_transaction(connection: sqlite3.Connection, writes: Sequence[Write]) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        _write_each(connection, writes)
+        connection.execute("COMMIT")
+    except BaseException:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "no transaction is active" not in str(exc):  # else SQLite rolled back by itself
+                logger.warning("rollback failed: %s", exc)
+        raise
+
+
+def _write_each(connection: sqlite3.Connection, writes: Sequence[Write]) -> None:
+    for write in writes:
+        cursor = connection.execute(write.sql, write.params)
+        try:
+            if write.missing is not None and cursor.rowcount < 1:
+                raise LookupError(write.missing)
+        finally:
+            cursor.close()
 
 
 def _inserted_rowid(cursor: sqlite3.Cursor) -> int:

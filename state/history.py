@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Awaitable, Callable, Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 from integrations.clock import Clock
 from integrations.context_window import with_summary
 from integrations.llm import ChatMessage
-from state.database import Database, Row
+from state.database import Database, Row, Write
 from state.db import iso_timestamp
 
 # The "model" of an answer the bot wrote itself: a document's acknowledgement.
@@ -76,6 +76,16 @@ _NEXT_MESSAGE_ID = {
     " SELECT MAX(telegram_message_id) AS top FROM messages WHERE chat_id = :chat"
     " UNION ALL SELECT MAX(j.value::BIGINT) FROM messages m, jsonb_array_elements_text(m.shown_ids::jsonb) j(value)"
     " WHERE m.chat_id = :chat) AS ids",
+}
+
+
+# Message :shown joins the bot's messages that show message :id's reply, unless it is there already:
+# one statement, each engine appending to the JSON array its own way.
+_RECORD_SHOWN = {
+    "sqlite": "UPDATE messages SET shown_ids = json_insert(shown_ids, '$[#]', :shown)"
+    " WHERE id = :id AND NOT EXISTS (SELECT 1 FROM json_each(messages.shown_ids) WHERE value = :shown)",
+    "postgresql": "UPDATE messages SET shown_ids = (shown_ids::jsonb || jsonb_build_array(:shown::BIGINT))::TEXT"
+    " WHERE id = :id AND NOT shown_ids::jsonb @> jsonb_build_array(:shown::BIGINT)",
 }
 
 
@@ -212,26 +222,21 @@ class HistoryStore:
         if acknowledgement is None:
             return await self.record_transcript(incoming, text)
         reply_text = shown or acknowledgement
-        async with self._db.transaction():
-            await self._db.execute(
+        await self._db.write_all([
+            Write(
                 "UPDATE messages SET content = ?, kind = 'chat', status = 'delivering', reply_text = ?"
                 " WHERE id = ? AND status IN ('pending', 'answering')",
                 (text, reply_text, incoming.id),
-            )
-            await self._insert_answer(incoming.id, incoming.chat_id, acknowledgement, DOCUMENT_READER, self._now())
+            ),
+            _answer_write(incoming.id, incoming.chat_id, acknowledgement, DOCUMENT_READER, self._now()),
+        ])
         return replace(incoming, text=text, kind="chat", status="delivering", reply_text=reply_text)
 
     async def record_shown(self, stored_id: int, message_ids: Iterable[int]) -> None:
-        """The bot's messages that show this message's reply (added to those recorded before)."""
-        async with self._db.transaction():
-            row = await self._db.fetchone("SELECT shown_ids FROM messages WHERE id = ?", (stored_id,))
-            if row is None:
-                return
-            shown = list(json.loads(row["shown_ids"]))
-            shown += [i for i in message_ids if i not in shown]
-            await self._db.execute(
-                "UPDATE messages SET shown_ids = ? WHERE id = ?", (json.dumps(shown), stored_id)
-            )
+        """The bot's messages that show this message's reply (added to those recorded before):
+        one statement each, no read (a reply records its messages one by one as it sends them)."""
+        for message_id in message_ids:
+            await self._db.execute(_RECORD_SHOWN[self._db.dialect], {"id": stored_id, "shown": message_id})
 
     async def mark_delivered(self, incoming: StoredMessage) -> None:
         """The user has seen the final reply: never answered again."""
@@ -326,7 +331,7 @@ class HistoryStore:
         *,
         reply_text: str | None = None,
         answers: StoredMessage | None = None,
-        together: Callable[[], Awaitable[None]] | None = None,
+        also: Sequence[Write] = (),
     ) -> None:
         """Store the bot's answer (`text`, as the conversation keeps it) and move `incoming` on,
         both or neither: to 'answered', or, given the `reply_text` the user is still to see, to
@@ -334,24 +339,22 @@ class HistoryStore:
 
         `answers`: the earlier question `incoming` (a /retry) answers again. Its answer so far is
         marked replaced by `incoming`, and leaves the context, in the same transaction.
-        `together`: more statements for the same transaction (what the answer cost), so that
-        the user waits for one transaction, not two, before seeing the final text."""
-        async with self._db.transaction():
-            if together is not None:
-                await together()
-            question = incoming
-            if answers is not None and answers.id != incoming.id:
-                question = answers
-                await self._db.execute(
-                    "UPDATE messages SET replaced_by = ? WHERE role = 'assistant' AND in_reply_to = ?"
-                    " AND replaced_by IS NULL",
-                    (incoming.id, question.id),
-                )
-            await self._insert_answer(question.id, incoming.chat_id, text, model, self._now())
-            await self._db.execute(
-                "UPDATE messages SET status = ?, reply_text = ? WHERE id = ?",
-                ("answered" if reply_text is None else "delivering", reply_text, incoming.id),
-            )
+        `also`: more writes for the same transaction (what the answer cost). The user waits for
+        this before seeing the final text, so it is one trip to the database (`write_all`)."""
+        writes = list(also)
+        question = incoming
+        if answers is not None and answers.id != incoming.id:
+            question = answers
+            writes.append(Write(
+                "UPDATE messages SET replaced_by = ? WHERE role = 'assistant' AND in_reply_to = ? AND replaced_by IS NULL",
+                (incoming.id, question.id),
+            ))
+        writes.append(_answer_write(question.id, incoming.chat_id, text, model, self._now()))
+        writes.append(Write(
+            "UPDATE messages SET status = ?, reply_text = ? WHERE id = ?",
+            ("answered" if reply_text is None else "delivering", reply_text, incoming.id),
+        ))
+        await self._db.write_all(writes)
 
     async def mark_failed(self, incoming: StoredMessage, reason: str | None = None) -> None:
         """The user was told it failed: keep it in context, but do not retry it after a restart."""
@@ -376,13 +379,16 @@ class HistoryStore:
                 " created_at) VALUES (?, ?, ?, 'user', ?, 'answered', ?) RETURNING id",
                 (conversation_id, chat_id, user_id, question, now),
             )
-            await self._insert_answer(question_id, chat_id, answer, model, now)
+            await self._db.write_all([_answer_write(question_id, chat_id, answer, model, now)])
 
-    async def pending(self) -> list[StoredMessage]:
-        """Messages whose lifecycle has not ended (e.g. cut off by a crash), oldest first."""
+    async def pending(self, chat_id: int | None = None) -> list[StoredMessage]:
+        """Messages whose lifecycle has not ended (e.g. cut off by a crash), oldest first; only
+        those of `chat_id` when given (an instance answering that chat, state/chat_claims.py)."""
+        in_chat = "" if chat_id is None else " AND m.chat_id = :chat"
         rows = await self._db.fetchall(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
-            " WHERE m.status IN ('pending', 'answering', 'delivering') ORDER BY m.id"
+            f" WHERE m.status IN ('pending', 'answering', 'delivering'){in_chat} ORDER BY m.id",
+            {"chat": chat_id} if chat_id is not None else (),
         )
         return [StoredMessage.from_row(row) for row in rows]
 
@@ -448,15 +454,15 @@ class HistoryStore:
         assert row is not None
         return int(row["id"])
 
-    async def _insert_answer(self, question_id: int, chat_id: int, text: str, model: str, now: str) -> None:
-        inserted = await self._db.execute_rowcount(
-            "INSERT INTO messages (conversation_id, chat_id, role, content, status, model,"
-            " in_reply_to, created_at)"
-            " SELECT conversation_id, ?, 'assistant', ?, 'answered', ?, id, ? FROM messages WHERE id = ?",
-            (chat_id, text, model, now, question_id),
-        )
-        if inserted != 1:
-            raise LookupError(f"message {question_id} is not stored, so its answer cannot be")
-
     def _now(self) -> str:
         return iso_timestamp(self._clock.now())
+
+
+def _answer_write(question_id: int, chat_id: int, text: str, model: str, now: str) -> Write:
+    """The bot's answer to stored message `question_id`, which must exist."""
+    return Write(
+        "INSERT INTO messages (conversation_id, chat_id, role, content, status, model, in_reply_to, created_at)"
+        " SELECT conversation_id, ?, 'assistant', ?, 'answered', ?, id, ? FROM messages WHERE id = ?",
+        (chat_id, text, model, now, question_id),
+        missing=f"message {question_id} is not stored, so its answer cannot be",
+    )

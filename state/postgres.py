@@ -22,15 +22,16 @@ import socket
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from integrations.clock import Clock
-from state.database import Dialect, Params
+from state.database import Dialect, Params, Write
 from state.db import Migration, MigrationError, StorageFault, iso_timestamp, load_migrations
 from state.placeholders import numbered
+from state.run_to_end import run_to_end
 from state.turns import ConnectionTurns
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,25 @@ class PostgresDatabase:
                 raise
             with _connection_faults(self._url, conn), self._clock.real_work():
                 await transaction.commit()
+
+    async def write_all(self, writes: Sequence[Write]) -> None:
+        """All of `writes` in one transaction (or in this task's own, which a cancel rolls back).
+        A round trip each, as asyncpg has no pipeline for different statements; a cancel of a
+        transaction of their own waits for it (state/run_to_end.py), as SQLite's does."""
+        if self._turns.held_here():
+            await self._write_each(writes)
+            return
+
+        async def in_transaction() -> None:
+            async with self.transaction():
+                await self._write_each(writes)
+
+        await run_to_end(in_transaction())
+
+    async def _write_each(self, writes: Sequence[Write]) -> None:
+        for write in writes:
+            if await self.execute_rowcount(write.sql, write.params) < 1 and write.missing is not None:
+                raise LookupError(write.missing)
 
     async def close(self) -> None:
         """Close after any running transaction has finished. Closing twice is fine."""

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from integrations.clock import Clock
 from integrations.llm import ModelRef, Usage
 from integrations.prices import PriceTable
-from state.database import Database
+from state.database import Database, Write
 from state.periods import period_start
 
 _UPSERT = (
@@ -103,11 +103,13 @@ class UsageRecorder:
     def today(self) -> date:
         return self._clock.now().astimezone(timezone.utc).date()
 
-    async def record(
-        self, user_id: int, usage: Sequence[tuple[ModelRef, Usage]], *, in_transaction: bool = False
-    ) -> None:
-        """Add each model's tokens and cost to today's totals for `user_id` (`in_transaction`:
-        as part of the caller's transaction)."""
+    async def record(self, user_id: int, usage: Sequence[tuple[ModelRef, Usage]]) -> None:
+        """Add each model's tokens and cost to today's totals for `user_id`."""
+        await self._add(self.writes(user_id, usage))
+
+    def writes(self, user_id: int, usage: Sequence[tuple[ModelRef, Usage]]) -> list[Write]:
+        """What `record` writes, for the caller's own batch (an answer and what it cost are stored
+        together: `HistoryStore.record_answer`)."""
         day = self.today().isoformat()
         rows = []
         for ref, used in usage:
@@ -116,36 +118,21 @@ class UsageRecorder:
                 continue  # the model failed before it was charged for anything
             cost = self._prices.cost(ref, Usage(input_tokens, output_tokens))
             rows.append((day, user_id, str(ref), input_tokens, output_tokens, cost.usd, 0 if cost.priced else 1, 0.0))
-        await self._add(rows, in_transaction=in_transaction)
+        return _upserts(rows)
 
     async def record_audio(self, user_id: int, model: str, seconds: float) -> None:
         """Add one transcription of `seconds` of audio, priced per minute, to today's totals for
         `user_id`, under `stt:<model>` (no tokens)."""
         cost = self._prices.audio_cost(model, seconds)
         row = (self.today().isoformat(), user_id, f"{AUDIO_MODEL_PREFIX}{model}", 0, 0, cost.usd, 0 if cost.priced else 1, max(0.0, seconds))
-        await self._add([row])
+        await self._add(_upserts([row]))
 
-    async def _add(self, rows: Sequence[_UsageRow], *, in_transaction: bool = False) -> None:
-        """One upsert per day, user and model (rows of the same model summed: a model tried twice
-        in one answer). `in_transaction`: inside the caller's transaction (an answer and what it
-        cost are stored together: `HistoryStore.record_answer`); otherwise in one of its own when
-        there is more than one upsert, so that all or none are kept."""
-        totals: dict[tuple[str, int, str], list[float]] = {}
-        for day, user_id, model, *amounts in rows:
-            total = totals.setdefault((day, user_id, model), [0, 0, 0, 0.0, 0, 0.0])
-            # requests, tokens in and out, cost, unpriced requests, seconds of audio
-            for column, amount in enumerate((1, *amounts)):
-                total[column] += amount
-
-        async def upsert_all() -> None:
-            for key, total in totals.items():
-                await self._db.execute(_UPSERT, (*key, *total))
-
-        if in_transaction or len(totals) <= 1:
-            await upsert_all()
-        else:
-            async with self._db.transaction():
-                await upsert_all()
+    async def _add(self, upserts: Sequence[Write]) -> None:
+        """All or none: one upsert alone, more in a transaction (one trip)."""
+        if len(upserts) == 1:
+            await self._db.execute(upserts[0].sql, upserts[0].params)
+        elif upserts:
+            await self._db.write_all(upserts)
 
     async def spending(self, user_id: int) -> UserSpending:
         """What `user_id` used today and this month so far (UTC)."""
@@ -227,3 +214,15 @@ class ErrorJournal:
             "SELECT at, source, message FROM recent_errors ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [ErrorEntry(row["at"], row["source"], row["message"]) for row in reversed(rows)]
+
+
+def _upserts(rows: Sequence[_UsageRow]) -> list[Write]:
+    """One upsert per day, user and model (rows of the same model summed: a model tried twice in
+    one answer)."""
+    totals: dict[tuple[str, int, str], list[float]] = {}
+    for day, user_id, model, *amounts in rows:
+        total = totals.setdefault((day, user_id, model), [0, 0, 0, 0.0, 0, 0.0])
+        # requests, tokens in and out, cost, unpriced requests, seconds of audio
+        for column, amount in enumerate((1, *amounts)):
+            total[column] += amount
+    return [Write(_UPSERT, (*key, *total)) for key, total in totals.items()]

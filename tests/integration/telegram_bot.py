@@ -130,7 +130,12 @@ class _DeadConnection:
     def _dead(self, *_args: Any, **_kwargs: Any) -> Any:
         raise Killed()
 
-    execute = executescript = executemany = commit = rollback = close = _dead
+    execute = executescript = executemany = commit = rollback = close = _execute = _dead
+
+    @property
+    def _conn(self) -> "_DeadConnection":
+        # state/db.py reaches through aiosqlite to its sqlite3 connection (one trip a statement).
+        return self
 
 
 async def kill(bot: TelegramBot, run: AsyncExitStack) -> None:

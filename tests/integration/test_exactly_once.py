@@ -137,12 +137,11 @@ async def test_a_storage_fault_while_answering_ends_in_one_clear_message_and_sto
     async with AsyncExitStack() as stack:
         claude = await claude_with(stack)
         bot = await start_telegram_bot(stack, settings_for(tmp_path, anthropic=claude, models=[CLAUDE]))
-        usage = bot.app.services.features.usage
 
-        async def broken_record(*args, **kwargs):
+        async def broken_writes(*args, **kwargs):  # storing the answer (and what it cost) fails
             raise sqlite3.OperationalError("database or disk is full")
 
-        usage.record = broken_record
+        bot.app.database.write_all = broken_writes
         await bot.user_says("hello")
         assert bot.texts() == [SOMETHING_WENT_WRONG]
         typing_before = len(bot.client.typing_actions(USER))

@@ -2,6 +2,7 @@ import pytest
 
 from integrations.clock import ManualClock
 from integrations.llm import ChatMessage
+from state.database import Write
 from state.history import HistoryStore, StoredMessage
 
 CHAT = 100
@@ -70,13 +71,11 @@ async def test_a_message_redelivered_after_a_reset_is_still_not_stored_twice(his
 
 async def test_the_answer_and_what_it_cost_are_stored_together_or_not_at_all(history, db):
     question = await ask(history, 5, "hello")
+    cost = Write("INSERT INTO usage_daily (day, user_id, model, requests) VALUES ('2026-11-26', 1, 'm', 1)")
+    fails = Write("INSERT INTO usage_daily (day, user_id, model, requests) VALUES ('2026-11-26', 1, 'm', 1)")
 
-    async def cost_fails() -> None:
-        await db.execute("INSERT INTO usage_daily (day, user_id, model, requests) VALUES ('2026-11-26', 1, 'm', 1)")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        await history.record_answer(question, "hi", "m", reply_text="hi", together=cost_fails)
+    with pytest.raises(Exception, match="(?i)unique"):  # the second write breaks the table's key
+        await history.record_answer(question, "hi", "m", reply_text="hi", also=[cost, fails])
     assert await db.fetchall("SELECT * FROM usage_daily") == []
     assert [m.status for m in await history.pending()] == ["pending"]
     assert await history.context_for(question) == [user("hello")]
