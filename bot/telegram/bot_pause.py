@@ -4,8 +4,10 @@ Telegram counts its flood limits per bot account (its token), whatever session o
 comes from: about thirty messages a second for the whole bot besides one a second per chat. Its
 FLOOD_WAIT names only the seconds, never which limit was hit. The governor paces every chat well
 under its own limit, so flood waits in several different chats within a moment mean the bot's
-overall limit was reached: then every chat waits, here and (with Redis) on every instance. A
-flood wait on a call tied to no chat (`FloodGovernor.pause_bot`) holds the bot the same way.
+overall limit was reached: then every chat waits, here and (with Redis) on every instance.
+`FloodGovernor.pause_bot` is the same pause for a caller that knows a wait is the bot's. A flood
+wait on a method tied to no chat (the command menu at login) is not one: Telegram limits "the given
+method with the given input parameters", so it holds that method, not the bot's sending.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ minute in a group and thirty a second for the whole bot, edits and drafts includ
 keeps under that pace so flood waits stay rare. When one comes anyway it pauses exactly the chat
 that got it for exactly the time Telegram asked, then repeats the call: a reply's sends and final
 edits must land. Flood waits in several chats at once are the bot's overall limit: then every chat
-waits (`bot_pause.BotPause`). Typing indicators are worthless once late, so instead of waiting they are dropped
-while their chat is paused, or while the budget is down to the share kept for final texts.
+waits (`bot_pause.BotPause`). Typing indicators are worthless once late, so instead of waiting they
+are dropped while their chat is paused, or while the budget is down to the share kept for final
+texts.
 
 Telegram counts a call when it lands, at some moment between our sending it and its answer, and
 that moment is not known here. So every pace is kept as the server may count it: a call takes its

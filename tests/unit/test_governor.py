@@ -426,3 +426,24 @@ async def test_a_caller_cancelled_while_waiting_for_a_place_takes_none(
 
     assert starts == [T0] * 30 + [T0 + 1.5]
     assert given_up.cancelled()
+
+
+async def test_flood_waits_in_three_chats_at_once_hold_every_chat_for_the_bots_wait(
+    client: FakeTelegramClient, clock: ManualClock
+) -> None:
+    """Another session of the bot spent half of Telegram's 30 a second (the governor here allows
+    itself 60): the waits Telegram then gives several chats are the bot's, so every chat waits."""
+    governor = FloodGovernor(clock, global_per_second=60)
+    transport = GovernedTransport(TelegramTransport(client), governor)
+    burst = asyncio.gather(*(transport.send(chat, text("hi")) for chat in range(1, 41)))
+    await clock.run_until(lambda: governor.snapshot().bot_paused_for > 0)
+
+    assert not governor.takes_preview(500)  # a chat never flooded: its preview would only wait
+    await transport.typing(501)  # dropped, not sent into the bot's flood wait
+    await clock.run_until_complete(asyncio.gather(burst, transport.send(502, text("later"))))
+
+    flooded_at = T0  # the fake answers at once: the 31st call of the second is refused
+    assert client.messages(502)[0].sent_at == pytest.approx(flooded_at + 1)
+    assert all(client.messages(chat)[0].sent_at >= flooded_at + 1 for chat in range(31, 41))
+    assert governor.snapshot().bot_pauses == 1 and governor.snapshot().typing_dropped == 1
+    assert client.typing_actions(501) == []
