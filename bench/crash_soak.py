@@ -109,6 +109,7 @@ class Soak(ABC):
     def __init__(self, workdir: Path, seed: int, models: TokenAnswers, notion: FakeNotion) -> None:
         self.rng = random.Random(f"{seed}:{self.name}")
         self.user = User(self.rng)
+        self.models = models
         self.notion = notion
         self.home = home = workdir / self.name
         home.mkdir(parents=True)

@@ -1,37 +1,47 @@
-"""Standby soak (issue 15, "a standby that takes over"): two real bot processes against one
-PostgreSQL, the leader SIGKILLed again and again; every message answered exactly once?
+"""Standby soak (issue 15, "a standby that takes over"): two or three real bot processes against one
+PostgreSQL (and one Redis), the leader SIGKILLed again and again; every message answered exactly
+once, and the model's request limit never exceeded by all of them together?
 
 The machinery is the crash soak's Telegram transport (bench/crash_soak.py): the same fake Telegram
 in this process (bench/_soak_telegram_server.py), users writing every 0.2-1 s to 12 groups and 2
 private chats whether anyone leads or not, the same paced fake model and fake Notion, processes
-forked from a warm fork server (bench/_soak_launch.py). What differs: two instances, "bot-a" and
-"bot-b", each with its own STATE_DIR (and Telegram session), one DATABASE_URL on a throw-away
-cluster (tests/pg.py). One holds the leader lease and Telegram; the other stands by.
+forked from a warm fork server (bench/_soak_launch.py). What differs: `--instances` bots, "bot-a",
+"bot-b" (and "bot-c"), each with its own STATE_DIR (and Telegram session), one DATABASE_URL on a
+throw-away cluster (tests/pg.py). One holds the leader lease and Telegram; the others stand by.
 
-Each round waits until the leader serves (it logged in) and the other one stands by, then kills
+The model enforces a request limit as Anthropic does (`--rpm` requests a minute, a token bucket;
+429 beyond it) and every instance is configured with that limit. With `--redis` they share it
+through one redis-server on loopback (tests/redis_server.py; REDIS_URL, INSTANCES); without it each
+instance keeps its own, and a new leader starts with a full bucket of its own whatever the killed
+one spent. The fake counts the requests it refused: over the limit, together.
+
+Each round waits until the leader serves (it logged in) and the others stand by, then kills
 the leader with SIGKILL 0-3 s later (during its catch-up, mid-reply, or idle) and measures the
-takeover: from the kill until the standby has logged in (the fake Telegram hands out what was
+takeover: from the kill until a standby has logged in (the fake Telegram hands out what was
 missed before it answers the login, as Telethon's catch-up does). The killed instance is started
-again at once and stands by for the next round. After the last round the users stop, both run
+again at once and stands by for the next round. After the last round the users stop, all run
 until nothing is left, and are stopped with SIGTERM. Then, per message: exactly one final reply,
-none partial; per note one Notion page and one link.
+none partial; per note one Notion page and one link; and the model's refusals.
 
-Run: .venv/bin/python bench/standby_soak.py [--kills 20] [--seed 1]   (about 2 minutes)
+Run: .venv/bin/python bench/standby_soak.py [--instances 2|3] [--redis] [--kills 20] [--rpm 40] [--seed 1]
+(about 2-4 minutes)
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import random
 import shutil
 import signal
 import statistics
+import string
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,10 +57,29 @@ from bench.crash_soak import FINISH_TIMEOUT, NOTION_TOKEN, READY_TIMEOUT, Telegr
 from integrations.clock import SystemClock  # noqa: E402
 from tests.fakes.notion_server import FakeNotion  # noqa: E402
 from tests.pg import PostgresCluster  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
-INSTANCES = ("bot-a", "bot-b")
 KILL_AFTER_READY = (0.0, 3.0)
+T = TypeVar("T")
 TAKEOVER_TARGET = 10.0  # seconds from the leader's SIGKILL until the standby receives
+# The model's request limit: below what users ask for (about 60 questions a minute and the
+# answers resumed after kills), so the instances' limiter has to hold them to it.
+REQUESTS_PER_MINUTE = 40
+
+
+def instance_names(count: int) -> list[str]:
+    return [f"bot-{letter}" for letter in string.ascii_lowercase[:count]]
+
+
+async def poll_until(probe: Callable[[], T], what: str, *, timeout: float = FINISH_TIMEOUT, in_thread: bool = False) -> T:
+    """Poll `probe` until it gives something truthy (in a thread when it reads the database)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await asyncio.to_thread(probe) if in_thread else probe()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"waited {timeout:g} s for {what}")
 
 
 class PostgresProbe(StateQueries):
@@ -85,12 +114,19 @@ class PostgresProbe(StateQueries):
 class StandbySoak(TelegramSoak):
     name = "standby"
 
-    def __init__(self, *args: Any, telegram: SoakTelegram, database_url: str) -> None:
+    def __init__(
+        self, *args: Any, telegram: SoakTelegram, database_url: str, instances: int = 2, redis_url: str | None = None
+    ) -> None:
         super().__init__(*args, telegram=telegram)
         self.state = PostgresProbe(database_url)  # type: ignore[assignment]
+        shared: dict[str, str] = {"DATABASE_URL": database_url}
+        if redis_url is not None:
+            shared.update(REDIS_URL=redis_url, INSTANCES=str(instances))
+        if self.models.bucket is not None:
+            shared["ANTHROPIC_REQUESTS_PER_MINUTE"] = str(self.models.bucket.limit)
         self.envs = {
-            name: {**self.env, "STATE_DIR": str(self.home / name / "state"), "INSTANCE_NAME": name, "DATABASE_URL": database_url}
-            for name in INSTANCES
+            name: {**self.env, **shared, "STATE_DIR": str(self.home / name / "state"), "INSTANCE_NAME": name}
+            for name in instance_names(instances)
         }
         self.takeovers: list[float] = []
         self.sent_leaderless = 0  # messages users sent between a kill and the takeover
@@ -107,9 +143,11 @@ class StandbySoak(TelegramSoak):
             try:
                 self._traffic = asyncio.ensure_future(self._users_write())
                 logins = self.telegram.logins
-                processes["bot-a"] = await launchers["bot-a"].start()
-                await self._until(lambda: self.telegram.logins > logins, "bot-a to log in")
-                processes["bot-b"] = await launchers["bot-b"].start()
+                first, *others = launchers
+                processes[first] = await launchers[first].start()
+                await self._until(lambda: self.telegram.logins > logins, f"{first} to log in")
+                for name in others:
+                    processes[name] = await launchers[name].start()
                 for _ in range(kills):
                     await self._round(processes, launchers)
                 self.stop_traffic()
@@ -131,34 +169,31 @@ class StandbySoak(TelegramSoak):
         return self.tally
 
     async def _round(self, processes: dict[str, BotProcess], launchers: dict[str, Launcher]) -> None:
-        """Both up, one leading and one standing by: kill the leader, time the takeover, restart it."""
+        """All up, one leading and the others standing by: kill the leader, time the takeover, restart it."""
         leader_pid = await self._until(self.state.leader_pid, "a leader")
         leader = next((name for name, p in processes.items() if p.pid == leader_pid), None)
         if leader is None:
             self.tally.problems.append(f"the leader's pid {leader_pid} is none of ours")
             return
-        standby = next(name for name in processes if name != leader)
-        await self._until(lambda: self.state.role_of(processes[standby].pid) == "standby", f"{standby} to stand by")
+        for standby in (name for name in processes if name != leader):
+            pid = processes[standby].pid
+            await self._until(functools.partial(self._stands_by, pid), f"{standby} to stand by")
         await asyncio.sleep(self.rng.uniform(*KILL_AFTER_READY))
         logins, sent = self.telegram.logins, len(self.sent)
         processes[leader].kill()
         killed_at = time.monotonic()
         await processes[leader].wait()
         self.tally.kills += 1
-        await self._until(lambda: self.telegram.logins > logins, f"{standby} to take over")
+        await self._until(lambda: self.telegram.logins > logins, "a standby to take over")
         self.takeovers.append(time.monotonic() - killed_at)
         self.sent_leaderless += len(self.sent) - sent
         processes[leader] = await launchers[leader].start()
 
-    async def _until(self, probe: Any, what: str) -> Any:
-        """Poll `probe` (run in a thread: it may read the database) until it gives something truthy."""
-        deadline = time.monotonic() + FINISH_TIMEOUT
-        while time.monotonic() < deadline:
-            result = await asyncio.to_thread(probe)
-            if result:
-                return result
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"waited {FINISH_TIMEOUT:g} s for {what}")
+    def _stands_by(self, pid: int) -> bool:
+        return self.state.role_of(pid) == "standby"
+
+    async def _until(self, probe: Callable[[], T], what: str) -> T:
+        return await poll_until(probe, what, in_thread=True)
 
     def takeover_summary(self) -> str:
         if not self.takeovers:
@@ -169,15 +204,30 @@ class StandbySoak(TelegramSoak):
             f"p50 {statistics.median(ordered):.2f} s, max {ordered[-1]:.2f} s (target <= {TAKEOVER_TARGET:g} s)"
         )
 
+    def limit_summary(self) -> str:
+        bucket = self.models.bucket
+        if bucket is None:
+            return "model request limit: none enforced"
+        return (
+            f"model requests (limit {bucket.limit} a minute, shared by all instances): {len(bucket.admitted_at)} admitted, "
+            f"{bucket.refused} refused with 429 over the limit (target 0); busiest minute {bucket.busiest_minute()} "
+            f"(at most {2 * bucket.limit}: a full bucket, then a minute's refill)"
+        )
 
-async def soak(kills: int, seed: int, workdir: Path, database_url: str) -> StandbySoak:
+
+async def soak(
+    kills: int, seed: int, workdir: Path, database_url: str, *,
+    instances: int = 2, redis_url: str | None = None, requests_per_minute: int | None = None,
+) -> StandbySoak:  # fmt: skip
     clock = SystemClock()
     async with (
-        TokenAnswers(seed) as models,
+        TokenAnswers(seed, requests_per_minute=requests_per_minute) as models,
         FakeNotion(token=NOTION_TOKEN, clock=clock) as notion,
         SoakTelegram(random.Random(seed)) as telegram,
     ):
-        bench = StandbySoak(workdir, seed, models, notion, telegram=telegram, database_url=database_url)
+        bench = StandbySoak(
+            workdir, seed, models, notion, telegram=telegram, database_url=database_url, instances=instances, redis_url=redis_url
+        )
         await bench.soak(kills)
         return bench
 
@@ -186,17 +236,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs of the leader (default 20)")
     parser.add_argument("--seed", type=int, default=1, help="seed for traffic, kill moments and answers (default 1)")
+    parser.add_argument("--instances", type=int, choices=(2, 3), default=2, help="bot processes (default 2)")
+    parser.add_argument("--redis", action="store_true", help="share the limits through a redis-server on loopback")
+    parser.add_argument(
+        "--rpm", type=int, default=REQUESTS_PER_MINUTE,
+        help=f"the model's request limit a minute, enforced by it and configured in every instance; 0 for none (default {REQUESTS_PER_MINUTE})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    redis_program = shutil.which("redis-server") if args.redis else None
+    if args.redis and redis_program is None:
+        parser.error("--redis needs redis-server (Debian: apt-get install redis-server)")
     workdir = Path(tempfile.mkdtemp(prefix="standby-soak-"))
-    print(f"standby soak: 2 instances on one PostgreSQL, the leader SIGKILLed {args.kills} times, seed {args.seed}", flush=True)
+    limits = "shared through Redis" if args.redis else "each instance its own limits"
+    print(
+        f"standby soak: {args.instances} instances on one PostgreSQL, {limits}, model limit "
+        f"{args.rpm or 'none'} requests a minute, the leader SIGKILLed {args.kills} times, seed {args.seed}",
+        flush=True,
+    )
     cluster = PostgresCluster.start()
+    redis = RedisServer(redis_program) if redis_program else None
     try:
-        bench = asyncio.run(soak(args.kills, args.seed, workdir, cluster.url()))
+        if redis is not None:
+            redis.start()
+        bench = asyncio.run(
+            soak(
+                args.kills, args.seed, workdir, cluster.url(), instances=args.instances,
+                redis_url=redis.url if redis else None, requests_per_minute=args.rpm or None,
+            )  # fmt: skip
+        )
     finally:
         cluster.stop()
+        if redis is not None:
+            redis.close()
     print(report([bench.tally]))
     print(bench.takeover_summary())
-    if bench.tally.problems or max(bench.takeovers, default=0) > TAKEOVER_TARGET:
+    print(bench.limit_summary())
+    refused = bench.models.bucket.refused if bench.models.bucket else 0
+    if bench.tally.problems or refused or max(bench.takeovers, default=0) > TAKEOVER_TARGET:
         print(f"state directories and bot logs kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
