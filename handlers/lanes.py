@@ -84,6 +84,13 @@ class ChatLanes:
             lane.jobs.clear()
         return dropped
 
+    def stop_chat(self, chat_id: int, reason: str) -> None:
+        """Drop the chat's queued jobs and cancel its running one with `reason`."""
+        lane = self._lanes.get(chat_id)
+        if lane is not None:
+            lane.jobs.clear()
+            self.cancel(chat_id, reason)
+
     def cancel_all(self, reason: str) -> int:
         """Drop queued jobs and cancel every running one with `reason`; returns how many ran."""
         self.drop_queued()

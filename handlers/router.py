@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from dataclasses import replace
 from datetime import datetime
-from typing import Awaitable, Callable, Literal, Sequence
+from typing import Awaitable, Callable, Literal, Protocol, Sequence
 
 from handlers import chat, documents, photos, quoted, voice
 from handlers.commands import Command, parse_command
@@ -65,6 +65,20 @@ LIVE_SECONDS = 30.0
 # Seconds between tries to store a message while the database fails.
 STORE_RETRY_DELAYS = (1.0, 4.0)
 
+
+class ChatPlacement(Protocol):
+    """Which instance answers a chat, when several share one database (bot/chat_sharing.py)."""
+
+    def holds(self, chat_id: int) -> bool:
+        """Whether this instance answers the chat now."""
+        ...
+
+    async def answers_here(self, stored: StoredMessage) -> bool:
+        """A message just stored: True if this instance answers it (it holds or took its chat),
+        False if it is left stored for the instance that does."""
+        ...
+
+
 # Errors of the storage itself (disk full, database locked or corrupt, file system read-only,
 # PostgreSQL's connection lost).
 STORAGE_ERRORS = (sqlite3.Error, OSError, StorageFault)
@@ -83,10 +97,14 @@ class Router:
         self._commands = {command.name: command for command in [*commands, *builtins]}
         self._last_refusal: dict[int, float] = {}
         self._accepting = True
-        # Stored messages with a job queued or running: never given a second job.
-        self._claimed: set[int] = set()
+        # Stored messages with a job queued or running (by id, with their chat): never given a second job.
+        self._claimed: dict[int, int] = {}
         # Stored messages a job left unfinished on purpose (AnswerLater), for the safety net.
-        self._later: set[int] = set()
+        self._later: dict[int, int] = {}
+        # With several instances on one database: which chats this one answers (None: all of them).
+        self._placement: ChatPlacement | None = None
+        # Commands taken up live that run at once, outside the lane (kept until they end).
+        self._running_now: set[asyncio.Task[None]] = set()
 
     @property
     def commands(self) -> list[Command]:
@@ -94,6 +112,20 @@ class Router:
 
     def stop_accepting(self) -> None:
         self._accepting = False
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutting down: messages are stored, not answered."""
+        return self._accepting
+
+    def share_chats(self, placement: ChatPlacement) -> None:
+        """Answer only the chats `placement` gives this instance; the others' messages are stored
+        and left to the instance holding their chat."""
+        self._placement = placement
+
+    def working_on(self, chat_id: int) -> bool:
+        """Whether the chat has a reply queued or running here, or a message left here for later."""
+        return self._services.lanes.busy(chat_id) or chat_id in self._claimed.values() or chat_id in self._later.values()
 
     async def handle(self, message: IncomingMessage) -> None:
         photos_on = self._services.features.photos
@@ -138,6 +170,8 @@ class Router:
             return
         stored = await self._store(message, kind)
         if stored is None:
+            return
+        if self._placement is not None and not await self._placement.answers_here(stored):
             return
         message = replace(message, trace=ReplyTrace(stored.id))
         if kind == "media":
@@ -185,69 +219,112 @@ class Router:
         not counting those a job left for later on purpose (`voice.AnswerLater`).
         """
         services = self._services
-        settings = services.chat
         resumed = 0
         for stored in await services.history.pending():
             age = services.clock.now() - datetime.fromisoformat(stored.created_at)
             if stored.id in self._claimed or (older_than is not None and age.total_seconds() < older_than):
                 continue
+            if self._placement is not None and not self._placement.holds(stored.chat_id):
+                continue  # another instance's chat, or nobody's yet (bot/chat_sharing.py takes those)
             if stored.id in self._later:
-                self._later.discard(stored.id)  # expected: a job left it for now
+                self._later.pop(stored.id)  # expected: a job left it for now
             else:
                 resumed += 1
-            message = IncomingMessage(
-                chat_id=stored.chat_id,
-                user_id=stored.user_id,
-                message_id=stored.telegram_message_id or 0,
-                text=stored.text,
-                is_private=stored.is_private,
-                trace=ReplyTrace(stored.id, list(stored.shown_ids), resumed=True),
-            )
-            if not services.access.is_allowed(stored.user_id):
-                log.info("not resuming message %s: user %s is no longer allowed", stored.id, stored.user_id)
-                await services.history.mark_failed(stored, "the user is no longer allowed")
-                continue
-            if stored.status == "delivering":
-                self._submit(message, stored, None)
-                continue
-            if age.total_seconds() > settings.pending_max_age:
-                note = EXPIRED_NOTE.format(age=_describe_age(age.total_seconds()))
-                self._submit(message, stored, _closing_job(note, "expired"), cancellable=False)
-                continue
-            if stored.attempts >= settings.max_attempts:
-                log.error("giving up on message %s in chat %s after %d attempts", stored.id, stored.chat_id, stored.attempts)
-                note = GAVE_UP_NOTE.format(attempts=stored.attempts)
-                self._submit(message, stored, _closing_job(note, "failed"), cancellable=False)
-                continue
-            if stored.kind == "media" and photos.stored_as_image(stored) and services.features.photos is not None:
-                await self._look_at(message, stored, live=False)
-                continue
-            if stored.kind == "media":
-                audio = voice.stored_as_audio(stored)
-                document = documents.stored_as_document(stored)
-                job = voice.transcribe if audio else documents.read if document else self._unsupported
-                self._submit(message, stored, job, cancellable=audio or document)
-                continue
-            parsed = parse_command(stored.text) if stored.kind == "command" else None
-            command = self._commands.get(parsed.name) if parsed is not None else None
-            if stored.kind == "command" and (command is None or parsed is None):
-                await services.history.mark_failed(stored, "unknown command after a restart")
-                continue
-            if command is not None and command.name == "cancel":
-                # What it was to stop ended with the last run.
-                await services.history.mark_delivered(stored)
-                continue
-            if (stored.kind == "chat" or (command is not None and command.metered)) and await self._over_limits(message):
-                await services.history.mark_failed(stored, "over the user's limits when resumed")
-                continue
-            if command is not None and parsed is not None and command.answer is not None:
-                self._submit(message, stored, None, answer=_answer_job(command, parsed.args))
-                continue
-            if command is None and quoted.may_reply(services, stored):
-                self._submit(message, stored, quoted.with_quote_again)
-                continue
-            self._submit(message, stored, _command_job(command, parsed.args) if command and parsed else None)
+            await self.take_up(stored, live=False)
         return resumed
+
+    async def take_up_chat(self, chat_id: int, *, before: int | None = None) -> int:
+        """Take up the chat's unfinished messages that have no job here (those older than message
+        `before` only, when given), oldest first: what an instance does with a chat it just took.
+        A message sent in the last LIVE_SECONDS and never begun is taken as live. Returns how many."""
+        services = self._services
+        taken = 0
+        if self._placement is not None and not self._placement.holds(chat_id):
+            return 0  # given up meanwhile: its messages are the next holder's
+        for stored in await services.history.pending(chat_id):
+            if stored.id in self._claimed or stored.id in self._later or (before is not None and stored.id >= before):
+                continue
+            age = services.clock.now() - datetime.fromisoformat(stored.created_at)
+            live = stored.attempts == 0 and stored.status == "pending" and age.total_seconds() < LIVE_SECONDS
+            await self.take_up(stored, live=live)
+            taken += 1
+        return taken
+
+    async def take_up(self, stored: StoredMessage, *, live: bool) -> None:
+        """Answer, re-deliver or close a stored message on this instance: the one entry for a
+        message that was not received here just now, whether an earlier run left it unfinished
+        (`live=False`) or another instance stored it a moment ago (`live=True`: it is treated as
+        if it had arrived here: the queued notice, a command that is not queued runs at once, so
+        a /cancel stops the reply in progress; its limits were checked when it arrived)."""
+        services = self._services
+        settings = services.chat
+        age = services.clock.now() - datetime.fromisoformat(stored.created_at)
+        message = IncomingMessage(
+            chat_id=stored.chat_id,
+            user_id=stored.user_id,
+            message_id=stored.telegram_message_id or 0,
+            text=stored.text,
+            is_private=stored.is_private,
+            trace=ReplyTrace(stored.id, list(stored.shown_ids), resumed=True),
+        )
+        if not services.access.is_allowed(stored.user_id):
+            log.info("not answering message %s: user %s is no longer allowed", stored.id, stored.user_id)
+            await services.history.mark_failed(stored, "the user is no longer allowed")
+            return
+        if stored.status == "delivering":
+            self._submit(message, stored, None)
+            return
+        if age.total_seconds() > settings.pending_max_age:
+            note = EXPIRED_NOTE.format(age=_describe_age(age.total_seconds()))
+            self._submit(message, stored, _closing_job(note, "expired"), cancellable=False)
+            return
+        if stored.attempts >= settings.max_attempts:
+            log.error("giving up on message %s in chat %s after %d attempts", stored.id, stored.chat_id, stored.attempts)
+            note = GAVE_UP_NOTE.format(attempts=stored.attempts)
+            self._submit(message, stored, _closing_job(note, "failed"), cancellable=False)
+            return
+        if stored.kind == "media" and photos.stored_as_image(stored) and services.features.photos is not None:
+            await self._look_at(message, stored, live=live)
+            return
+        if stored.kind == "media":
+            audio = voice.stored_as_audio(stored)
+            document = documents.stored_as_document(stored)
+            job = voice.transcribe if audio else documents.read if document else self._unsupported
+            if live and (audio or document):
+                await self._enqueue_answer(message, stored, job)
+            else:
+                self._submit(message, stored, job, cancellable=audio or document)
+            return
+        parsed = parse_command(stored.text) if stored.kind == "command" else None
+        command = self._commands.get(parsed.name) if parsed is not None else None
+        if stored.kind == "command" and (command is None or parsed is None):
+            await services.history.mark_failed(stored, "unknown command after a restart")
+            return
+        if command is not None and parsed is not None and live and command.answer is None and not command.queued:
+            # As when it arrives: not behind the reply in progress (a /cancel stops that one).
+            running = asyncio.ensure_future(self._lifecycle(message, stored, _command_job(command, parsed.args)))
+            self._running_now.add(running)
+            running.add_done_callback(self._running_now.discard)
+            return
+        if command is not None and command.name == "cancel":
+            # What it was to stop ended with the last run.
+            await services.history.mark_delivered(stored)
+            return
+        over_limits = not live and (stored.kind == "chat" or (command is not None and command.metered))
+        if over_limits and await self._over_limits(message):
+            await services.history.mark_failed(stored, "over the user's limits when resumed")
+            return
+        if command is not None and parsed is not None and command.answer is not None:
+            self._submit(message, stored, None, answer=_answer_job(command, parsed.args))
+            return
+        if command is None and quoted.may_reply(services, stored):
+            run: Job | None = quoted.with_quote_again
+        else:
+            run = _command_job(command, parsed.args) if command and parsed else None
+        if live and command is None:
+            await self._enqueue_answer(message, stored, run)
+        else:
+            self._submit(message, stored, run)
     def help_text(self, user_id: int) -> str:
         is_admin = self._services.access.is_admin(user_id)
         lines = ["Send me a message and I'll answer. Commands:"]
@@ -293,7 +370,7 @@ class Router:
         """Queue the message's job in its chat's lane; `None` means answering it (`answer`, which
         ends the lifecycle itself: a chat message, or a command answered like one). A job that only
         shows a short closing note is not `cancellable` by the user."""
-        self._claimed.add(stored.id)
+        self._claimed[stored.id] = stored.chat_id
 
         async def job() -> None:
             try:
@@ -304,7 +381,7 @@ class Router:
             except voice.AnswerLater as later:  # a resumed photo's question Telegram did not hand over
                 self._leave_for_later(message, stored, later)
             finally:
-                self._claimed.discard(stored.id)
+                self._claimed.pop(stored.id, None)
 
         self._services.lanes.submit(message.chat_id, job, cancellable=cancellable)
 
@@ -315,7 +392,7 @@ class Router:
         its transcript as its text) has it answered as a chat message; one that raises
         `AnswerLater` leaves it unfinished, for the safety net to take up again."""
         history = self._services.history
-        self._claimed.add(stored.id)
+        self._claimed[stored.id] = stored.chat_id
         try:
             await history.begin(stored)
             as_chat = await run(self._services, message, stored)
@@ -347,13 +424,13 @@ class Router:
             except Exception as storage_error:
                 log.error("could not record that message %s failed: %s", stored.id, storage_error)
         finally:
-            self._claimed.discard(stored.id)
+            self._claimed.pop(stored.id, None)
             if self._services.features.photos is not None:  # images its answer did not take
                 self._services.features.photos.release(stored.id)
 
     def _leave_for_later(self, message: IncomingMessage, stored: StoredMessage, later: voice.AnswerLater) -> None:
         log.info("message %s in chat %s is left for later: %s", stored.id, message.chat_id, later)
-        self._later.add(stored.id)
+        self._later[stored.id] = stored.chat_id
 
     def _is_live(self, message: IncomingMessage) -> bool:
         """Sent just now, not caught up after a stop (a user who wrote while the bot was away

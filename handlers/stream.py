@@ -156,15 +156,27 @@ class ReplyStream:
         for task in (self._typing_task, self._pump_task):
             if task is not None and not task.done():
                 task.cancel()
-        await self._stop_background()
+        await self._stop_background(to_the_end=True)
 
-    async def _stop_background(self) -> None:
-        """Wait for the call in flight (so the final edit cannot be overtaken by a stale preview)."""
-        self._stop_if_waiting(self._typing_task, self._typing_waiting)
-        self._stop_if_waiting(self._pump_task, self._pump_waiting)
-        for task in (self._typing_task, self._pump_task):
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
+    async def _stop_background(self, *, to_the_end: bool = False) -> None:
+        """Wait for the call in flight (so the final edit cannot be overtaken by a stale preview).
+
+        A task stopped while it only waited makes no call after its cancel, so the final text
+        does not wait a turn of the loop for it to end; `close` waits for that too (`to_the_end`)."""
+        stopped = [
+            task
+            for task, waiting in ((self._typing_task, self._typing_waiting), (self._pump_task, self._pump_waiting))
+            if task is not None and waiting and not task.done()
+        ]
+        for task in stopped:
+            task.cancel()
+        tasks = [task for task in (self._typing_task, self._pump_task) if task is not None]
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # looked at, as gather would, so asyncio does not report it later
+        running = [task for task in tasks if not task.done() and (to_the_end or task not in stopped)]
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
     @staticmethod
     def _stop_if_waiting(task: asyncio.Task[None] | None, waiting: bool) -> None:

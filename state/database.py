@@ -8,8 +8,9 @@ as datetime() or json_each(). Where the engines truly differ, a store branches o
 Rows are read by column name (`row["id"]`) or position (`row[0]`), and unpack like tuples.
 `transaction()` gives the calling task the connection until it commits or rolls back; every other
 task's statements wait for their turn, so nothing runs inside somebody else's transaction.
-`write_all()` runs statements whose results nobody reads as one transaction, in one trip to SQLite's
-thread (the answer the user waits for is stored that way).
+`write_all()` runs statements whose results nobody reads as one transaction in one go (on SQLite
+without a trip to its thread when the connection is free): the answer the user waits for is
+stored that way.
 """
 from __future__ import annotations
 

@@ -255,8 +255,10 @@ class Database:
                 if sidecar.exists():
                     _tighten(sidecar, _PRIVATE_FILE)
             # isolation_level=None: no implicit BEGINs, transactions are exactly the ones we open.
+            # check_same_thread=False: `write_all` writes on the loop's thread when aiosqlite's
+            # thread is idle (never both at once: the lock says which).
             with clock.real_work():
-                connection = await aiosqlite.connect(path, isolation_level=None)
+                connection = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
             connection.row_factory = sqlite3.Row
             database = cls(connection, path, clock)
@@ -308,18 +310,35 @@ class Database:
             return await self._on_thread(_all_rows, sql, params)
 
     async def write_all(self, writes: Sequence[Write]) -> None:
-        """All of `writes` in one transaction (or in this task's own), in one trip to aiosqlite's
-        thread: BEGIN, each statement and COMMIT hand over between threads once, not once each.
-        A cancel of a transaction of their own waits for it (state/run_to_end.py); in this task's
-        transaction, a cancel rolls that back."""
+        """All of `writes` in one transaction (or in this task's own), in one go: written at once
+        when nothing else uses the connection, else in one trip to aiosqlite's thread as soon as
+        the statement or transaction using it ends. A cancel of a transaction of their own waits
+        for it (state/run_to_end.py); in this task's transaction, a cancel rolls that back.
+
+        At once means here, on the loop's thread: nothing is in flight on aiosqlite's thread then
+        (every trip there holds the lock), and a few small writes take SQLite about 0.1 ms, while
+        handing them to that thread and hearing back costs two thread switches, 0.3-1.5 ms on a
+        busy machine (bench/latency.py, BENCHMARKS.md). The user waits for the answer's writes
+        before the final text. Their tail: a commit that crosses the WAL's auto-checkpoint (about
+        one answer in 100) holds the loop for a few ms."""
         connection: sqlite3.Connection = self._conn._conn
         if self._owner is not None and self._owner is asyncio.current_task():
             with self._clock.real_work():
                 await self._in_thread(lambda: _write_each(connection, writes))
             return
+
+        def work() -> None:
+            _write_in_transaction(connection, writes)
+
+        if not self._lock.locked():
+            work()
+            return
+        await run_to_end(self._when_free(work))
+
+    async def _when_free(self, work: Callable[[], None]) -> None:
         async with self._lock:
-            with self._clock.real_work():
-                await run_to_end(self._in_thread(lambda: _write_in_transaction(connection, writes)))
+            with self._clock.real_work():  # only once the turn is ours, as in `_turn`
+                await self._in_thread(work)
 
     async def _on_thread(self, read: Callable[[sqlite3.Cursor], T], sql: str, params: Params) -> T:
         """Run `sql` and `read` its cursor in one trip to aiosqlite's thread.

@@ -340,7 +340,7 @@ class HistoryStore:
         `answers`: the earlier question `incoming` (a /retry) answers again. Its answer so far is
         marked replaced by `incoming`, and leaves the context, in the same transaction.
         `also`: more writes for the same transaction (what the answer cost). The user waits for
-        this before seeing the final text, so it is one trip to the database (`write_all`)."""
+        this before seeing the final text, so it is written in one go (`write_all`)."""
         writes = list(also)
         question = incoming
         if answers is not None and answers.id != incoming.id:

@@ -66,6 +66,14 @@ class SharedCatchUp:
         self._clock = clock
         self._name = name
 
+    async def load(self) -> dict[str, Any] | None:
+        """The last leader's update state, for a client already connected (bot/telegram/receiving.py)."""
+        try:
+            return await self._store.load()
+        except StorageFault as error:
+            log.warning("could not read where the last leader's Telegram updates stopped: %s", error)
+            return None
+
     async def seed(self, client: Any) -> bool:
         """Seed the client's session from the last leader's state; False when there is none yet."""
         try:

@@ -20,7 +20,7 @@ import signal
 import socket
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Awaitable
+from typing import Awaitable, Callable
 
 from bot.config import Settings
 from bot.systemd import Notifier, heartbeat
@@ -70,13 +70,26 @@ class Leadership:
         """Stand by until this instance holds the lease (True), or until `stop` is set (False)."""
         log.info("instance %s: standing by for the leader lease", self.name)
         while not stop.is_set():
-            self.tries += 1
-            if await self.lease.try_take():
-                await self._become_leader()
+            if await self.try_lead():
                 return True
-            await self._report("standby")
             await _first_of(self.clock.sleep(self.try_every), stop.wait())
         return False
+
+    async def try_lead(self) -> bool:
+        """One try of the lease, without waiting: True if this instance leads now."""
+        self.tries += 1
+        if await self.lease.try_take():
+            await self._become_leader()
+            return True
+        await self._report("standby")
+        return False
+
+    async def lead_when_free(self, stop: asyncio.Event, become: Callable[[], Awaitable[object]]) -> None:
+        """Try the lease every `try_every` seconds until it is held, then `become` the receiver
+        and keep the lease; or until `stop` is set. For an instance that answers meanwhile."""
+        if await self.wait_to_lead(stop):
+            await become()
+            self.keep()
 
     def keep(self) -> None:
         """Start confirming the lease in the background; `lost` is set when that fails."""

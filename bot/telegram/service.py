@@ -15,6 +15,7 @@ and keeps STATUS= current.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -24,11 +25,13 @@ from contextlib import AsyncExitStack
 from typing import Awaitable, Mapping
 
 from bot.app import App, build_app, open_shared_limits
+from bot.chat_sharing import ChatSharing, open_chat_sharing
 from bot.config import Settings
 from bot.shutdown import drain
 from bot.systemd import Notifier, heartbeat
 from bot.telegram.flood_governor import GovernedTransport, flood_governor_for
-from bot.telegram.leadership import Leadership, open_leadership, stand_by
+from bot.telegram.leadership import Leadership, open_leadership
+from bot.telegram.receiving import receive_from_now
 from bot.telegram.transport import BotIdentity, TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport, build_client
 from integrations.clock import Clock, SystemClock, wait_for
 from integrations.errors import AuthFailed, Unavailable, UpstreamError
@@ -66,6 +69,7 @@ class TelegramService:
         login_retry: RetryPolicy = LOGIN_RETRY,
         rng: random.Random | None = None,
         leadership: Leadership | None = None,
+        sharing: ChatSharing | None = None,
     ) -> None:
         self.app = app
         self.runner = runner
@@ -76,6 +80,8 @@ class TelegramService:
         self._rng = rng
         # With DATABASE_URL: the lease this instance leads by; losing it ends the service at once.
         self.leadership = leadership
+        # With DATABASE_URL: the chats this instance answers, looked for once it is logged in.
+        self.sharing = sharing
         self.stop = asyncio.Event()
         self.hurry = asyncio.Event()
         self._phase = "connecting to Telegram"
@@ -205,6 +211,8 @@ class TelegramService:
         resumed = await self.app.router.resume_pending()
         if resumed:
             log.info("finishing %d message(s) left unfinished by the last run", resumed)
+        if self.sharing is not None:
+            self.sharing.start()
 
     @staticmethod
     async def _first_of(*awaitables: Awaitable[object]) -> object:
@@ -228,13 +236,12 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
         # Before the session file is opened: another bot may be using it.
         with storage_faults(settings.state_dir):
             state_lock = stack.enter_context(StateLock(settings.state_dir))
-        # With PostgreSQL, instances share the state: only the lease holder goes on from here.
+        # With PostgreSQL, instances share the state: the lease holder receives, every instance answers.
         leadership = await open_leadership(settings, clock, stack)
-        if leadership is not None and not await stand_by(leadership, notifier):
-            return EXIT_OK
+        leading = leadership is None or await leadership.try_lead()
         with storage_faults(settings.telegram.session_path):
-            client = build_client(settings.telegram)
-        if leadership is not None and leadership.catch_up is not None:
+            client = build_client(settings.telegram, receive_updates=leading)
+        if leading and leadership is not None and leadership.catch_up is not None:
             # Catch up from where the last leader was, not from this session's own (older) state.
             await leadership.catch_up.seed(client)
             keeping = asyncio.ensure_future(leadership.catch_up.keep(client))
@@ -259,9 +266,18 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
         )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)
+        sharing = open_chat_sharing(settings, clock, app, stack)
         service = TelegramService(
-            app, runner, notifier, clock, grace=settings.limits.shutdown_grace, leadership=leadership
+            app, runner, notifier, clock, grace=settings.limits.shutdown_grace, leadership=leadership, sharing=sharing
         )
+        if leadership is not None:
+            if leading:
+                leadership.keep()
+            else:
+                log.info("instance %s: answering as a worker; the leader receives", leadership.name)
+                become = functools.partial(receive_from_now, client, leadership.catch_up)
+                promotion = asyncio.ensure_future(leadership.lead_when_free(service.stop, become))
+                stack.callback(promotion.cancel)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, service.request_stop)

@@ -292,7 +292,7 @@ def prepare_session_file(session_path: Path) -> Path:
     return file
 
 
-def build_client(settings: TelegramSettings) -> TelegramClient:
+def build_client(settings: TelegramSettings, *, receive_updates: bool = True) -> TelegramClient:
     """A Telethon client for the bot; flood waits always reach us instead of being slept through.
 
     With `flood_sleep_threshold=0` Telethon raises every FloodWait (it even turns FLOOD_WAIT_0
@@ -313,6 +313,8 @@ def build_client(settings: TelegramSettings) -> TelegramClient:
         # Updates that arrived while the bot was stopped are fetched at start (the file session
         # keeps the update state), so nothing sent during a restart is lost.
         catch_up=True,
+        # A worker (bot/chat_sharing.py) only sends: Telegram gives its session no updates.
+        receive_updates=receive_updates,
     )
     if settings.dc is not None:
         client.session.set_dc(settings.dc.dc_id, settings.dc.host, settings.dc.port)

@@ -23,6 +23,13 @@ servers keep the file. An album is several messages sharing a `grouped_id`, each
 
 Who is in a group and with what rights (`set_role`) is answered as Telegram does, through
 Telethon's own `get_permissions` (tests/fakes/telegram_members.py).
+
+Several sessions of one bot account (several instances answering at once): a client made with
+`same_account_as=other` sees the same chats, messages, drafts and ids as `other`, as every session
+of one account does. One made with `receive_updates=False` gets no updates (Telethon's parameter:
+Telegram sends that session none; sending, editing, deleting and fetching work): an update
+dispatched to it waits, as Telegram's difference would, until `set_receive_updates(True)` and
+`catch_up()` hand it out.
 """
 from __future__ import annotations
 
@@ -135,7 +142,14 @@ class FakeSession:
 
 class FakeTelegramClient(ChatMembers):
     def __init__(
-        self, clock: Clock, *, bot_id: int = 7001, bot_username: str = "switchboard_bot", knows_every_chat: bool = False
+        self,
+        clock: Clock,
+        *,
+        bot_id: int = 7001,
+        bot_username: str = "switchboard_bot",
+        knows_every_chat: bool = False,
+        same_account_as: FakeTelegramClient | None = None,
+        receive_updates: bool = True,
     ) -> None:
         self.clock = clock
         self.session = FakeSession()
@@ -157,7 +171,7 @@ class FakeTelegramClient(ChatMembers):
         self._latency_draws = random.Random(0)
         self._landed_in_chat: dict[int, deque[float]] = {}
         self._landed: deque[float] = deque()
-        self._next_id = 1
+        self._ids = itertools.count(1)
         self._disconnected = asyncio.Event()
         self._offline_updates: list[Any] = []
         self.known_chats: set[int] = set()
@@ -169,6 +183,11 @@ class FakeTelegramClient(ChatMembers):
         self._incoming: dict[tuple[int, int], Any] = {}
         # Who is in each group, with what rights (tests/fakes/telegram_members.py).
         self._init_members()
+        # Whether Telegram sends this session updates (Telethon's receive_updates).
+        self.receiving = receive_updates
+        if same_account_as is not None:
+            for name in _ACCOUNT_STATE:
+                setattr(self, name, getattr(same_account_as, name))
 
     # --- test controls -------------------------------------------------------------------------
 
@@ -197,6 +216,9 @@ class FakeTelegramClient(ChatMembers):
     def dispatch(self, event: Any) -> list[asyncio.Task[Any]]:
         """Start the handlers of one update, each as its own task, without waiting for them."""
         self._keep(event.message)
+        if not self.receiving:
+            self._offline_updates.append(event)  # for its difference, once it receives
+            return []
         tasks = []
         for callback, builder in list(self.handlers):
             message = event.message
@@ -211,7 +233,13 @@ class FakeTelegramClient(ChatMembers):
         return tasks
 
     def arrive_while_offline(self, event: Any) -> None:
-        """An update sent while the bot is not connected: handed out when it next connects."""
+        """An update sent while the bot is not connected: handed out when it next connects.
+
+        Catch-up here is per client: this client hands it to whoever starts it next, whatever
+        update state its session holds. Telegram hands a session only what came after its own
+        state (pts), and a session without one starts from now; that model, which the catch-up
+        handover between leaders depends on, is the soak's fake Telegram
+        (bench/_soak_telegram_server.py), used by tests/integration/test_catch_up_handover.py."""
         if event.message.date is None:
             event.message.date = self.clock.now()
         self._keep(event.message)
@@ -258,11 +286,19 @@ class FakeTelegramClient(ChatMembers):
         self.login_token = bot_token
         self.connected = True
         self._disconnected = asyncio.Event()
-        # Telethon's catch-up: missed updates go to the handlers registered right now.
+        if self.receiving:
+            await self.catch_up()
+        return self
+
+    async def set_receive_updates(self, receive_updates: bool) -> None:
+        """Telethon's: from now on Telegram sends this session updates (or stops)."""
+        self.receiving = receive_updates
+
+    async def catch_up(self) -> None:
+        """Telethon's catch-up: missed updates go to the handlers registered right now."""
         caught_up, self._offline_updates = self._offline_updates, []
         for event in caught_up:
             self.dispatch(event)
-        return self
 
     async def get_me(self, input_peer: bool = False) -> types.User:
         return self.me
@@ -438,8 +474,7 @@ class FakeTelegramClient(ChatMembers):
         self._check_text(request.message, entities, request, "send", chat_id)
         self._check_pace("send", chat_id, request)
         now = self.clock.monotonic()
-        sent = SentMessage(self._next_id, chat_id, request.message, entities, reply_to, now, link_preview)
-        self._next_id += 1
+        sent = SentMessage(next(self._ids), chat_id, request.message, entities, reply_to, now, link_preview)
         self._messages[chat_id].append(sent)
         self._by_id[sent.id] = sent
         self._by_random_id[(chat_id, request.random_id)] = sent
@@ -590,6 +625,13 @@ class FakeTelegramClient(ChatMembers):
 
     def _record(self, kind: str, chat_id: int | None, outcome: str) -> None:
         self.calls.append(Call(self.clock.monotonic(), kind, chat_id, outcome))
+
+
+# What every session of one bot account shares: the chats and what is in them.
+_ACCOUNT_STATE = (
+    "me", "_messages", "_by_id", "_by_random_id", "_drafts", "_typing", "_ids", "known_chats", "_incoming",
+    "_roles", "known_users",
+)
 
 
 def new_message_event(

@@ -130,6 +130,11 @@ class _DeadConnection:
     def _dead(self, *_args: Any, **_kwargs: Any) -> Any:
         raise Killed()
 
+    def is_closed(self) -> bool:
+        return False  # as asyncpg's (a bot on PostgreSQL): statements reach it instead of connecting again
+
+    fetch = fetchrow = fetchval = transaction = _dead
+
     execute = executescript = executemany = commit = rollback = close = _execute = _dead
 
     @property

@@ -50,8 +50,41 @@ async def test_inside_a_transaction_the_writes_are_part_of_it(db):
     assert await rows(db) == []
 
 
-async def test_a_cancel_while_they_run_waits_for_them_and_is_raised_at_the_next_await(db):
+async def holding_the_connection(db, release: asyncio.Event) -> asyncio.Task[None]:
+    """Another task's transaction, open until `release`: writes asked for meanwhile must wait."""
+    began = asyncio.Event()
+
+    async def hold() -> None:
+        async with db.transaction():
+            await db.execute(INSERT, ("held", "0"))
+            began.set()
+            await release.wait()
+
+    holder = asyncio.ensure_future(hold())
+    await began.wait()
+    return holder
+
+
+async def a_few_turns() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_writes_asked_for_during_another_transaction_wait_for_its_end(db):
+    release = asyncio.Event()
+    holder = await holding_the_connection(db, release)
+    writer = asyncio.ensure_future(db.write_all([Write(INSERT, ("a", "1"))]))
+    await a_few_turns()
+    assert not writer.done()
+    release.set()
+    await asyncio.gather(holder, writer)
+
+    assert await rows(db) == [("a", "1"), ("held", "0")]
+
+
+async def test_a_cancel_while_they_wait_or_run_waits_for_them_and_is_raised_at_the_next_await(db):
     reached: list[str] = []
+    release = asyncio.Event()
 
     async def writer() -> None:
         await db.write_all([Write(INSERT, ("a", "1")), Write(INSERT, ("b", "2"))])
@@ -59,24 +92,28 @@ async def test_a_cancel_while_they_run_waits_for_them_and_is_raised_at_the_next_
         await asyncio.sleep(0)
         reached.append("not reached")
 
+    holder = await holding_the_connection(db, release)
     task = asyncio.ensure_future(writer())
-    await asyncio.sleep(0)  # the writes are on their way
+    await a_few_turns()  # the writes are asked for, and wait for the connection
     task.cancel()
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await holder
 
     assert reached == ["kept"]
-    assert await rows(db) == [("a", "1"), ("b", "2")]
+    assert await rows(db) == [("a", "1"), ("b", "2"), ("held", "0")]
 
 
 async def test_a_cancel_of_writes_that_fail_raises_the_cancel(db):
-    async def writer() -> None:
-        await db.write_all([Write(INSERT, ("a", "1")), Write(INSERT, ("a", "2"))])
-
-    task = asyncio.ensure_future(writer())
-    await asyncio.sleep(0)
+    release = asyncio.Event()
+    holder = await holding_the_connection(db, release)
+    task = asyncio.ensure_future(db.write_all([Write(INSERT, ("a", "1")), Write(INSERT, ("a", "2"))]))
+    await a_few_turns()
     task.cancel()
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await holder
 
-    assert await rows(db) == []
+    assert await rows(db) == [("held", "0")]
