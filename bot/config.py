@@ -279,13 +279,14 @@ class RedisSettings:
 
 @dataclass(frozen=True)
 class InstanceSettings:
-    """Several instances against one PostgreSQL (DATABASE_URL): one leads (holds Telegram), the
-    others stand by and take over when it dies."""
+    """Several instances against one PostgreSQL (DATABASE_URL): one leads (receives from Telegram),
+    every one answers the chats it holds (bot/chat_sharing.py), another takes over when it dies."""
 
     # INSTANCE_NAME: how /status names this instance; give each instance on one host its own.
     name: str = field(default_factory=socket.gethostname)
     # LEASE_SECONDS: a leader that cannot confirm its lease for this long stops receiving; a
-    # standby tries to take the lease every second.
+    # worker tries to take the lease every second. Also how long a chat's claim outlives the last
+    # time its instance kept it.
     lease_seconds: float = 10.0
 
 

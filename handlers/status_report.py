@@ -256,7 +256,8 @@ class _Report:
         if not rows:
             return []
         now = self._s.clock.now()
-        lines = ["", "**Instances** (the leader holds Telegram; a standby takes over when it dies)"]
+        chats = await self._s.instances.chats_answering()
+        lines = ["", "**Instances** (the leader receives, every instance answers its chats; one takes over when the leader dies)"]
         for row in rows:
             seen = (now - row.last_seen).total_seconds()
             line = f"• {self._text(row.name)}: "
@@ -264,6 +265,8 @@ class _Report:
                 line += f"**leader**, lease held {format_seconds((now - row.leader_since).total_seconds())}"
             else:
                 line += row.role
+            if row.role != "stopped":
+                line += f", answering {_plural(chats.get(row.name, 0), 'chat')}"
             line += f", last seen {format_seconds(seen)} ago"
             if row.role != "stopped" and seen > SILENT_INSTANCE:
                 line += " (**silent**: stopped or cut off?)"

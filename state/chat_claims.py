@@ -98,13 +98,6 @@ class ChatClaims:
     async def give_up_all(self) -> None:
         await self._db.execute("DELETE FROM chat_claims WHERE instance = ?", (self.instance,))
 
-    async def counts(self) -> dict[str, int]:
-        """How many chats each instance is answering now."""
-        rows = await self._db.fetchall(
-            "SELECT instance, COUNT(*) AS chats FROM chat_claims WHERE until >= ? GROUP BY instance", (self._now(),)
-        )
-        return {row["instance"]: int(row["chats"]) for row in rows}
-
     async def wake(self, chat_id: int | None = None) -> None:
         """Wake the instances: `chat_id`'s holder takes its new message up; None: anyone may take work."""
         await self._db.execute("SELECT pg_notify(?, ?)", (CHANNEL, "" if chat_id is None else str(chat_id)))

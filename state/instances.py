@@ -4,8 +4,8 @@ Each process writes its own row (`report`) when it starts, each time it tries or
 leader lease, and when it stops; nobody writes another's row, except that a new leader marks the
 rows that still say "leader" as stopped: their holder lost the lease, so it died or is exiting (a
 leader that loses its lease exits; started again, it reports itself as a standby).
-`listing` reads them all for /status and `switchboard status`, with the queue they share
-(`queue_depth`).
+`listing` reads them all for /status and `switchboard status`, with how many chats each is
+answering (`chats_answering`) and the queue they share (`queue_depth`).
 """
 from __future__ import annotations
 
@@ -71,6 +71,14 @@ class InstanceRegistry:
             )  # fmt: skip
             for row in rows
         ]
+
+    async def chats_answering(self) -> dict[str, int]:
+        """How many chats each instance is answering now (its live claims, state/chat_claims.py)."""
+        rows = await self._db.fetchall(
+            "SELECT instance, COUNT(*) AS chats FROM chat_claims WHERE until >= ? GROUP BY instance",
+            (iso_timestamp(self._clock.now()),),
+        )
+        return {row["instance"]: int(row["chats"]) for row in rows}
 
     async def queue_depth(self) -> int:
         """User messages accepted and not answered yet (waiting, being answered, delivering)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from bot.app import App, build_app
 from bot.chat_sharing import ChatSharing, open_chat_sharing
 from bot.config import InstanceSettings, Secret
+from bot.status import status_from_database
 from bot.systemd import Notifier
 from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
 from bot.telegram.leadership import Leadership
@@ -186,6 +187,12 @@ async def the_worker_answers_the_group(stack, tmp_path, postgres_backend) -> tup
 async def test_cancel_sent_to_the_leader_stops_the_reply_running_on_the_worker(tmp_path, postgres_backend):
     async with AsyncExitStack() as stack:
         clock, claude, a, b = await the_worker_answers_the_group(stack, tmp_path, postgres_backend)
+
+        status = await status_from_database(tmp_path / "none.db", clock, database_url=postgres_backend.url)
+        lines = {line.split(":")[0]: line for line in status.splitlines() if line.startswith("• bot-")}
+        held = len(a.sharing.chats())
+        assert f", answering {held} chat{'s' if held > 1 else ''}, last seen" in lines["• bot-a"]
+        assert lines["• bot-b"].startswith("• bot-b: standby, answering 1 chat, last seen")
 
         asks_in_group(a.client, "/cancel")
         await clock.run_until(lambda: any(m.text.endswith("(stopped)") for m in a.client.messages(GROUP)), poll=POLL)
