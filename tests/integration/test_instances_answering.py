@@ -25,6 +25,7 @@ from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.telegram import FakeTelegramClient, new_message_event
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, TelegramBot, kill, settings_for
+from tests.unit.test_lease import end_session
 
 CLAUDE = "anthropic:claude-test"
 POLL = 0.05
@@ -247,3 +248,29 @@ async def test_a_worker_whose_database_drops_gives_its_chats_up_and_the_other_an
             assert [c for c in b.client.calls[sent_by_b:] if c.chat_id == GROUP] == [], "nothing more from the one that gave up"
         finally:
             database._url = postgres_backend.url  # back again, for the instance's own closing
+
+
+async def test_when_the_leader_dies_the_worker_receives_on_its_own_session_and_answers_what_came_meanwhile(tmp_path, postgres_backend, caplog):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.Reply(ANSWER, chunks=3)))
+        a, b = await two_instances(stack, tmp_path, postgres_backend, clock, claude)
+        says(a.client, CHATS[0], "before")
+        await all_answered(clock, a.app)
+        logins = b.client.login_token
+
+        a.client.connected = False
+        await end_session(postgres_backend.url, a.leadership.lease.session)  # SIGKILL: the lock is free at once
+        await kill(a.bot, a.run)
+        assert "instance bot-b: took the leader lease" not in caplog.text
+        says(b.client, CHATS[1], "while nobody received")  # Telegram keeps it for the next receiver
+        await clock.run_until(lambda: b.leadership.role == "leader" and b.client.receiving, poll=POLL)
+        await clock.run_until(lambda: bool(b.client.messages(CHATS[1])), poll=POLL)
+        says(b.client, CHATS[2], "after")
+        await clock.run_until(lambda: bool(b.client.messages(CHATS[2])), poll=POLL)
+        await all_answered(clock, b.app)
+
+        assert b.client.login_token == logins, "the same session, not a new login"
+        for chat_id in CHATS[:3]:
+            assert [m.text for m in b.client.messages(chat_id)] == [ANSWER]
+        assert {CHATS[1], CHATS[2]} <= b.answered()
