@@ -22,7 +22,7 @@ import random
 import signal
 import sys
 from contextlib import AsyncExitStack
-from typing import Awaitable, Mapping
+from typing import Any, Awaitable, Mapping
 
 from bot.app import App, build_app, open_shared_limits
 from bot.chat_sharing import ChatSharing, open_chat_sharing
@@ -227,6 +227,25 @@ class TelegramService:
         return next(task for task in tasks if task in done).result()
 
 
+def share_work(
+    settings: Settings, clock: Clock, stack: AsyncExitStack, service: TelegramService, client: Any, *, leading: bool
+) -> None:
+    """With DATABASE_URL: the service answers the chats it holds (bot/chat_sharing.py); the leader
+    keeps its lease, and a worker (logged in with receive_updates=`leading`, False) tries the lease
+    every second and, once it holds it, receives on `client` from then on. Nothing with SQLite."""
+    service.sharing = open_chat_sharing(settings, clock, service.app, stack)
+    leadership = service.leadership
+    if leadership is None:
+        return
+    if leading:
+        leadership.keep()
+        return
+    log.info("instance %s: answering as a worker; the leader receives", leadership.name)
+    become = functools.partial(receive_from_now, client, leadership.catch_up)
+    promotion = asyncio.ensure_future(leadership.lead_when_free(service.stop, become))
+    stack.callback(promotion.cancel)
+
+
 async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None = None) -> int:
     assert settings.telegram is not None
     clock = SystemClock()
@@ -266,18 +285,10 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
         )
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)
-        sharing = open_chat_sharing(settings, clock, app, stack)
         service = TelegramService(
-            app, runner, notifier, clock, grace=settings.limits.shutdown_grace, leadership=leadership, sharing=sharing
+            app, runner, notifier, clock, grace=settings.limits.shutdown_grace, leadership=leadership
         )
-        if leadership is not None:
-            if leading:
-                leadership.keep()
-            else:
-                log.info("instance %s: answering as a worker; the leader receives", leadership.name)
-                become = functools.partial(receive_from_now, client, leadership.catch_up)
-                promotion = asyncio.ensure_future(leadership.lead_when_free(service.stop, become))
-                stack.callback(promotion.cancel)
+        share_work(settings, clock, stack, service, client, leading=leading)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, service.request_stop)

@@ -4,19 +4,17 @@ Telegram (two sessions of one account) and a fake Anthropic, on one manual clock
 from __future__ import annotations
 
 import asyncio
-import functools
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from bot.app import App, build_app
-from bot.chat_sharing import ChatSharing, open_chat_sharing
+from bot.chat_sharing import ChatSharing
 from bot.config import InstanceSettings, Secret
 from bot.status import status_from_database
 from bot.systemd import Notifier
 from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
 from bot.telegram.leadership import Leadership
-from bot.telegram.receiving import receive_from_now
-from bot.telegram.service import TelegramService
+from bot.telegram.service import TelegramService, share_work
 from bot.telegram.transport import TelegramMedia, TelegramRunner, TelegramTransport
 from integrations.clock import ManualClock
 from state.instances import InstanceRegistry
@@ -68,18 +66,15 @@ async def start_instance(
     leadership = Leadership(LeaderLease(postgres_backend.url, clock, lease_seconds=LEASE), InstanceRegistry(database, clock), clock, name=name)
     run.push_async_callback(leadership.close)
     leading = await leadership.try_lead()
+    client.receiving = leading  # as run_telegram builds it: a worker's session gets no updates
     governor = FloodGovernor(clock)
     transport = GovernedTransport(TelegramTransport(client), governor)
     app = await clock.run_until_complete(build_app(settings, clock, transport, run, media=TelegramMedia(client)))
-    sharing = open_chat_sharing(settings, clock, app, run)
-    assert sharing is not None
     runner = TelegramRunner(client, BOT_TOKEN, app.router.handle)
-    service = TelegramService(app, runner, Notifier.from_environment({}), clock, grace=20, leadership=leadership, sharing=sharing)
-    if leading:
-        leadership.keep()
-    else:
-        promotion = asyncio.ensure_future(leadership.lead_when_free(service.stop, functools.partial(receive_from_now, client, None)))
-        run.callback(promotion.cancel)
+    service = TelegramService(app, runner, Notifier.from_environment({}), clock, grace=20, leadership=leadership)
+    share_work(settings, clock, run, service, client, leading=leading)
+    sharing = service.sharing
+    assert sharing is not None
     running = asyncio.ensure_future(service.run())
     await clock.run_until(lambda: client.connected, poll=POLL)
     return Instance(name, client, app, sharing, leadership, service, running, run, TelegramBot(clock, client, app, runner, governor))
@@ -87,7 +82,7 @@ async def start_instance(
 
 async def two_instances(stack, tmp_path, postgres_backend, clock, claude) -> tuple[Instance, Instance]:
     leader_client = FakeTelegramClient(clock)
-    worker_client = FakeTelegramClient(clock, same_account_as=leader_client, receive_updates=False)
+    worker_client = FakeTelegramClient(clock, same_account_as=leader_client)
     a = await start_instance(stack, tmp_path, postgres_backend, clock, claude, "bot-a", leader_client)
     b = await start_instance(stack, tmp_path, postgres_backend, clock, claude, "bot-b", worker_client)
     assert a.leadership.role == "leader" and b.leadership.role == "standby"
