@@ -13,13 +13,14 @@ trip) and follows it:
                            the others fail fast until its outcome is written
 
 A probe that succeeds deletes the hash (unless someone opened it again meanwhile); one that fails
-writes a later T. When Redis is unreachable the breaker works alone, as `CircuitBreaker`; a circuit
-it opened meanwhile is written as soon as Redis answers again (the link's `when_back`), with the
-cooldown still left, whether or not this instance makes another call.
+writes a later T. When Redis is unreachable the breaker works alone, as `CircuitBreaker`; what it
+did meanwhile is written as soon as Redis answers again (the link's `when_back`), whether or not
+this instance makes another call: a circuit it opened (with the cooldown still left), one a probe
+closed, or an operator's reset (which would otherwise be undone by the open state Redis kept).
 """
 from __future__ import annotations
 
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Literal, TypeVar
 
 from integrations.clock import Clock
 from integrations.resilience.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, _Guard
@@ -27,6 +28,8 @@ from integrations.resilience.redis_link import RedisLink, SharedUnavailable
 from integrations.resilience.snapshots import BreakerSnapshot
 
 T = TypeVar("T")
+# What this breaker did while Redis was unreachable, to be written once it answers again.
+Unwritten = Literal["open", "closed", "reset"] | None
 
 # How long a shared open state outlives its cooldown before Redis forgets it unprobed.
 STALE_AFTER_MS = 3_600_000
@@ -80,9 +83,9 @@ class SharedCircuitBreaker(CircuitBreaker):
         self._following = False  # changing state because the shared one says so: nothing to write
         self._force_close = False
         self._probe_won = False  # this instance holds the shared probe slot
-        self._open_unshared = False  # opened here while Redis was unreachable: to be written
+        self._unwritten: Unwritten = None
         self._writes_pending = 0
-        link.when_back(self._publish_pending_open)
+        link.when_back(self._publish_unwritten)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         await self.follow_shared()
@@ -99,6 +102,8 @@ class SharedCircuitBreaker(CircuitBreaker):
             self._force_close = False
         if self._link.usable:
             self._write(self._close_shared(force=True))
+        else:
+            self._unwritten = "reset"
 
     def snapshot(self) -> BreakerSnapshot:
         return {**super().snapshot(), "shared": self._link.usable}
@@ -122,22 +127,26 @@ class SharedCircuitBreaker(CircuitBreaker):
         finally:
             self._following = False
 
-    def _publish_pending_open(self) -> int:
-        """Redis is back: a circuit opened here while it was away is written for the others."""
-        if not self._open_unshared:
-            return 0
-        self._open_unshared = False
-        left = self._retry_at - self._clock.monotonic()
-        if self._state != OPEN or left <= 0:
-            return 0  # its cooldown is over: the next call here probes, as anywhere
-        self._write(self._open_shared(left, self._last_error or ""))
-        return 1
+    def _publish_unwritten(self) -> int:
+        """Redis is back: what this breaker did while it was away is written for the others."""
+        unwritten, self._unwritten = self._unwritten, None
+        if unwritten == "open":
+            left = self._retry_at - self._clock.monotonic()
+            if self._state != OPEN or left <= 0:
+                return 0  # its cooldown is over: the next call here probes, as anywhere
+            self._write(self._open_shared(left, self._last_error or ""))
+            return 1
+        if unwritten is not None and self._state == CLOSED:
+            # A probe's close removes only an open state that has run out; a reset removes any.
+            self._write(self._close_shared(force=unwritten == "reset"))
+            return 1
+        return 0
 
     def _follow(self, reply: list[str], now: float) -> None:
         if not reply:
-            if self._open_unshared and self._state == OPEN:
+            if self._unwritten == "open" and self._state == OPEN:
                 # Opened while Redis was away: the others learn of it now, rather than it closing.
-                self._open_unshared = False
+                self._unwritten = None
                 self._write(self._open_shared(self._retry_at - self._clock.monotonic(), self._last_error or ""))
             elif self._state != CLOSED:
                 self._close()
@@ -160,20 +169,23 @@ class SharedCircuitBreaker(CircuitBreaker):
     def _open(self, now: float, cooldown: float) -> None:
         super()._open(now, cooldown)
         self._probe_won = False
-        self._open_unshared = False
+        self._unwritten = None
         if not self._following:
             if self._link.usable:
                 self._write(self._open_shared(cooldown, self._last_error or ""))
             else:
-                self._open_unshared = True
+                self._unwritten = "open"
 
     def _close(self) -> None:
         was_open = self._state != CLOSED
         super()._close()
         self._probe_won = False
-        self._open_unshared = False
-        if was_open and not self._following and not self._force_close and self._link.usable:
-            self._write(self._close_shared(force=False))
+        self._unwritten = None
+        if was_open and not self._following and not self._force_close:
+            if self._link.usable:
+                self._write(self._close_shared(force=False))
+            else:
+                self._unwritten = "closed"
 
     def _write(self, write: Awaitable[object]) -> None:
         self._writes_pending += 1

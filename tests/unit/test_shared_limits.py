@@ -297,3 +297,27 @@ async def test_a_breaker_opened_while_redis_was_away_is_shared_once_it_is_back(r
         with pytest.raises(CircuitOpen):
             await b.call(upstream)
         assert b.snapshot()["retry_in"] == pytest.approx(295, abs=0.5)  # the cooldown left, not a new one
+
+
+async def test_an_operator_reset_while_redis_hung_is_not_undone_once_it_answers_again(redis_server):
+    clock = ManualClock()
+
+    async def upstream() -> str:
+        return "ok"
+
+    async with AsyncExitStack() as stack:
+        first = await open_limits(redis_server.url, clock, stack, instances=2, timeout=0.2)
+        second = await open_limits(redis_server.url, clock, stack, instances=2, timeout=0.2)
+        a = first.breaker("notion", failure_threshold=1, window=60, cooldown=300)
+        b = second.breaker("notion", failure_threshold=1, window=60, cooldown=300)
+        a.force_open("quota")
+        await first.link.settle()
+        redis_server.freeze()  # it hangs, and keeps the open state it holds
+        await clock.run_until_complete(a.follow_shared(), poll=POLL)
+        assert not first.link.usable
+        a.reset()  # /breaker reset on this instance, while Redis cannot be told
+        redis_server.thaw()
+        await clock.run_until(lambda: first.link.usable, poll=POLL)
+        await first.link.settle()
+        assert await a.call(upstream) == "ok"  # not opened again by what Redis still held
+        assert await b.call(upstream) == "ok"  # and closed everywhere
