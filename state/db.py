@@ -14,6 +14,14 @@ Many asyncio tasks share one `Database`. A task inside `transaction()` owns the 
 it commits or rolls back; every other task's statements, transactional or not, wait for their
 turn, so nothing ever runs inside somebody else's transaction. A task holding a transaction must
 not wait on another task that uses the database: that task would wait for the transaction forever.
+
+Statements run on the event loop's own thread; aiosqlite's thread only opens, migrates and closes
+the connection. A statement of the bot takes SQLite 0.02-0.1 ms, while a trip to another thread
+and back costs two thread switches and, with the loop busy, the GIL: at 1,000 conversations each
+trip took ~17 ms, and the trips, one at a time on the one connection, held every answer back by
+up to 18 s (bench/scale.py, BENCHMARKS.md). The price: the loop waits while SQLite works, which
+matters only for big reads (a 100,000-message conversation: ~0.1 s) and for a commit that runs
+the WAL's checkpoint (a few ms, about once per 100 answers), or a disk that stalls.
 """
 from __future__ import annotations
 
@@ -31,13 +39,12 @@ from datetime import datetime, timezone
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import aiosqlite
 
 from integrations.clock import Clock
 from state.database import Write
-from state.run_to_end import run_to_end
 
 logger = logging.getLogger(__name__)
 
@@ -255,8 +262,8 @@ class Database:
                 if sidecar.exists():
                     _tighten(sidecar, _PRIVATE_FILE)
             # isolation_level=None: no implicit BEGINs, transactions are exactly the ones we open.
-            # check_same_thread=False: `write_all` writes on the loop's thread when aiosqlite's
-            # thread is idle (never both at once: the lock says which).
+            # check_same_thread=False: statements run on the loop's thread (see above), the
+            # connection is opened and closed on aiosqlite's.
             with clock.real_work():
                 connection = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -294,74 +301,38 @@ class Database:
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; returns the rowid of the row it inserted, if any (else 0)."""
         async with self._turn():
-            return await self._on_thread(_inserted_rowid, sql, params)
+            return self._statement(_inserted_rowid, sql, params)
 
     async def execute_rowcount(self, sql: str, params: Params = ()) -> int:
         """Run one statement; returns how many rows it inserted, changed or deleted."""
         async with self._turn():
-            return await self._on_thread(_rowcount, sql, params)
+            return self._statement(_rowcount, sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         async with self._turn():
-            return await self._on_thread(_first_row, sql, params)
+            return self._statement(_first_row, sql, params)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         async with self._turn():
-            return await self._on_thread(_all_rows, sql, params)
+            return self._statement(_all_rows, sql, params)
 
     async def write_all(self, writes: Sequence[Write]) -> None:
-        """All of `writes` in one transaction (or in this task's own), in one go: written at once
-        when nothing else uses the connection, else in one trip to aiosqlite's thread as soon as
-        the statement or transaction using it ends. A cancel of a transaction of their own waits
-        for it (state/run_to_end.py); in this task's transaction, a cancel rolls that back.
-
-        At once means here, on the loop's thread: nothing is in flight on aiosqlite's thread then
-        (every trip there holds the lock), and a few small writes take SQLite about 0.1 ms, while
-        handing them to that thread and hearing back costs two thread switches, 0.3-1.5 ms on a
-        busy machine (bench/latency.py, BENCHMARKS.md). The user waits for the answer's writes
-        before the final text. Their tail: a commit that crosses the WAL's auto-checkpoint (about
-        one answer in 100) holds the loop for a few ms."""
+        """All of `writes` in one transaction (or in this task's own), at once once it is this
+        task's turn: a cancel can come only before anything is written."""
         connection: sqlite3.Connection = self._conn._conn
-        if self._owner is not None and self._owner is asyncio.current_task():
-            with self._clock.real_work():
-                await self._in_thread(lambda: _write_each(connection, writes))
-            return
+        async with self._turn():
+            if self._owner is not None and self._owner is asyncio.current_task():
+                _write_each(connection, writes)
+            else:
+                _write_in_transaction(connection, writes)
 
-        def work() -> None:
-            _write_in_transaction(connection, writes)
-
-        if not self._lock.locked():
-            work()
-            return
-        await run_to_end(self._when_free(work))
-
-    async def _when_free(self, work: Callable[[], None]) -> None:
-        async with self._lock:
-            with self._clock.real_work():  # only once the turn is ours, as in `_turn`
-                await self._in_thread(work)
-
-    async def _on_thread(self, read: Callable[[sqlite3.Cursor], T], sql: str, params: Params) -> T:
-        """Run `sql` and `read` its cursor in one trip to aiosqlite's thread.
-
-        aiosqlite's own cursor API takes a trip to execute, another to fetch and another to close:
-        three hand-overs between threads for one statement, which cost more than the statement
-        itself on a busy machine and sit between the model's last word and the user's final text.
-        `Connection._execute` (aiosqlite's queue to its thread, private but stable across its 0.x
-        releases: constraints.txt pins it) runs the three as one call on that thread."""
-        connection: sqlite3.Connection = self._conn._conn
-
-        def statement() -> T:
-            cursor = connection.execute(sql, params)
-            try:
-                return read(cursor)
-            finally:
-                cursor.close()
-
-        return await self._in_thread(statement)
-
-    def _in_thread(self, work: Callable[[], T]) -> Awaitable[T]:
-        on_thread: Callable[[Callable[[], T]], Awaitable[T]] = self._conn._execute  # untyped in aiosqlite
-        return on_thread(work)
+    def _statement(self, read: Callable[[sqlite3.Cursor], T], sql: str, params: Params) -> T:
+        """Run `sql` and `read` its cursor, here on the loop's thread (see the module's doc)."""
+        cursor = self._conn._conn.execute(sql, params)
+        try:
+            return read(cursor)
+        finally:
+            cursor.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -394,25 +365,18 @@ class Database:
 
     @asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
-        """This task's turn at the connection, for one statement on aiosqlite's thread.
-
-        The clock is told real work is in flight only once the turn is ours: a task waiting for
-        the lock waits on another task, which may be waiting on the clock."""
+        """This task's turn at the connection, for one statement (at once inside its own transaction)."""
         if self._owner is not None and self._owner is asyncio.current_task():
-            with self._clock.real_work():
-                yield  # inside this task's own transaction
+            yield
             return
         async with self._lock:
-            with self._clock.real_work():
-                yield
+            yield
 
     async def _run(self, sql: str) -> None:
-        with self._clock.real_work():
-            await self._on_thread(_nothing, sql, ())
+        self._statement(_nothing, sql, ())
 
     async def _rollback(self) -> None:
-        # Always queued, even when BEGIN seems not to have run: a cancelled task may have queued a
-        # BEGIN that has not executed yet, and the connection runs statements in order.
+        # Always run: it answers "no transaction is active" when BEGIN itself failed.
         try:
             await self._run("ROLLBACK")
         except sqlite3.OperationalError as exc:

@@ -82,13 +82,15 @@ async def test_writes_asked_for_during_another_transaction_wait_for_its_end(db):
     assert await rows(db) == [("a", "1"), ("held", "0")]
 
 
-async def test_a_cancel_while_they_wait_or_run_waits_for_them_and_is_raised_at_the_next_await(db):
+async def test_a_cancel_while_they_wait_is_raised_and_never_hides_writes_that_were_kept(db):
+    """SQLite writes at once when the turn comes (a cancel before it stops them); PostgreSQL's
+    round trips run to the end and the cancel comes after. Either way the caller is told the truth."""
     reached: list[str] = []
     release = asyncio.Event()
 
     async def writer() -> None:
         await db.write_all([Write(INSERT, ("a", "1")), Write(INSERT, ("b", "2"))])
-        reached.append("kept")  # told the truth: the writes were kept
+        reached.append("kept")
         await asyncio.sleep(0)
         reached.append("not reached")
 
@@ -101,8 +103,9 @@ async def test_a_cancel_while_they_wait_or_run_waits_for_them_and_is_raised_at_t
         await task
     await holder
 
-    assert reached == ["kept"]
-    assert await rows(db) == [("a", "1"), ("b", "2"), ("held", "0")]
+    kept = await rows(db)
+    assert kept in ([("held", "0")], [("a", "1"), ("b", "2"), ("held", "0")])
+    assert reached == (["kept"] if len(kept) == 3 else [])
 
 
 async def test_a_cancel_of_writes_that_fail_raises_the_cancel(db):
