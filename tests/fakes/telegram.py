@@ -26,7 +26,9 @@ Telethon's own `get_permissions` (tests/fakes/telegram_members.py).
 
 Several sessions of one bot account (several instances answering at once): a client made with
 `same_account_as=other` sees the same chats, messages, drafts and ids as `other`, as every session
-of one account does. One made with `receive_updates=False` gets no updates (Telethon's parameter:
+of one account does, and spends the same flood allowance: Telegram counts its limits per account
+(the bot's token), so calls from both sessions land in one pace (give each `enforce_limits`).
+One made with `receive_updates=False` gets no updates (Telethon's parameter:
 Telegram sends that session none; sending, editing, deleting and fetching work): an update
 dispatched to it waits, as Telegram's difference would, until `set_receive_updates(True)` and
 `catch_up()` hand it out.
@@ -631,6 +633,8 @@ class FakeTelegramClient(ChatMembers):
 _ACCOUNT_STATE = (
     "me", "_messages", "_by_id", "_by_random_id", "_drafts", "_typing", "_ids", "known_chats", "_incoming",
     "_roles", "known_users",
+    # Flood limits are the account's, whichever session calls (API-FACTS.md, Telegram).
+    "_landed", "_landed_in_chat", "violations",
 )
 
 

@@ -447,3 +447,24 @@ async def test_flood_waits_in_three_chats_at_once_hold_every_chat_for_the_bots_w
     assert all(client.messages(chat)[0].sent_at >= flooded_at + 1 for chat in range(31, 41))
     assert governor.snapshot().bot_pauses == 1 and governor.snapshot().typing_dropped == 1
     assert client.typing_actions(501) == []
+
+
+async def test_two_sessions_of_one_bot_spend_one_flood_allowance(clock: ManualClock) -> None:
+    """Telegram counts flood limits per bot, not per session: two instances each keeping to 30 a
+    second together get flood waits, which the bot-wide pause then holds every chat for."""
+    first = FakeTelegramClient(clock, knows_every_chat=True)
+    second = FakeTelegramClient(clock, knows_every_chat=True, same_account_as=first)
+    for session in (first, second):
+        session.enforce_limits(per_chat_interval=1.0, global_per_second=30, group_per_minute=20)
+    governors = [FloodGovernor(clock), FloodGovernor(clock)]
+    transports = [GovernedTransport(TelegramTransport(session), governor) for session, governor in zip((first, second), governors)]
+
+    await clock.run_until_complete(
+        asyncio.gather(*(transports[chat % 2].send(chat, text("hi")) for chat in range(1, 41)))
+    )
+
+    # 40 at once, 30 allowed: the sessions share one count (the first's list is the second's), and
+    # each instance stops sending at its third flood wait (its bot-wide pause): 6, not all 10 over.
+    assert first.violations is second.violations and first.violation_count == 6
+    assert [governor.snapshot().bot_pauses for governor in governors] == [1, 1]
+    assert sum(len(first.messages(chat)) for chat in range(1, 41)) == 40  # every one delivered in the end
