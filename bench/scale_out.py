@@ -13,7 +13,8 @@ Per instance count: start the instances, wait until one leads (logged in) and th
 the questions to the last final reply landing at the fake Telegram:
 - replies per second: questions / that time;
 - CPU per reply: the instance processes' CPU time (user + system, from /proc) over that time,
-  summed, / questions (PostgreSQL's and the fakes' own CPU are not counted).
+  summed, / questions (PostgreSQL's and the fakes' own CPU are not counted); and each instance's
+  share, which shows who did the work.
 Every reply is checked to be the whole answer, once. Printed side by side, one column a count.
 
 Run: .venv/bin/python bench/scale_out.py [--instances 1,2,3] [--questions 150] [--shape 1000,2,8]
@@ -64,7 +65,7 @@ class Result:
     instances: int
     questions: int
     seconds: float
-    cpu: float
+    cpu: list[float]  # seconds, per instance
     whole: int  # replies that are the whole answer, once
     roles: str
 
@@ -74,7 +75,7 @@ class Result:
 
     @property
     def cpu_per_reply_ms(self) -> float:
-        return self.cpu / self.questions * 1000
+        return sum(self.cpu) / self.questions * 1000
 
 
 class ScaleOut:
@@ -86,6 +87,7 @@ class ScaleOut:
         self.home.mkdir(parents=True)
         self.probe = PostgresProbe(database_url)
         self.model = model
+        self.processes: list[BotProcess] = []
         env = {name: value for name, value in os.environ.items() if name in KEPT_ENVIRONMENT}
         env.update(
             PYTHONPATH=str(ROOT), LOG_LEVEL="INFO", LLM_LOCAL="off", LLM_MODELS=f"openai:{model}",
@@ -103,7 +105,7 @@ class ScaleOut:
             telegram = await stack.enter_async_context(SoakTelegram(random.Random(1)))
             log = stack.enter_context((self.home / "bot.log").open("ab"))
             command = [PYTHON, str(ROOT / "bench" / "_soak_telegram_child.py"), str(telegram.port)]
-            processes: list[BotProcess] = []
+            processes = self.processes = []
             for env in self.envs.values():
                 launcher = Launcher(command, ["telegram", str(telegram.port)], env=env, cwd=self.home, log=log, console=False, warm=True)
                 stack.push_async_callback(launcher.close)
@@ -115,16 +117,21 @@ class ScaleOut:
             roles = await self._until(lambda: self._roles(processes), "every instance to report its role", in_thread=True)
             await self._ask(telegram, [WARM_UP_USER])
             users = list(range(FIRST_USER, FIRST_USER + questions))
-            cpu = sum(cpu_seconds(p.pid) for p in processes)
+            before = [cpu_seconds(p.pid) for p in processes]
             began = asyncio.get_running_loop().time()
             landed = await self._ask(telegram, users)
-            cpu = sum(cpu_seconds(p.pid) for p in processes) - cpu
+            cpu = [cpu_seconds(p.pid) - spent for p, spent in zip(processes, before)]
             whole = self._whole_replies(telegram, users)
             for process in processes:
                 process.send_signal(signal.SIGTERM)
             for process in processes:
                 await _within(process.wait(), READY_TIMEOUT)
         return Result(self.instances, questions, landed - began, cpu, whole, roles)
+
+    def _none_exited(self) -> None:
+        for process in self.processes:
+            if process.returncode is not None:
+                raise RuntimeError(f"an instance exited by itself with status {process.returncode}")
 
     def _roles(self, processes: list[BotProcess]) -> str | None:
         """"leader, standby, standby" once every process has a row, else None."""
@@ -152,9 +159,9 @@ class ScaleOut:
 
     async def _until(self, probe: Callable[[], T], what: str, *, timeout: float = READY_TIMEOUT, in_thread: bool = False) -> T:
         try:
-            return await poll_until(probe, what, timeout=timeout, in_thread=in_thread)
-        except TimeoutError as error:
-            raise TimeoutError(f"{self.instances} instance(s): {error} (logs in {self.home})") from None
+            return await poll_until(probe, what, timeout=timeout, in_thread=in_thread, alive=self._none_exited)
+        except (TimeoutError, RuntimeError) as error:
+            raise type(error)(f"{self.instances} instance(s): {error} (logs in {self.home})") from None
 
 
 def table(results: list[Result]) -> str:
@@ -165,6 +172,7 @@ def table(results: list[Result]) -> str:
         ("seconds to the last reply", lambda r: f"{r.seconds:.2f}"),
         ("replies per second", lambda r: f"{r.per_second:.1f}"),
         ("CPU per reply, ms (all instances)", lambda r: f"{r.cpu_per_reply_ms:.1f}"),
+        ("CPU seconds by instance", lambda r: " / ".join(f"{seconds:.2f}" for seconds in r.cpu)),
         ("replies whole, once", lambda r: f"{r.whole}/{r.questions}"),
     ]
     width = max(len(label) for label, _ in rows)
@@ -187,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=150, help="questions asked at once, each in its own chat (default 150)")
     parser.add_argument("--shape", default="1000,2,8", help="characters,seconds,chunks of each streamed answer (default 1000,2,8)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: still stop the servers
     counts = [int(count) for count in args.instances.split(",")]
     characters, seconds, chunks = args.shape.split(",")
     model = _paced_llm.model_name(int(characters), float(seconds), int(chunks))

@@ -71,10 +71,15 @@ def instance_names(count: int) -> list[str]:
     return [f"bot-{letter}" for letter in string.ascii_lowercase[:count]]
 
 
-async def poll_until(probe: Callable[[], T], what: str, *, timeout: float = FINISH_TIMEOUT, in_thread: bool = False) -> T:
-    """Poll `probe` until it gives something truthy (in a thread when it reads the database)."""
+async def poll_until(
+    probe: Callable[[], T], what: str, *, timeout: float = FINISH_TIMEOUT, in_thread: bool = False,
+    alive: Callable[[], None] = lambda: None,
+) -> T:  # fmt: skip
+    """Poll `probe` until it gives something truthy (in a thread when it reads the database);
+    `alive()` raises when waiting on is pointless (a bot process died by itself)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        alive()
         result = await asyncio.to_thread(probe) if in_thread else probe()
         if result:
             return result
@@ -129,11 +134,13 @@ class StandbySoak(TelegramSoak):
             for name in instance_names(instances)
         }
         self.takeovers: list[float] = []
+        self.processes: dict[str, BotProcess] = {}
+        self._killed: set[int] = set()  # pids of the processes killed on purpose
         self.sent_leaderless = 0  # messages users sent between a kill and the takeover
 
     async def soak(self, kills: int) -> Tally:
         began = time.monotonic()
-        processes: dict[str, BotProcess] = {}
+        self.processes = processes = {}
         with self.log_path.open("ab") as log:
             cold, entry = self.command()
             launchers = {
@@ -180,6 +187,7 @@ class StandbySoak(TelegramSoak):
             await self._until(functools.partial(self._stands_by, pid), f"{standby} to stand by")
         await asyncio.sleep(self.rng.uniform(*KILL_AFTER_READY))
         logins, sent = self.telegram.logins, len(self.sent)
+        self._killed.add(processes[leader].pid)
         processes[leader].kill()
         killed_at = time.monotonic()
         await processes[leader].wait()
@@ -190,10 +198,16 @@ class StandbySoak(TelegramSoak):
         processes[leader] = await launchers[leader].start()
 
     def _stands_by(self, pid: int) -> bool:
-        return self.state.role_of(pid) == "standby"
+        """Up beside the leader: "standby" (or whatever else an instance that does not lead reports)."""
+        return self.state.role_of(pid) not in (None, "leader", "stopped")
 
     async def _until(self, probe: Callable[[], T], what: str) -> T:
-        return await poll_until(probe, what, in_thread=True)
+        return await poll_until(probe, what, in_thread=True, alive=self._none_exited)
+
+    def _none_exited(self) -> None:
+        for name, process in self.processes.items():
+            if process.returncode is not None and process.pid not in self._killed:
+                raise RuntimeError(f"{name} exited by itself with status {process.returncode}: see {self.log_path}")
 
     def takeover_summary(self) -> str:
         if not self.takeovers:
@@ -243,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the model's request limit a minute, enforced by it and configured in every instance; 0 for none (default {REQUESTS_PER_MINUTE})",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: still stop the servers
     redis_program = shutil.which("redis-server") if args.redis else None
     if args.redis and redis_program is None:
         parser.error("--redis needs redis-server (Debian: apt-get install redis-server)")
