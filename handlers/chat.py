@@ -181,8 +181,13 @@ async def _generate(
             context, system=system, max_tokens=services.chat.max_tokens, preferred=preferred
         ):
             if isinstance(event, TextDelta):
+                first_text = not text
                 text += event.text
                 stream.update(prefix + text)
+                if first_text:
+                    # One turn of the loop for the preview pump, which update() woke: the first
+                    # draft goes out now, also when the rest of the answer is read at once after.
+                    await asyncio.sleep(0)
             elif isinstance(event, ModelTookOver):
                 started_by = started_by or event.previous
                 text += takeover_marker(event, text)
