@@ -1,22 +1,37 @@
-"""The crash soak's Telegram: the chats, the bot's messages, and every update until the bot has handled it.
+"""The crash soak's Telegram: the chats, the bot's messages, and the account's update sequence.
 
 It lives in the bench process and outlives every bot process. The bot (bench/_soak_telegram_child.py)
 connects over TCP on 127.0.0.1 and speaks JSON lines:
 
     bot -> here  {"id": 1, "call": "start"}                                       -> {"id": 1, "result": true}
-                 {"id": 2, "call": "send", "chat_id": c, "text": t, "reply_to": m} -> {"id": 2, "result": new id}
-                 {"id": 3, "call": "edit", "chat_id": c, "message_id": m, "text": t}
-                 {"id": 4, "call": "delete", "chat_id": c, "ids": [m, ...]}
-                 {"ack": u}                         the handler of update u finished
-    here -> bot  {"update": {"uid": u, "chat_id": c, "message_id": m, "sender_id": s, "text": t, "date": iso}}
+                 {"id": 2, "call": "getState"}                      -> {"id": 2, "result": {"pts": p, "date": d}}
+                 {"id": 3, "call": "getDifference", "pts": p, "date": d[, "pts_total_limit": n]}
+                                                                    -> {"id": 3, "result": a difference, below}
+                 {"id": 4, "call": "send", "chat_id": c, "text": t, "reply_to": m} -> {"id": 4, "result": new id}
+                 {"id": 5, "call": "edit", "chat_id": c, "message_id": m, "text": t}
+                 {"id": 6, "call": "delete", "chat_id": c, "ids": [m, ...]}
+    here -> bot  {"update": {"pts": p, "pts_count": 1, "chat_id": c, "message_id": m, "sender_id": s, "text": t, "date": iso}}
                  {"id": 3, "error": "MESSAGE_NOT_MODIFIED"}    (or MESSAGE_ID_INVALID, PEER_ID_INVALID)
 
-An update counts as received once the bot's handler for it finished (`ack`). On `start`, every
-update not acknowledged yet is handed out before the login is answered (Telethon's catch-up), so a
-process killed before its handler finished gets the message again. Each call travels a few
-milliseconds each way: a process killed mid-call may leave the call done here without hearing so,
-as with the real Telegram. Message ids are per chat and shared by users and the bot, as in a
-supergroup.
+Updates are kept as Telegram keeps them for an account (core.telegram.org/api/updates): one
+sequence, every new message bumps its `pts` by its `pts_count` (1). A connection is pushed each new
+update as it happens from its first call on, unless its calls say `"without_updates": true`
+(Telethon's `receive_updates=False` wraps each in InvokeWithoutUpdates). Nothing is known of what the bot did with an update: a
+client that connects again asks for what it missed with the state it kept (`getDifference` from its
+pts), and gets `differenceEmpty` when there is nothing, `difference` with the messages and the new
+state, `differenceSlice` with at most `slice_size` of them and an `intermediate_state` to ask from
+again, or `differenceTooLong` with the pts to go on from when its pts is older than what is kept
+(the `kept` newest updates) or further behind than its `pts_total_limit`. A client without a state
+asks `getState` and starts from now: it never sees what came before. So a bot process that starts
+from the wrong pts (a new leader not seeded with the last one's state) misses what arrived while
+nobody was connected, and a restart from a stale pts gets again what it already had (recognised by
+message id). Real supergroups keep a pts of their own per channel (getChannelDifference); here
+every chat is in the account's sequence, which is what the bot's catch-up handover has to carry.
+
+Each call travels a few milliseconds each way: a process killed mid-call may leave the call done
+here without hearing so, as with the real Telegram. A difference is worked out when its answer
+leaves, so an update made after it follows it on the connection. Message ids are per chat and
+shared by users and the bot, as in a supergroup.
 """
 from __future__ import annotations
 
@@ -33,6 +48,8 @@ from typing import Any, Iterator
 BOT_ID = 7001
 BOT_USERNAME = "switchboard_bot"
 LATENCY = (0.005, 0.03)  # seconds each way
+SLICE = 100  # messages in one differenceSlice (Telegram does not publish its own size)
+KEPT = 100_000  # updates kept for getDifference; a client further behind gets differenceTooLong
 
 
 @dataclass
@@ -55,22 +72,28 @@ class Refused(Exception):
 class SoakTelegram:
     """`async with SoakTelegram(rng) as telegram:` then start bots against `telegram.port`."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(
+        self, rng: random.Random, *, latency: tuple[float, float] = LATENCY, slice_size: int = SLICE, kept: int = KEPT
+    ) -> None:
         self._rng = rng
+        self._latency = latency
+        self._slice_size = slice_size
+        self._kept = kept
         self._chats: dict[int, dict[int, Posted]] = defaultdict(dict)
         self._ids: dict[int, Iterator[int]] = defaultdict(lambda: itertools.count(1))
-        self._unacknowledged: dict[int, dict[str, Any]] = {}
+        self._updates: list[dict[str, Any]] = []  # the account's sequence: update i has pts i + 1
         self._by_random_id: dict[tuple[int, int], Posted] = {}
         self._handed_out: Counter[int] = Counter()
-        self._uids = itertools.count(1)
-        self._bot: asyncio.StreamWriter | None = None
+        # Logged-in connections (pushed every new update) and the highest pts each was handed.
+        self._receiving: dict[asyncio.StreamWriter, int] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
-        self.logins = 0
+        self.logins = 0  # connections that began receiving updates (a login, or a worker told to receive)
         self.calls = 0
         self.last_call_at = 0.0
         self.hang_ups: list[float] = []  # when a bot's connection ended (a kill, mostly)
+        self.too_long = 0  # differenceTooLong answers (updates a client will never see)
 
     async def __aenter__(self) -> SoakTelegram:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -90,14 +113,14 @@ class SoakTelegram:
 
     def user_sends(self, chat_id: int, sender_id: int, text: str) -> Posted:
         posted = self._post(chat_id, text, by_bot=False)
-        uid = next(self._uids)
         update = {
-            "uid": uid, "chat_id": chat_id, "message_id": posted.id, "sender_id": sender_id, "text": text,
-            "date": datetime.now(timezone.utc).isoformat(),
+            "pts": self.pts + 1, "pts_count": 1, "chat_id": chat_id, "message_id": posted.id, "sender_id": sender_id,
+            "text": text, "date": datetime.now(timezone.utc).isoformat(),
         }  # fmt: skip
-        self._unacknowledged[uid] = update
-        if self._bot is not None:
-            self._hand_out(self._bot, update)
+        self._updates.append(update)
+        for writer in self._receiving:
+            self._hand_out(writer, [update])
+            _write(writer, {"update": update})
         return posted
 
     def bot_messages(self) -> list[Posted]:
@@ -115,12 +138,19 @@ class SoakTelegram:
         return "\n".join(sorted(lines)) + "\n"
 
     @property
+    def pts(self) -> int:
+        """The account's update state now: the pts of the newest update."""
+        return len(self._updates)
+
+    @property
     def unacknowledged(self) -> int:
-        return len(self._unacknowledged)
+        """Updates no logged-in bot has been handed yet (all of them while none is connected).
+        Telegram never learns whether a handler finished: that is the bot's business."""
+        return self.pts - max(self._receiving.values(), default=0)
 
     @property
     def handed_out_again(self) -> int:
-        """Updates handed out more than once (the bot died before its handler finished)."""
+        """Updates handed out more than once (a bot caught up from a state older than what it had)."""
         return sum(count - 1 for count in self._handed_out.values() if count > 1)
 
     # --- the bot's connection ---
@@ -133,10 +163,11 @@ class SoakTelegram:
         try:
             while line := await reader.readline():
                 request = json.loads(line)
-                if "ack" in request:
-                    self._unacknowledged.pop(request["ack"], None)
-                elif request["call"] == "start":
-                    self._log_in(writer, request["id"])
+                if not request.get("without_updates") and writer not in self._receiving:
+                    self._receiving[writer] = 0
+                    self.logins += 1
+                if request["call"] == "start":
+                    _write(writer, {"id": request["id"], "result": True})
                 else:
                     call = asyncio.ensure_future(self._answer(writer, request))
                     calls.add(call)
@@ -144,36 +175,60 @@ class SoakTelegram:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the bot process was killed
         finally:
-            if self._bot is writer:
-                self._bot = None
+            self._receiving.pop(writer, None)
             self.hang_ups.append(asyncio.get_running_loop().time())
             for call in calls:
                 call.cancel()
             writer.close()
             self._connections.discard(task)
 
-    def _log_in(self, writer: asyncio.StreamWriter, request_id: int) -> None:
-        """A new bot process connected: it takes over, gets the catch-up, then the answer."""
-        self._bot = writer
-        self.logins += 1
-        for update in list(self._unacknowledged.values()):
-            self._hand_out(writer, update)
-        _write(writer, {"id": request_id, "result": True})
-
-    def _hand_out(self, writer: asyncio.StreamWriter, update: dict[str, Any]) -> None:
-        self._handed_out[update["uid"]] += 1
-        _write(writer, {"update": update})
+    def _hand_out(self, writer: asyncio.StreamWriter, updates: list[dict[str, Any]], *, through: int | None = None) -> None:
+        """Count `updates` as handed to `writer`, whose client is at pts `through` (the last one's) then."""
+        for update in updates:
+            self._handed_out[update["pts"]] += 1
+        through = updates[-1]["pts"] if through is None and updates else through
+        if through is not None and writer in self._receiving:
+            self._receiving[writer] = max(self._receiving[writer], through)
 
     async def _answer(self, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
-        await asyncio.sleep(self._rng.uniform(*LATENCY))
+        await asyncio.sleep(self._rng.uniform(*self._latency))
         self.calls += 1
         self.last_call_at = asyncio.get_running_loop().time()
+        if request["call"] == "getState":
+            self._hand_out(writer, [], through=self.pts)  # the client starts from here
+            _write(writer, {"id": request["id"], "result": self._state()})
+            return
+        if request["call"] == "getDifference":
+            # Worked out as the answer leaves: an update made after it comes after it.
+            _write(writer, {"id": request["id"], "result": self._difference(writer, request)})
+            return
         try:
-            answer: dict[str, Any] = {"result": self._do(request)}
+            answer = {"result": self._do(request)}
         except Refused as refusal:
             answer = {"error": str(refusal)}
-        await asyncio.sleep(self._rng.uniform(*LATENCY))
+        await asyncio.sleep(self._rng.uniform(*self._latency))
         _write(writer, {"id": request["id"], **answer})
+
+    def _state(self) -> dict[str, Any]:
+        return {"pts": self.pts, "date": int(datetime.now(timezone.utc).timestamp()), "seq": 0}
+
+    def _difference(self, writer: asyncio.StreamWriter, request: dict[str, Any]) -> dict[str, Any]:
+        """updates.getDifference as Telegram answers it for the account's sequence."""
+        pts = int(request["pts"])
+        limit = request.get("pts_total_limit")
+        if pts < self.pts - self._kept or (limit is not None and pts + int(limit) < self.pts):
+            self.too_long += 1
+            self._hand_out(writer, [], through=self.pts)
+            return {"_": "differenceTooLong", "pts": self.pts}
+        if pts >= self.pts:
+            self._hand_out(writer, [], through=self.pts)
+            return {"_": "differenceEmpty", "date": self._state()["date"], "seq": 0}
+        new = self._updates[pts : pts + self._slice_size]
+        self._hand_out(writer, new)
+        state = {**self._state(), "pts": new[-1]["pts"]}
+        if new[-1]["pts"] < self.pts:
+            return {"_": "differenceSlice", "new_messages": new, "intermediate_state": state}
+        return {"_": "difference", "new_messages": new, "state": state}
 
     def _do(self, request: dict[str, Any]) -> Any:
         chat_id = request["chat_id"]

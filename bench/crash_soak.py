@@ -8,8 +8,10 @@ SIGKILL at random moments and started again on the same state directory, on two 
   printed: an answer printed twice is its own number.
 - telegram: bench/_soak_telegram_child.py, the real app served as `run_telegram` serves it, with a
   client that talks to a fake Telegram living in this process (bench/_soak_telegram_server.py):
-  12 groups, users writing every 0.2-1 s whether the bot is up or not, updates handed out again
-  until the bot's handler for them finished, replies attributed by `reply_to`.
+  12 groups, users writing every 0.2-1 s (from the first login on) whether the bot is up or not,
+  each restart catching up from the update state its session file last saved (as Telethon's
+  does: on disconnect and once a minute, so a killed process gets again what it already had),
+  replies attributed by `reply_to`.
 
 The model is a fake Anthropic on 127.0.0.1 that streams `answer q17 w1 … done.` in events 20-50 ms
 apart, so kills land mid-reply; notes go to a fake Notion. Most runs are killed 0-3 s after the bot
@@ -286,14 +288,19 @@ class TelegramSoak(Soak):
         return [PYTHON, str(ROOT / "bench" / "_soak_telegram_child.py"), port], ["telegram", port]
 
     async def start(self, launcher: Launcher, *, last: bool = False) -> BotProcess:
-        if self._traffic is None:
-            self._traffic = asyncio.ensure_future(self._users_write())
         self._logins = self.telegram.logins
         return await launcher.start()
 
     async def ready(self) -> None:
         while self.telegram.logins == self._logins:
             await asyncio.sleep(0.02)
+        self.start_traffic()
+
+    def start_traffic(self) -> None:
+        """Users write from the bot's first login on: a session that never had an update state
+        starts from now (Telegram's getState), so what came before would never reach it."""
+        if self._traffic is None:
+            self._traffic = asyncio.ensure_future(self._users_write())
 
     def stop_traffic(self) -> None:
         if self._traffic is not None:

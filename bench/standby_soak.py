@@ -148,11 +148,11 @@ class StandbySoak(TelegramSoak):
                 for name, env in self.envs.items()
             }
             try:
-                self._traffic = asyncio.ensure_future(self._users_write())
                 logins = self.telegram.logins
                 first, *others = launchers
                 processes[first] = await launchers[first].start()
                 await self._until(lambda: self.telegram.logins > logins, f"{first} to log in")
+                self.start_traffic()
                 for name in others:
                     processes[name] = await launchers[name].start()
                 for _ in range(kills):

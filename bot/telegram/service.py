@@ -29,6 +29,7 @@ from bot.chat_sharing import ChatSharing, open_chat_sharing
 from bot.config import Settings
 from bot.shutdown import drain
 from bot.systemd import Notifier, heartbeat
+from bot.telegram.catch_up import SharedCatchUp
 from bot.telegram.flood_governor import GovernedTransport, flood_governor_for
 from bot.telegram.leadership import Leadership, open_leadership
 from bot.telegram.receiving import receive_from_now
@@ -262,9 +263,7 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
             client = build_client(settings.telegram, receive_updates=leading)
         if leading and leadership is not None and leadership.catch_up is not None:
             # Catch up from where the last leader was, not from this session's own (older) state.
-            await leadership.catch_up.seed(client)
-            keeping = asyncio.ensure_future(leadership.catch_up.keep(client))
-            stack.callback(keeping.cancel)
+            await leadership.catch_up.lead(client, stack)
         # Shared through Redis when REDIS_URL is set: flood pauses too, so the governor comes from them.
         limits = await open_shared_limits(settings, clock, stack)
         governor = flood_governor_for(limits, clock)
@@ -283,6 +282,9 @@ async def run_telegram(settings: Settings, *, environ: Mapping[str, str] | None 
             limits=limits,
             chat_admins=TelegramChatAdmins(client),
         )
+        if leadership is None:
+            # On its own: a restart after a SIGKILL catches up from where this run's updates stopped.
+            await SharedCatchUp.of_one_instance(app.database, clock, settings.instance.name).lead(client, stack)
         menu = [(c.name, c.description) for c in app.router.commands if not c.admin_only]
         runner = TelegramRunner(client, settings.telegram.bot_token, app.router.handle, commands=menu)
         service = TelegramService(
