@@ -3,8 +3,9 @@
 The same work, interleaved in one process on one SQLite file: 300 rounds of a transaction with
 an INSERT and an UPDATE, then a one-row SELECT. "aiosqlite cursors" goes through aiosqlite's public
 cursor API (a trip to its thread to execute, another to fetch, another to close: what state/db.py
-did before); "Database" is state/db.py (one trip per statement); "sqlite3, no thread" is the
-same statements run synchronously, the floor. Prints the median of 5 rounds each, in ms per round.
+did before 677ab2c); "Database" is state/db.py (one trip per statement until 844d085, since
+then on the loop's thread, as the floor plus the lock and the async calls); "sqlite3, no thread"
+is the same statements run synchronously, the floor. Prints the median of 5 rounds each, in ms per round.
 
 Run: .venv/bin/python bench/sqlite_hops.py
 """
