@@ -281,8 +281,8 @@ async def serve(port: int) -> int:
     from bot.systemd import Notifier
     from bot.telegram.catch_up import SharedCatchUp
     from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
-    from bot.telegram.leadership import open_leadership, stand_by
-    from bot.telegram.service import TelegramService
+    from bot.telegram.leadership import open_leadership
+    from bot.telegram.service import TelegramService, share_work
     from bot.telegram.transport import TelegramRunner, TelegramTransport
     from integrations.clock import SystemClock
     from integrations.redaction import Redactor
@@ -293,12 +293,11 @@ async def serve(port: int) -> int:
     clock = SystemClock()
     async with AsyncExitStack() as stack:
         state_lock = stack.enter_context(StateLock(settings.state_dir))
-        # With DATABASE_URL (bench/standby_soak.py): a standby until it holds the leader lease.
+        # With DATABASE_URL (bench/standby_soak.py): the lease holder receives, every instance answers.
         leadership = await open_leadership(settings, clock, stack)
-        if leadership is not None and not await stand_by(leadership, Notifier.from_environment({})):
-            return 0
-        client = SocketTelegramClient(port, settings.state_dir / "soak-telegram.session")
-        if leadership is not None and leadership.catch_up is not None:
+        leading = leadership is None or await leadership.try_lead()
+        client = SocketTelegramClient(port, settings.state_dir / "soak-telegram.session", receive_updates=leading)
+        if leading and leadership is not None and leadership.catch_up is not None:
             await leadership.catch_up.lead(client, stack)
         governor = FloodGovernor(clock)
         transport = GovernedTransport(TelegramTransport(client), governor)
@@ -312,6 +311,7 @@ async def serve(port: int) -> int:
         service = TelegramService(
             app, runner, Notifier.from_environment({}), clock, grace=settings.limits.shutdown_grace, leadership=leadership
         )
+        share_work(settings, clock, stack, service, client, leading=leading)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, service.request_stop)
         return await service.run()
 

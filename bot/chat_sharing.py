@@ -105,8 +105,13 @@ class ChatSharing:
             return chat_id in self._held
         return True
 
-    def start(self) -> None:
-        """Look for work and keep the claims, in the background until `close`."""
+    async def start(self) -> None:
+        """Let go of what an earlier run under this name held, then look for work and keep the
+        claims in the background until `close`."""
+        try:
+            await self._claims.give_up_all()
+        except STORAGE_ERRORS as error:
+            log.warning("could not let go of the chats of this instance's last run (they expire by themselves): %s", error)
         self._tasks = [asyncio.ensure_future(self._look_for_work()), asyncio.ensure_future(self._keep())]
 
     def wake(self, chat_id: int | None = None) -> None:
@@ -170,14 +175,14 @@ class ChatSharing:
         # Only chats held before asking: one taken while the statement ran is not in its answer.
         asked_for = set(self._held)
         try:
-            still = await self._claims.keep()
+            still = await self._claims.keep(asked_for)
         except STORAGE_ERRORS as error:
             silent = self._clock.monotonic() - self._kept_at
             if self._held and silent >= self._claims.hold_seconds - self.keep_every:
                 self._let_go(f"could not keep them for {silent:.0f} s ({error})")
             return
         self._kept_at = self._clock.monotonic()
-        lost = asked_for & self._held - still
+        lost = (asked_for & self._held) - still
         for chat_id in sorted(lost):
             log.error("instance %s: chat %s was taken over (its claim could not be kept); stopping its reply", self.instance, chat_id)
             self._held.discard(chat_id)
@@ -203,6 +208,7 @@ class ChatSharing:
         self._lanes.cancel_all(SHUTDOWN)
 
     def _hold(self, chat_id: int) -> None:
+        log.info("instance %s takes chat %s (%d chats here)", self.instance, chat_id, len(self._held) + 1)
         self._held.add(chat_id)
         self._touched[chat_id] = self._clock.monotonic()
 

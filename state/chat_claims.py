@@ -82,11 +82,15 @@ class ChatClaims:
         )
         return row["instance"] if row is not None else None
 
-    async def keep(self) -> set[int]:
-        """Move every claim held here on; returns the chats still held (one taken over after this
-        instance could not keep it in time is no longer among them)."""
+    async def keep(self, chat_ids: set[int]) -> set[int]:
+        """Move the claims on `chat_ids` on; returns those still held (one taken over after this
+        instance could not keep it in time is no longer among them). Only these: rows of an
+        earlier run under this name are not this process's to keep (see `give_up_all`)."""
+        if not chat_ids:
+            return set()
         rows = await self._db.fetchall(
-            "UPDATE chat_claims SET until = ? WHERE instance = ? RETURNING chat_id", (self._until(), self.instance)
+            "UPDATE chat_claims SET until = :until WHERE instance = :me AND chat_id = ANY(:chats) RETURNING chat_id",
+            {"until": self._until(), "me": self.instance, "chats": sorted(chat_ids)},
         )
         return {int(row["chat_id"]) for row in rows}
 
@@ -96,6 +100,8 @@ class ChatClaims:
         return bool(await self._db.execute_rowcount(_GIVE_UP, {"chat": chat_id, "me": self.instance}))
 
     async def give_up_all(self) -> None:
+        """Every claim under this instance's name: at its stop, and at its start (what a killed run
+        of it held is free at once, for whichever instance is least busy)."""
         await self._db.execute("DELETE FROM chat_claims WHERE instance = ?", (self.instance,))
 
     async def wake(self, chat_id: int | None = None) -> None:

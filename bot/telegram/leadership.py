@@ -106,7 +106,7 @@ class Leadership:
 
     async def _become_leader(self) -> None:
         self._leader_since = self.clock.now()
-        log.info("instance %s: took the leader lease; logging in to Telegram", self.name)
+        log.info("instance %s: took the leader lease; receiving from Telegram", self.name)
         await self._report("leader")
         try:
             await self.registry.depose_others(self.name)

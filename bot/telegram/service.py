@@ -15,7 +15,6 @@ and keeps STATUS= current.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import random
@@ -85,6 +84,8 @@ class TelegramService:
         self.sharing = sharing
         self.stop = asyncio.Event()
         self.hurry = asyncio.Event()
+        # Set once logged in: a worker takes the lease only then (it receives on the client it logged in).
+        self.serving = asyncio.Event()
         self._phase = "connecting to Telegram"
         self._me: BotIdentity | None = None
         self._login_deadline = 0.0
@@ -140,6 +141,7 @@ class TelegramService:
             log.info("stopped while connecting to Telegram")
             return EXIT_OK
         self._me = me
+        self.serving.set()
         models = ", ".join(str(ref) for ref in self.app.services.chain.refs) or "none"
         log.info("serving as @%s with models: %s", self._me.username, models)
         self._phase = f"serving as @{self._me.username}"
@@ -213,7 +215,7 @@ class TelegramService:
         if resumed:
             log.info("finishing %d message(s) left unfinished by the last run", resumed)
         if self.sharing is not None:
-            self.sharing.start()
+            await self.sharing.start()
 
     @staticmethod
     async def _first_of(*awaitables: Awaitable[object]) -> object:
@@ -242,8 +244,19 @@ def share_work(
         leadership.keep()
         return
     log.info("instance %s: answering as a worker; the leader receives", leadership.name)
-    become = functools.partial(receive_from_now, client, leadership.catch_up)
-    promotion = asyncio.ensure_future(leadership.lead_when_free(service.stop, become))
+    catch_up = leadership.catch_up
+
+    async def become() -> None:
+        await receive_from_now(client, catch_up)
+        if catch_up is not None:  # where the next leader's catch-up starts, kept as the first leader keeps it
+            keeping = asyncio.ensure_future(catch_up.keep(client))
+            stack.callback(keeping.cancel)
+
+    async def promote_when_free() -> None:
+        await service.serving.wait()  # a client that is not logged in cannot start receiving
+        await leadership.lead_when_free(service.stop, become)
+
+    promotion = asyncio.ensure_future(promote_when_free())
     stack.callback(promotion.cancel)
 
 
