@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bot.app import App, build_app
 from bot.chat_sharing import ChatSharing
-from bot.config import InstanceSettings, Secret
+from bot.config import DocumentSettings, InstanceSettings, Secret
 from bot.status import status_from_database
 from bot.systemd import Notifier
 from bot.telegram.flood_governor import FloodGovernor, GovernedTransport
@@ -21,7 +21,7 @@ from state.instances import InstanceRegistry
 from state.lease import LeaderLease
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.fakes.telegram import FakeTelegramClient, new_message_event
+from tests.fakes.telegram import FakeTelegramClient, document_file, new_message_event
 from tests.integration.telegram_bot import ANTHROPIC_KEY, MESSAGE_IDS, TelegramBot, kill, settings_for
 from tests.unit.test_lease import end_session
 
@@ -51,7 +51,8 @@ class Instance:
 
 
 async def start_instance(
-    stack: AsyncExitStack, tmp_path, postgres_backend, clock: ManualClock, claude, name: str, client: FakeTelegramClient
+    stack: AsyncExitStack, tmp_path, postgres_backend, clock: ManualClock, claude, name: str, client: FakeTelegramClient,
+    **overrides,
 ) -> Instance:
     """One instance as run_telegram wires it: the lease tried once (a worker tries it every second
     after), the app, the chats it answers, the service logged in."""
@@ -59,7 +60,7 @@ async def start_instance(
     stack.push_async_callback(run.aclose)
     settings = settings_for(
         tmp_path / name, anthropic=claude, models=[CLAUDE], database_url=Secret(postgres_backend.url),
-        allowed_user_ids=frozenset(CHATS), instance=InstanceSettings(name=name, lease_seconds=LEASE),
+        allowed_user_ids=frozenset(CHATS), instance=InstanceSettings(name=name, lease_seconds=LEASE), **overrides,
     )  # fmt: skip
     database = await postgres_backend.open(clock)
     run.push_async_callback(database.close)
@@ -80,11 +81,11 @@ async def start_instance(
     return Instance(name, client, app, sharing, leadership, service, running, run, TelegramBot(clock, client, app, runner, governor))
 
 
-async def two_instances(stack, tmp_path, postgres_backend, clock, claude) -> tuple[Instance, Instance]:
+async def two_instances(stack, tmp_path, postgres_backend, clock, claude, **overrides) -> tuple[Instance, Instance]:
     leader_client = FakeTelegramClient(clock)
     worker_client = FakeTelegramClient(clock, same_account_as=leader_client)
-    a = await start_instance(stack, tmp_path, postgres_backend, clock, claude, "bot-a", leader_client)
-    b = await start_instance(stack, tmp_path, postgres_backend, clock, claude, "bot-b", worker_client)
+    a = await start_instance(stack, tmp_path, postgres_backend, clock, claude, "bot-a", leader_client, **overrides)
+    b = await start_instance(stack, tmp_path, postgres_backend, clock, claude, "bot-b", worker_client, **overrides)
     assert a.leadership.role == "leader" and b.leadership.role == "standby"
     assert b.client.receiving is False
     return a, b
@@ -162,18 +163,23 @@ def asks_in_group(client: FakeTelegramClient, text: str) -> None:
     client.dispatch(new_message_event(chat_id=GROUP, sender_id=MEMBER, text=text, message_id=next(MESSAGE_IDS), mentioned=True))
 
 
+async def the_leader_made_busier(clock: ManualClock, a: Instance, b: Instance) -> None:
+    """Chats are taken by whichever instance gets there first among the least busy: questions whose
+    answers stall, until the leader holds more chats than the worker (the next chat is the worker's)."""
+    for chat_id in CHATS[:-1]:
+        if len(a.sharing.chats()) > len(b.sharing.chats()):
+            return
+        says(a.client, chat_id, "keep the leader busy")
+        await clock.run_until(lambda chat_id=chat_id: a.sharing.holds(chat_id) or b.sharing.holds(chat_id), poll=POLL)
+
+
 async def the_worker_answers_the_group(stack, tmp_path, postgres_backend) -> tuple[ManualClock, FakeAnthropic, Instance, Instance]:
-    """Two instances; the leader made busier than the worker (chats are taken by whichever instance
-    gets there first among the least busy), so the group's question goes to the worker, whose
-    reply stalls after its first words (shown in the group)."""
+    """Two instances, the leader busier, so the group's question goes to the worker, whose reply
+    stalls after its first words (shown in the group)."""
     clock = ManualClock()
     claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.stall_after(2, ANSWER)))
     a, b = await two_instances(stack, tmp_path, postgres_backend, clock, claude)
-    for chat_id in CHATS:
-        if len(a.sharing.chats()) > len(b.sharing.chats()):
-            break
-        says(a.client, chat_id, "keep the leader busy")
-        await clock.run_until(lambda chat_id=chat_id: a.sharing.holds(chat_id) or b.sharing.holds(chat_id), poll=POLL)
+    await the_leader_made_busier(clock, a, b)
     asks_in_group(a.client, "tell me a story")
     await clock.run_until(lambda: any(c.chat_id == GROUP and c.kind == "send" for c in b.client.calls), poll=POLL)
     assert b.sharing.holds(GROUP) and not a.sharing.holds(GROUP)
@@ -269,3 +275,25 @@ async def test_when_the_leader_dies_the_worker_receives_on_its_own_session_and_a
         for chat_id in CHATS[:3]:
             assert [m.text for m in b.client.messages(chat_id)] == [ANSWER]
         assert {CHATS[1], CHATS[2]} <= b.answered()
+
+
+async def test_a_document_sent_to_the_leader_is_fetched_by_id_and_read_by_the_worker_answering_its_chat(tmp_path, postgres_backend):
+    async with AsyncExitStack() as stack:
+        clock = ManualClock()
+        claude = await stack.enter_async_context(FakeAnthropic(api_key=ANTHROPIC_KEY, default=anth.stall_after(2, ANSWER)))
+        a, b = await two_instances(stack, tmp_path, postgres_backend, clock, claude, documents=DocumentSettings())
+        await the_leader_made_busier(clock, a, b)
+        chat_id = CHATS[-1]
+        notes = "# Trip\nWe land in Paris on Monday.\n"
+        a.client.dispatch(new_message_event(
+            chat_id=chat_id, sender_id=chat_id, text="Where do we land?", message_id=next(MESSAGE_IDS),
+            media=document_file("trip.md", notes.encode(), mime_type="text/markdown"),
+        ))  # fmt: skip
+        await clock.run_until(lambda: b.sharing.holds(chat_id) and b.client.downloads(chat_id) == 1, poll=POLL)
+        claude.default = anth.Reply(ANSWER, chunks=3)
+        claude.server.release_stalls()
+        await all_answered(clock, a.app)
+
+        assert a.client.downloads(chat_id) == 0, "the worker fetched it by its id through its own session"
+        assert [m.text for m in a.client.messages(chat_id)] == [ANSWER]
+        assert any('[Document "trip.md"]' in str(r.json) and "Where do we land?" in str(r.json) for r in claude.message_requests)
