@@ -1,12 +1,13 @@
-"""Leader or standby: with DATABASE_URL, only the holder of the leader lease serves Telegram.
+"""Leader or worker: with DATABASE_URL, only the holder of the leader lease receives from Telegram.
 
-An instance starts as a standby: it reports itself (state/instances.py) and tries the lease
-(state/lease.py) every `try_every` seconds. Once it holds the lease it becomes the leader: only then
-is the bot built, the notes worker started, Telegram logged in and the messages left unfinished
-resumed, so a standby never answers, delivers or resumes anything. While leading it confirms the
-lease every `lease_seconds / 5`; the moment it cannot, `lost` is set and the Telegram service
-disconnects at once and exits (bot/telegram/service.py), so two instances never receive together.
-systemd (Restart=on-failure) starts it again, as a standby.
+An instance tries the lease once at start (`try_lead`). The holder is the leader: it logs in to
+receive updates and confirms the lease every `lease_seconds / 5`; the moment it cannot, `lost` is
+set and the Telegram service disconnects at once and exits (bot/telegram/service.py), so two
+instances never receive together. systemd (Restart=on-failure) starts it again, as a worker.
+Every other instance is a worker: it answers the chats it holds (bot/chat_sharing.py) on a session
+that receives nothing, reports itself (state/instances.py) and tries the lease every `try_every`
+seconds (`lead_when_free`); once it holds it, it starts receiving on that session
+(bot/telegram/receiving.py) and leads.
 
 SQLite keeps one bot per state directory (state/lock.py): there is no lease, and `open_leadership`
 gives None.
@@ -16,14 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Awaitable, Callable
 
 from bot.config import Settings
-from bot.systemd import Notifier, heartbeat
 from bot.telegram.catch_up import SharedCatchUp
 from integrations.clock import Clock
 from state.catch_up import CatchUpStore
@@ -150,32 +149,6 @@ async def open_leadership(settings: Settings, clock: Clock, stack: AsyncExitStac
     leadership = Leadership(lease, InstanceRegistry(database, clock), clock, name=name, catch_up=catch_up)
     stack.push_async_callback(leadership.close)
     return leadership
-
-
-async def stand_by(leadership: Leadership, notifier: Notifier) -> bool:
-    """Wait for the lease as a service does: READY=1 at once (a standby is up and doing its job),
-    STATUS= and watchdog pings while waiting; SIGTERM or SIGINT end the wait (False)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    waiting = f"standby {leadership.name}: waiting for the leader lease"
-    notifier.ready(waiting)
-
-    async def summary() -> str:
-        return waiting
-
-    beat = asyncio.ensure_future(heartbeat(notifier, leadership.clock, summary))
-    try:
-        leading = await leadership.wait_to_lead(stop)
-    finally:
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    if leading:
-        leadership.keep()
-    return leading
 
 
 async def _first_of(*awaitables: Awaitable[object]) -> None:
