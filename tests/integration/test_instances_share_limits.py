@@ -7,9 +7,10 @@ import pytest
 
 from bench.standby_soak import TAKEOVER_TARGET, soak
 
-# Far below what the soak's users ask for in its first minute (a request every ~0.7 s), so the
-# instances' shared limiter has to hold them back: some users are told to send again later.
-REQUESTS_PER_MINUTE = 12
+# Far below what the soak's users ask for (a question every ~0.7 s): the instances' shared limiter
+# lets one request go every 10 s (a burst of rpm // 6 = 1), so it has to hold them back and some
+# users are told to send again later, however short the run.
+REQUESTS_PER_MINUTE = 6
 
 
 @pytest.mark.timeout(400)
@@ -27,8 +28,7 @@ async def test_three_instances_sharing_redis_answer_each_message_once_within_the
     assert tally.problems == []
     assert tally.kills == 3 and len(bench.takeovers) == 3
     assert max(bench.takeovers) <= TAKEOVER_TARGET
-    assert tally.questions > REQUESTS_PER_MINUTE, "users asked more than the limit lets through"
-    assert tally.once == tally.questions
+    assert tally.questions > 1 and tally.once == tally.questions
     assert (tally.twice, tally.never, tally.partial) == (0, 0, 0)
     assert tally.notes_once == tally.notes and tally.links_once == tally.notes
     assert bucket.refused == 0, f"the model refused {bucket.refused} requests over its limit"
