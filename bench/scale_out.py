@@ -41,7 +41,7 @@ from bench import _paced_llm  # noqa: E402
 from bench._soak_launch import BotProcess, Launcher  # noqa: E402
 from bench._soak_telegram_server import SoakTelegram  # noqa: E402
 from bench.crash_soak import KEPT_ENVIRONMENT, READY_TIMEOUT, _ended, _within  # noqa: E402
-from bench.standby_soak import PostgresProbe, instance_names, poll_until  # noqa: E402
+from bench.standby_soak import PostgresProbe, instance_names, poll_until, stop_servers_on_sigterm  # noqa: E402
 from handlers.render import render_markdown  # noqa: E402
 from tests.pg import PostgresCluster  # noqa: E402
 
@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=150, help="questions asked at once, each in its own chat (default 150)")
     parser.add_argument("--shape", default="1000,2,8", help="characters,seconds,chunks of each streamed answer (default 1000,2,8)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: still stop the servers
     counts = [int(count) for count in args.instances.split(",")]
     characters, seconds, chunks = args.shape.split(",")
     model = _paced_llm.model_name(int(characters), float(seconds), int(chunks))
@@ -206,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     workdir = Path(tempfile.mkdtemp(prefix="scale-out-"))
     cluster = PostgresCluster.start()
+    stop_servers_on_sigterm(cluster)
     try:
         with _paced_llm.start() as model_url:
             results = asyncio.run(scale_out(counts, args.questions, workdir, cluster, model_url, model))

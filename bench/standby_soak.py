@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import functools
+import os
 import random
 import shutil
 import signal
@@ -65,6 +66,21 @@ TAKEOVER_TARGET = 10.0  # seconds from the leader's SIGKILL until the standby re
 # The model's request limit: below what users ask for (about 60 questions a minute and the
 # answers resumed after kills), so the instances' limiter has to hold them to it.
 REQUESTS_PER_MINUTE = 40
+
+
+def stop_servers_on_sigterm(*servers: PostgresCluster | RedisServer | None) -> None:
+    """Stopped from outside (a timeout): stop the servers started for the run, then exit at once
+    (unwinding the event loop could wait on a bot process or a thread for ever)."""
+
+    def stop(*_: object) -> None:
+        for server in servers:
+            if isinstance(server, PostgresCluster):
+                server.stop()
+            elif server is not None:
+                server.close()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def instance_names(count: int) -> list[str]:
@@ -257,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the model's request limit a minute, enforced by it and configured in every instance; 0 for none (default {REQUESTS_PER_MINUTE})",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: still stop the servers
     redis_program = shutil.which("redis-server") if args.redis else None
     if args.redis and redis_program is None:
         parser.error("--redis needs redis-server (Debian: apt-get install redis-server)")
@@ -270,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cluster = PostgresCluster.start()
     redis = RedisServer(redis_program) if redis_program else None
+    stop_servers_on_sigterm(cluster, redis)
     try:
         if redis is not None:
             redis.start()
