@@ -7,7 +7,9 @@ that got it for exactly the time Telegram asked, then repeats the call: a reply'
 edits must land. Flood waits in several chats at once are the bot's overall limit: then every chat
 waits (`bot_pause.BotPause`). Typing indicators are worthless once late, so instead of waiting they
 are dropped while their chat is paused, or while the budget is down to the share kept for final
-texts.
+texts. Alone, this instance's overall window is the bot's whole pace; several instances share it
+through Redis (`shared_flood`, `shared_pace`), through the hooks `_choose_pace`, `_bot_slot`,
+`_bot_has_room` and `_typing_went_out`.
 
 Telegram counts a call when it lands, at some moment between our sending it and its answer, and
 that moment is not known here. So every pace is kept as the server may count it: a call takes its
@@ -27,7 +29,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol, Sequence, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, NoReturn, Protocol, Sequence, TypeVar, overload
 
 from bot.telegram.bot_pause import BotPause
 from integrations.clock import Clock
@@ -103,6 +105,16 @@ class _SlidingWindow:
         self._let_through()
         self._wake_when_a_place_frees()
 
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def resize(self, limit: int) -> None:
+        """Allow `limit` calls a period from now on (calls already counted stay counted)."""
+        if limit != self._limit:
+            self._limit = limit
+            self._let_through()
+
     def free_now(self) -> int:
         """Calls that could start now without waiting (calls waiting for a place count as used)."""
         return self._limit - self._counted() - len(self._waiters)
@@ -161,7 +173,7 @@ class FloodGovernor:
         self._global = _SlidingWindow(clock, global_per_second)
         # Previews may not use the last share of any budget: it is kept for final texts, so a
         # reply's end never queues behind other replies' previews.
-        self._global_reserve = max(1, round(global_per_second * preview_reserve))
+        self._preview_reserve = preview_reserve
         self._group_reserve = max(1, round(group_per_minute * preview_reserve))
         # A call flood-waited this many times in a row is given back to the caller (still paused).
         self._max_flood_waits = max_flood_waits
@@ -207,10 +219,11 @@ class FloodGovernor:
         than eat into the share of the budgets kept for final texts.
         """
         self._maybe_prune()
+        self._choose_pace()
         scope = self._scope(chat_id, is_private)
         scope.users += 1
         try:
-            await self._follow_pause(chat_id, scope)
+            await self._follow_pause(chat_id, scope, kind)
             if kind == "typing":
                 return await self._run_typing(chat_id, scope, call)
             async with scope.lock:
@@ -218,15 +231,30 @@ class FloodGovernor:
         finally:
             scope.users -= 1
 
-    async def _follow_pause(self, chat_id: int, scope: _ChatScope) -> None:
+    def _choose_pace(self) -> None:
+        """Set the overall pace this instance keeps: all of it here (no other instance shares it)."""
+
+    async def _follow_pause(self, chat_id: int, scope: _ChatScope, kind: CallKind) -> None:
         """Take on a pause this chat was given elsewhere: nothing here (one instance knows them all)."""
+
+    async def _bot_slot(self, chat_id: int, scope: _ChatScope, preview: bool) -> bool:
+        """Wait for the bot's overall slot, shared with other instances: here the window is the
+        whole pace. False to start over (a pause was found meanwhile)."""
+        return True
+
+    def _bot_has_room(self) -> bool:
+        """Whether the bot's overall pace has room beyond this instance's window: always, alone."""
+        return True
+
+    def _typing_went_out(self) -> None:
+        """A typing call was made outside any slot: nobody else to tell, alone."""
 
     def takes_preview(self, chat_id: int) -> bool:
         """Whether a preview in this chat would go out now rather than be deferred or held by a
         pause: a cheap check, no call is made, so a caller can skip rendering one that would not
         be taken. A no counts as a deferred preview."""
         scope = self._chats.get(chat_id)
-        if self._has_headroom(scope.window if scope is not None else None) and not (
+        if self._has_headroom(scope.window if scope is not None else None) and self._bot_has_room() and not (
             self._is_paused(scope) if scope is not None else self._bot_paused()
         ):
             return True
@@ -272,15 +300,19 @@ class FloodGovernor:
         floods = 0
         while True:
             await self._sleep_until(max(scope.next_slot, scope.paused_until, self._bot.until))
-            if preview and not self._has_headroom(scope.window):
-                self._previews_deferred += 1
-                raise PreviewDeferred("busy: preview deferred", upstream="telegram", retry_after=scope.interval)
+            if preview and not (self._has_headroom(scope.window) and self._bot_has_room()):
+                self._defer_preview(scope)
             windows = (self._global,) if scope.window is None else (scope.window, self._global)
             await _acquire_all(windows)
-            if self._is_paused(scope):
-                for window in windows:
-                    window.release(used=False)
-                continue  # a typing call hit a flood wait while this one waited for its place
+            go = False
+            try:
+                go = not self._is_paused(scope) and await self._bot_slot(chat_id, scope, preview)
+            finally:
+                if not go:
+                    for window in windows:
+                        window.release(used=False)
+            if not go:
+                continue  # a flood wait (here, on typing, or another instance's) came while this one waited
             self._count_call(scope)
             try:
                 return await self._make(call, windows, scope)
@@ -290,11 +322,16 @@ class FloodGovernor:
                 if preview or floods >= self._max_flood_waits:
                     raise
 
+    def _defer_preview(self, scope: _ChatScope) -> NoReturn:
+        self._previews_deferred += 1
+        raise PreviewDeferred("busy: preview deferred", upstream="telegram", retry_after=scope.interval)
+
     async def _run_typing(self, chat_id: int, scope: _ChatScope, call: Callable[[], Awaitable[Any]]) -> None:
-        if self._is_paused(scope) or not self._has_headroom(None):
+        if self._is_paused(scope) or not self._has_headroom(None) or not self._bot_has_room():
             self._typing_dropped += 1
             return None
         await self._global.acquire()  # at once: there is room, and nobody is waiting for it
+        self._typing_went_out()
         await self._make_typing(chat_id, scope, call)
         return None
 
@@ -320,7 +357,7 @@ class FloodGovernor:
                 window.release()
 
     def _has_headroom(self, chat_window: _SlidingWindow | None) -> bool:
-        if self._global.free_now() <= self._global_reserve:
+        if self._global.free_now() <= max(1, round(self._global.limit * self._preview_reserve)):
             return False
         return chat_window is None or chat_window.free_now() > self._group_reserve
 

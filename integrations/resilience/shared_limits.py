@@ -1,7 +1,7 @@
 """Limits shared by all instances through Redis (REDIS_URL): the shared twin of `LocalLimits`.
 
 `SharedLimits` builds the shared versions of the limiters, budgets and breakers on one `RedisLink`
-(the Telegram flood governor shares its pauses through the same link: `bot.telegram.shared_flood`), each falling back to its local 1/N share while Redis is unreachable. The registry
+(the Telegram flood governor shares its pauses and the bot's overall pace through the same link: `bot.telegram.shared_flood`), each falling back to its local 1/N share while Redis is unreachable. The registry
 it builds also makes the breakers created on first use (one per model) shared ones, and adds the
 link's state to its snapshot for /status. Imports redis-py (the optional `redis` group): only
 imported when REDIS_URL is set.

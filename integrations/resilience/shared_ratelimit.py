@@ -6,7 +6,9 @@ script reserves: it moves TAT on at once and answers how long the caller must wa
 (as the local limiter's head of queue would), so nobody polls Redis; callers sleep on their own
 clock. With `max_wait`, a slot further away than that is not reserved and the caller gets
 `WaitTooLong` at once. A Retry-After pause is a second key, holding the moment it ends, with an
-expiry; while it is set the script grants nothing.
+expiry; while it is set the script grants nothing. A caller held by several pauses passes each key
+after the first (the Telegram pace: its chat's flood wait and the bot's); a 'paused' answer says
+which one holds (1 for the first pause key).
 
 Fallback: the inherited `RateLimiter` is the local stand-in at 1/N of the rate (N instances each
 keeping their share), used whenever the link is down, and for a call whose reservation fails
@@ -39,8 +41,10 @@ RESERVE = """
 local function num(text) return string.format('%.17g', text) end
 local now, interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, max_wait = tonumber(ARGV[4]), tonumber(ARGV[5])
-local paused_until = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused_until > now then return {'paused', num(paused_until - now)} end
+for index = 2, #KEYS do
+  local paused_until = tonumber(redis.call('GET', KEYS[index]) or '0')
+  if paused_until > now then return {'paused', num(paused_until - now), index - 1} end
+end
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local delay = math.max(0, tat + (math.min(cost, burst) - burst) * interval - now)
 if max_wait >= 0 and delay > max_wait then return {'too_long', num(delay), num(tat - now)} end
@@ -184,8 +188,8 @@ class SharedRateLimiter(RateLimiter):
         now = self._link.now()
         args = [now, self._shared_interval, self.shared_burst, cost, max_wait]
         reply = await self._link.run(lambda client: self._reserve(keys=[self._tat_key, self._pause_key], args=args))
-        verdict, seconds, *ahead = reply
-        return str(verdict), float(seconds), float(ahead[0]) if ahead else 0.0
+        verdict, seconds, *rest = reply  # after 'paused', rest names the pause key: not how far ahead
+        return str(verdict), float(seconds), float(rest[0]) if rest and verdict != "paused" else 0.0
 
     def _take_reserved(self, cost: float) -> None:
         """Book a grant Redis made, as `_take` would, without spending the local share."""
