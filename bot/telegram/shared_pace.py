@@ -11,9 +11,9 @@ counted, so one instance's latency cannot crowd its calls either.
 
 Priorities stay the governor's: a final text waits for its slot, however far; a preview takes only
 the next slot (at most one interval away), else it is deferred, so previews never queue and a final
-text is never more than a slot or two behind them. Typing asks nothing: it is dropped while the
-last reply said the bot's slots are taken further ahead than that, and otherwise charged in the
-background.
+text is never more than a slot or two behind them. Typing reserves nothing and waits for nothing:
+it is dropped while the last answer said the bot's slots are taken further ahead than that, and
+otherwise charged in the background.
 """
 from __future__ import annotations
 
