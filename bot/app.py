@@ -585,6 +585,7 @@ def start_notes(
     feature = build_notes(
         settings.notion,
         upstream,
+        instance=settings.instance.name,
         schema_ttl=settings.limits.schema_cache_ttl,
         clock=clock,
         database=database,
@@ -609,6 +610,7 @@ def build_notes(
     settings: NotionSettings,
     upstream: Upstream,
     *,
+    instance: str = "local",
     schema_ttl: float,
     clock: Clock,
     database: Database,
@@ -619,7 +621,8 @@ def build_notes(
     api = NotionApi(token=settings.token.reveal(), base_url=settings.base_url)
     stack.push_async_callback(api.aclose)
     notion = NotionNotes(api, upstream, settings.database_id, SchemaCache(database, clock, schema_ttl))
-    outbox = Outbox(database, clock)
+    # Claimed by this instance's name while delivered: several instances may run this worker.
+    outbox = Outbox(database, clock, instance=instance)
     return NotesFeature(outbox, notion, NoteDelivery(outbox, notion, clock, notify))
 
 

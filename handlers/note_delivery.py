@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Awaitable, Callable, Literal
+from typing import AsyncIterator, Awaitable, Callable, Literal
 
 from integrations.clock import Clock
 from integrations.errors import AuthFailed, BadRequest, RateLimited, UpstreamError
@@ -122,18 +123,14 @@ class NoteDelivery:
         `announce` replaces the default notice (a message to the note's chat) and also hears about
         notes left queued; it is called only for final outcomes nobody announced before.
         """
-        if entry_id in self._claimed:
-            return None
-        self._claimed.add(entry_id)
-        try:
-            entry = await self._outbox.get(entry_id)
-            if entry is None:
-                return None
-            outcome = await self._attempt(entry) if entry.status == "pending" else _as_found(entry)
-            await self._announce(outcome, announce)
-            return outcome
-        finally:
-            self._claimed.discard(entry_id)
+        outcome: Outcome | None = None
+        async with self._holding(entry_id) as held:
+            # Read once held: another instance may have delivered it meanwhile.
+            entry = await self._outbox.get(entry_id) if held else None
+            if entry is not None:
+                outcome = await self._attempt(entry) if entry.status == "pending" else _as_found(entry)
+                await self._announce(outcome, announce)
+        return outcome
 
     async def deliver_due(self, *, include_later: bool = False) -> int:
         """Deliver every note that is due (or every pending one); returns how many landed.
@@ -141,13 +138,9 @@ class NoteDelivery:
         Also tells users about notes that ended while nobody could tell them (say, a crash).
         """
         for entry in await self._outbox.untold():
-            if entry.id in self._claimed:
-                continue
-            self._claimed.add(entry.id)
-            try:
-                await self._announce(_as_found(entry), None)
-            finally:
-                self._claimed.discard(entry.id)
+            async with self._holding(entry.id) as held:
+                if held:
+                    await self._announce(_as_found(entry), None)
         delivered = 0
         for entry in await self._outbox.due(include_later=include_later):
             if self._stopping:
@@ -181,6 +174,40 @@ class NoteDelivery:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @asynccontextmanager
+    async def _holding(self, entry_id: int) -> AsyncIterator[bool]:
+        """Work on the entry alone (True), in this process and among instances (its claim in the
+        outbox, kept alive meanwhile); False while another task or instance works on it."""
+        if entry_id in self._claimed:
+            yield False
+            return
+        self._claimed.add(entry_id)
+        keeping: asyncio.Task[None] | None = None
+        try:
+            if not await self._outbox.claim(entry_id):
+                yield False
+                return
+            keeping = asyncio.ensure_future(self._keep_claim(entry_id))
+            try:
+                yield True
+            finally:
+                keeping.cancel()
+                await asyncio.gather(keeping, return_exceptions=True)
+                try:
+                    await self._outbox.release(entry_id)
+                except Exception:  # it expires by itself
+                    logger.warning("could not give up the claim on note %s; it expires in %.0f s", entry_id, self._outbox.hold_seconds)
+        finally:
+            self._claimed.discard(entry_id)
+
+    async def _keep_claim(self, entry_id: int) -> None:
+        while True:
+            await self._clock.sleep(self._outbox.hold_seconds / 3)
+            try:
+                await self._outbox.claim(entry_id)
+            except Exception as error:  # kept at the next round, or it expires and the note is tried again
+                logger.warning("could not keep the claim on note %s: %s", entry_id, error)
 
     async def _attempt(self, entry: OutboxEntry) -> Outcome:
         content = NoteContent.from_payload(entry.payload)

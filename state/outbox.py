@@ -6,6 +6,11 @@ exists, how many top-level blocks are on it), so a delivery cut short by a crash
 stopped. `user_told` records whether the user heard how it ended; `mark_told` sets it once the
 notice is out (the delivery worker lets one task at a time tell about an entry), so a notice that
 could not be sent is sent again later: the user is told at least once.
+
+Several instances on one PostgreSQL each run a delivery worker: an entry is worked on (delivered,
+or its outcome told) only under a `claim` of the instance's name, kept alive while it works and
+given up after; a claim its instance stopped keeping expires after `hold_seconds`. One instance
+alone always gets its own claims, a restart of it included.
 """
 from __future__ import annotations
 
@@ -66,10 +71,16 @@ class OutboxEntry:
         )
 
 
+# Seconds a claim on an entry outlives the last time its instance kept it.
+HOLD_SECONDS = 60.0
+
+
 class Outbox:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, instance: str = "local", hold_seconds: float = HOLD_SECONDS) -> None:
         self._db = db
         self._clock = clock
+        self.instance = instance
+        self.hold_seconds = hold_seconds
 
     async def add(
         self, key: str, chat_id: int, user_id: int, payload: Mapping[str, Any], *, message_id: int | None = None
@@ -129,6 +140,24 @@ class Outbox:
         await self._db.execute(
             "UPDATE note_outbox SET blocks_done = ?, updated_at = ? WHERE id = ?",
             (blocks_done, self._now(), entry_id),
+        )
+
+    async def claim(self, entry_id: int) -> bool:
+        """Take (or keep) the entry for this instance for `hold_seconds`; False while another
+        instance's claim on it is alive."""
+        now = self._clock.now()
+        until = iso_timestamp(now + timedelta(seconds=self.hold_seconds))
+        taken = await self._db.execute_rowcount(
+            "UPDATE note_outbox SET claimed_by = ?, claimed_until = ? WHERE id = ?"
+            " AND (claimed_by IS NULL OR claimed_by = ? OR claimed_until < ?)",
+            (self.instance, until, entry_id, self.instance, iso_timestamp(now)),
+        )
+        return taken == 1
+
+    async def release(self, entry_id: int) -> None:
+        await self._db.execute(
+            "UPDATE note_outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = ? AND claimed_by = ?",
+            (entry_id, self.instance),
         )
 
     async def mark_delivered(self, entry_id: int) -> None:

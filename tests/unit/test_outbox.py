@@ -58,3 +58,20 @@ async def test_progress_and_outcome_survive_a_restart_and_told_entries_are_prune
         assert await after.depth() == 0
     finally:
         await reopened.close()
+
+
+async def test_an_entry_is_worked_on_by_one_instance_until_its_claim_is_given_up_or_expires(state_db, clock):
+    a = Outbox(state_db, clock, instance="bot-a", hold_seconds=60)
+    b = Outbox(state_db, clock, instance="bot-b", hold_seconds=60)
+    entry, _ = await a.add("note-1", CHAT, USER, {"title": "t"})
+
+    assert await a.claim(entry.id) and not await b.claim(entry.id)
+    assert await a.claim(entry.id), "an instance keeps its own claim (and takes it again after a restart)"
+    await a.release(entry.id)
+    assert await b.claim(entry.id) and not await a.claim(entry.id)
+    await b.release(entry.id)
+    await a.claim(entry.id)
+    await clock.advance(59)
+    assert not await b.claim(entry.id)
+    await clock.advance(2)  # bot-a stopped keeping it (died): it expires
+    assert await b.claim(entry.id)
