@@ -264,7 +264,8 @@ class _Report:
             if row.role == "leader" and row.leader_since is not None:
                 line += f"**leader**, lease held {format_seconds((now - row.leader_since).total_seconds())}"
             else:
-                line += row.role
+                # Every instance that does not lead answers chats: "standby" is how its row says it.
+                line += "worker" if row.role == "standby" else row.role
             if row.role != "stopped":
                 line += f", answering {_plural(chats.get(row.name, 0), 'chat')}"
             line += f", last seen {format_seconds(seen)} ago"

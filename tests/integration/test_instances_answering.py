@@ -194,7 +194,7 @@ async def test_cancel_sent_to_the_leader_stops_the_reply_running_on_the_worker(t
         lines = {line.split(":")[0]: line for line in status.splitlines() if line.startswith("• bot-")}
         a_held, b_held = len(a.sharing.chats()), len(b.sharing.chats())
         assert f", answering {a_held} chat{'s' if a_held > 1 else ''}, last seen" in lines["• bot-a"]
-        assert lines["• bot-b"].startswith(f"• bot-b: standby, answering {b_held} chat{'s' if b_held > 1 else ''}, last seen")
+        assert lines["• bot-b"].startswith(f"• bot-b: worker, answering {b_held} chat{'s' if b_held > 1 else ''}, last seen")
 
         asks_in_group(a.client, "/cancel")
         await clock.run_until(lambda: any(m.text.endswith("(stopped)") for m in a.client.messages(GROUP)), poll=POLL)

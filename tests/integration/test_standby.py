@@ -81,5 +81,5 @@ async def test_status_lists_the_instances_who_leads_and_the_queue(tmp_path, post
     start = lines.index("Instances (the leader receives, every instance answers its chats; one takes over when the leader dies)")
     leader_line, standby_line, queue = lines[start + 1 : start + 4]
     assert leader_line.startswith("• bot-a: leader, lease held 5 min, answering 0 chats, last seen 5 min ago (silent: stopped or cut off?)")
-    assert standby_line.startswith("• bot-b: standby, answering 0 chats, last seen ") and "silent" not in standby_line
+    assert standby_line.startswith("• bot-b: worker, answering 0 chats, last seen ") and "silent" not in standby_line
     assert queue == "Queue: 0 messages waiting for or getting an answer"
