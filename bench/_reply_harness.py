@@ -21,6 +21,7 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.app import App, build_app  # noqa: E402
+from bot.collector import tune_collector  # noqa: E402
 from bot.config import LimitSettings, Secret, Settings  # noqa: E402
 from bot.telegram.flood_governor import FloodGovernor, GovernedTransport  # noqa: E402
 from bot.telegram.transport import TelegramRunner, TelegramTransport  # noqa: E402
@@ -120,6 +121,7 @@ class Bot:
 
 
 async def start_bot(stack: AsyncExitStack, base_url: str, model: str, governor: FloodGovernor | None = None) -> Bot:
+    tune_collector()  # as `switchboard run` does in its process
     clock = SystemClock()
     state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="switchboard-bench-")))
     settings = Settings(

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TextIO
 
+from bot.collector import tune_collector
 from bot.config import ConfigError, Settings, load_settings, telegram_hint
 from bot.logs import configure_logging
 from integrations.redaction import Redactor
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             check_directory(settings.state_dir)
         if command == "status":
             return asyncio.run(print_status(settings))
+        tune_collector()  # a serving process only: see bot/collector.py
         if console:
             if command == "run":
                 print(f"Starting in the console. {telegram_hint()}", file=sys.stderr)
