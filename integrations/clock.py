@@ -217,6 +217,18 @@ class ManualClock:
             heapq.heappop(self._sleepers)
 
 
+async def first_of(*awaitables: Awaitable[object]) -> object:
+    """The result of whichever of `awaitables` finishes first; the others are cancelled."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return next(task for task in tasks if task in done).result()
+
+
 async def wait_for(clock: Clock, awaitable: Awaitable[T], timeout: float | None) -> T:
     """`asyncio.wait_for` on the injected clock: raises TimeoutError when `timeout` passes first."""
     if timeout is None:

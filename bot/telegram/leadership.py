@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 
 from bot.config import Settings
 from bot.telegram.catch_up import SharedCatchUp
-from integrations.clock import Clock
+from integrations.clock import Clock, first_of
 from state.catch_up import CatchUpStore
 from state.db import StorageFault
 from state.engines import postgres
@@ -71,7 +71,7 @@ class Leadership:
         while not stop.is_set():
             if await self.try_lead():
                 return True
-            await _first_of(self.clock.sleep(self.try_every), stop.wait())
+            await first_of(self.clock.sleep(self.try_every), stop.wait())
         return False
 
     async def try_lead(self) -> bool:
@@ -149,13 +149,3 @@ async def open_leadership(settings: Settings, clock: Clock, stack: AsyncExitStac
     leadership = Leadership(lease, InstanceRegistry(database, clock), clock, name=name, catch_up=catch_up)
     stack.push_async_callback(leadership.close)
     return leadership
-
-
-async def _first_of(*awaitables: Awaitable[object]) -> None:
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,7 +21,7 @@ import random
 import signal
 import sys
 from contextlib import AsyncExitStack
-from typing import Any, Awaitable, Mapping
+from typing import Any, Mapping
 
 from bot.app import App, build_app, open_shared_limits
 from bot.chat_sharing import ChatSharing, open_chat_sharing
@@ -33,7 +33,7 @@ from bot.telegram.flood_governor import GovernedTransport, flood_governor_for
 from bot.telegram.leadership import Leadership, open_leadership
 from bot.telegram.receiving import receive_from_now
 from bot.telegram.transport import BotIdentity, TelegramChatAdmins, TelegramMedia, TelegramRunner, TelegramTransport, build_client
-from integrations.clock import Clock, SystemClock, wait_for
+from integrations.clock import Clock, SystemClock, first_of, wait_for
 from integrations.errors import AuthFailed, Unavailable, UpstreamError
 from integrations.resilience.retry import RetryPolicy, retry_call
 from state.db import storage_faults
@@ -119,7 +119,7 @@ class TelegramService:
     async def _run(self) -> int:
         self.notifier.status(self._phase)
         try:
-            me = await self._first_of(self._log_in(), self.stop.wait(), *self._lease_lost())
+            me = await first_of(self._log_in(), self.stop.wait(), *self._lease_lost())
         except AuthFailed as error:
             message = (
                 f"Telegram refused to log in: {error}. "
@@ -216,18 +216,6 @@ class TelegramService:
             log.info("finishing %d message(s) left unfinished by the last run", resumed)
         if self.sharing is not None:
             await self.sharing.start()
-
-    @staticmethod
-    async def _first_of(*awaitables: Awaitable[object]) -> object:
-        """The result of whichever finishes first; the others are cancelled."""
-        tasks = [asyncio.ensure_future(a) for a in awaitables]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return next(task for task in tasks if task in done).result()
 
 
 def share_work(

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from bench._soak_telegram_child import SocketTelegramClient
 from bench._soak_telegram_server import SoakTelegram
 from bot.telegram.catch_up import EVERY, SharedCatchUp
+from integrations.clock import ManualClock
 from state.catch_up import CatchUpStore
 from tests.fakes import anthropic_server as anth
 from tests.fakes.anthropic_server import FakeAnthropic
@@ -43,7 +44,7 @@ async def handover(tmp_path, state_db, clock, *, seeded: bool) -> dict[str, int]
         await clock.run_until(lambda: replies_to(telegram, before) > 0)
         await clock.run_until_complete(_settled(a, leader))
         await clock.advance(2 * EVERY)  # A's state, past the first question, is stored by now
-        await clock.run_until_complete(_stored(store, telegram.pts), poll=0.05)
+        await clock.run_until_complete(_stored(store, clock, telegram.pts), poll=0.05)
         await kill(a, a_run)
 
         meanwhile = telegram.user_sends(GROUP, USER, "asked while nobody led").id
@@ -65,9 +66,9 @@ async def _settled(bot: TelegramBot, client: SocketTelegramClient) -> None:
     await bot.app.services.lanes.wait_all_idle()
 
 
-async def _stored(store: CatchUpStore, pts: int) -> None:
+async def _stored(store: CatchUpStore, clock: ManualClock, pts: int) -> None:
     while ((await store.load()) or {}).get("pts") != pts:
-        await asyncio.sleep(0.01)
+        await clock.sleep(0.05)
 
 
 async def test_a_new_leader_not_seeded_never_answers_what_came_while_nobody_led(tmp_path, state_db, clock):
