@@ -7,11 +7,13 @@ so the resilience layer's retry loop is the only one.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 from typing import Any, AsyncIterator, Mapping
 
+import anyio
+import httpx2
 import openai
-from openai.types.chat import ChatCompletionChunk
 
 from integrations.errors import (
     AuthFailed,
@@ -29,6 +31,7 @@ from integrations.http_errors import LimitHint, error_class_for_status, openai_l
 from integrations.images import OPENAI_IMAGE_LIMITS, as_base64, fit
 from integrations.llm import ChatMessage, ChatRequest, StreamResult, Usage
 from integrations.provider import ChatSdkAdapter, Sdk, root_cause_name
+from integrations.sse import server_events
 
 _CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error"}
 # OpenAI-compatible servers (vLLM, llama.cpp, Ollama) say it in words rather than with a code.
@@ -38,6 +41,8 @@ OPENAI_SDK = Sdk(
     timeout=openai.Timeout,
     error=openai.OpenAIError,
     refusals=(openai.AuthenticationError, openai.PermissionDeniedError),
+    # The stream's body is read here (integrations/sse.py), so its transport failures come unwrapped.
+    transport_errors=(httpx2.TransportError, anyio.EndOfStream, anyio.BrokenResourceError, OSError),
 )
 
 
@@ -49,7 +54,9 @@ class OpenAIChat(ChatSdkAdapter):
         # Scaling images down takes CPU time: in a thread, so that other replies go on.
         messages = await asyncio.to_thread(_messages, request) if any(m.images for m in request.messages) else _messages(request)
         try:
-            chunks = await self._client.chat.completions.create(
+            # The raw response: the SDK makes the request and turns error statuses into its errors,
+            # the body's chunks are read here (integrations/sse.py says why).
+            raw = await self._client.chat.completions.with_raw_response.create(
                 model=request.model,
                 messages=messages,
                 max_completion_tokens=request.max_tokens,
@@ -58,16 +65,25 @@ class OpenAIChat(ChatSdkAdapter):
             )
         except openai.OpenAIError as err:
             raise self._translate(err, request_id=None) from self._cause(err)
-        result.request_id = chunks.response.headers.get("x-request-id")
-        self._report_limits(chunks.response.headers)
+        response = raw.http_response
+        result.request_id = response.headers.get("x-request-id")
+        self._report_limits(response.headers)
         try:
             with self._reading(result.request_id, "stream chunk"):
-                async for chunk in chunks:
+                done = False
+                async for event in server_events(response.aiter_bytes()):
+                    # After [DONE] the body is read to its end, so that the connection can be reused.
+                    done = done or event.data.startswith("[DONE]")
+                    if done:
+                        continue
+                    chunk = json.loads(event.data)
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        raise _error_in_stream(chunk["error"], response.request)
                     text = self._take_from(_take, chunk, result, "a stream chunk")
                     if text:
                         yield text
         finally:
-            await chunks.close()
+            await response.aclose()
         if result.stop_reason is None:
             raise Unavailable(
                 "the stream ended before the reply was finished", upstream=self.name, request_id=result.request_id
@@ -146,21 +162,33 @@ def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _take(chunk: ChatCompletionChunk, result: StreamResult) -> str:
-    """Record usage and the finish reason from one chunk; return its text."""
-    if chunk.usage is not None:
+def _take(chunk: Any, result: StreamResult) -> str:
+    """Record usage and the finish reason from one chunk (the JSON of a ChatCompletionChunk);
+    return its text. A documented field missing or of the wrong kind raises KeyError, TypeError or
+    AttributeError, which `_take_from` reports as a malformed response."""
+    usage = chunk.get("usage")
+    if usage is not None:
         result.usage = Usage(
-            input_tokens=chunk.usage.prompt_tokens or 0, output_tokens=chunk.usage.completion_tokens or 0
+            input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0
         )
     text = ""
-    for choice in chunk.choices or []:
-        if choice.index != 0:
+    for choice in chunk["choices"] or ():
+        if choice["index"] != 0:
             continue
-        if choice.finish_reason:
-            result.stop_reason = choice.finish_reason
-        if choice.delta is not None and choice.delta.content:
-            text += choice.delta.content
+        if choice.get("finish_reason"):
+            result.stop_reason = choice["finish_reason"]
+        delta = choice.get("delta")
+        if delta is not None and delta.get("content"):
+            text += delta["content"]
     return text
+
+
+def _error_in_stream(error: Any, request: httpx2.Request) -> openai.APIError:
+    """An {"error": ...} object inside a 200 stream, as the SDK raises it."""
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message:
+        message = "An error occurred during streaming"
+    return openai.APIError(message, request, body=error)
 
 
 def _is_quota(err: openai.APIError) -> bool:

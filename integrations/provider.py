@@ -161,8 +161,9 @@ class ChatSdkAdapter(SdkAdapter):
         """`take(item, result)`: the text of one streamed item, recording usage and stop reason in `result`."""
         try:
             return take(item, result)
-        except (AttributeError, TypeError) as err:
-            # The SDK builds its objects leniently, so a documented field that is missing shows up here.
+        except (AttributeError, TypeError, KeyError) as err:
+            # A documented field that is missing shows up here: the SDKs build their objects
+            # leniently (AttributeError), a chunk read as JSON lacks the key (KeyError).
             raise MalformedResponse(
                 f"{what} lacks a documented field", upstream=self.name, request_id=result.request_id
             ) from err

@@ -408,4 +408,5 @@ class _Completion:
 
 
 def _sse(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    # Non-ASCII text as raw UTF-8, as the API streams it; JSON leaves U+2028 and U+0085 unescaped too.
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"

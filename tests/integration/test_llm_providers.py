@@ -134,6 +134,19 @@ async def test_stream_yields_text_in_order_and_fills_usage_and_request_id(rig):
     assert rig.fake.calls == 1
 
 
+async def test_openai_text_with_line_separators_in_it_arrives_whole(openai_rig):
+    # Raw UTF-8 in the stream's JSON: U+2028 and U+0085 are line breaks to Python's splitlines,
+    # not to SSE, so a chunk carrying them is still one chunk.
+    text = "naïve\u2028café\x85done"
+    openai_rig.fake.script(openai_rig.behaviours.Reply(text, chunks=1))
+
+    deltas, result, error = await collect(openai_rig.chat, openai_rig.request())
+
+    assert error is None
+    assert "".join(deltas) == text
+    assert result.stop_reason == "stop"
+
+
 async def test_openai_sends_system_first_and_asks_for_usage(openai_rig):
     conversation = (ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello"), ChatMessage("user", "How are you?"))
 
