@@ -3,10 +3,13 @@
 A thin adapter: it shapes the conversation the way the API wants it (system as a parameter,
 alternating turns, ending with the user), streams text deltas, and translates every SDK and
 transport failure, including an `error` event inside the stream, into the project's error types.
+The request goes through the SDK; the stream's events are read here as JSON (integrations/sse.py
+says why), handled as the SDK's own `AsyncStream` handles them.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import datetime
 from typing import Any, AsyncIterator, Mapping, Sequence
@@ -14,7 +17,6 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import anthropic
 import anyio
 import httpx2
-from anthropic.types import RawMessageStreamEvent
 
 from integrations.errors import (
     AuthFailed,
@@ -32,6 +34,7 @@ from integrations.http_errors import LimitHint, anthropic_limit_hint, error_clas
 from integrations.images import ANTHROPIC_IMAGE_LIMITS, as_base64, fit
 from integrations.llm import ChatMessage, ChatRequest, StreamResult
 from integrations.provider import ChatSdkAdapter, Sdk
+from integrations.sse import server_events
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ ANTHROPIC_SDK = Sdk(
     timeout=anthropic.Timeout,
     error=anthropic.AnthropicError,
     refusals=(anthropic.AuthenticationError, anthropic.PermissionDeniedError),
-    # The SDK reads the body of a stream without wrapping transport failures in its own types.
+    # The stream's body is read here (integrations/sse.py), so its transport failures come unwrapped.
     transport_errors=(httpx2.TransportError, anyio.EndOfStream, anyio.BrokenResourceError, OSError),
 )
 
@@ -60,24 +63,37 @@ class AnthropicChat(ChatSdkAdapter):
             raise BadRequest("the conversation has no user message to answer", upstream=self.name)
         options: dict[str, Any] = {"system": request.system} if request.system else {}
         try:
-            events = await self._client.messages.create(
+            # The raw response: the SDK makes the request and turns error statuses into its errors
+            # before returning; the body is left unread for the events to be read here.
+            raw = await self._client.messages.with_raw_response.create(
                 model=request.model, max_tokens=request.max_tokens, messages=messages, stream=True, **options
             )
         except anthropic.AnthropicError as err:
             raise self._translate(err, request_id=None) from self._cause(err)
-        result.request_id = events.response.headers.get("request-id")
-        self._report_limits(events.response.headers)
+        response = raw.http_response
+        result.request_id = response.headers.get("request-id")
+        self._report_limits(response.headers)
         finished = False
         try:
             with self._reading(result.request_id, "stream event"):
-                async for event in events:
-                    if event.type == "message_stop":
-                        finished = True
-                    text = self._take_from(_take, event, result, f"{event.type} event")
+                async for sse in server_events(response.aiter_bytes()):
+                    # As the SDK does: an event without a name (or a ping, or without data) carries
+                    # nothing. After message_stop the body is only read to its end, so that the
+                    # connection can be reused.
+                    if finished or sse.name is None or sse.name == "ping":
+                        continue
+                    if sse.name == "error":
+                        raise _error_in_stream(sse.data, response)
+                    if not sse.data:
+                        continue
+                    event = json.loads(sse.data)
+                    text = self._take_from(_take, event, result, f"{sse.name} event")
                     if text:
                         yield text
+                    # `_take` has read event["type"], so it is there.
+                    finished = event["type"] == "message_stop"
         finally:
-            await events.close()
+            await response.aclose()
         if not finished:
             raise Unavailable(
                 "the stream ended before message_stop", upstream=self.name, request_id=result.request_id
@@ -181,24 +197,59 @@ def _as_blocks(content: Content) -> list[dict[str, Any]]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
-def _take(event: RawMessageStreamEvent, result: StreamResult) -> str:
-    """Record usage and the stop reason from one raw stream event; return its text."""
-    # Comparing `event.type` itself (not a copy) lets the type checker narrow the SDK's event union.
-    if event.type == "message_start":
-        usage = event.message.usage
-        result.usage.input_tokens = usage.input_tokens or 0
-        result.usage.output_tokens = usage.output_tokens or 0
-    elif event.type == "message_delta":
-        if event.delta.stop_reason:
-            result.stop_reason = event.delta.stop_reason
-        if event.usage is not None:
+def _take(event: Any, result: StreamResult) -> str:
+    """Record usage and the stop reason from one stream event (the JSON of a RawMessageStreamEvent);
+    return its text. A documented field missing or of the wrong kind raises KeyError or TypeError,
+    which `_take_from` reports as a malformed response; events of other types are passed over."""
+    kind = event["type"]
+    if kind == "content_block_delta":  # by far the most frequent, so first
+        delta = event["delta"]
+        if delta["type"] != "text_delta":
+            return ""
+        text = delta["text"]
+        if not isinstance(text, str):
+            raise TypeError(f"text_delta text is {type(text).__name__}")
+        return text
+    if kind == "message_start":
+        usage = event["message"]["usage"]
+        result.usage.input_tokens = _tokens(usage.get("input_tokens"))
+        result.usage.output_tokens = _tokens(usage.get("output_tokens"))
+    elif kind == "message_delta":
+        stop_reason = event["delta"].get("stop_reason")
+        if stop_reason is not None and not isinstance(stop_reason, str):
+            raise TypeError(f"stop_reason is {type(stop_reason).__name__}")
+        if stop_reason:
+            result.stop_reason = stop_reason
+        usage = event.get("usage")
+        if usage is not None:
             # message_delta usage is cumulative, so it replaces what message_start said.
-            result.usage.output_tokens = event.usage.output_tokens or result.usage.output_tokens
-            if event.usage.input_tokens:
-                result.usage.input_tokens = event.usage.input_tokens
-    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-        return event.delta.text or ""
+            result.usage.output_tokens = _tokens(usage.get("output_tokens")) or result.usage.output_tokens
+            if input_tokens := _tokens(usage.get("input_tokens")):
+                result.usage.input_tokens = input_tokens
     return ""
+
+
+def _tokens(value: Any) -> int:
+    """A token count as the API sends it (an integer, or null where not yet known)."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"a token count is {type(value).__name__}")
+    return value
+
+
+def _error_in_stream(data: str, response: httpx2.Response) -> anthropic.APIStatusError:
+    """An `event: error` inside a 200 stream, as the SDK raises it. The SDK's private
+    `_make_status_error` picks the class its table maps `(status, error code)` to; the table has no
+    entry for a 200 (SDK 2.14), so that is the plain APIStatusError, built here through its public
+    constructor, which reads type, api_message and request_id from the body and headers alike."""
+    body: object = data
+    try:
+        body = json.loads(data)
+        message = f"{body}"
+    except ValueError:
+        message = data or f"Error code: {response.status_code}"
+    return anthropic.APIStatusError(message, response=response, body=body)
 
 
 def _mentions_context(err: anthropic.APIStatusError) -> bool:

@@ -10,6 +10,7 @@ and images counted, with the API's "prompt is too long: N tokens > M maximum".
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import deque
@@ -39,12 +40,14 @@ REQUEST_FIELDS = {
 @dataclass(frozen=True)
 class Interrupt:
     """What breaks a reply after `after_chunks` text deltas: a fault, an `error` event, garbage,
-    or (none of them) a clean end of the body without the rest of the reply."""
+    an event off the documented schema (`odd`: its name and payload), or (none of them) a clean end
+    of the body without the rest of the reply."""
 
     after_chunks: int
     fault: Fault | None = None
     error_type: str | None = None
     malformed: bool = False
+    odd: tuple[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,11 @@ def malformed_after(chunks: int) -> Reply:
     return Reply("one two three four five six", chunks=6, interrupt=Interrupt(chunks, malformed=True))
 
 
+def odd_event_after(chunks: int, name: str, payload: Any) -> Reply:
+    """Valid JSON that breaks the documented schema (a field missing, or of the wrong type)."""
+    return Reply("one two three four five six", chunks=6, interrupt=Interrupt(chunks, odd=(name, payload)))
+
+
 class FakeAnthropic(FakeUpstream):
     """`async with FakeAnthropic(api_key=...) as fake:` then point the SDK at `fake.base_url`."""
 
@@ -142,6 +150,9 @@ class FakeAnthropic(FakeUpstream):
         self.server = HttpServer(self._handle)
         self.calls = 0  # message requests received, refused ones included
         self.request_ids: list[str] = []
+        # The connection (its serving task) each request came on, in order: a client that reads
+        # a stream to its end sends the next request on the same one.
+        self.connections: list[asyncio.Task[Any] | None] = []
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
 
@@ -165,6 +176,7 @@ class FakeAnthropic(FakeUpstream):
     async def _handle(self, request: RecordedRequest) -> Response | Fault:
         request_id = f"req_011Fake{next(self._ids):016d}"
         self.request_ids.append(request_id)
+        self.connections.append(asyncio.current_task())
         headers = {"request-id": request_id, "anthropic-organization-id": "org-fake"}
         messages = request.method == "POST" and request.path == "/v1/messages"
         self.calls += messages
@@ -407,9 +419,12 @@ class _Message:
         elif interrupt.error_type is not None:
             error = {"type": interrupt.error_type, "message": interrupt.error_type.replace("_", " ").capitalize()}
             yield _event("error", {"type": "error", "error": error})
+        elif interrupt.odd is not None:
+            yield _event(*interrupt.odd)
         elif interrupt.malformed:
             yield b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {\n\n'
 
 
 def _event(name: str, payload: Any) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+    # Non-ASCII text as raw UTF-8, as the API streams it; JSON leaves U+2028 and U+0085 unescaped too.
+    return f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()

@@ -134,17 +134,27 @@ async def test_stream_yields_text_in_order_and_fills_usage_and_request_id(rig):
     assert rig.fake.calls == 1
 
 
-async def test_openai_text_with_line_separators_in_it_arrives_whole(openai_rig):
+async def test_text_with_line_separators_in_it_arrives_whole(rig):
     # Raw UTF-8 in the stream's JSON: U+2028 and U+0085 are line breaks to Python's splitlines,
     # not to SSE, so a chunk carrying them is still one chunk.
     text = "naïve\u2028café\x85done"
-    openai_rig.fake.script(openai_rig.behaviours.Reply(text, chunks=1))
+    rig.fake.script(rig.behaviours.Reply(text, chunks=1))
 
-    deltas, result, error = await collect(openai_rig.chat, openai_rig.request())
+    deltas, result, error = await collect(rig.chat, rig.request())
 
     assert error is None
     assert "".join(deltas) == text
-    assert result.stop_reason == "stop"
+    assert result.stop_reason in ("stop", "end_turn")
+
+
+async def test_anthropic_streams_read_to_their_end_leave_the_connection_for_the_next_request(anthropic_rig):
+    # The body is read past message_stop to its end, so the pooled connection is reused.
+    for _ in range(2):
+        _, _, error = await collect(anthropic_rig.chat, anthropic_rig.request())
+        assert error is None
+
+    first, second = anthropic_rig.fake.connections
+    assert first is second
 
 
 async def test_openai_sends_system_first_and_asks_for_usage(openai_rig):
@@ -468,6 +478,32 @@ async def test_anthropic_error_event_inside_the_stream_maps_by_its_type(anthropi
     assert type(error) is error_type
     assert error.request_id == result.request_id == anthropic_rig.fake.request_ids[-1]
     assert anthropic_rig.fake.calls == 1
+
+
+_DELTA = {"type": "content_block_delta", "index": 0}
+
+
+@pytest.mark.parametrize(
+    "name, payload",
+    [
+        ("content_block_delta", {**_DELTA, "delta": {"type": "text_delta"}}),
+        ("content_block_delta", {**_DELTA, "delta": {"type": "text_delta", "text": 3}}),
+        ("content_block_delta", _DELTA),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": "6"}}),
+        ("message_start", {"type": "message_start", "message": {"id": "msg_1"}}),
+        ("content_block_delta", ["not", "an", "object"]),
+        ("message_stop", {}),
+    ],
+    ids=["text-missing", "text-a-number", "delta-missing", "tokens-a-string", "usage-missing", "a-list", "type-missing"],
+)
+async def test_anthropic_event_off_the_documented_schema_is_a_malformed_response(anthropic_rig, name, payload):
+    anthropic_rig.fake.script(anthropic_fake.odd_event_after(2, name, payload))
+
+    deltas, result, error = await collect(anthropic_rig.chat, anthropic_rig.request())
+
+    assert deltas == ["one ", "two "]
+    assert isinstance(error, MalformedResponse)
+    assert error.request_id == result.request_id == anthropic_rig.fake.request_ids[-1]
 
 
 async def test_anthropic_reports_rate_limit_headers_to_on_limits():
