@@ -4,7 +4,9 @@ Raw: the official openai SDK streams the answer from the paced local server (ben
 and accumulates its text, nothing else. Bot: the real composition root (`build_app`), the Telegram
 transport behind the flood governor, the runner, SQLite, all on the real clock, fed Telethon
 events by the fake Telegram client (tests/fakes/telegram.py) and answered by the same server.
-`LoopLag` samples how late the event loop runs a 10 ms timer. Only for benchmarks.
+`LoopLag` samples how late the event loop runs a 10 ms timer. The fake Telegram keeps the
+messages the bot sent (the benches read them back) but not the users' messages, which Telegram
+keeps on its servers: the bot's process is weighed, not Telegram's. Only for benchmarks.
 """
 from __future__ import annotations
 
@@ -138,7 +140,8 @@ async def start_bot(stack: AsyncExitStack, base_url: str, model: str, governor: 
             openai_requests_per_minute=1e9, openai_tokens_per_minute=10**12, user_messages_per_minute=10**6
         ),
     )
-    client = FakeTelegramClient(clock)
+    # The users' messages stay on Telegram's side, not in the process whose memory is weighed.
+    client = FakeTelegramClient(clock, keeps_incoming=False)
     transport = _FinalTimes(GovernedTransport(TelegramTransport(client), governor or FloodGovernor(clock)))
     app = await build_app(settings, clock, transport, stack)
     runner = TelegramRunner(client, Secret("123456:" + "A" * 35), app.router.handle)

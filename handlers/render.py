@@ -108,7 +108,6 @@ class MarkdownStream:
         self._text = ""  # their text, not yet stripped
         self._writer = _Writer()  # where the completed blocks left off (it keeps no text itself)
         self._document = _Container(tight=False)
-        self._raw_entities: list[Entity] = []
         self._entities: tuple[Entity, ...] = ()  # normalized
 
     def _rest(self, markdown: str) -> str:
@@ -131,15 +130,16 @@ class MarkdownStream:
         _render_blocks(writer, events, rest, _Container(tight=False, has_child=self._document.has_child))
         text = (self._text + "".join(writer.chunks)).rstrip()
         length = utf16_len(text)
-        if length < self._writer.pos:  # nothing visible after the completed blocks' trailing space
-            return RichText(text, _normalized(self._raw_entities + writer.entities, length))
+        if length < self._writer.pos:
+            # Nothing visible after the completed blocks' trailing space, so their entities would
+            # be cut there: rare enough to render whole rather than keep them unnormalized too.
+            return render_markdown(markdown)
         return RichText(text, self._entities + _normalized(writer.entities, length))
 
     def _complete(self, events: list[Event], rest: str, line: int) -> None:
         """Render `events`, the completed blocks in `rest`'s first `line` lines, once for good."""
         _render_blocks(self._writer, events, rest, self._document)
         self._text += "".join(self._writer.chunks)
-        self._raw_entities += self._writer.entities
         self._entities += _normalized(self._writer.entities, self._writer.pos)
         self._writer.chunks, self._writer.entities = [], []
         end = 0

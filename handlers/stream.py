@@ -86,10 +86,13 @@ class ReplyStream:
         self._takes_preview = transport.takes_preview if isinstance(transport, PreviewGate) else None
         self._draft_id = draft_id or random.SystemRandom().getrandbits(62) + 1
         self._latest = ""
-        self._shown = ""
-        self._changed = asyncio.Event()
-        self._first_text = asyncio.Event()
-        self._closed = asyncio.Event()
+        # Which version of the text the last preview showed, counted rather than kept: a thousand
+        # replies in flight would otherwise each hold an older copy of their text.
+        self._version = 0
+        self._shown_version = 0
+        self._changed = asyncio.Event()  # the pump's wake-up; the two below are only looked at
+        self._first_text = False
+        self._closed = False
         self._message_ids: list[int] = list(earlier_ids)
         # None: a message taken over from an earlier attempt, whose text is not known here.
         self._shown_parts: list[RichText | None] = [None] * len(self._message_ids)
@@ -110,6 +113,7 @@ class ReplyStream:
 
     def start(self) -> None:
         self._typing_task = asyncio.ensure_future(self._keep_typing())
+        self._typing_task.add_done_callback(self._typing_ended)
         self._pump_task = asyncio.ensure_future(self._pump())
 
     def update(self, text: str) -> None:
@@ -118,16 +122,18 @@ class ReplyStream:
         Every `RENDER_AHEAD` characters it renders the blocks completed so far, whether or not a
         preview shows them: the final text, right after the model's last word, then has at most
         about that much left to render."""
-        if not text.strip():
+        if not text or text.isspace():
             return
-        self._latest = text
+        if text != self._latest:
+            self._latest = text
+            self._version += 1
         if self._markdown is not None and len(text) - self._prepared_at >= RENDER_AHEAD:
             # Counted from the last time, not from the completed blocks: a block that goes on
             # (a long code block) is then parsed again every RENDER_AHEAD characters, not per chunk.
             self._prepared_at = len(text)
             self._markdown.prepare(text)
-        if not self._first_text.is_set():
-            self._first_text.set()
+        if not self._first_text:
+            self._first_text = True
             self._stop_if_waiting(self._typing_task, self._typing_waiting)
         self._changed.set()
 
@@ -135,8 +141,7 @@ class ReplyStream:
         """Deliver the final text; returns the ids of the messages that carry it.
 
         Calling it again after it was interrupted delivers only what had not landed yet."""
-        self._closed.set()
-        self._first_text.set()
+        self._closed = self._first_text = True
         self._changed.set()
         await self._stop_background()
         parts = split_rich_text(self._render_growing(text.strip()), TELEGRAM_TEXT_LIMIT) or [RichText.plain("…")]
@@ -151,8 +156,7 @@ class ReplyStream:
 
     async def close(self) -> None:
         """Stop the typing indicator and the preview pump, whether or not `finish` ran."""
-        self._closed.set()
-        self._first_text.set()
+        self._closed = self._first_text = True
         for task in (self._typing_task, self._pump_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -178,6 +182,14 @@ class ReplyStream:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 
+    def _typing_ended(self, task: asyncio.Task[None]) -> None:
+        """Let go of the typing task once it ended (at the first text, usually by a cancel): a
+        cancelled task keeps its CancelledError, whose traceback keeps the task's frames."""
+        if not task.cancelled():
+            task.exception()  # looked at, as gather would, so asyncio does not report it later
+        if self._typing_task is task:
+            self._typing_task = None
+
     @staticmethod
     def _stop_if_waiting(task: asyncio.Task[None] | None, waiting: bool) -> None:
         if task is not None and waiting:
@@ -197,12 +209,12 @@ class ReplyStream:
 
     async def _keep_typing(self) -> None:
         # The first text, `finish` and `close` cancel it while it waits: no task per wait.
-        while not self._first_text.is_set():
+        while not self._first_text:
             try:
                 await self._transport.typing(self._chat_id)
             except UpstreamError as error:
                 log.debug("typing indicator failed: %s", error)
-            if self._first_text.is_set():
+            if self._first_text:
                 return
             self._typing_waiting = True
             try:
@@ -212,7 +224,7 @@ class ReplyStream:
 
     async def _pump(self) -> None:
         # `finish` wakes it (`_changed`), or cancels it while it waits for its pace.
-        while not self._closed.is_set():
+        while not self._closed:
             self._pump_waiting = True
             try:
                 await self._changed.wait()
@@ -220,15 +232,15 @@ class ReplyStream:
                 await self._wait_for_pace()
             finally:
                 self._pump_waiting = False
-            if self._closed.is_set():
+            if self._closed:
                 return
-            text = self._latest
-            if text == self._shown:
+            text, version = self._latest, self._version
+            if version == self._shown_version:
                 continue
             try:
                 if self._takes_preview is None or self._takes_preview(self._chat_id):
                     await self._show_preview(text)
-                    self._shown = text
+                    self._shown_version = version
                 # Else the transport is keeping capacity for final texts (or the chat is paused):
                 # nothing is rendered, and newer text goes next turn.
             except PreviewDeferred:

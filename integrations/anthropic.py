@@ -54,23 +54,9 @@ class AnthropicChat(ChatSdkAdapter):
     sdk = ANTHROPIC_SDK
 
     async def stream(self, request: ChatRequest, result: StreamResult) -> AsyncIterator[str]:
-        if any(message.images for message in request.messages):
-            # Scaling images down takes CPU time: in a thread, so that other replies go on.
-            messages = await asyncio.to_thread(alternating_turns, request.messages)
-        else:
-            messages = alternating_turns(request.messages)
-        if not messages:
-            raise BadRequest("the conversation has no user message to answer", upstream=self.name)
-        options: dict[str, Any] = {"system": request.system} if request.system else {}
-        try:
-            # The raw response: the SDK makes the request and turns error statuses into its errors
-            # before returning; the body is left unread for the events to be read here.
-            raw = await self._client.messages.with_raw_response.create(
-                model=request.model, max_tokens=request.max_tokens, messages=messages, stream=True, **options
-            )
-        except anthropic.AnthropicError as err:
-            raise self._translate(err, request_id=None) from self._cause(err)
-        response = raw.http_response
+        # Only the response stays in this frame while the stream is read: a thousand replies in
+        # flight would otherwise each keep their request's messages and their last event.
+        response = await self._response(request)
         result.request_id = response.headers.get("request-id")
         self._report_limits(response.headers)
         finished = False
@@ -86,18 +72,36 @@ class AnthropicChat(ChatSdkAdapter):
                         raise _error_in_stream(sse.data, response)
                     if not sse.data:
                         continue
-                    event = json.loads(sse.data)
-                    text = self._take_from(_take, event, result, f"{sse.name} event")
+                    text = self._take_from(_take, json.loads(sse.data), result, f"{sse.name} event")
+                    finished = sse.name == "message_stop"
                     if text:
                         yield text
-                    # `_take` has read event["type"], so it is there.
-                    finished = event["type"] == "message_stop"
         finally:
             await response.aclose()
         if not finished:
             raise Unavailable(
                 "the stream ended before message_stop", upstream=self.name, request_id=result.request_id
             )
+
+    async def _response(self, request: ChatRequest) -> httpx2.Response:
+        """The streamed response, its body unread: the SDK makes the request and turns error
+        statuses into its errors before returning; the events are read here."""
+        if any(message.images for message in request.messages):
+            # Scaling images down takes CPU time: in a thread, so that other replies go on.
+            messages = await asyncio.to_thread(alternating_turns, request.messages)
+        else:
+            messages = alternating_turns(request.messages)
+        if not messages:
+            raise BadRequest("the conversation has no user message to answer", upstream=self.name)
+        options: dict[str, Any] = {"system": request.system} if request.system else {}
+        try:
+            raw = await self._client.messages.with_raw_response.create(
+                model=request.model, max_tokens=request.max_tokens, messages=messages, stream=True, **options
+            )
+        except anthropic.AnthropicError as err:
+            raise self._translate(err, request_id=None) from self._cause(err)
+        response: httpx2.Response = raw.http_response
+        return response
 
     def _limit_hint(self, headers: Mapping[str, str], now: datetime) -> LimitHint | None:
         return anthropic_limit_hint(headers, now)

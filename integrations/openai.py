@@ -51,21 +51,9 @@ class OpenAIChat(ChatSdkAdapter):
     sdk = OPENAI_SDK
 
     async def stream(self, request: ChatRequest, result: StreamResult) -> AsyncIterator[str]:
-        # Scaling images down takes CPU time: in a thread, so that other replies go on.
-        messages = await asyncio.to_thread(_messages, request) if any(m.images for m in request.messages) else _messages(request)
-        try:
-            # The raw response: the SDK makes the request and turns error statuses into its errors,
-            # the body's chunks are read here (integrations/sse.py says why).
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=request.model,
-                messages=messages,
-                max_completion_tokens=request.max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        except openai.OpenAIError as err:
-            raise self._translate(err, request_id=None) from self._cause(err)
-        response = raw.http_response
+        # Only the response stays in this frame while the stream is read: a thousand replies in
+        # flight would otherwise each keep their request's messages and their last chunk.
+        response = await self._response(request)
         result.request_id = response.headers.get("x-request-id")
         self._report_limits(response.headers)
         try:
@@ -76,10 +64,7 @@ class OpenAIChat(ChatSdkAdapter):
                     done = done or event.data.startswith("[DONE]")
                     if done:
                         continue
-                    chunk = json.loads(event.data)
-                    if isinstance(chunk, dict) and chunk.get("error"):
-                        raise _error_in_stream(chunk["error"], response.request)
-                    text = self._take_from(_take, chunk, result, "a stream chunk")
+                    text = self._take_from(_take, _chunk(event.data, response.request), result, "a stream chunk")
                     if text:
                         yield text
         finally:
@@ -88,6 +73,24 @@ class OpenAIChat(ChatSdkAdapter):
             raise Unavailable(
                 "the stream ended before the reply was finished", upstream=self.name, request_id=result.request_id
             )
+
+    async def _response(self, request: ChatRequest) -> httpx2.Response:
+        """The streamed response, its body unread: the SDK makes the request and turns error
+        statuses into its errors; the chunks are read here (integrations/sse.py says why)."""
+        # Scaling images down takes CPU time: in a thread, so that other replies go on.
+        messages = await asyncio.to_thread(_messages, request) if any(m.images for m in request.messages) else _messages(request)
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=request.model,
+                messages=messages,
+                max_completion_tokens=request.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except openai.OpenAIError as err:
+            raise self._translate(err, request_id=None) from self._cause(err)
+        response: httpx2.Response = raw.http_response
+        return response
 
     def _limit_hint(self, headers: Mapping[str, str], now: datetime) -> LimitHint | None:
         return openai_limit_hint(headers)
@@ -181,6 +184,14 @@ def _take(chunk: Any, result: StreamResult) -> str:
         if delta is not None and delta.get("content"):
             text += delta["content"]
     return text
+
+
+def _chunk(data: str, request: httpx2.Request) -> Any:
+    """One chunk's JSON; an {"error": ...} object in its place is raised as the SDK raises it."""
+    chunk = json.loads(data)
+    if isinstance(chunk, dict) and chunk.get("error"):
+        raise _error_in_stream(chunk["error"], request)
+    return chunk
 
 
 def _error_in_stream(error: Any, request: httpx2.Request) -> openai.APIError:

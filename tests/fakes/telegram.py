@@ -152,6 +152,7 @@ class FakeTelegramClient(ChatMembers):
         knows_every_chat: bool = False,
         same_account_as: FakeTelegramClient | None = None,
         receive_updates: bool = True,
+        keeps_incoming: bool = True,
     ) -> None:
         self.clock = clock
         self.session = FakeSession()
@@ -181,8 +182,11 @@ class FakeTelegramClient(ChatMembers):
         self._knows_every_chat = knows_every_chat
         # Handler tasks still running (Telethon keeps no such list; tests wait on it).
         self.dispatching: set[asyncio.Task[Any]] = set()
-        # The users' messages Telegram holds, by chat and id (None: deleted by the user).
+        # The users' messages Telegram holds, by chat and id (None: deleted by the user). A
+        # benchmark that weighs the bot's memory keeps none (`keeps_incoming`): Telegram keeps
+        # them on its servers, not in the bot's process.
         self._incoming: dict[tuple[int, int], Any] = {}
+        self._keeps_incoming = keeps_incoming
         # Who is in each group, with what rights (tests/fakes/telegram_members.py).
         self._init_members()
         # Whether Telegram sends this session updates (Telethon's receive_updates).
@@ -254,7 +258,8 @@ class FakeTelegramClient(ChatMembers):
     def _keep(self, message: Any) -> None:
         self.known_chats.add(message.chat_id)
         self._saw_sender(message)
-        self._incoming.setdefault((message.chat_id, message.id), message)
+        if self._keeps_incoming:
+            self._incoming.setdefault((message.chat_id, message.id), message)
 
     async def settle_dispatch(self) -> None:
         """Wait for every handler task started so far."""

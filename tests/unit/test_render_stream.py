@@ -73,6 +73,13 @@ def test_streamed_line_endings_and_markers_render_as_whole(case):
     assert_streams_like_whole(*case)
 
 
+def test_a_block_showing_nothing_after_code_that_ends_in_spaces_renders_as_whole():
+    # The code's trailing spaces are cut from the end of the text, and its entity with them.
+    for markdown in ("```\na   \n```\n\n#\n\n", "    code   \n\n#\n\nmore"):
+        assert_streams_like_whole(markdown, range(len(markdown) + 1))
+        assert_streams_like_whole(markdown, range(len(markdown) + 1), prepared=range(len(markdown) + 1))
+
+
 def test_a_reference_definition_later_links_text_shown_before():
     text = "See [the docs].\n\nMore text.\n\nEven more.\n\n[the docs]: https://docs.example\n"
     assert_streams_like_whole(text, range(len(text) + 1))
