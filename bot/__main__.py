@@ -105,7 +105,7 @@ def _level_number(name: str) -> int:
 async def run_console_mode(
     settings: Settings, *, interactive: bool, jsonl: bool = False, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
-    from bot.app import build_app
+    from bot.app import build_app, expected_local_model
     from bot.console import CONSOLE_USER_ID, ConsoleSession, ConsoleTransport
     from bot.shutdown import drain
     from integrations.clock import SystemClock
@@ -114,10 +114,18 @@ async def run_console_mode(
     clock = SystemClock()
     transport = ConsoleTransport(stdout, live=interactive and not jsonl)
     async with AsyncExitStack() as stack:
-        app = await build_app(settings, clock, transport, stack, extra_admins=frozenset({CONSOLE_USER_ID}))
+        # The prompt comes at once; the offline model starts meanwhile (a question asked before
+        # it is up waits for it), as the Telegram bot does.
+        app = await build_app(
+            settings, clock, transport, stack, extra_admins=frozenset({CONSOLE_USER_ID}), local_model_in_background=True
+        )
         # Ids go on from the last session's, so its messages are not taken for redeliveries.
         transport.continue_from(await app.services.history.next_message_id(CONSOLE_USER_ID))
-        models = ", ".join(str(ref) for ref in app.services.chain.refs) or "none configured"
+        refs = [str(ref) for ref in app.services.chain.refs]
+        local = expected_local_model(settings)
+        if not app.services.chain.started and local is not None:
+            refs.append(f"{local} (starting)")
+        models = ", ".join(refs) or "none configured"
         session = ConsoleSession(
             app.router.handle,
             app.services.lanes,

@@ -273,6 +273,18 @@ async def _chain_with_local_model(
     return list(build_chain(settings, clock, providers, policy, local).models)
 
 
+async def _stop_starting(starting: "asyncio.Future[Sequence[ChainModel]]") -> None:
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+
+
+def expected_local_model(settings: Settings) -> ModelRef | None:
+    """The offline model's name in the chain once it has started, if it is on and installed."""
+    if settings.llm_local == "off" or local_model_available() is None:
+        return None
+    return ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS)
+
+
 async def build_app(
     settings: Settings,
     clock: Clock,
@@ -322,7 +334,8 @@ async def build_app(
     if local_model_in_background:
         chain = build_chain(settings, clock, providers, model_policy)
         starting = asyncio.ensure_future(_chain_with_local_model(settings, clock, stack, providers, model_policy))
-        stack.callback(starting.cancel)
+        # Stopped, and its half-started server ended, before what it started with is closed.
+        stack.push_async_callback(_stop_starting, starting)
         chain.models_when_started(starting)
     else:
         chain = build_chain(settings, clock, providers, model_policy, await start_local_model(settings, clock, stack))

@@ -160,6 +160,11 @@ class ModelChain:
 
         models.add_done_callback(adopt)
 
+    @property
+    def started(self) -> bool:
+        """Whether every model has started (the offline model may still be on its way)."""
+        return self.starting is None or self.starting.done()
+
     async def _started(self) -> None:
         if self.models or self.starting is None or self.starting.done():
             return

@@ -329,3 +329,81 @@ async def test_in_the_service_the_offline_model_starts_in_the_background_and_ans
         [reply] = transport.texts(USER)
         assert LOCAL_MARKER in reply and not reply.startswith("No language model")
         assert [str(ref) for ref in app.services.chain.refs] == ["local:smollm2"]
+
+
+def _console(state_dir: Path) -> tuple[Any, int]:
+    """`switchboard console` as a new user starts it: on a terminal, no keys, the offline model on."""
+    import pty
+    import subprocess
+
+    terminal, child_side = pty.openpty()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(state_dir.parent), "STATE_DIR": str(state_dir), "LANG": "C.UTF-8"}
+    console = subprocess.Popen(
+        [str(PROJECT_ROOT / ".venv" / "bin" / "switchboard"), "console"],
+        stdin=child_side, stdout=child_side, stderr=child_side, env=env, start_new_session=True,
+    )
+    os.close(child_side)
+    return console, terminal
+
+
+def _read_until(terminal: int, wanted: bytes, seen: bytearray) -> bytes:
+    """What the terminal shows until `wanted` appears after what was `seen` (bounded by GUARD)."""
+    import select
+    import time
+
+    start, deadline = len(seen), time.monotonic() + GUARD
+    while wanted not in seen[start:]:
+        ready, _, _ = select.select([terminal], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {wanted!r} on the terminal within {GUARD} s; it shows: {bytes(seen[start:])!r}"
+        seen += os.read(terminal, 4096)
+    return bytes(seen[start:])
+
+
+async def test_the_console_prompts_before_the_offline_model_is_up_and_answers_once_it_is(tmp_path):
+    state_dir = tmp_path / "state"
+    console, terminal = _console(state_dir)
+    seen = bytearray()
+    try:
+        banner = await asyncio.to_thread(_read_until, terminal, b"you> ", seen)
+        assert b"Models: local:smollm2 (starting)" in banner
+        os.write(terminal, b"Say hello.\n")
+        reply = await asyncio.to_thread(_read_until, terminal, b"you> ", seen)
+        assert LOCAL_MARKER.encode() in reply and b"No language model" not in reply
+        assert _servers_of(console.pid), "the console's offline model server is running"
+        os.write(terminal, b"\x04")
+        assert await asyncio.wait_for(asyncio.to_thread(console.wait), GUARD) == 0
+    finally:
+        console.kill()
+        os.close(terminal)
+    await asyncio.wait_for(_until_no_server_of(console.pid), GUARD)
+
+
+async def test_quitting_the_console_while_the_offline_model_starts_leaves_no_server(tmp_path):
+    state_dir = tmp_path / "state"
+    console, terminal = _console(state_dir)
+    try:
+        await asyncio.to_thread(_read_until, terminal, b"you> ", bytearray())
+        os.write(terminal, b"\x04")  # at once: the model is still starting
+        assert await asyncio.wait_for(asyncio.to_thread(console.wait), GUARD) == 0
+    finally:
+        console.kill()
+        os.close(terminal)
+    await asyncio.wait_for(_until_no_server_of(console.pid), GUARD)
+
+
+def _servers_of(parent: int) -> list[int]:
+    """The offline model servers started by process `parent` (it names its parent on its command line)."""
+    wanted = f"--parent-pid\0{parent}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and wanted in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return [pid for pid in found if alive(pid)]
+
+
+async def _until_no_server_of(parent: int) -> None:
+    while _servers_of(parent):
+        await asyncio.sleep(0.05)
