@@ -155,7 +155,7 @@ async def bench_history(directory: Path, rows: int, loads: int) -> None:
 
         await timed(load, 2)
         samples = await timed(load, loads)
-        plan = [row["detail"] for row in await database.fetchall(f"EXPLAIN QUERY PLAN {CONTEXT_QUERY}", {"id": 1})]
+        plan = [row["detail"] for row in await database.fetchall(f"EXPLAIN QUERY PLAN {CONTEXT_QUERY}", {"id": 1, "after": 0, "answers_before": 1})]
     finally:
         await database.close()
     with plain_connection(path) as connection:
