@@ -44,6 +44,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Literal, Mapping, Seq
 import aiosqlite
 
 from integrations.clock import Clock
+from state.checkpoints import WalCheckpointer
 from state.database import Write
 
 logger = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ class Database:
         self._owner: asyncio.Task[Any] | None = None
         self._version = 0
         self._closed = False
+        self._checkpoints: WalCheckpointer | None = None  # in WAL mode (state/checkpoints.py)
 
     @classmethod
     async def open(cls, path: Path, clock: Clock, *, migrations: Traversable | None = None) -> Database:
@@ -294,6 +296,11 @@ class Database:
     def schema_version(self) -> int:
         return self._version
 
+    @property
+    def checkpoints(self) -> WalCheckpointer | None:
+        """Who copies the WAL back into the database file (None when SQLite refused WAL mode)."""
+        return self._checkpoints
+
     def timestamp(self) -> str:
         """Now, as stored in the database."""
         return iso_timestamp(self._clock.now())
@@ -333,6 +340,8 @@ class Database:
             return read(cursor)
         finally:
             cursor.close()
+            if self._checkpoints is not None:
+                self._checkpoints.after_statement()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -361,6 +370,8 @@ class Database:
                 return
             self._closed = True
             with self._clock.real_work():
+                if self._checkpoints is not None:
+                    await self._checkpoints.aclose()  # first: the last connection to close checkpoints
                 await self._conn.close()
 
     @asynccontextmanager
@@ -395,6 +406,11 @@ class Database:
                 row = await cursor.fetchone()
         if row is None or str(row[0]).lower() != "wal":
             logger.warning("SQLite refused WAL mode for %s; using %s", self._path, row and row[0])
+        else:
+            # Checkpoints run on a thread of their own, not inside a commit on the loop.
+            await self._run("PRAGMA wal_autocheckpoint=0")
+            page_size = await self.fetchone("PRAGMA page_size")
+            self._checkpoints = WalCheckpointer(self._path, int(page_size[0]) if page_size else 4096)
         await self._run("PRAGMA synchronous=NORMAL")
 
     async def _migrate(self, migrations: list[Migration]) -> None:
