@@ -15,9 +15,10 @@ from datetime import timedelta
 from handlers.commands import Command
 from handlers.health import chat_probes, format_health, run_probes
 from handlers.limits import ADJECTIVE, UserLimits
+from handlers.render import escape_markdown
 from handlers.reply import reply
 from handlers.services import Services
-from handlers.status_report import StatusSources, build_status, escape_markdown
+from handlers.status_report import StatusSources, build_status
 from handlers.transport import IncomingMessage
 from handlers.voice import audio_words
 from integrations.prices import format_usd

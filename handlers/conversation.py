@@ -10,9 +10,9 @@ from handlers.basic import no_such_model, pick_model
 from handlers.chat_admins import refusal_to_change
 from handlers.commands import Command
 from handlers.modes import DEFAULT_MODE, PROMPT_MAX_CHARS, chat_prompt, find_mode
+from handlers.render import escape_markdown
 from handlers.reply import reply
 from handlers.services import Services
-from handlers.status_report import escape_markdown
 from handlers.transport import IncomingMessage
 from state.history import StoredMessage
 

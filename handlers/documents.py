@@ -27,9 +27,9 @@ import logging
 import re
 from dataclasses import dataclass
 
+from handlers.render import escape_markdown
 from handlers.reply import DOCUMENT_CUT_STREAM, DOCUMENT_DELAYED_STREAM, notify_once, reply
 from handlers.services import Services
-from handlers.status_report import escape_markdown
 from handlers.transport import IncomingMessage, Media, MediaSource
 from handlers.voice import AnswerLater, end_with_note
 from integrations.document_text import DocumentKind, DocumentText, Unreadable, document_kind, file_extension, read_document

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
 from handlers.recent_errors import describe_error
-from handlers.status_report import escape_markdown
+from handlers.render import escape_markdown
 from integrations.chain import ChainModel
 from integrations.clock import Clock, wait_for
 from integrations.redaction import Redactor

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from handlers.commands import Command
 from handlers.note_delivery import NoteDelivery, Notify, Outcome, outcome_text
+from handlers.render import escape_markdown
 from handlers.reply import NOTE_OUTCOME_STREAM, notify_once, reply
 from handlers.services import Services
 from handlers.transport import IncomingMessage
@@ -53,7 +54,6 @@ _SOURCES_HEADING = re.compile(r"^\W*(sources?|references?|citations?)\W*$", re.I
 _NUMBERED_LINE = re.compile(r"^\s*(?:\[\d+\]|\d+[.)])\s*(.*)$")
 _MARKDOWN_LINK_URL = re.compile(r"\]\((https?://[^\s)]+)\)")
 _BARE_URL = re.compile(r"https?://[^\s<>\]\[]+")
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>&|~#])")
 
 
 @dataclass(frozen=True)
@@ -232,10 +232,6 @@ def numbered_sources(answer: str) -> list[str]:
 def note_key(message: IncomingMessage, fingerprint: str) -> str:
     digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
     return f"{message.chat_id}:{message.message_id}:{digest}"
-
-
-def escape_markdown(text: str) -> str:
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
 
 
 async def _save_note(

@@ -148,6 +148,16 @@ class MarkdownStream:
         self._source += rest[:end]
 
 
+# Every ASCII punctuation mark CommonMark (with GFM's tables and strikethrough) could act on; `&`
+# begins an entity reference ("&copy;"). A backslash before any ASCII punctuation is that mark.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()#+\-.!<>|~{}=&])")
+
+
+def escape_markdown(text: str) -> str:
+    """`text` shown literally once rendered, whatever it holds (a title, a file name, an error)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 _NEWLINES = re.compile(r"\r\n?|\n")  # as CommonMark reads line endings
 # Where a link reference definition may be (then confirmed by pyromark's block pass alone).
 _MAYBE_REFERENCE = re.compile(r"\]:")

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 from handlers.chat import CUT_NOTE
 from handlers.commands import Command
 from handlers.lanes import USER_CANCEL
+from handlers.render import escape_markdown
 from handlers.reply import open_stream, reply
 from handlers.services import Services
 from handlers.stream import ReplyStream
@@ -69,7 +70,6 @@ INTERRUPTED_NOTE = "\n\n_(interrupted: the bot is restarting; I'll run this sear
 _RECENCY_PREFIX = re.compile(rf"({'|'.join(RECENCY_FILTERS)}):(.*)", re.IGNORECASE | re.DOTALL)
 _SITE = re.compile(r"(-?)site:(.+)", re.IGNORECASE)
 _DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>&])")
 
 
 @dataclass(frozen=True)
@@ -261,13 +261,13 @@ def format_outcome(query: SearchQuery, outcome: SearchOutcome) -> str:
         text = format_answer(answer) + CUT_NOTE
     elif not answer.complete:
         reason = answer.incomplete_reason or "no reason given"
-        text = f"⚠️ _The search stopped before the answer was complete ({_escape(reason)}); "
+        text = f"⚠️ _The search stopped before the answer was complete ({escape_markdown(reason)}); "
         if answer.found_nothing:
             text += "it had nothing to show yet. Please try again._"
         else:
             text += "this is only part of it and was not saved._\n\n" + format_answer(answer)
     elif answer.found_nothing:
-        text = f"🔎 Nothing found for “{_escape(query.text[:200])}”. Try other words or fewer filters."
+        text = f"🔎 Nothing found for “{escape_markdown(query.text[:200])}”. Try other words or fewer filters."
     else:
         text = format_answer(answer)
     if outcome.cached_age is not None:
@@ -295,11 +295,7 @@ def _source_line(source: Source) -> str | None:
     title = source.title or parts.hostname or source.url
     # Characters that would end the link destination early are percent-encoded.
     url = quote(source.url, safe=":/?#[]@!$&'*+,;=%~-._")
-    return f"[{_escape(title)}]({url})"
-
-
-def _escape(text: str) -> str:
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+    return f"[{escape_markdown(title)}]({url})"
 
 
 def _age(seconds: float) -> str:
@@ -328,7 +324,7 @@ def failure_text(error: UpstreamError) -> str:
     if isinstance(error, MalformedResponse):
         return "Perplexity sent an answer I could not read, so I cannot show it. Please try again in a minute."
     if isinstance(error, BadRequest):
-        return f"Perplexity refused this search ({_escape(error.message[:200])}). Try rephrasing it."
+        return f"Perplexity refused this search ({escape_markdown(error.message[:200])}). Try rephrasing it."
     if isinstance(error, Unavailable):
         return "Perplexity is not answering right now. Please try again in a minute."
     return "The search failed. Please try again in a minute."

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 from handlers.access import AccessPolicy
 from handlers.lanes import ChatLanes
 from handlers.recent_errors import ERROR_TEXT_LIMIT, RecentErrors, describe_error
+from handlers.render import escape_markdown
 from integrations.clock import Clock, SystemClock
 from integrations.prices import PriceTable, format_usd
 from integrations.redaction import Redactor
@@ -42,12 +42,6 @@ RECENT_ERRORS_SHOWN = 5
 # An instance reports itself at least every minute (LEASE_SECONDS / 5 at most): one not seen for
 # longer is marked as silent.
 SILENT_INSTANCE = 90.0
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()#+\-.!<>|~{}=])")
-
-
-def escape_markdown(text: str) -> str:
-    """`text` shown literally: every ASCII punctuation mark Markdown could act on is escaped."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 class OutboxDepth(Protocol):

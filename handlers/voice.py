@@ -31,9 +31,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
+from handlers.render import escape_markdown
 from handlers.reply import TRANSCRIPT_STREAM, TRANSCRIPTION_DELAYED_STREAM, notify_once, reply
 from handlers.services import Services
-from handlers.status_report import escape_markdown
 from handlers.transport import AUDIO_FILE, VOICE_MESSAGE, IncomingMessage, Media, MediaSource
 from integrations.errors import AuthFailed, BadRequest, CircuitOpen, QuotaExhausted, RateLimited, UpstreamError
 from integrations.resilience.compose import Upstream

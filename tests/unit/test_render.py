@@ -4,11 +4,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from handlers import render
-from handlers.render import render_markdown
+from handlers.render import escape_markdown, render_markdown
 from handlers.richtext import Entity, RichText, utf16_len
 from handlers.split import split_rich_text
 
@@ -580,3 +580,13 @@ def test_a_hundred_nested_quote_markers_lose_no_line(markdown, text):
     result = render_markdown(markdown)
     assert result.text == text
     assert_valid(result)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40).filter(lambda t: t == t.strip() and "  " not in t))
+@example("&copy; AT&amp;T &#65;")  # entity references, which random text seldom spells
+@example("1. [a](b) <i>c</i> | d\\")
+def test_escaped_text_renders_as_itself(text):
+    # A title, a file name or an error shown inside a reply: whatever it holds, no formatting.
+    rendered = render_markdown(escape_markdown(text))
+    assert rendered.text == text and rendered.entities == ()

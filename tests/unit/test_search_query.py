@@ -110,7 +110,7 @@ def test_sources_are_numbered_links_and_odd_titles_are_escaped():
         "perplexity/sonar",
     )
     assert format_answer(answer) == (
-        "Tokio [1].\n\n**Sources**\n1. [Tokio \\[docs\\]](https://tokio.rs/a%20%28b%29)\n2. [docs.rs](https://docs.rs/)"
+        "Tokio [1].\n\n**Sources**\n1. [Tokio \\[docs\\]](https://tokio.rs/a%20%28b%29)\n2. [docs\\.rs](https://docs.rs/)"
     )
 
 
