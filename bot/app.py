@@ -100,6 +100,7 @@ class App:
 
 
 PROVIDER_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+LOCAL_REF = ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS)  # the offline model, in the chain
 
 
 def build_model_policy(
@@ -231,11 +232,11 @@ async def start_local_model(settings: Settings, clock: Clock, stack: AsyncExitSt
     provider = OpenAIChat(api_key="local", base_url=base_url, name=LOCAL_PROVIDER)
     stack.push_async_callback(provider.aclose)  # unwinds before the server stops
     return ChainModel(
-        ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS),
+        LOCAL_REF,
         provider,
         context_tokens=LOCAL_CONTEXT_TOKENS,
         marker=LOCAL_MARKER,
-        sees_images=sees_images(ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS), settings.photos.vision_models),
+        sees_images=sees_images(LOCAL_REF, settings.photos.vision_models),
     )
 
 
@@ -282,7 +283,7 @@ def expected_local_model(settings: Settings) -> ModelRef | None:
     """The offline model's name in the chain once it has started, if it is on and installed."""
     if settings.llm_local == "off" or local_model_available() is None:
         return None
-    return ModelRef(LOCAL_PROVIDER, LOCAL_ALIAS)
+    return LOCAL_REF
 
 
 async def build_app(

@@ -405,5 +405,5 @@ def _servers_of(parent: int) -> list[int]:
 
 
 async def _until_no_server_of(parent: int) -> None:
-    while _servers_of(parent):
-        await asyncio.sleep(0.05)
+    for pid in _servers_of(parent):
+        await until_gone(pid)
